@@ -1,0 +1,3 @@
+from fscsync.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Safe operations on the destination tree, all relative to directory fds.
+
+The receiver never resolves a destination path through a symlink: every
+directory is opened component by component with O_NOFOLLOW, and every change
+is made with *at() calls on the parent's fd. A symlink planted (or received)
+where a directory should be therefore stops the entry instead of redirecting it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import stat
+from collections import OrderedDict
+
+from fscsync.errors import ProtocolError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_MARK = b".~fscsync~"
+TEMP_RE = re.compile(rb"\..*\.~fscsync~[A-Za-z0-9]{6}", re.DOTALL)
+_ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def check_path(path: bytes) -> None:
+    """Refuse entry paths that could leave the destination (the peer is not trusted)."""
+    if path == b".":
+        return
+    if not path or b"\x00" in path or path.startswith(b"/") or len(path) > 4096:
+        raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
+    for part in path.split(b"/"):
+        if part in (b"", b".", b"..") or len(part) > 255:
+            raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
+
+
+def temp_name(name: bytes) -> bytes:
+    """A hidden sibling name for a file being built, recognisable for cleanup."""
+    suffix = TEMP_MARK + bytes(_ALNUM[b % 62] for b in secrets.token_bytes(6))
+    room = 255 - 1 - len(suffix)
+    return b"." + name[:room] + suffix
+
+
+def is_temp_name(name: bytes) -> bool:
+    return TEMP_RE.fullmatch(name) is not None
+
+
+def proc_path(dirfd: int, name: bytes) -> bytes:
+    """A path naming `name` inside an open directory, for calls without an *at form
+    (xattrs on symlinks and special files); the last component is not followed."""
+    return b"/proc/self/fd/%d/%s" % (dirfd, name)
+
+
+class DestTree:
+    """Directory fds under one destination root, opened safely and cached."""
+
+    def __init__(self, root_fd: int, cache: int = 128):
+        self.root_fd = root_fd
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._limit = cache
+
+    def close(self) -> None:
+        for fd in self._cache.values():
+            os.close(fd)
+        self._cache.clear()
+
+    def dirfd(self, rel: bytes) -> int:
+        """fd of directory `rel` (b"" = the root), never following a symlink."""
+        if not rel:
+            return self.root_fd
+        fd = self._cache.get(rel)
+        if fd is not None:
+            self._cache.move_to_end(rel)
+            return fd
+        head, _, name = rel.rpartition(b"/")
+        parent = self.dirfd(head)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        self._cache[rel] = fd
+        if len(self._cache) > self._limit:
+            os.close(self._cache.popitem(last=False)[1])
+        return fd
+
+    def forget(self, rel: bytes) -> None:
+        """Drop cached fds at and below rel (it was removed or replaced)."""
+        for key in [k for k in self._cache if k == rel or k.startswith(rel + b"/")]:
+            os.close(self._cache.pop(key))
+
+    def locate(self, path: bytes) -> tuple[int, bytes]:
+        """(parent dir fd, name) of an entry path."""
+        head, _, name = path.rpartition(b"/")
+        return self.dirfd(head), name
+
+
+def lstat_at(dirfd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def remove_tree(dirfd: int, name: bytes, on_entry=None) -> None:
+    """rm -r of one entry inside dirfd, never following symlinks."""
+    st = lstat_at(dirfd, name)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dirfd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
+    try:
+        for child in os.listdir(fd):
+            remove_tree(fd, child, on_entry)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=dirfd)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise

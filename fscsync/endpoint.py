@@ -1,0 +1,41 @@
+"""Where a path lives: `[user@]host:path` is remote, anything else is local (rsync's rule:
+a colon before the first slash makes it remote)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fscsync.errors import escape
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: bytes
+    host: str | None = None
+    user: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.host is not None
+
+    @property
+    def login(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else str(self.host)
+
+    def __str__(self) -> str:
+        return f"{self.login}:{escape(self.path)}" if self.remote else escape(self.path)
+
+
+def parse_endpoint(arg: bytes) -> Endpoint:
+    colon = arg.find(b":")
+    slash = arg.find(b"/")
+    if colon <= 0 or (0 <= slash < colon) or arg.startswith(b"::") or b"::" in arg[:colon + 2]:
+        return Endpoint(arg)
+    where = arg[:colon].decode("utf-8", "surrogateescape")
+    path = arg[colon + 1 :]
+    user = None
+    if "@" in where:
+        user, _, where = where.rpartition("@")
+    if where.startswith("[") and where.endswith("]"):
+        where = where[1:-1]
+    return Endpoint(path if path else b".", host=where, user=user or None)

@@ -1,0 +1,197 @@
+"""The finalisation pass, after all data is in: hard links, deletions, then directory
+attributes (post-order, so encdata goes on a directory after its entries exist).
+
+It is separate from the copy pass so that a partitioned run can copy many
+partitions first and finalise once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from fscsync import errors, itemize, meta
+from fscsync.destfs import lstat_at, remove_tree, temp_name
+from fscsync.errors import escape
+from fscsync.filters import Filters
+from fscsync.meta import Target
+
+if TYPE_CHECKING:
+    from fscsync.receiver import Receiver
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Finalizer:
+    def __init__(self, rx: Receiver):
+        self.rx = rx
+        self.opts = rx.opts
+        self.gen = rx.generator
+
+    def run(self) -> None:
+        tree = self.rx.tree()
+        if tree is None:
+            self._dry_deletions()
+            return
+        try:
+            self.hard_links(tree)
+            self.deletions(tree)
+            self.directories(tree)
+        finally:
+            tree.close()
+
+    # ---- hard links ---------------------------------------------------------------
+
+    def hard_links(self, tree) -> None:
+        rx = self.rx
+        for idx in self.gen.hardlinks:
+            e = rx.entries[idx]
+            leader = rx.entries[e.link]
+            if rx.status[e.link] != 1:
+                rx.fail(idx, f'cannot hard-link "{escape(e.path)}": '
+                             f'"{escape(leader.path)}" was not transferred')
+                continue
+            try:
+                lfd, lname = rx.locate(tree, leader)
+                pfd, name = rx.locate(tree, e)
+                lst = lstat_at(lfd, lname) if not self.opts.dry_run else None
+                st = lstat_at(pfd, name)
+                if lst is not None and st is not None and (st.st_dev, st.st_ino) == (
+                        lst.st_dev, lst.st_ino):
+                    rx.status[idx] = 1
+                    continue
+                if st is None:
+                    self.gen._count_created(e)
+                self._item_link(e, leader, new=st is None)
+                if not self.opts.dry_run:
+                    if st is not None and stat.S_ISDIR(st.st_mode):
+                        remove_tree(pfd, name)
+                    tmp = temp_name(name)
+                    os.link(lname, tmp, src_dir_fd=lfd, dst_dir_fd=pfd, follow_symlinks=False)
+                    try:
+                        os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                    except OSError:
+                        os.unlink(tmp, dir_fd=pfd)
+                        raise
+                rx.status[idx] = 1
+            except OSError as exc:
+                rx.os_fail(idx, "hard-link of", exc)
+
+    def _item_link(self, e, leader, new: bool) -> None:
+        if self.opts.itemize:
+            self.rx.reporter.itemize(itemize.line("h", e, new=new,
+                                                  suffix=f" => {escape(leader.path)}"))
+        elif self.opts.verbose:
+            self.rx.reporter.info(f"{escape(e.path)} => {escape(leader.path)}", 1)
+
+    # ---- deletions ------------------------------------------------------------------
+
+    def _deletion_allowed(self) -> bool:
+        rx = self.rx
+        if not self.opts.delete:
+            return False
+        if rx.io_error:
+            rx.reporter.error("IO error encountered -- skipping file deletion", errors.PARTIAL)
+            return False
+        return True
+
+    def _dry_deletions(self) -> None:
+        self._deletion_allowed()
+
+    def deletions(self, tree) -> None:
+        if not self._deletion_allowed():
+            return
+        rx = self.rx
+        filters = Filters(self.opts.filter_rules)
+        protect = bool(filters) and not self.opts.delete_excluded
+        limit = self.opts.max_delete
+        deleted = 0
+        skipped = 0
+        for rel, names in self.gen.existing.items():
+            keep = self.gen.children.get(rel, set())
+            try:
+                dfd = tree.dirfd(rel)
+            except OSError:
+                continue
+            for name in sorted(set(names) - keep):
+                path = rel + b"/" + name if rel else name
+                st = lstat_at(dfd, name)
+                if st is None:
+                    continue
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if protect and filters.excluded(path, is_dir):
+                    continue
+                if limit >= 0 and deleted >= limit:
+                    skipped += 1
+                    continue
+                deleted += self._delete(tree, dfd, name, path, st)
+        if skipped:
+            rx.reporter.error(f"Deletions stopped due to --max-delete limit "
+                              f"({skipped} skipped)", errors.MAX_DELETE)
+
+    def _delete(self, tree, dfd: int, name: bytes, path: bytes, st) -> int:
+        rx = self.rx
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "reg"
+        count = 0
+        if stat.S_ISDIR(st.st_mode) and not self.opts.dry_run:
+            try:
+                cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+            except OSError as exc:
+                rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
+                return 0
+            try:
+                for child in sorted(os.listdir(cfd)):
+                    cst = lstat_at(cfd, child)
+                    if cst is not None:
+                        count += self._delete(tree, cfd, child, path + b"/" + child, cst)
+            finally:
+                os.close(cfd)
+        if self.opts.itemize:
+            rx.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
+        elif self.opts.verbose:
+            rx.reporter.info(f"deleting {escape(path)}{'/' if kind == 'dir' else ''}", 1)
+        if not self.opts.dry_run:
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    tree.forget(path)
+                    os.rmdir(name, dir_fd=dfd)
+                else:
+                    os.unlink(name, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror} '
+                                      f"({exc.errno})")
+                    return count
+        rx.stats.deleted[kind] = rx.stats.deleted.get(kind, 0) + 1
+        return count + 1
+
+    # ---- directories ---------------------------------------------------------------
+
+    def directories(self, tree) -> None:
+        """Directory attributes, deepest first: times would change as entries are added,
+        and encdata must go on after the entries exist."""
+        rx = self.rx
+        if self.opts.dry_run:
+            return
+        for idx, new in reversed(self.gen.dirs):
+            if rx.status[idx] != 1:
+                continue
+            e = rx.entries[idx]
+            try:
+                pfd, name = rx.locate(tree, e)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd) if name else os.dup(pfd)
+            except OSError as exc:
+                rx.os_fail(idx, "open of directory", exc)
+                continue
+            try:
+                meta.apply_attrs(self.opts, rx.ids, e, Target(pfd, name, fd=fd), os.fstat(fd),
+                                 new=new)
+            except meta.EncdataConflict as exc:
+                rx.fail(idx, f'cannot set encdata on directory "{escape(e.path)}": '
+                             f"{exc.strerror}")
+            except OSError as exc:
+                rx.os_fail(idx, "setting attributes of", exc)
+            finally:
+                os.close(fd)

@@ -1,0 +1,174 @@
+"""File-list records and their wire encoding.
+
+An Entry describes one source entry as the receiver needs it. Paths are bytes
+relative to the transfer root (b"." is the root itself). Decoding never trusts
+the peer: every length is checked against the frame before it is used.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+
+from fscsync.errors import ProtocolError
+
+F_TARGET = 1
+F_XATTRS = 2
+F_ENC = 4
+F_LINK = 8
+F_SUM = 16
+F_RDEV = 32
+
+_HEAD = struct.Struct(">HIQqIIB")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_XA = struct.Struct(">BI")
+
+MAX_PATH = 4096
+MAX_XATTRS = 1024
+MAX_XATTR_VALUE = 1 << 16
+MAX_ENCDATA_WIRE = 1024
+
+
+class Entry:
+    """One file-list entry. `src` (the sender's full path) never crosses the wire."""
+
+    __slots__ = ("path", "mode", "size", "mtime_ns", "uid", "gid", "rdev", "target",
+                 "xattrs", "enc", "link", "checksum", "src")
+
+    def __init__(self, path: bytes, mode: int, size: int = 0, mtime_ns: int = 0,
+                 uid: int = 0, gid: int = 0, rdev: int = 0, target: bytes | None = None,
+                 xattrs: list[tuple[bytes, bytes]] | None = None, enc: bytes | None = None,
+                 link: int = -1, checksum: bytes | None = None, src: bytes | None = None):
+        self.path = path
+        self.mode = mode
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.uid = uid
+        self.gid = gid
+        self.rdev = rdev
+        self.target = target
+        self.xattrs = xattrs
+        self.enc = enc
+        self.link = link
+        self.checksum = checksum
+        self.src = src
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.path!r}, {stat.filemode(self.mode)}, size={self.size})"
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    """Pack entries into one FLIST frame payload."""
+    out = bytearray()
+    for e in entries:
+        flags = 0
+        if e.target is not None:
+            flags |= F_TARGET
+        if e.xattrs:
+            flags |= F_XATTRS
+        if e.enc is not None:
+            flags |= F_ENC
+        if e.link >= 0:
+            flags |= F_LINK
+        if e.checksum is not None:
+            flags |= F_SUM
+        if e.rdev:
+            flags |= F_RDEV
+        out += _HEAD.pack(len(e.path), e.mode, e.size, e.mtime_ns, e.uid, e.gid, flags)
+        out += e.path
+        if flags & F_RDEV:
+            out += _U64.pack(e.rdev)
+        if flags & F_TARGET:
+            out += _U16.pack(len(e.target))
+            out += e.target
+        if flags & F_LINK:
+            out += _U32.pack(e.link)
+        if flags & F_XATTRS:
+            out += _U16.pack(len(e.xattrs))
+            for name, value in e.xattrs:
+                out += _XA.pack(len(name), len(value))
+                out += name
+                out += value
+        if flags & F_ENC:
+            out += _U16.pack(len(e.enc))
+            out += e.enc
+        if flags & F_SUM:
+            out += e.checksum
+    return bytes(out)
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes):
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise ProtocolError("truncated file-list entry")
+        data = self.buf[self.pos : end]
+        self.pos = end
+        return data
+
+    def unpack(self, st: struct.Struct) -> tuple:
+        if self.pos + st.size > len(self.buf):
+            raise ProtocolError("truncated file-list entry")
+        vals = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return vals
+
+
+def decode_entries(payload: bytes) -> list[Entry]:
+    """Unpack one FLIST frame; any inconsistency is a ProtocolError."""
+    r = _Reader(payload)
+    out = []
+    while r.pos < len(payload):
+        plen, mode, size, mtime_ns, uid, gid, flags = r.unpack(_HEAD)
+        if plen == 0 or plen > MAX_PATH:
+            raise ProtocolError(f"file-list entry with a path of {plen} bytes")
+        if flags & ~(F_TARGET | F_XATTRS | F_ENC | F_LINK | F_SUM | F_RDEV):
+            raise ProtocolError("file-list entry with unknown flags")
+        e = Entry(r.take(plen), mode, size, mtime_ns, uid, gid)
+        if flags & F_RDEV:
+            (e.rdev,) = r.unpack(_U64)
+        if flags & F_TARGET:
+            (n,) = r.unpack(_U16)
+            e.target = r.take(n)
+        if flags & F_LINK:
+            (e.link,) = r.unpack(_U32)
+        if flags & F_XATTRS:
+            (count,) = r.unpack(_U16)
+            if count > MAX_XATTRS:
+                raise ProtocolError(f"file-list entry with {count} xattrs")
+            xattrs = []
+            for _ in range(count):
+                nlen, vlen = r.unpack(_XA)
+                if vlen > MAX_XATTR_VALUE:
+                    raise ProtocolError(f"xattr value of {vlen} bytes")
+                xattrs.append((r.take(nlen), r.take(vlen)))
+            e.xattrs = xattrs
+        if flags & F_ENC:
+            (n,) = r.unpack(_U16)
+            if n > MAX_ENCDATA_WIRE:
+                raise ProtocolError(f"encdata of {n} bytes")
+            e.enc = r.take(n)
+        if flags & F_SUM:
+            e.checksum = r.take(16)
+        out.append(e)
+    return out

@@ -1,0 +1,496 @@
+"""The generator: compares each incoming entry with the destination and decides.
+
+Up-to-date files get their attributes fixed in place; changed files get a
+request (with the signature of the old copy as the delta basis); directories,
+symlinks and special files are made here directly. Runs in its own thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from fscsync import cipher, delta, itemize, meta, protocol
+from fscsync.destfs import DestTree, is_temp_name, lstat_at, proc_path, remove_tree, temp_name
+from fscsync.errors import escape
+from fscsync.fileio import BlockReader, digest_fd
+from fscsync.flist import Entry
+from fscsync.meta import Target
+
+if TYPE_CHECKING:
+    from fscsync.receiver import Receiver
+
+
+class Pending:
+    """A requested file, shared with the writer until it is renamed into place."""
+
+    __slots__ = ("idx", "encrypted_basis", "has_basis", "chunk", "retried", "fd", "tmpdir",
+                 "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential")
+
+    def __init__(self, idx: int, encrypted_basis: bool, has_basis: bool):
+        self.idx = idx
+        self.encrypted_basis = encrypted_basis
+        self.has_basis = has_basis
+        self.chunk = 0
+        self.retried = False
+        self.fd: int | None = None
+        self.tmpdir = -1
+        self.tmpname = b""
+        self.basis_fd: int | None = None
+        self.basis_reader: BlockReader | None = None
+        self.hasher = None
+        self.hash_pos = 0
+        self.sequential = True
+
+
+class Generator:
+    def __init__(self, rx: Receiver, work):
+        self.rx = rx
+        self.opts = rx.opts
+        self.work = work
+        self.failure: BaseException | None = None
+        self._stop = False
+        self.children: dict[bytes, set[bytes]] = {}
+        self.existing: dict[bytes, list[bytes]] = {}
+        self.dirs: list[tuple[int, bool]] = []
+        self.hardlinks: list[int] = []
+        self._warned_policies: set[bytes] = set()
+        rx.generator = self
+
+    def abort(self) -> None:
+        self._stop = True
+        try:
+            while True:
+                self.work.get_nowait()
+        except Exception:
+            pass
+        self.work.put(None)
+
+    def run(self) -> None:
+        rx = self.rx
+        tree = rx.tree()
+        try:
+            while not self._stop:
+                item = self.work.get()
+                if item is None:
+                    break
+                base, batch = item
+                for i, e in enumerate(batch):
+                    if self._stop:
+                        break
+                    self.process(tree, base + i, e)
+            if not self._stop:
+                rx.chan.send(protocol.NOMORE)
+                rx.chan.flush()
+        except BaseException as exc:
+            self.failure = exc
+            try:
+                rx.chan.send(protocol.NOMORE)
+                rx.chan.flush()
+            except Exception:
+                pass
+        finally:
+            if tree is not None:
+                tree.close()
+
+    # ---- per entry --------------------------------------------------------------
+
+    def process(self, tree: DestTree | None, idx: int, e: Entry) -> None:
+        rx = self.rx
+        opts = self.opts
+        rx.stats.files[_kind(e.mode)] = rx.stats.files.get(_kind(e.mode), 0) + 1
+        if e.is_reg:
+            rx.stats.total_size += e.size
+        if e.path != b"." and rx.single_name is None:
+            head, _, name = e.path.rpartition(b"/")
+            self.children.setdefault(head, set()).add(name)
+        if e.enc is not None and not self._encryption_ok(idx, e):
+            return
+        if tree is None:
+            pfd, name, st = -1, b"", None
+        else:
+            try:
+                pfd, name = rx.locate(tree, e)
+            except OSError as exc:
+                if opts.dry_run and exc.errno == errno.ENOENT:
+                    pfd, name, st = -1, b"", None
+                else:
+                    rx.os_fail(idx, "open parent of", exc)
+                    return
+            else:
+                st = (os.fstat(pfd) if not name else lstat_at(pfd, name))
+        try:
+            if e.is_dir:
+                self.directory(tree, idx, e, pfd, name, st)
+            elif e.is_reg:
+                self.regular(idx, e, pfd, name, st)
+            elif e.is_link:
+                self.symlink(idx, e, pfd, name, st)
+            else:
+                self.special(idx, e, pfd, name, st)
+        except meta.EncdataConflict as exc:
+            rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+        except OSError as exc:
+            rx.os_fail(idx, "update of", exc)
+
+    def _encryption_ok(self, idx: int, e: Entry) -> bool:
+        rx = self.rx
+        try:
+            enc = cipher.parse_encdata(e.enc)
+        except cipher.EncdataError as exc:
+            rx.fail(idx, f'malformed encdata for "{escape(e.path)}" from the sender: {exc}')
+            return False
+        if not rx.abilities.encdata:
+            rx.fail(idx, f'cannot store "{escape(e.path)}" encrypted: '
+                         f"{rx.abilities.encdata_why}")
+            return False
+        if enc.ino_based_iv:
+            if self.opts.refuse_ino_policies:
+                rx.fail(idx, f'"{escape(e.path)}" uses an IV_INO_LBLK policy '
+                             "(--refuse-ino-policies)")
+                return False
+            if enc.policy not in self._warned_policies:
+                self._warned_policies.add(enc.policy)
+                rx.reporter.warning(
+                    f"policy with key {enc.master_key_id.hex()} uses inode-number based IVs "
+                    f"(flags 0x{enc.flags:02x}): files restored to new inodes cannot be "
+                    "decrypted, even with the key; the copy is only a backup of the ciphertext")
+        if e.is_reg:
+            rx.stats.encrypted_files += 1
+        return True
+
+    def _item(self, update: str, e: Entry, changes: str = "", new: bool = False,
+              suffix: str = "") -> None:
+        rx = self.rx
+        if self.opts.itemize:
+            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix))
+        elif self.opts.verbose and (update != "." or e.is_dir):
+            rx.reporter.info(itemize.display_name(e), 1)
+
+    def _count_created(self, e: Entry) -> None:
+        k = _kind(e.mode)
+        self.rx.stats.created[k] = self.rx.stats.created.get(k, 0) + 1
+
+    def _make_way(self, idx: int, e: Entry, pfd: int, name: bytes,
+                  st: os.stat_result) -> bool:
+        """Remove what stands where a different kind of entry must go."""
+        if self.opts.dry_run:
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                os.rmdir(name, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if not self.opts.delete:
+                    self.rx.fail(idx, f'cannot delete non-empty directory: "{escape(e.path)}"; '
+                                      "could not make way for it (use --delete)")
+                    return False
+                remove_tree(pfd, name)
+            return True
+        os.unlink(name, dir_fd=pfd)
+        return True
+
+    # ---- directories ------------------------------------------------------------
+
+    def directory(self, tree, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
+        rx = self.rx
+        opts = self.opts
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            if not self._make_way(idx, e, pfd, name, st):
+                return
+            st = None
+        if st is None:
+            self._count_created(e)
+            self._item("c", e, new=True)
+            if not opts.dry_run:
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            self.dirs.append((idx, True))
+            rx.status[idx] = 1
+            return
+        if e.path == b"." and rx.root_created:
+            self._count_created(e)
+            self._item("c", e, new=True)
+            self.dirs.append((idx, True))
+            rx.status[idx] = 1
+            return
+        self.dirs.append((idx, False))
+        rx.status[idx] = 1
+        changes = self._attr_changes(e, st, Target(pfd, name))
+        if changes:
+            self._item(".", e, changes)
+        self._scan_existing(tree, e)
+
+    def _scan_existing(self, tree: DestTree, e: Entry) -> None:
+        """List an existing destination directory once: clean up temp files a killed
+        run left behind, and remember the names for --delete."""
+        rel = self.rx.rel_dir(e)
+        try:
+            fd = tree.dirfd(rel)
+            names = os.listdir(fd)
+        except OSError:
+            return
+        keep = []
+        for n in names:
+            if is_temp_name(n):
+                if not self.opts.dry_run:
+                    try:
+                        remove_tree(fd, n)
+                    except OSError:
+                        pass
+                continue
+            keep.append(n)
+        if self.opts.delete:
+            self.existing[rel] = keep
+
+    def _attr_changes(self, e: Entry, st, t: Target) -> str:
+        """Letters of attributes that differ (for itemize on existing entries)."""
+        opts = self.opts
+        rx = self.rx
+        out = ""
+        if opts.times and st.st_mtime_ns != e.mtime_ns and not e.is_link:
+            out += "t"
+        if opts.perms and not e.is_link and stat.S_IMODE(st.st_mode) != stat.S_IMODE(e.mode):
+            out += "p"
+        if opts.owner and meta.IS_ROOT and rx.ids.uid(e.uid) != st.st_uid:
+            out += "o"
+        if opts.group and rx.ids.gid(e.gid) != st.st_gid:
+            out += "g"
+        if opts.xattrs or opts.acls:
+            try:
+                have = meta.read_xattrs(t.xattr_target())
+            except OSError:
+                have = []
+            wanted = meta.xattr_wanted(opts)
+            have_acl = [x for x in have if x[0] in meta.ACL_NAMES and opts.acls]
+            have_x = [x for x in have if x[0] not in meta.ACL_NAMES and wanted(x[0])]
+            want = e.xattrs or []
+            if opts.acls and have_acl != [x for x in want if x[0] in meta.ACL_NAMES]:
+                out += "a"
+            if opts.xattrs and have_x != [x for x in want if x[0] not in meta.ACL_NAMES]:
+                out += "x"
+        return out
+
+    # ---- regular files --------------------------------------------------------------
+
+    def regular(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
+        rx = self.rx
+        opts = self.opts
+        if e.link >= 0:
+            self.hardlinks.append(idx)
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if not self._make_way(idx, e, pfd, name, st):
+                return
+            st = None
+        if st is not None and opts.ignore_existing:
+            rx.status[idx] = 1
+            return
+        dest_enc = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            dest_enc = cipher.read_encdata(proc_path(pfd, name), opts.encdata_xattr, False)
+        if st is not None and stat.S_ISREG(st.st_mode) and self._same(e, pfd, name, st,
+                                                                       dest_enc):
+            rx.status[idx] = 1
+            t = Target(pfd, name)
+            changes = self._attr_changes(e, st, t)
+            if changes:
+                self._item(".", e, changes)
+                if not opts.dry_run:
+                    meta.apply_attrs(opts, rx.ids, e, t, st, new=False)
+            return
+        new = st is None or not stat.S_ISREG(st.st_mode)
+        if new:
+            self._count_created(e)
+            self._item(rx.item_dir, e, new=True)
+        else:
+            changes = "s" if self._size(st, dest_enc) != self._size_of_entry(e) else ""
+            if opts.checksum:
+                changes = "c" + changes
+            changes += self._attr_changes(e, st, Target(pfd, name))
+            if not opts.times:
+                changes = changes.replace("t", "")
+            self._item(rx.item_dir, e, changes)
+        if opts.dry_run:
+            rx.status[idx] = 1
+            return
+        self._request(idx, e, pfd, name, st, dest_enc, new)
+
+    def _size_of_entry(self, e: Entry) -> int:
+        if e.enc is not None:
+            try:
+                return cipher.parse_encdata(e.enc).size
+            except cipher.EncdataError:
+                return -1
+        return e.size
+
+    @staticmethod
+    def _size(st, dest_enc: bytes | None) -> int:
+        if dest_enc is not None:
+            try:
+                return cipher.parse_encdata(dest_enc).size
+            except cipher.EncdataError:
+                return -1
+        return st.st_size
+
+    def _same(self, e: Entry, pfd: int, name: bytes, st, dest_enc: bytes | None) -> bool:
+        """rsync's quick check, made encryption-aware: cleartext size from encdata, and
+        a different context (new nonce) always means a new file."""
+        opts = self.opts
+        if e.enc is not None:
+            if dest_enc is None:
+                return False
+            try:
+                mine = cipher.parse_encdata(e.enc)
+                theirs = cipher.parse_encdata(dest_enc)
+            except cipher.EncdataError:
+                return False
+            if mine.enc_ctx != theirs.enc_ctx or mine.size != theirs.size:
+                return False
+        elif dest_enc is not None or st.st_size != e.size:
+            return False
+        if opts.checksum:
+            return self._dest_digest(pfd, name, dest_enc is not None) == e.checksum
+        if opts.size_only:
+            return True
+        return st.st_mtime_ns == e.mtime_ns
+
+    @staticmethod
+    def _dest_digest(pfd: int, name: bytes, encrypted: bool) -> bytes | None:
+        try:
+            if encrypted:
+                fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
+            else:
+                fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=pfd), False
+        except OSError:
+            return None
+        reader = BlockReader(fd, direct)
+        try:
+            return digest_fd(reader)
+        finally:
+            reader.close()
+            os.close(fd)
+
+    def _request(self, idx: int, e: Entry, pfd: int, name: bytes, st, dest_enc, new) -> None:
+        rx = self.rx
+        opts = self.opts
+        use_basis = not new and not opts.whole_file
+        encrypted_basis = dest_enc is not None
+        if use_basis and (e.enc is None) != (dest_enc is None):
+            use_basis = False
+        if use_basis and e.enc is not None:
+            try:
+                same_ctx = (cipher.parse_encdata(e.enc).enc_ctx
+                            == cipher.parse_encdata(dest_enc).enc_ctx)
+            except cipher.EncdataError:
+                same_ctx = False
+            use_basis = same_ctx
+        req = None
+        if use_basis:
+            try:
+                if encrypted_basis:
+                    fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
+                else:
+                    fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                         dir_fd=pfd), False
+            except OSError:
+                fd = None
+            if fd is not None:
+                reader = BlockReader(fd, direct)
+                try:
+                    size = os.fstat(fd).st_size
+                    req = delta.make_request(idx, reader, size, opts.block_size)
+                except OSError:
+                    req = None
+                finally:
+                    reader.close()
+                    os.close(fd)
+        if req is None:
+            req = delta.Request(idx, delta.WHOLE)
+        pending = Pending(idx, encrypted_basis, req.kind != delta.WHOLE)
+        pending.chunk = req.chunk
+        with rx.lock:
+            rx.pending[idx] = pending
+            rx.requested += 1
+        rx.chan.send(protocol.REQ, req.encode())
+
+    # ---- symlinks and special files ---------------------------------------------------
+
+    def symlink(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
+        rx = self.rx
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            if os.readlink(name, dir_fd=pfd) == e.target:
+                self._existing_attrs(idx, e, Target(pfd, name, is_link=True), st)
+                return
+            self._item("c", e, "c")
+        else:
+            self._count_created(e)
+            self._item("c", e, new=True)
+        if self.opts.dry_run:
+            rx.status[idx] = 1
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode) and not self._make_way(idx, e, pfd,
+                                                                               name, st):
+            return
+        tmp = temp_name(name)
+        os.symlink(e.target, tmp, dir_fd=pfd)
+        self._place(idx, e, pfd, tmp, name, is_link=True)
+
+    def special(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
+        rx = self.rx
+        if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode) and (
+                st.st_rdev == e.rdev or not e.rdev):
+            self._existing_attrs(idx, e, Target(pfd, name), st)
+            return
+        self._count_created(e)
+        self._item("c", e, new=True)
+        if self.opts.dry_run:
+            rx.status[idx] = 1
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode) and not self._make_way(idx, e, pfd,
+                                                                               name, st):
+            return
+        tmp = temp_name(name)
+        os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd)
+        self._place(idx, e, pfd, tmp, name, is_link=False)
+
+    def _existing_attrs(self, idx: int, e: Entry, t: Target, st) -> None:
+        rx = self.rx
+        rx.status[idx] = 1
+        changes = self._attr_changes(e, st, t)
+        if changes:
+            self._item(".", e, changes)
+            if not self.opts.dry_run:
+                meta.apply_attrs(self.opts, rx.ids, e, t, st, new=False)
+
+    def _place(self, idx: int, e: Entry, pfd: int, tmp: bytes, name: bytes,
+               is_link: bool) -> None:
+        """Attributes on the temp entry (encdata last but times), then rename it in."""
+        rx = self.rx
+        try:
+            t = Target(pfd, tmp, is_link=is_link)
+            meta.apply_attrs(self.opts, rx.ids, e, t, os.lstat(proc_path(pfd, tmp)), new=True)
+            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=pfd)
+            except OSError:
+                pass
+            raise
+        rx.status[idx] = 1
+
+
+def _kind(mode: int) -> str:
+    fmt = stat.S_IFMT(mode)
+    if fmt == stat.S_IFREG:
+        return "reg"
+    if fmt == stat.S_IFDIR:
+        return "dir"
+    if fmt == stat.S_IFLNK:
+        return "link"
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+        return "dev"
+    return "special"
+

@@ -1,0 +1,42 @@
+"""rsync's --itemize-changes lines: YXcstpoguax, then the name."""
+
+from __future__ import annotations
+
+import stat
+
+from fscsync.errors import escape
+
+NEW = "+++++++++"
+
+
+def type_letter(mode: int) -> str:
+    fmt = stat.S_IFMT(mode)
+    if fmt == stat.S_IFREG:
+        return "f"
+    if fmt == stat.S_IFDIR:
+        return "d"
+    if fmt == stat.S_IFLNK:
+        return "L"
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+        return "D"
+    return "S"
+
+
+def display_name(e) -> str:
+    name = "./" if e.path == b"." else escape(e.path) + ("/" if e.is_dir else "")
+    if e.target is not None:
+        name += " -> " + escape(e.target)
+    return name
+
+
+def line(update: str, e, changes: str = "", new: bool = False, suffix: str = "") -> str:
+    """update is rsync's Y ('>', '<', 'c', 'h', '.'); changes are the letters that differ."""
+    flags = NEW if new else "".join(c if c in changes else "." for c in "cstpoguax")
+    text = f"{update}{type_letter(e.mode)}{flags} {display_name(e)}{suffix}"
+    if e.enc is not None:
+        text += " (encrypted)"
+    return text
+
+
+def deleting(path: bytes, is_dir: bool) -> str:
+    return f"*deleting   {escape(path)}{'/' if is_dir else ''}"

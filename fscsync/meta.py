@@ -1,0 +1,272 @@
+"""Metadata: which xattrs travel, owner names, and applying modes, owners, xattrs, times."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+
+import xattr
+
+from fscsync.cipher import EncdataError, parse_encdata
+from fscsync.options import Options
+
+ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+IS_ROOT = os.geteuid() == 0
+
+
+def xattr_wanted(opts: Options):
+    """A predicate saying which xattr names this run copies (rsync's -X/-A rules)."""
+    enc = opts.encdata_xattr
+
+    def wanted(name: bytes) -> bool:
+        if name == enc:
+            return False
+        if name in ACL_NAMES:
+            return opts.acls
+        if not opts.xattrs or name.startswith(b"system."):
+            return False
+        return IS_ROOT or name.startswith(b"user.")
+
+    return wanted
+
+
+def read_xattrs(target: bytes | int, follow: bool = False) -> list[tuple[bytes, bytes]]:
+    """All xattrs of a path or fd, sorted; an fs without xattrs has none."""
+    try:
+        items = xattr.get_all(target, nofollow=not follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA):
+            return []
+        raise
+    return sorted(items)
+
+
+def split_xattrs(items: list[tuple[bytes, bytes]], opts: Options
+                 ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """(the xattrs this run copies, the encdata text if any)."""
+    wanted = xattr_wanted(opts)
+    enc = None
+    keep = []
+    for name, value in items:
+        if name == opts.encdata_xattr:
+            enc = value
+        elif wanted(name):
+            keep.append((name, value))
+    return keep, enc
+
+
+class IdMapper:
+    """Receiver side: the sender's uids/gids by name, mapped to local ids."""
+
+    def __init__(self, numeric: bool):
+        self.numeric = numeric
+        self.user_names: dict[int, bytes] = {}
+        self.group_names: dict[int, bytes] = {}
+        self._uid_cache: dict[int, int] = {}
+        self._gid_cache: dict[int, int] = {}
+
+    def uid(self, remote: int) -> int:
+        if self.numeric or remote == 0:
+            return remote
+        local = self._uid_cache.get(remote)
+        if local is None:
+            local = remote
+            name = self.user_names.get(remote)
+            if name is not None:
+                try:
+                    local = pwd.getpwnam(os.fsdecode(name)).pw_uid
+                except KeyError:
+                    pass
+            self._uid_cache[remote] = local
+        return local
+
+    def gid(self, remote: int) -> int:
+        if self.numeric or remote == 0:
+            return remote
+        local = self._gid_cache.get(remote)
+        if local is None:
+            local = remote
+            name = self.group_names.get(remote)
+            if name is not None:
+                try:
+                    local = grp.getgrnam(os.fsdecode(name)).gr_gid
+                except KeyError:
+                    pass
+            self._gid_cache[remote] = local
+        return local
+
+
+def user_name(uid: int) -> bytes | None:
+    try:
+        return os.fsencode(pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return None
+
+
+def group_name(gid: int) -> bytes | None:
+    try:
+        return os.fsencode(grp.getgrgid(gid).gr_name)
+    except KeyError:
+        return None
+
+
+def set_xattrs(target: bytes | int, want: list[tuple[bytes, bytes]],
+               have: list[tuple[bytes, bytes]], managed, follow: bool = False) -> bool:
+    """Make the managed xattrs of target equal `want`; True when anything changed."""
+    nofollow = not follow
+    have_d = dict(have)
+    want_d = dict(want)
+    changed = False
+    for name, value in want:
+        if have_d.get(name) != value:
+            xattr.set(target, name, value, nofollow=nofollow)
+            changed = True
+    for name in have_d:
+        if name not in want_d and managed(name):
+            try:
+                xattr.remove(target, name, nofollow=nofollow)
+                changed = True
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+    return changed
+
+
+def perm_bits(mode: int) -> int:
+    return stat.S_IMODE(mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
+class Target:
+    """One destination inode: an open fd where we have one, else (dirfd, name)."""
+
+    __slots__ = ("dirfd", "name", "fd", "is_link")
+
+    def __init__(self, dirfd: int, name: bytes, fd: int | None = None, is_link: bool = False):
+        self.dirfd = dirfd
+        self.name = name
+        self.fd = fd
+        self.is_link = is_link
+
+    def xattr_target(self) -> bytes | int:
+        if self.fd is not None:
+            return self.fd
+        return b"/proc/self/fd/%d/%s" % (self.dirfd, self.name) if self.name else self.dirfd
+
+    def chown(self, uid: int, gid: int) -> None:
+        if self.fd is not None:
+            os.fchown(self.fd, uid, gid)
+        elif not self.name:
+            os.fchown(self.dirfd, uid, gid)
+        else:
+            os.chown(self.name, uid, gid, dir_fd=self.dirfd, follow_symlinks=False)
+
+    def chmod(self, mode: int) -> None:
+        if self.fd is not None:
+            os.fchmod(self.fd, mode)
+        elif not self.name:
+            os.fchmod(self.dirfd, mode)
+        else:
+            os.chmod(self.name, mode, dir_fd=self.dirfd)
+
+    def utime(self, atime_ns: int, mtime_ns: int) -> None:
+        ns = (atime_ns, mtime_ns)
+        if self.fd is not None:
+            os.utime(self.fd, ns=ns)
+        elif not self.name:
+            os.utime(self.dirfd, ns=ns)
+        else:
+            os.utime(self.name, ns=ns, dir_fd=self.dirfd, follow_symlinks=False)
+
+
+def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
+                new: bool) -> str:
+    """Bring owner, mode, xattrs, encdata and mtime of t in line with entry e, in the
+    order the encrypted interface needs (encdata after everything but times).
+    Returns the itemize letters of what changed (o g p x a t)."""
+    changed = ""
+    chowned = False
+    if opts.owner or opts.group:
+        uid = ids.uid(e.uid) if opts.owner and IS_ROOT else -1
+        gid = ids.gid(e.gid) if opts.group else -1
+        do_uid = uid != -1 and uid != st.st_uid
+        do_gid = gid != -1 and gid != st.st_gid
+        if do_uid or do_gid:
+            t.chown(uid if do_uid else -1, gid if do_gid else -1)
+            chowned = True
+            changed += "o" if do_uid else ""
+            changed += "g" if do_gid else ""
+    if not t.is_link:
+        if opts.perms:
+            want = stat.S_IMODE(e.mode)
+        elif new:
+            want = stat.S_IMODE(e.mode) & ~UMASK
+        else:
+            want = None
+        if want is not None and (want != stat.S_IMODE(st.st_mode) or
+                                 (chowned and want & 0o6000)):
+            t.chmod(want)
+            if not new:
+                changed += "p"
+    if opts.xattrs or opts.acls:
+        target = t.xattr_target()
+        have = [(n, v) for n, v in read_xattrs(target) if n != opts.encdata_xattr]
+        want_x = e.xattrs or []
+        wanted = xattr_wanted(opts)
+        acl_have = [(n, v) for n, v in have if n in ACL_NAMES]
+        acl_want = [(n, v) for n, v in want_x if n in ACL_NAMES]
+        plain_have = [(n, v) for n, v in have if n not in ACL_NAMES]
+        plain_want = [(n, v) for n, v in want_x if n not in ACL_NAMES]
+        if opts.acls and set_xattrs(target, acl_want, acl_have, wanted) and not new:
+            changed += "a"
+        if opts.xattrs and set_xattrs(target, plain_want, plain_have, wanted) and not new:
+            changed += "x"
+    if e.enc is not None:
+        set_encdata(t, e.enc, opts.encdata_xattr)
+    if opts.times and (new or st.st_mtime_ns != e.mtime_ns):
+        t.utime(e.mtime_ns if new else st.st_atime_ns, e.mtime_ns)
+        if not new:
+            changed += "t"
+    return changed
+
+
+class EncdataConflict(OSError):
+    """The destination inode is already encrypted with another context."""
+
+
+def set_encdata(t: Target, text: bytes, name: bytes) -> bool:
+    """Install encdata unless the inode already carries exactly this text."""
+    target = t.xattr_target()
+    try:
+        have = xattr.get(target, name, nofollow=True)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        have = None
+    if have == text:
+        return False
+    if have is not None and _ctx_of(have) != _ctx_of(text):
+        raise EncdataConflict(errno.EEXIST, "already encrypted with another context")
+    if have is not None:
+        xattr.set(target, name, text, nofollow=True, flags=xattr.XATTR_REPLACE)
+        return True
+    xattr.set(target, name, text, nofollow=True, flags=xattr.XATTR_CREATE)
+    return True
+
+
+def _ctx_of(text: bytes) -> bytes:
+    try:
+        return parse_encdata(text).enc_ctx
+    except EncdataError:
+        return b""

@@ -1,0 +1,76 @@
+"""What a run was asked to do, as the engine sees it (no CLI, no terminal).
+
+The client sends these to its peer inside the setup frame, so both sides agree
+on one set of settings; `to_wire`/`from_wire` keep that a plain JSON object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+DEFAULT_BLOCK = 4096
+
+
+@dataclass
+class Options:
+    recursive: bool = False
+    links: bool = False
+    perms: bool = False
+    times: bool = False
+    group: bool = False
+    owner: bool = False
+    devices: bool = False
+    specials: bool = False
+    hard_links: bool = False
+    xattrs: bool = False
+    acls: bool = False
+    numeric_ids: bool = False
+    delete: bool = False
+    delete_excluded: bool = False
+    delete_after: bool = False
+    max_delete: int = -1
+    partial: bool = False
+    dry_run: bool = False
+    itemize: int = 0
+    verbose: int = 0
+    checksum: bool = False
+    size_only: bool = False
+    ignore_existing: bool = False
+    whole_file: bool | None = None
+    inplace: bool = False
+    temp_dir: bytes | None = None
+    block_size: int = DEFAULT_BLOCK
+    filter_rules: list[tuple[str, bytes]] = field(default_factory=list)
+    encdata_xattr: bytes = b"security.encdata"
+    refuse_ino_policies: bool = False
+    compress: str | None = None
+    bwlimit: int = 0
+    stats: bool = False
+    progress: bool = False
+    verify_fault: bool = False
+
+    def to_wire(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bytes):
+                v = {"b": v.hex()}
+            elif f.name == "filter_rules":
+                v = [[kind, pat.hex()] for kind, pat in v]
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_wire(cls, data: dict) -> Options:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, v in data.items():
+            if name not in known:
+                continue
+            if isinstance(v, dict) and "b" in v:
+                v = bytes.fromhex(v["b"])
+            elif name == "filter_rules":
+                v = [(str(kind), bytes.fromhex(pat)) for kind, pat in v]
+            kwargs[name] = v
+        return cls(**kwargs)

@@ -1,0 +1,274 @@
+"""Framed, multiplexed byte stream between the two fscsync processes.
+
+A frame is a type byte, a 32-bit big-endian length and a payload of at most
+MAX_FRAME bytes. Data, file lists, requests, log lines and errors all travel as
+frames on one pipe in each direction, so nothing waits for a round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+
+from fscsync import PROTOCOL_VERSION, __version__
+from fscsync.errors import PROTOCOL_INCOMPATIBLE, STARTUP, ProtocolError
+
+MAGIC = b"FSCSYNC\x00"
+MAX_FRAME = 4 << 20
+_HDR = struct.Struct(">BI")
+_FLUSH_AT = 256 << 10
+_READ_CHUNK = 1 << 20
+
+# Frame types.
+HELLO = 1
+SETUP = 2
+READY = 3
+FLIST = 4
+FLIST_END = 5
+IDNAME = 6
+REQ = 7
+SIGREQ = 8
+SIGBLOCKS = 9
+DATA = 10
+DATA_END = 11
+LOG = 12
+ITEM = 13
+DONE = 14
+STATS = 15
+FATAL = 16
+FILE_FAILED = 17
+PROGRESS = 18
+FINISHED = 19
+FLIST_START = 20
+NOMORE = 21
+NOMORE_ACK = 22
+
+CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib"]
+try:
+    import zstandard
+
+    CAPABILITIES.append("zstd")
+except ImportError:  # zstd is optional: zlib is always there
+    zstandard = None
+
+
+class PeerClosed(ProtocolError):
+    """The peer went away: the stream ended before the exchange did."""
+
+
+class _Codec:
+    """Stream compression for one direction (zlib or zstd)."""
+
+    def __init__(self, kind: str):
+        if kind == "zstd":
+            self._c = zstandard.ZstdCompressor(level=3).compressobj()
+            self._flush = lambda: self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        else:
+            self._c = zlib.compressobj(6)
+            self._flush = lambda: self._c.flush(zlib.Z_SYNC_FLUSH)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._c.compress(data) + self._flush()
+
+
+class _Decodec:
+    def __init__(self, kind: str):
+        if kind == "zstd":
+            self._d = zstandard.ZstdDecompressor().decompressobj()
+        else:
+            self._d = zlib.decompressobj()
+        self._kind = kind
+
+    def decompress(self, data: bytes) -> bytes:
+        try:
+            return self._d.decompress(data)
+        except (zlib.error, Exception) as exc:
+            raise ProtocolError(f"corrupt compressed stream: {exc}") from None
+
+
+class Channel:
+    """One end of the stream: thread-safe frame sending, frame receiving.
+
+    Sends are buffered and flushed when the buffer grows or when a side is
+    about to wait for its peer; counters feed --stats.
+    """
+
+    def __init__(self, rfd: int, wfd: int):
+        self.rfd = rfd
+        self.wfd = wfd
+        self._out = bytearray()
+        self._lock = threading.Lock()
+        self._in = bytearray()
+        self._pos = 0
+        self._eof = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._codec: _Codec | None = None
+        self._decodec: _Decodec | None = None
+        self._bwlimit = 0
+        self._bw_start = 0.0
+        self._bw_sent = 0
+
+    def set_compression(self, kind: str | None) -> None:
+        """Switch both directions to a compressed stream from here on."""
+        if kind:
+            self._codec = _Codec(kind)
+            self._decodec = _Decodec(kind)
+            rest = bytes(self._in[self._pos :])
+            del self._in[:]
+            self._pos = 0
+            if rest:
+                self._in += self._decodec.decompress(rest)
+
+    def set_bwlimit(self, bytes_per_second: int) -> None:
+        self._bwlimit = bytes_per_second
+        self._bw_start = time.monotonic()
+        self._bw_sent = 0
+
+    def send(self, ftype: int, payload: bytes | bytearray | memoryview = b"") -> None:
+        if len(payload) > MAX_FRAME:
+            raise ProtocolError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
+        with self._lock:
+            self._out += _HDR.pack(ftype, len(payload))
+            self._out += payload
+            if len(self._out) >= _FLUSH_AT:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._out:
+            return
+        data = bytes(self._out)
+        self._out.clear()
+        if self._codec is not None:
+            data = self._codec.compress(data)
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.wfd, view[: 1 << 20])
+            except BrokenPipeError:
+                raise PeerClosed("connection closed by the other side") from None
+            view = view[n:]
+            self.bytes_sent += n
+            if self._bwlimit:
+                self._throttle(n)
+
+    def _throttle(self, n: int) -> None:
+        self._bw_sent += n
+        due = self._bw_start + self._bw_sent / self._bwlimit
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _fill(self, timeout: float | None = None) -> None:
+        if self._eof:
+            raise PeerClosed("connection closed by the other side")
+        if timeout is not None:
+            ready, _, _ = select.select([self.rfd], [], [], timeout)
+            if not ready:
+                raise ProtocolError(f"no answer from the other side in {timeout:.0f} s", STARTUP)
+        data = os.read(self.rfd, _READ_CHUNK)
+        if not data:
+            self._eof = True
+            raise PeerClosed("connection closed by the other side")
+        self.bytes_received += len(data)
+        if self._decodec is not None:
+            data = self._decodec.decompress(data)
+        if self._pos:
+            del self._in[: self._pos]
+            self._pos = 0
+        self._in += data
+
+    def _need(self, n: int, timeout: float | None) -> None:
+        while len(self._in) - self._pos < n:
+            self._fill(timeout)
+
+    def recv(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """The next frame; raises PeerClosed at end of stream."""
+        self._need(_HDR.size, timeout)
+        ftype, length = _HDR.unpack_from(self._in, self._pos)
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
+        self._need(_HDR.size + length, timeout)
+        start = self._pos + _HDR.size
+        payload = bytes(self._in[start : start + length])
+        self._pos = start + length
+        return ftype, payload
+
+    def read_raw_prefix(self, n: int, timeout: float) -> bytes:
+        """Peek at up to n raw bytes (for telling a non-fscsync peer apart)."""
+        try:
+            self._need(1, timeout)
+        except PeerClosed:
+            return b""
+        return bytes(self._in[self._pos : self._pos + n])
+
+
+@dataclass
+class Peer:
+    version: int
+    program: str
+    capabilities: list[str]
+
+
+def send_hello(chan: Channel, role: str) -> None:
+    body = json.dumps(
+        {"role": role, "program": f"fscsync {__version__}", "capabilities": CAPABILITIES}
+    ).encode()
+    chan.send(HELLO, MAGIC + struct.pack(">H", PROTOCOL_VERSION) + body)
+    chan.flush()
+
+
+def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Peer:
+    """Check the peer is an fscsync of our protocol version, playing the other role."""
+    prefix = chan.read_raw_prefix(_HDR.size + len(MAGIC), timeout)
+    if len(prefix) < _HDR.size + len(MAGIC) or prefix[_HDR.size:] != MAGIC:
+        if not prefix:
+            raise PeerClosed("connection closed before the handshake (is fscsync installed "
+                             "on the other side?)", )
+        shown = prefix.decode("ascii", "replace").strip()
+        raise ProtocolError(f"the other side is not fscsync (it said {shown!r})", STARTUP)
+    ftype, payload = chan.recv(timeout)
+    if ftype != HELLO or len(payload) < len(MAGIC) + 2:
+        raise ProtocolError("malformed handshake from the other side", STARTUP)
+    (version,) = struct.unpack_from(">H", payload, len(MAGIC))
+    try:
+        info = json.loads(payload[len(MAGIC) + 2 :])
+        role = str(info["role"])
+        program = str(info["program"])
+        caps = [str(c) for c in info["capabilities"]]
+    except (ValueError, KeyError, TypeError):
+        raise ProtocolError("malformed handshake from the other side", STARTUP) from None
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version mismatch: we speak {PROTOCOL_VERSION}, "
+            f"the other side ({program}) speaks {version}",
+            PROTOCOL_INCOMPATIBLE,
+        )
+    if role != want_role:
+        raise ProtocolError(f"the other side answered as {role!r}, not as an fscsync {want_role}",
+                            STARTUP)
+    return Peer(version, program, caps)
+
+
+def send_json(chan: Channel, ftype: int, obj: object) -> None:
+    chan.send(ftype, json.dumps(obj).encode())
+
+
+def load_json(payload: bytes) -> dict:
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        raise ProtocolError("malformed control frame") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed control frame")
+    return obj

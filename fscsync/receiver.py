@@ -1,0 +1,226 @@
+"""The receiving side: reads the stream, feeds the generator, runs the writer,
+then the finalisation pass.
+
+The main thread is the only reader of the channel, so the sender is never
+blocked on a full pipe; the generator runs in its own thread and sends
+requests while data for earlier requests is still arriving.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import stat
+import struct
+import threading
+
+from fscsync import errors, protocol
+from fscsync.destfs import DestTree, check_path
+from fscsync.errors import FscsyncError, ProtocolError, escape
+from fscsync.finalize import Finalizer
+from fscsync.flist import Entry, decode_entries
+from fscsync.generator import Generator
+from fscsync.meta import IdMapper
+from fscsync.options import Options
+from fscsync.probe import DestAbilities, probe_dest
+from fscsync.protocol import Channel
+from fscsync.report import Reporter
+from fscsync.stats import Stats
+from fscsync.writer import Writer
+
+OK = 1
+FAILED = 2
+MAX_ENTRIES = 50_000_000
+
+
+class Receiver:
+    def __init__(self, chan: Channel, opts: Options, reporter: Reporter, dest: bytes,
+                 item_dir: str = ">", on_control=None):
+        self.chan = chan
+        self.opts = opts
+        self.reporter = reporter
+        self.dest = dest
+        self.item_dir = item_dir
+        self.on_control = on_control
+        self.ids = IdMapper(opts.numeric_ids)
+        self.stats = Stats()
+        self.entries: list[Entry] = []
+        self.status = bytearray()
+        self.dir_paths: set[bytes] = {b""}
+        self.root_fd: int | None = None
+        self.single_name: bytes | None = None
+        self.abilities = DestAbilities()
+        self.root_created = False
+        self.io_error = False
+        self.lock = threading.Lock()
+        self.requested = 0
+        self.completed = 0
+        self.sender_stats: Stats | None = None
+        self.sender_exit_code = 0
+        self.pending: dict = {}
+        self.generator: Generator | None = None
+
+    # ---- setup -----------------------------------------------------------------
+
+    def open_root(self, single_file: bool) -> None:
+        """Find or create the destination root (rsync's rules for DST)."""
+        dest = self.dest
+        trailing = dest.endswith(b"/")
+        path = dest.rstrip(b"/") or b"/"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise FscsyncError(f'stat "{escape(dest)}" failed: {exc.strerror} ({exc.errno})',
+                               errors.FILE_IO) from None
+        if single_file and not trailing and (st is None or not stat.S_ISDIR(st.st_mode)):
+            head, _, name = path.rpartition(b"/")
+            self.single_name = name
+            path = head or (b"/" if path.startswith(b"/") else b".")
+        elif st is None:
+            if self.opts.dry_run:
+                self.root_created = True
+                self.reporter.info(f"created directory {escape(path)}",
+                                   0 if self.opts.itemize else 1)
+                return
+            try:
+                os.mkdir(path, 0o777)
+            except OSError as exc:
+                raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
+                                   f"({exc.errno})", errors.FILE_IO) from None
+            self.root_created = True
+            self.reporter.info(f"created directory {escape(path)}",
+                               0 if self.opts.itemize else 1)
+        elif not stat.S_ISDIR(st.st_mode):
+            raise FscsyncError(f'destination "{escape(dest)}" is not a directory',
+                               errors.FILE_SELECT)
+        try:
+            self.root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
+                               f"({exc.errno})", errors.FILE_IO) from None
+        if not self.opts.dry_run:
+            try:
+                self.abilities = probe_dest(self.root_fd, self.opts.encdata_xattr)
+            except OSError as exc:
+                raise FscsyncError(f'destination "{escape(path)}" is not writable: '
+                                   f"{exc.strerror} ({exc.errno})", errors.FILE_IO) from None
+            for line in self.abilities.lines():
+                self.reporter.info(line, 1)
+
+    def tree(self) -> DestTree | None:
+        return DestTree(self.root_fd) if self.root_fd is not None else None
+
+    # ---- the stream -----------------------------------------------------------------
+
+    def _add_entries(self, batch: list[Entry]) -> None:
+        for e in batch:
+            check_path(e.path)
+            if e.path == b".":
+                if not e.is_dir or self.entries:
+                    raise ProtocolError("misplaced root entry in the file list")
+            else:
+                head = e.path.rpartition(b"/")[0]
+                if head not in self.dir_paths:
+                    raise ProtocolError(f"entry {e.path[:100]!r} arrived before its directory")
+            if e.link >= len(self.entries) or (e.link >= 0 and not e.is_reg):
+                raise ProtocolError("hard link to an entry that does not precede it")
+            if e.is_dir:
+                self.dir_paths.add(e.path)
+            self.entries.append(e)
+            self.status.append(0)
+        if len(self.entries) > MAX_ENTRIES:
+            raise ProtocolError("file list too long")
+
+    def run(self) -> Stats:
+        chan = self.chan
+        ftype, payload = chan.recv()
+        if ftype != protocol.FLIST_START:
+            raise ProtocolError(f"expected the file list, got frame type {ftype}")
+        single = bool(protocol.load_json(payload).get("single_file"))
+        self.open_root(single)
+        work: queue.Queue = queue.Queue(maxsize=256)
+        gen = Generator(self, work)
+        writer = Writer(self)
+        thread = threading.Thread(target=gen.run, name="generator", daemon=True)
+        thread.start()
+        flist_done = gen_acked = finished = False
+        try:
+            while not finished:
+                if gen_acked and self.completed == self.requested:
+                    chan.send(protocol.DONE)
+                    gen_acked = False
+                chan.flush()
+                ftype, payload = chan.recv()
+                if ftype == protocol.DATA:
+                    writer.data(payload)
+                elif ftype == protocol.DATA_END:
+                    writer.end(payload)
+                elif ftype == protocol.SIGREQ:
+                    writer.sigreq(payload)
+                elif ftype == protocol.FLIST and not flist_done:
+                    batch = decode_entries(payload)
+                    base = len(self.entries)
+                    self._add_entries(batch)
+                    work.put((base, batch))
+                elif ftype == protocol.IDNAME and not flist_done:
+                    self._idname(payload)
+                elif ftype == protocol.FLIST_END and not flist_done:
+                    info = protocol.load_json(payload)
+                    self.io_error = bool(info.get("io_error"))
+                    flist_done = True
+                    work.put(None)
+                elif ftype == protocol.NOMORE_ACK:
+                    gen_acked = True
+                elif ftype == protocol.FINISHED:
+                    final = protocol.load_json(payload)
+                    self.sender_stats = Stats.from_wire(final)
+                    self.sender_exit_code = int(final.get("exit_code", 0))
+                    finished = True
+                elif self.on_control is not None and self.on_control(ftype, payload):
+                    continue
+                else:
+                    raise ProtocolError(f"unexpected frame type {ftype} at the receiver")
+        except BaseException:
+            gen.abort()
+            writer.abort()
+            raise
+        thread.join()
+        if gen.failure is not None:
+            raise gen.failure
+        writer.close()
+        Finalizer(self).run()
+        self.stats.io_error = self.io_error
+        return self.stats
+
+    def _idname(self, payload: bytes) -> None:
+        if len(payload) < 5 or payload[:1] not in (b"u", b"g") or len(payload) > 5 + 255:
+            raise ProtocolError("malformed id-name frame")
+        (ident,) = struct.unpack_from(">I", payload, 1)
+        names = self.ids.user_names if payload[:1] == b"u" else self.ids.group_names
+        names[ident] = payload[5:]
+
+    # ---- shared helpers for generator, writer and finaliser --------------------
+
+    def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
+        """(parent fd, name) of an entry at the destination; name b"" is the root."""
+        if self.single_name is not None:
+            return tree.root_fd, self.single_name
+        if e.path == b".":
+            return tree.root_fd, b""
+        return tree.locate(e.path)
+
+    def rel_dir(self, e: Entry) -> bytes:
+        """The destination-relative directory path of a directory entry."""
+        return b"" if e.path == b"." else e.path
+
+    def fail(self, idx: int, message: str, code: int = errors.PARTIAL) -> None:
+        self.status[idx] = FAILED
+        self.reporter.error(message, code)
+
+    def os_fail(self, idx: int, what: str, exc: OSError) -> None:
+        e = self.entries[idx]
+        self.fail(idx, f'{what} "{escape(e.path)}" failed: {exc.strerror or exc} '
+                       f"({exc.errno if exc.errno is not None else errno.EIO})")

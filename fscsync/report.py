@@ -1,0 +1,55 @@
+"""How the engine tells the outside world what happened, without knowing the terminal.
+
+The engine calls a Reporter; the client's reporter prints (cli/progress), a
+server's reporter turns the calls into LOG/ITEM frames for its client.
+Exit codes accumulate here so that one bad file never stops the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from fscsync import errors
+
+
+class Reporter:
+    def __init__(self) -> None:
+        self.exit_code = errors.OK
+        self._lock = threading.Lock()
+
+    def note_code(self, code: int) -> None:
+        with self._lock:
+            self.exit_code = errors.worst(self.exit_code, code)
+
+    def error(self, message: str, code: int = errors.PARTIAL) -> None:
+        """A per-file failure: printed, counted, the run goes on."""
+        self.note_code(code)
+        self.emit("error", message)
+
+    def warning(self, message: str) -> None:
+        self.emit("warning", message)
+
+    def info(self, message: str, level: int = 1) -> None:
+        """level 0 = always shown (unless -q), 1 = -v, 2 = -vv."""
+        self.emit(f"info{level}", message)
+
+    def itemize(self, line: str) -> None:
+        self.emit("item", line)
+
+    def progress(self, path: bytes, done: int, total: int) -> None:
+        """Bytes of one file handled so far; the default ignores it."""
+
+    def emit(self, kind: str, message: str) -> None:
+        raise NotImplementedError
+
+
+class CollectingReporter(Reporter):
+    """Keeps every line; used where nothing should be printed (and in tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, kind: str, message: str) -> None:
+        with self._lock:
+            self.lines.append((kind, message))

@@ -1,0 +1,221 @@
+"""Walking the source: turn SRC arguments into file-list entries, in rsync's order.
+
+Within a directory, non-directories come first (sorted bytewise), then each
+subdirectory followed by its contents. Errors are reported per entry and mark
+the walk as incomplete, which later disables deletions on the receiver.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from fscsync import cipher, errors, meta
+from fscsync.errors import escape
+from fscsync.fileio import BlockReader, digest_fd
+from fscsync.filters import Filters
+from fscsync.flist import Entry
+from fscsync.options import Options
+from fscsync.report import Reporter
+
+
+def split_source(src: bytes) -> tuple[bytes, bytes | None]:
+    """(base directory, top name) for one SRC argument; name None means 'the contents'."""
+    if src.endswith(b"/") or src in (b".", b"..") or src.endswith(b"/.") or src.endswith(b"/.."):
+        base = src.rstrip(b"/") or b"/"
+        return base, None
+    head, _, name = src.rpartition(b"/")
+    if not head and src.startswith(b"/"):
+        head = b"/"
+    return head or b".", name
+
+
+class Scanner:
+    def __init__(self, opts: Options, reporter: Reporter):
+        self.opts = opts
+        self.filters = Filters(opts.filter_rules)
+        self.reporter = reporter
+        self.io_error = False
+        self.count = 0
+        self._links: dict[tuple[int, int], int] = {}
+        self._seen: set[bytes] = set()
+        self._want_xattrs = opts.xattrs or opts.acls
+
+    def scan(self, sources: list[bytes]) -> Iterator[Entry]:
+        for src in sources:
+            base, name = split_source(src)
+            if name is None:
+                yield from self._scan_contents(src, base)
+            else:
+                yield from self._scan_top(src, base, name)
+
+    def _fail(self, path: bytes, what: str, exc: OSError, code: int = errors.PARTIAL) -> None:
+        self.io_error = True
+        self.reporter.error(f'{what} "{escape(path)}" failed: {exc.strerror} ({exc.errno})', code)
+
+    def _scan_contents(self, src: bytes, base: bytes) -> Iterator[Entry]:
+        try:
+            st = os.stat(base)
+        except OSError as exc:
+            self._fail(src, "change_dir", exc)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            self._fail(src, "change_dir", OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+            return
+        if not self.opts.recursive:
+            self.reporter.info("skipping directory .", 0)
+            return
+        root = self._entry(b".", base, st) if self._first(b".") else None
+        if root is not None:
+            yield root
+        yield from self._walk(base, b"")
+
+    def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[Entry]:
+        full = src.rstrip(b"/")
+        try:
+            st = os.lstat(full)
+        except OSError as exc:
+            self._fail(src, "link_stat", exc)
+            return
+        if stat.S_ISDIR(st.st_mode) and not self.opts.recursive:
+            self.reporter.info(f"skipping directory {escape(name)}", 0)
+            return
+        if self.filters and self.filters.excluded(name, stat.S_ISDIR(st.st_mode)):
+            return
+        if not self._first(name):
+            return
+        entry = self._entry(name, full, st)
+        if entry is None:
+            return
+        yield entry
+        if entry.is_dir:
+            yield from self._walk(full, name + b"/")
+
+    def _first(self, path: bytes) -> bool:
+        if path in self._seen:
+            return False
+        self._seen.add(path)
+        return True
+
+    def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[Entry]:
+        try:
+            with os.scandir(dirpath) as it:
+                children = sorted((d.name, d) for d in it)
+        except OSError as exc:
+            self._fail(dirpath, "opendir", exc)
+            return
+        subdirs = []
+        filters = self.filters
+        for name, d in children:
+            rel = prefix + name
+            try:
+                st = d.stat(follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    self.reporter.error(f'file has vanished: "{escape(d.path)}"',
+                                        errors.VANISHED)
+                else:
+                    self._fail(d.path, "readlink_stat", exc)
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if filters and filters.excluded(rel, is_dir):
+                continue
+            if is_dir:
+                subdirs.append((rel, d.path, st))
+                continue
+            entry = self._entry(rel, d.path, st)
+            if entry is not None:
+                yield entry
+        for rel, path, st in subdirs:
+            entry = self._entry(rel, path, st)
+            if entry is None:
+                continue
+            yield entry
+            yield from self._walk(path, rel + b"/")
+
+    def _entry(self, rel: bytes, path: bytes, st: os.stat_result) -> Entry | None:
+        """Build one entry, or None when this run skips that kind of file."""
+        opts = self.opts
+        mode = st.st_mode
+        fmt = stat.S_IFMT(mode)
+        e = Entry(rel, mode, 0, st.st_mtime_ns, st.st_uid, st.st_gid, src=path)
+        try:
+            if self._want_xattrs:
+                e.xattrs, e.enc = meta.split_xattrs(meta.read_xattrs(path), opts)
+            else:
+                e.enc = cipher.read_encdata(path, opts.encdata_xattr, follow=False)
+        except OSError as exc:
+            self._fail(path, "read xattrs of", exc)
+            return None
+        if fmt == stat.S_IFREG:
+            e.size = st.st_size
+            if e.enc is not None:
+                e.size = self._cipher_size(e, st)
+                if e.size < 0:
+                    return None
+        elif fmt == stat.S_IFLNK:
+            if not opts.links:
+                self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
+                return None
+            try:
+                e.target = os.readlink(path)
+            except OSError as exc:
+                self._fail(path, "readlink", exc)
+                return None
+            e.size = len(e.target)
+        elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            if not opts.devices:
+                self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
+                return None
+            e.rdev = st.st_rdev
+        elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
+            if not opts.specials:
+                self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
+                return None
+        elif fmt != stat.S_IFDIR:
+            return None
+        if opts.hard_links and fmt != stat.S_IFDIR and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            leader = self._links.get(key)
+            if leader is None:
+                self._links[key] = self.count
+            else:
+                e.link = leader
+        if opts.checksum and fmt == stat.S_IFREG and e.link < 0:
+            e.checksum = self._checksum(path, e)
+            if e.checksum is None:
+                return None
+        self.count += 1
+        return e
+
+    def _cipher_size(self, e: Entry, st: os.stat_result) -> int:
+        """Ciphertext bytes of an encrypted file: its cleartext size padded to the unit."""
+        try:
+            enc = cipher.parse_encdata(e.enc)
+        except cipher.EncdataError as exc:
+            self.io_error = True
+            self.reporter.error(f'malformed {self.opts.encdata_xattr.decode()} on '
+                                f'"{escape(e.src)}": {exc}')
+            return -1
+        return cipher.padded_size(enc.size)
+
+    def _checksum(self, path: bytes, e: Entry) -> bytes | None:
+        try:
+            if e.enc is not None:
+                fd, direct = cipher.open_ciphertext(path)
+            else:
+                fd, direct = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), False
+        except OSError as exc:
+            self._fail(path, "open", exc)
+            return None
+        reader = BlockReader(fd, direct)
+        try:
+            return digest_fd(reader)
+        except OSError as exc:
+            self._fail(path, "read", exc)
+            return None
+        finally:
+            reader.close()
+            os.close(fd)

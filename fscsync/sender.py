@@ -1,0 +1,305 @@
+"""The sending side: stream the file list, then answer requests with deltas.
+
+The sender never waits on the receiver per file: requests arrive pipelined,
+each is answered at once, and a file whose chunks differ is parked until the
+block signatures it asked for come back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+
+import xxhash
+
+from fscsync import cipher, delta, errors, protocol
+from fscsync.errors import ProtocolError, escape
+from fscsync.fileio import READ_SIZE, BlockReader, data_segments
+from fscsync.flist import Entry, encode_entries
+from fscsync.meta import group_name, user_name
+from fscsync.options import Options
+from fscsync.protocol import Channel
+from fscsync.report import Reporter
+from fscsync.scan import Scanner, split_source
+from fscsync.stats import Stats
+
+FLIST_BATCH = 64 << 10
+_ZEROS = bytes(READ_SIZE)
+
+
+class _Parked:
+    """A file waiting for block signatures of the chunks that differ."""
+
+    __slots__ = ("entry", "fd", "reader", "out", "digest", "size", "st", "pending", "chunk",
+                 "block", "basis_size")
+
+
+class Sender:
+    def __init__(self, chan: Channel, opts: Options, reporter: Reporter, sources: list[bytes],
+                 on_control=None):
+        self.chan = chan
+        self.opts = opts
+        self.reporter = reporter
+        self.sources = sources
+        self.entries: list[Entry] = []
+        self.stats = Stats()
+        self.on_control = on_control
+        self._parked: dict[int, _Parked] = {}
+
+    def run(self) -> Stats:
+        self.send_flist()
+        self.serve()
+        return self.stats
+
+    # ---- file list ------------------------------------------------------------
+
+    def _single_file(self) -> bool:
+        if len(self.sources) != 1:
+            return False
+        src = self.sources[0]
+        if split_source(src)[1] is None:
+            return False
+        try:
+            return not stat.S_ISDIR(os.lstat(src).st_mode)
+        except OSError:
+            return False
+
+    def send_flist(self) -> None:
+        chan = self.chan
+        protocol.send_json(chan, protocol.FLIST_START, {"single_file": self._single_file()})
+        scanner = Scanner(self.opts, self.reporter)
+        users: set[int] = set()
+        groups: set[int] = set()
+        batch: list[Entry] = []
+        size = 0
+        named = not self.opts.numeric_ids
+        for e in scanner.scan(self.sources):
+            if named:
+                if self.opts.owner and e.uid not in users:
+                    users.add(e.uid)
+                    self._send_name(b"u", e.uid)
+                if self.opts.group and e.gid not in groups:
+                    groups.add(e.gid)
+                    self._send_name(b"g", e.gid)
+            self.entries.append(e)
+            batch.append(e)
+            size += len(e.path) + 40
+            if size >= FLIST_BATCH:
+                self._send_batch(batch)
+                batch, size = [], 0
+        if batch:
+            self._send_batch(batch)
+        self.stats.io_error = scanner.io_error
+        protocol.send_json(chan, protocol.FLIST_END,
+                           {"io_error": scanner.io_error, "count": len(self.entries)})
+        chan.flush()
+
+    def _send_batch(self, batch: list[Entry]) -> None:
+        payload = encode_entries(batch)
+        self.stats.flist_size += len(payload)
+        self.chan.send(protocol.FLIST, payload)
+
+    def _send_name(self, kind: bytes, ident: int) -> None:
+        name = user_name(ident) if kind == b"u" else group_name(ident)
+        if name is not None:
+            self.chan.send(protocol.IDNAME, kind + struct.pack(">I", ident) + name)
+
+    # ---- requests --------------------------------------------------------------
+
+    def serve(self) -> None:
+        chan = self.chan
+        while True:
+            chan.flush()
+            ftype, payload = chan.recv()
+            if ftype == protocol.REQ:
+                self._answer(delta.Request.decode(payload))
+            elif ftype == protocol.SIGBLOCKS:
+                self._blocks(*delta.decode_sigblocks(payload))
+            elif ftype == protocol.NOMORE:
+                chan.send(protocol.NOMORE_ACK)
+            elif ftype == protocol.DONE:
+                break
+            elif self.on_control is not None and self.on_control(ftype, payload):
+                continue
+            else:
+                raise ProtocolError(f"unexpected frame type {ftype} at the sender")
+        final = self.stats.to_wire()
+        final["exit_code"] = self.reporter.exit_code
+        protocol.send_json(chan, protocol.FINISHED, final)
+        chan.flush()
+
+    def _entry(self, idx: int) -> Entry:
+        if idx >= len(self.entries) or not self.entries[idx].is_reg:
+            raise ProtocolError(f"request for entry {idx}, which is not a regular file")
+        return self.entries[idx]
+
+    def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
+        try:
+            if e.enc is not None:
+                return cipher.open_ciphertext(e.src)
+            return os.open(e.src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), False
+        except OSError as exc:
+            self._open_failed(idx, e, exc)
+            return None
+
+    def _open_failed(self, idx: int, e: Entry, exc: OSError) -> None:
+        if exc.errno == errno.ENOENT:
+            self.reporter.error(f'file has vanished: "{escape(e.src)}"', errors.VANISHED)
+            status = delta.END_VANISHED
+        elif exc.errno == errno.ENOKEY and e.enc is not None:
+            self.reporter.error(
+                f'send_files failed to open "{escape(e.src)}": no key-less ciphertext access '
+                "(this kernel lacks the O_CIPHERTEXT interface) (126)")
+            status = delta.END_FAILED
+        else:
+            self.reporter.error(
+                f'send_files failed to open "{escape(e.src)}": {exc.strerror} ({exc.errno})')
+            status = delta.END_FAILED
+        self.chan.send(protocol.DATA_END,
+                       delta.encode_end(idx, status, 0, bytes(16)))
+
+    def _answer(self, req: delta.Request) -> None:
+        e = self._entry(req.idx)
+        opened = self._open(req.idx, e)
+        if opened is None:
+            return
+        fd, direct = opened
+        reader = BlockReader(fd, direct)
+        out = delta.OpWriter(req.idx, lambda p: self.chan.send(protocol.DATA, p))
+        st = os.fstat(fd)
+        size = e.size if e.enc is not None else st.st_size
+        try:
+            if req.kind == delta.CHUNKS:
+                self._chunks_pass(req, e, fd, reader, out, st, size)
+                return
+            if req.kind == delta.BLOCKS:
+                digest = self._send_blocks(req, e, reader, out, size)
+            else:
+                digest = self._send_whole(e, fd, reader, out, size, direct)
+        except OSError as exc:
+            self._read_failed(req.idx, e, exc, fd, reader)
+            return
+        self._finish(req.idx, e, fd, reader, out, digest, size, st)
+
+    def _finish(self, idx: int, e: Entry, fd: int, reader: BlockReader, out: delta.OpWriter,
+                digest: bytes, size: int, st: os.stat_result) -> None:
+        out.flush()
+        now = os.fstat(fd)
+        reader.close()
+        os.close(fd)
+        self.stats.literal += out.literal
+        self.stats.matched += out.matched
+        status = delta.END_OK
+        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self.reporter.error(f'"{escape(e.src)}" changed while it was being sent; '
+                                "the destination keeps its previous copy")
+            status = delta.END_FAILED
+        else:
+            self.stats.files_sent += 1
+            self.stats.transferred_size += size
+        self.chan.send(protocol.DATA_END, delta.encode_end(idx, status, size, digest))
+
+    def _read_failed(self, idx: int, e: Entry, exc: OSError, fd: int,
+                     reader: BlockReader) -> None:
+        reader.close()
+        os.close(fd)
+        self.reporter.error(f'read errors mapping "{escape(e.src)}": {exc.strerror} '
+                            f"({exc.errno})")
+        self.chan.send(protocol.DATA_END, delta.encode_end(idx, delta.END_FAILED, 0, bytes(16)))
+
+    def _send_whole(self, e: Entry, fd: int, reader: BlockReader, out: delta.OpWriter,
+                    size: int, direct: bool) -> bytes:
+        h = xxhash.xxh3_128()
+        segments = [(0, size)] if direct or e.enc is not None else data_segments(fd, size)
+        pos = 0
+        for start, end in segments:
+            _hash_zeros(h, start - pos)
+            off = start
+            while off < end:
+                data = reader.read_at(off, min(READ_SIZE, end - off))
+                if not data:
+                    raise OSError(errno.EIO, "file shrank while reading it")
+                h.update(data)
+                out.literal_data(off, data)
+                off += len(data)
+                self.reporter.progress(e.path, off, size)
+            pos = end
+        _hash_zeros(h, size - pos)
+        return h.digest()
+
+    def _send_blocks(self, req: delta.Request, e: Entry, reader: BlockReader,
+                     out: delta.OpWriter, size: int) -> bytes:
+        h = xxhash.xxh3_128()
+        off = 0
+        step = READ_SIZE - READ_SIZE % req.block
+        while off < size:
+            data = reader.read_at(off, min(step, size - off))
+            if not data:
+                raise OSError(errno.EIO, "file shrank while reading it")
+            h.update(data)
+            theirs = req.hashes[off // req.block * 8 :]
+            delta.diff_blocks(out, off, data, theirs, req.block, req.basis_size)
+            off += len(data)
+            self.reporter.progress(e.path, off, size)
+        return h.digest()
+
+    def _chunks_pass(self, req: delta.Request, e: Entry, fd: int, reader: BlockReader,
+                     out: delta.OpWriter, st: os.stat_result, size: int) -> None:
+        """First pass over a big file: copy equal chunks, ask for blocks of the rest."""
+        h = xxhash.xxh3_128()
+        chunk = req.chunk
+        nbasis = len(req.hashes) // 16
+        differ = []
+        off = 0
+        while off < size:
+            data = reader.read_at(off, min(chunk, size - off))
+            if not data:
+                raise OSError(errno.EIO, "file shrank while reading it")
+            h.update(data)
+            ci = off // chunk
+            if ci < nbasis and off + len(data) <= req.basis_size:
+                if req.hashes[ci * 16 : ci * 16 + 16] == delta.chunk_hash(data):
+                    out.copy(off, len(data))
+                else:
+                    differ.append(ci)
+            elif ci < nbasis:
+                differ.append(ci)
+            else:
+                out.literal_data(off, data)
+            off += len(data)
+            self.reporter.progress(e.path, off, size)
+        if not differ:
+            self._finish(req.idx, e, fd, reader, out, h.digest(), size, st)
+            return
+        p = _Parked()
+        p.entry, p.fd, p.reader, p.out = e, fd, reader, out
+        p.digest, p.size, p.st = h.digest(), size, st
+        p.pending, p.chunk, p.block, p.basis_size = set(differ), chunk, req.block, req.basis_size
+        self._parked[req.idx] = p
+        self.chan.send(protocol.SIGREQ, delta.encode_sigreq(req.idx, differ))
+
+    def _blocks(self, idx: int, ci: int, hashes: bytes) -> None:
+        p = self._parked.get(idx)
+        if p is None or ci not in p.pending:
+            raise ProtocolError(f"block signatures for entry {idx} chunk {ci} nobody asked for")
+        p.pending.discard(ci)
+        off = ci * p.chunk
+        try:
+            data = p.reader.read_at(off, min(p.chunk, p.size - off))
+            delta.diff_blocks(p.out, off, data, hashes, p.block, p.basis_size)
+        except OSError as exc:
+            del self._parked[idx]
+            self._read_failed(idx, p.entry, exc, p.fd, p.reader)
+            return
+        if not p.pending:
+            del self._parked[idx]
+            self._finish(idx, p.entry, p.fd, p.reader, p.out, p.digest, p.size, p.st)
+
+
+def _hash_zeros(h, n: int) -> None:
+    while n > 0:
+        step = min(n, len(_ZEROS))
+        h.update(memoryview(_ZEROS)[:step])
+        n -= step

@@ -1,0 +1,226 @@
+"""One run from either end: the client starts its peer and plays sender or receiver;
+the server (`fscsync --server`) learns its role and paths from the setup frame."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from fscsync import errors, protocol
+from fscsync.endpoint import Endpoint
+from fscsync.errors import FscsyncError, ProtocolError, escape
+from fscsync.options import Options
+from fscsync.protocol import Channel, PeerClosed
+from fscsync.receiver import Receiver
+from fscsync.report import Reporter
+from fscsync.sender import Sender
+from fscsync.stats import Stats
+from fscsync.transport import local_server_command, remote_command, spawn
+
+
+class FrameReporter(Reporter):
+    """The server's reporter: every line travels to the client as a LOG frame."""
+
+    def __init__(self, chan: Channel):
+        super().__init__()
+        self.chan = chan
+
+    def emit(self, kind: str, message: str) -> None:
+        protocol.send_json(self.chan, protocol.LOG, {"kind": kind, "msg": message})
+
+
+def control_handler(reporter: Reporter):
+    """Client side: print the peer's lines, stop on its fatal errors."""
+
+    def handle(ftype: int, payload: bytes) -> bool:
+        if ftype == protocol.LOG:
+            msg = protocol.load_json(payload)
+            reporter.emit(str(msg.get("kind", "info0")), str(msg.get("msg", "")))
+            return True
+        if ftype == protocol.FATAL:
+            msg = protocol.load_json(payload)
+            raise FscsyncError(str(msg.get("msg", "fatal error on the other side")),
+                               int(msg.get("code", errors.PARTIAL)))
+        return False
+
+    return handle
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    stats: Stats = field(default_factory=Stats)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    elapsed: float = 0.0
+
+
+@dataclass
+class Plan:
+    """Who plays which role, decided from the endpoints (rsync's rules)."""
+
+    client_sends: bool
+    peer: Endpoint | None
+    sources: list[bytes]
+    dest: bytes
+
+
+def plan(sources: list[Endpoint], dest: Endpoint) -> Plan:
+    remote_src = [s for s in sources if s.remote]
+    if dest.remote and remote_src:
+        raise FscsyncError("The source and destination cannot both be remote.", errors.SYNTAX)
+    if dest.remote:
+        return Plan(True, dest, [s.path for s in sources], dest.path)
+    if remote_src:
+        if len(remote_src) != len(sources) or len({(s.host, s.user) for s in sources}) != 1:
+            raise FscsyncError("all remote sources must be on the same host", errors.SYNTAX)
+        return Plan(False, sources[0], [s.path for s in sources], dest.path)
+    return Plan(True, None, [s.path for s in sources], dest.path)
+
+
+def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
+               remote_program: str | None = None) -> Outcome:
+    started = time.monotonic()
+    argv = (remote_command(p.peer, rsh, remote_program) if p.peer is not None
+            else local_server_command())
+    peer = spawn(argv)
+    chan = Channel(peer.rfd, peer.wfd)
+    on_control = control_handler(reporter)
+    try:
+        stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control)
+    except PeerClosed as exc:
+        status = peer.close()
+        if p.peer is not None and status == 255:
+            raise FscsyncError("connection unexpectedly closed (ssh exited with 255)",
+                               errors.SSH) from None
+        if status not in (0, None) and status < 0:
+            raise FscsyncError(f"{exc} (the other side was killed by signal {-status})",
+                               errors.STREAM) from None
+        raise FscsyncError(str(exc), exc.code if exc.code != errors.STREAM or status == 0
+                           else errors.STREAM) from None
+    except BaseException:
+        peer.proc.kill()
+        peer.close()
+        raise
+    status = peer.close()
+    code = errors.worst(reporter.exit_code, peer_code)
+    if status not in (0, None) and code == errors.OK:
+        code = status if 0 < status < 256 else errors.IPC
+    return Outcome(code, stats, chan.bytes_sent, chan.bytes_received,
+                   time.monotonic() - started)
+
+
+def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
+                     on_control) -> tuple[Stats, int]:
+    protocol.send_hello(chan, "client")
+    hello = protocol.recv_hello(chan, "server")
+    kind = None
+    if opts.compress:
+        kind = "zstd" if "zstd" in hello.capabilities and "zstd" in protocol.CAPABILITIES \
+            else "zlib"
+    paths = [p.dest] if p.client_sends else p.sources
+    item_dir = "<" if p.peer is not None and p.client_sends else ">"
+    protocol.send_json(chan, protocol.SETUP, {
+        "role": "receiver" if p.client_sends else "sender",
+        "options": opts.to_wire(),
+        "paths": [x.hex() for x in paths],
+        "item_dir": item_dir,
+        "compress": kind,
+    })
+    chan.flush()
+    ftype, payload = chan.recv()
+    if ftype == protocol.FATAL or ftype == protocol.LOG:
+        on_control(ftype, payload)
+        ftype, payload = chan.recv()
+        on_control(ftype, payload)
+    if ftype != protocol.READY:
+        raise ProtocolError(f"unexpected frame {ftype} instead of READY", errors.STARTUP)
+    chan.set_compression(kind)
+    if opts.bwlimit:
+        chan.set_bwlimit(opts.bwlimit)
+    if p.client_sends:
+        stats = Sender(chan, opts, reporter, p.sources, on_control).run()
+        while True:
+            ftype, payload = chan.recv()
+            if on_control(ftype, payload):
+                continue
+            if ftype != protocol.STATS:
+                raise ProtocolError(f"unexpected frame {ftype} at the end of the run")
+            final = protocol.load_json(payload)
+            stats.merge(Stats.from_wire(final.get("stats", {})))
+            return stats, int(final.get("exit_code", 0))
+    rx = Receiver(chan, opts, reporter, p.dest, item_dir, on_control)
+    stats = rx.run()
+    peer_code = 0
+    if rx.sender_stats is not None:
+        stats.merge(rx.sender_stats)
+        peer_code = rx.sender_exit_code
+    return stats, peer_code
+
+
+def _within(path: bytes, root: bytes) -> bool:
+    """Does path (resolved through its existing ancestors) lie under root?"""
+    real = os.path.realpath(path)
+    base = os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(b"/") + b"/")
+
+
+def run_server(restrict_to: bytes | None = None) -> int:
+    chan = Channel(0, 1)
+    reporter = FrameReporter(chan)
+    try:
+        protocol.send_hello(chan, "server")
+        protocol.recv_hello(chan, "client")
+        ftype, payload = chan.recv()
+        if ftype != protocol.SETUP:
+            raise ProtocolError("expected the setup frame", errors.STARTUP)
+        setup = protocol.load_json(payload)
+        try:
+            opts = Options.from_wire(setup["options"])
+            paths = [bytes.fromhex(x) for x in setup["paths"]]
+            role = setup["role"]
+            item_dir = setup.get("item_dir", ">")
+            kind = setup.get("compress")
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError("malformed setup frame", errors.STARTUP) from None
+        if role not in ("sender", "receiver") or not paths or kind not in (None, "zlib", "zstd"):
+            raise ProtocolError("malformed setup frame", errors.STARTUP)
+        if restrict_to is not None:
+            _check_restricted(restrict_to, role, paths, opts)
+        chan.send(protocol.READY)
+        chan.flush()
+        chan.set_compression(kind)
+        if opts.bwlimit:
+            chan.set_bwlimit(opts.bwlimit)
+        if role == "receiver":
+            rx = Receiver(chan, opts, reporter, paths[0], item_dir)
+            stats = rx.run()
+            protocol.send_json(chan, protocol.STATS,
+                               {"stats": stats.to_wire(), "exit_code": reporter.exit_code})
+        else:
+            Sender(chan, opts, reporter, paths).run()
+        chan.flush()
+        return reporter.exit_code
+    except PeerClosed:
+        return errors.STREAM
+    except FscsyncError as exc:
+        try:
+            protocol.send_json(chan, protocol.FATAL, {"msg": str(exc), "code": exc.code})
+            chan.flush()
+        except (OSError, FscsyncError):
+            pass
+        return exc.code
+
+
+def _check_restricted(root: bytes, role: str, paths: list[bytes], opts: Options) -> None:
+    for path in paths:
+        if not _within(path, root):
+            raise FscsyncError(f'path "{escape(path)}" is outside the allowed tree '
+                               f'"{escape(root)}" (--restrict-to)', errors.FILE_SELECT)
+    if opts.temp_dir is not None and role == "receiver":
+        where = opts.temp_dir if opts.temp_dir.startswith(b"/") else os.path.join(
+            paths[0], opts.temp_dir)
+        if not _within(where, root):
+            raise FscsyncError("--temp-dir outside the allowed tree (--restrict-to)",
+                               errors.FILE_SELECT)

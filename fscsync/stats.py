@@ -1,0 +1,74 @@
+"""Transfer counters, shared by both sides and merged for --stats."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    files: dict[str, int] = field(default_factory=dict)
+    created: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)
+    files_sent: int = 0
+    total_size: int = 0
+    transferred_size: int = 0
+    literal: int = 0
+    matched: int = 0
+    flist_size: int = 0
+    encrypted_files: int = 0
+    encrypted_bytes: int = 0
+    io_error: bool = False
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict) -> Stats:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def merge(self, other: Stats) -> None:
+        """Fold the peer's counters in: each counter is kept by one side only."""
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, dict):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            elif isinstance(mine, bool):
+                setattr(self, f.name, mine or theirs)
+            else:
+                setattr(self, f.name, mine + theirs)
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    order = ["reg", "dir", "link", "dev", "special"]
+    parts = [f"{k}: {counts[k]:,}" for k in order if counts.get(k)]
+    return f"{total:,}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def format_stats(s: Stats, sent: int, received: int, elapsed: float) -> list[str]:
+    """rsync's --stats block, plus fscsync's encrypted-file counters."""
+    rate = (sent + received) / elapsed if elapsed > 0 else 0.0
+    speedup = s.total_size / (sent + received) if sent + received else 0.0
+    return [
+        "",
+        f"Number of files: {_kinds(s.files)}",
+        f"Number of created files: {_kinds(s.created)}",
+        f"Number of deleted files: {_kinds(s.deleted)}",
+        f"Number of regular files transferred: {s.files_sent:,}",
+        f"Number of encrypted files: {s.encrypted_files:,}",
+        f"Total file size: {s.total_size:,} bytes",
+        f"Total transferred file size: {s.transferred_size:,} bytes",
+        f"Encrypted data transferred: {s.encrypted_bytes:,} bytes",
+        f"Literal data: {s.literal:,} bytes",
+        f"Matched data: {s.matched:,} bytes",
+        f"File list size: {s.flist_size:,}",
+        f"Total bytes sent: {sent:,}",
+        f"Total bytes received: {received:,}",
+        "",
+        f"sent {sent:,} bytes  received {received:,} bytes  {rate:,.2f} bytes/sec",
+        f"total size is {s.total_size:,}  speedup is {speedup:,.2f}",
+    ]

@@ -1,0 +1,269 @@
+"""The writer: builds each requested file from basis ranges and literal data in a
+temp file, verifies it, applies attributes in the encrypted-safe order and renames
+it into place. The old copy is never touched until the rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from fscsync import cipher, delta, errors, meta, protocol
+from fscsync.destfs import DestTree, proc_path, temp_name
+from fscsync.errors import escape
+from fscsync.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
+
+if TYPE_CHECKING:
+    from fscsync.generator import Pending
+    from fscsync.receiver import Receiver
+
+_ZEROS = bytes(READ_SIZE)
+FAULT_ENV = "FSCSYNC_FAULT_CORRUPT_LITERALS"
+
+
+class Writer:
+    def __init__(self, rx: Receiver):
+        self.rx = rx
+        self.opts = rx.opts
+        self.tree: DestTree | None = rx.tree()
+        self._corrupt = os.environ.get(FAULT_ENV) == "1"
+        self._temp_dir_fd: int | None = None
+        if self.opts.temp_dir and self.tree is not None and not self.opts.dry_run:
+            try:
+                self._temp_dir_fd = os.open(self.opts.temp_dir, os.O_RDONLY | os.O_DIRECTORY,
+                                            dir_fd=self.tree.root_fd)
+            except OSError as exc:
+                raise errors.FscsyncError(
+                    f'cannot use --temp-dir "{escape(self.opts.temp_dir)}": {exc.strerror}',
+                    errors.FILE_IO) from None
+
+    def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()
+        if self._temp_dir_fd is not None:
+            os.close(self._temp_dir_fd)
+
+    def abort(self) -> None:
+        """Drop every temp file still being built (the run is ending badly)."""
+        for p in list(self.rx.pending.values()):
+            self._discard(p, keep_partial=self.opts.partial)
+
+    def _pending(self, idx: int) -> Pending:
+        p = self.rx.pending.get(idx)
+        if p is None:
+            raise errors.ProtocolError(f"data for entry {idx}, which was not requested")
+        return p
+
+    def _open_temp(self, p: Pending) -> None:
+        rx = self.rx
+        e = rx.entries[p.idx]
+        pfd, name = rx.locate(self.tree, e)
+        if self.opts.inplace and e.enc is None and p.has_basis:
+            p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            p.tmpdir, p.tmpname = pfd, b""
+        else:
+            p.tmpdir = self._temp_dir_fd if self._temp_dir_fd is not None else pfd
+            p.tmpname = temp_name(name)
+            p.fd = os.open(p.tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o600, dir_fd=p.tmpdir)
+        p.hasher = xxhash.xxh3_128()
+        p.hash_pos = 0
+        p.sequential = True
+        if p.has_basis and not (self.opts.inplace and e.enc is None):
+            if p.encrypted_basis:
+                p.basis_fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
+            else:
+                p.basis_fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                             dir_fd=pfd), False
+            p.basis_reader = BlockReader(p.basis_fd, direct)
+
+    def data(self, payload: bytes) -> None:
+        idx = delta.data_index(payload)
+        p = self._pending(idx)
+        if p.fd == -1:
+            return
+        try:
+            if p.fd is None:
+                self._open_temp(p)
+            for op, off, arg in delta.decode_ops(payload):
+                if op == delta.OP_COPY:
+                    self._hash_gap(p, off, -1)
+                    if not p.tmpname:
+                        continue
+                    if p.basis_fd is None:
+                        raise errors.ProtocolError("copy op without a basis file")
+                    copy_range(p.basis_fd, p.fd, off, arg)
+                else:
+                    if self._corrupt and arg:
+                        arg = bytes([arg[0] ^ 0xFF]) + arg[1:]
+                    os.pwrite(p.fd, arg, off)
+                    self._hash_gap(p, off, len(arg), arg)
+        except OSError as exc:
+            self._discard(p)
+            p.fd = -1
+            self.rx.os_fail(idx, "write of", exc)
+
+    @staticmethod
+    def _hash_gap(p: Pending, off: int, length: int, data: bytes | None = None) -> None:
+        """Hash literal data as it arrives while it arrives in order (whole-file sends);
+        anything else is verified by re-reading the result."""
+        if not p.sequential:
+            return
+        if data is None or off < p.hash_pos:
+            p.sequential = False
+            return
+        while p.hash_pos < off:
+            step = min(off - p.hash_pos, READ_SIZE)
+            p.hasher.update(memoryview(_ZEROS)[:step])
+            p.hash_pos += step
+        p.hasher.update(data)
+        p.hash_pos += length
+
+    def end(self, payload: bytes) -> None:
+        idx, status, size, digest = delta.decode_end(payload)
+        rx = self.rx
+        p = self._pending(idx)
+        e = rx.entries[idx]
+        if p.fd == -1 or status != delta.END_OK:
+            self._discard(p)
+            self._complete(idx, ok=False, quiet=p.fd == -1 or status != delta.END_OK)
+            return
+        try:
+            if p.fd is None:
+                self._open_temp(p)
+            os.ftruncate(p.fd, size)
+            if p.sequential:
+                self._hash_gap(p, size, 0, b"")
+                got = p.hasher.digest()
+            else:
+                got = self._digest_result(p, size)
+        except OSError as exc:
+            self._discard(p)
+            rx.os_fail(idx, "write of", exc)
+            self._complete(idx, ok=False, quiet=True)
+            return
+        if got != digest:
+            self._discard(p)
+            if not p.retried:
+                rx.reporter.warning(f'"{escape(e.path)}" failed verification -- '
+                                    "sending it again whole")
+                fresh = type(p)(idx, p.encrypted_basis, False)
+                fresh.retried = True
+                rx.pending[idx] = fresh
+                rx.chan.send(protocol.REQ, delta.Request(idx, delta.WHOLE, retry=True).encode())
+                return
+            rx.fail(idx, f'ERROR: "{escape(e.path)}" failed verification -- update discarded')
+            self._complete(idx, ok=False, quiet=True)
+            return
+        try:
+            self._install(p, size)
+        except meta.EncdataConflict as exc:
+            rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+            self._complete(idx, ok=False, quiet=True)
+            return
+        except OSError as exc:
+            self._discard(p)
+            rx.os_fail(idx, "finishing", exc)
+            self._complete(idx, ok=False, quiet=True)
+            return
+        if e.enc is not None:
+            rx.stats.encrypted_bytes += size
+        self._complete(idx, ok=True)
+
+    def _digest_result(self, p: Pending, size: int) -> bytes:
+        fd = os.open(proc_path(p.tmpdir, p.tmpname) if p.tmpname else proc_path(
+            p.tmpdir, self._final_name(p)), os.O_RDONLY | os.O_CLOEXEC)
+        reader = BlockReader(fd, False)
+        try:
+            return digest_fd(reader, size)
+        finally:
+            reader.close()
+            os.close(fd)
+
+    def _final_name(self, p: Pending) -> bytes:
+        return self.rx.locate(self.tree, self.rx.entries[p.idx])[1]
+
+    def _install(self, p: Pending, size: int) -> None:
+        rx = self.rx
+        e = rx.entries[p.idx]
+        self._close_basis(p)
+        st = os.fstat(p.fd)
+        t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
+        meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname))
+        os.close(p.fd)
+        p.fd = None
+        if p.tmpname:
+            pfd, name = rx.locate(self.tree, e)
+            try:
+                os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno == errno.EISDIR:
+                    os.rmdir(name, dir_fd=pfd)
+                    os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+                else:
+                    raise
+
+    def _close_basis(self, p: Pending) -> None:
+        if p.basis_reader is not None:
+            p.basis_reader.close()
+            p.basis_reader = None
+        if p.basis_fd is not None:
+            os.close(p.basis_fd)
+            p.basis_fd = None
+
+    def _discard(self, p: Pending, keep_partial: bool = False) -> None:
+        self._close_basis(p)
+        if p.fd is not None and p.fd >= 0:
+            os.close(p.fd)
+            p.fd = None
+            if p.tmpname:
+                try:
+                    if keep_partial:
+                        pfd, name = self.rx.locate(self.tree, self.rx.entries[p.idx])
+                        os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+                    else:
+                        os.unlink(p.tmpname, dir_fd=p.tmpdir)
+                except OSError:
+                    pass
+
+    def _complete(self, idx: int, ok: bool, quiet: bool = False) -> None:
+        rx = self.rx
+        with rx.lock:
+            rx.pending.pop(idx, None)
+            rx.completed += 1
+        if ok:
+            rx.status[idx] = 1
+        else:
+            rx.status[idx] = 2
+            if not quiet:
+                rx.reporter.error(f'"{escape(rx.entries[idx].path)}" was not transferred')
+
+    def sigreq(self, payload: bytes) -> None:
+        """Block hashes of the basis chunks the sender found different."""
+        idx, chunks = delta.decode_sigreq(payload)
+        p = self._pending(idx)
+        rx = self.rx
+        e = rx.entries[idx]
+        pfd, name = rx.locate(self.tree, e)
+        block = self.opts.block_size
+        try:
+            if p.encrypted_basis:
+                fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
+            else:
+                fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     dir_fd=pfd), False
+        except OSError:
+            fd, direct = None, False
+        reader = BlockReader(fd, direct) if fd is not None else None
+        try:
+            chunk = p.chunk
+            for ci in chunks:
+                data = reader.read_at(ci * chunk, chunk) if reader is not None else b""
+                rx.chan.send(protocol.SIGBLOCKS,
+                             delta.encode_sigblocks(idx, ci, delta.block_hashes(data, block)))
+        finally:
+            if reader is not None:
+                reader.close()
+                os.close(fd)
