@@ -182,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         if exc.code == errors.SYNTAX:
             print("fscsync error: syntax or usage error (code 1)", file=sys.stderr)
         return exc.code
+    except Exception as exc:
+        if os.environ.get("FSCSYNC_DEBUG"):
+            raise
+        print(f"fscsync: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return errors.STREAM
     except KeyboardInterrupt:
         print("fscsync: received SIGINT, exiting (code 20)", file=sys.stderr)
         return errors.SIGNAL

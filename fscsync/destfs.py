@@ -91,6 +91,11 @@ class DestTree:
         return self.dirfd(head), name
 
 
+def listdir(dirfd: int) -> list[bytes]:
+    """Names in an open directory, as bytes (os.listdir on an fd gives str)."""
+    return [os.fsencode(n) for n in os.listdir(dirfd)]
+
+
 def lstat_at(dirfd: int, name: bytes) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -108,7 +113,7 @@ def remove_tree(dirfd: int, name: bytes, on_entry=None) -> None:
         return
     fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
     try:
-        for child in os.listdir(fd):
+        for child in listdir(fd):
             remove_tree(fd, child, on_entry)
     finally:
         os.close(fd)

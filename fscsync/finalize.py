@@ -13,7 +13,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from fscsync import errors, itemize, meta
-from fscsync.destfs import lstat_at, remove_tree, temp_name
+from fscsync.destfs import listdir, lstat_at, remove_tree, temp_name
 from fscsync.errors import escape
 from fscsync.filters import Filters
 from fscsync.meta import Target
@@ -142,7 +142,7 @@ class Finalizer:
                 rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
                 return 0
             try:
-                for child in sorted(os.listdir(cfd)):
+                for child in sorted(listdir(cfd)):
                     cst = lstat_at(cfd, child)
                     if cst is not None:
                         count += self._delete(tree, cfd, child, path + b"/" + child, cst)

@@ -13,7 +13,15 @@ import stat
 from typing import TYPE_CHECKING
 
 from fscsync import cipher, delta, itemize, meta, protocol
-from fscsync.destfs import DestTree, is_temp_name, lstat_at, proc_path, remove_tree, temp_name
+from fscsync.destfs import (
+    DestTree,
+    is_temp_name,
+    listdir,
+    lstat_at,
+    proc_path,
+    remove_tree,
+    temp_name,
+)
 from fscsync.errors import escape
 from fscsync.fileio import BlockReader, digest_fd
 from fscsync.flist import Entry
@@ -229,7 +237,7 @@ class Generator:
         rel = self.rx.rel_dir(e)
         try:
             fd = tree.dirfd(rel)
-            names = os.listdir(fd)
+            names = listdir(fd)
         except OSError:
             return
         keep = []

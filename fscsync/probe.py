@@ -38,6 +38,15 @@ class DestAbilities:
 def probe_dest(dirfd: int, encdata_name: bytes) -> DestAbilities:
     """Try each ability on a scratch file in the destination root, then remove it."""
     ab = DestAbilities()
+    before = os.fstat(dirfd)
+    try:
+        _probe(dirfd, encdata_name, ab)
+    finally:
+        os.utime(dirfd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return ab
+
+
+def _probe(dirfd: int, encdata_name: bytes, ab: DestAbilities) -> None:
     name = temp_name(b"probe")
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
                  dir_fd=dirfd)
@@ -70,7 +79,6 @@ def probe_dest(dirfd: int, encdata_name: bytes) -> DestAbilities:
         os.unlink(dev, dir_fd=dirfd)
     except OSError:
         ab.devices = False
-    return ab
 
 
 def keyless_readable(path: bytes) -> tuple[bool, str]:

@@ -234,7 +234,7 @@ def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Peer:
     if len(prefix) < _HDR.size + len(MAGIC) or prefix[_HDR.size:] != MAGIC:
         if not prefix:
             raise PeerClosed("connection closed before the handshake (is fscsync installed "
-                             "on the other side?)", )
+                             "on the other side?)", STARTUP)
         shown = prefix.decode("ascii", "replace").strip()
         raise ProtocolError(f"the other side is not fscsync (it said {shown!r})", STARTUP)
     ftype, payload = chan.recv(timeout)

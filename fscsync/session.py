@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 
 from fscsync import errors, protocol
@@ -94,11 +95,10 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
         if p.peer is not None and status == 255:
             raise FscsyncError("connection unexpectedly closed (ssh exited with 255)",
                                errors.SSH) from None
-        if status not in (0, None) and status < 0:
+        if status is not None and status < 0:
             raise FscsyncError(f"{exc} (the other side was killed by signal {-status})",
                                errors.STREAM) from None
-        raise FscsyncError(str(exc), exc.code if exc.code != errors.STREAM or status == 0
-                           else errors.STREAM) from None
+        raise FscsyncError(str(exc), exc.code) from None
     except BaseException:
         peer.proc.kill()
         peer.close()
@@ -205,12 +205,22 @@ def run_server(restrict_to: bytes | None = None) -> int:
     except PeerClosed:
         return errors.STREAM
     except FscsyncError as exc:
-        try:
-            protocol.send_json(chan, protocol.FATAL, {"msg": str(exc), "code": exc.code})
-            chan.flush()
-        except (OSError, FscsyncError):
-            pass
-        return exc.code
+        return _fatal(chan, str(exc), exc.code)
+    except Exception as exc:
+        if os.environ.get("FSCSYNC_DEBUG"):
+            traceback.print_exc()
+        return _fatal(chan, f"internal error on the server: {type(exc).__name__}: {exc}",
+                      errors.STREAM)
+
+
+def _fatal(chan: Channel, message: str, code: int) -> int:
+    """Tell the client why the server stops (it may no longer be listening)."""
+    try:
+        protocol.send_json(chan, protocol.FATAL, {"msg": message, "code": code})
+        chan.flush()
+    except (OSError, FscsyncError):
+        pass
+    return code
 
 
 def _check_restricted(root: bytes, role: str, paths: list[bytes], opts: Options) -> None:
