@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import lru_cache
 
 import xattr
 
@@ -37,12 +38,14 @@ NAME_MAX = 255
 _LONG_PREFIX = b"=~"
 _LONG_LEN = len(_LONG_PREFIX) + 43
 _PADDINGS = {4: 0, 8: 1, 16: 2, 32: 3}
+# The same texts are read on every request; EncData is immutable, so share the parse.
+_parse = lru_cache(maxsize=1 << 16)(parse_encdata)
 
 
 def load_encdata(target: int | bytes) -> EncData | None:
     """The stored encdata of a backing path (never followed) or fd; None when plain."""
     text = read_encdata(target, follow=False)
-    return None if text is None else parse_encdata(text)
+    return None if text is None else _parse(text)
 
 
 def store_encdata(target: int | bytes, enc: EncData) -> None:

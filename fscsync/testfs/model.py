@@ -81,7 +81,6 @@ def key_identifier(master_key: bytes) -> bytes:
     return _hkdf(master_key, _HKDF_CONTEXT_KEY_IDENTIFIER, b"", KEY_ID_LEN)
 
 
-@lru_cache(maxsize=4096)
 def file_key(master_key: bytes, nonce: bytes) -> bytes:
     """The 64-byte per-file key; directories and symlinks use its first 32 bytes."""
     return _hkdf(master_key, _HKDF_CONTEXT_PER_FILE_KEY, nonce, 64)
@@ -95,9 +94,11 @@ class MasterKey:
             raise ValueError(f"a master key has {MASTER_KEY_LEN} bytes, not {len(raw)}")
         self.raw = raw
         self.identifier = key_identifier(raw)
+        # Asked on every FUSE request: remember the answer per context.
+        self.key_for = lru_cache(maxsize=1 << 16)(self._key_for)
 
-    def unlocks(self, ctx: bytes) -> Context | None:
-        """The parsed context when this key can decrypt it, else None."""
+    def _key_for(self, ctx: bytes) -> bytes | None:
+        """The 64-byte per-file key for an inode with context `ctx`; None if locked to us."""
         parsed = Context.from_bytes(ctx)
         if parsed.master_key_id != self.identifier:
             return None
@@ -105,10 +106,7 @@ class MasterKey:
             parsed.check_supported()
         except UnsupportedPolicy:
             return None
-        return parsed
-
-    def file_key(self, nonce: bytes) -> bytes:
-        return file_key(self.raw, nonce)
+        return file_key(self.raw, parsed.nonce)
 
 
 # --- contents: AES-256-XTS per data unit -------------------------------------------------------
@@ -185,6 +183,7 @@ def cts_decrypt(key: bytes, cipher: bytes) -> bytes:
     return dec.update(head + prev) + dec.finalize() + last_plain
 
 
+@lru_cache(maxsize=1 << 16)
 def encrypt_name(dir_key: bytes, name: bytes, flags: int, max_len: int = MAX_NAME) -> bytes:
     """The raw on-disk name: NUL-padded to the policy length, then CTS-encrypted."""
     if not 0 < len(name) <= max_len:
@@ -193,6 +192,7 @@ def encrypt_name(dir_key: bytes, name: bytes, flags: int, max_len: int = MAX_NAM
     return cts_encrypt(dir_key[:32], name.ljust(length, b"\0"))
 
 
+@lru_cache(maxsize=1 << 16)
 def decrypt_name(dir_key: bytes, raw: bytes) -> bytes:
     """The plaintext name, NUL padding removed (the kernel stops at the first NUL)."""
     return cts_decrypt(dir_key[:32], raw).split(b"\0", 1)[0]

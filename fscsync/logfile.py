@@ -1,0 +1,261 @@
+"""rsync's --log-file and --log-file-format: an audit trail of one run, appended to a file.
+
+Every line starts with "YYYY/MM/DD hh:mm:ss [pid] " as in rsync. A run logs a
+header ("building file list"), one line per item formatted with the
+--log-file-format escapes (default "%i %n%L"), errors, warnings and the
+always-shown messages, and at the end rsync's "sent X bytes  received Y bytes
+total size Z" line.
+
+The engine never calls this module: the client's reporter hands it the lines it
+already prints (`event(kind, message)`). Item lines are itemize lines
+(">f+++++++++ path", "*deleting   path"), and the escapes are derived from them,
+so with the default format a logged item reads exactly like the -i output.
+
+Escapes: %t date-time, %p pid, %o operation (send, recv, del.), %n name
+(trailing "/" on directories), %L " -> target" / " => leader" for links, %i the
+11-character itemize string, %l length, %b bytes transferred, %f full path (no
+trailing "/"), %% a percent sign. As in rsync, a width may follow the "%"
+("%-10n" pads on the right, "%10l" on the left) and "'" groups digits
+("%'l" gives 1,234,567).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fscsync import errors
+from fscsync.errors import FscsyncError
+
+DEFAULT_FORMAT = "%i %n%L"
+KINDS = ("error", "warning", "item", "info0", "info1", "info2")
+ESCAPES = "tponLilbf"
+NUMERIC = "plb"
+# Escapes rsync knows that only make sense for a daemon or need data the client's
+# reporter does not have: refused up front so a nightly log never fills with blanks.
+_UNSUPPORTED = {
+    "a": "remote IP address (daemon only)", "h": "remote host name (daemon only)",
+    "m": "module name (daemon only)", "P": "module path (daemon only)",
+    "u": "authenticated user name (daemon only)", "c": "checksum", "C": "full-file checksum",
+    "M": "modification time", "B": "permission bits", "U": "uid", "G": "gid",
+}
+_ESCAPE_RE = re.compile(r"%('*)(-?)(\d*)('*)(.?)", re.DOTALL)
+_ITEM_RE = re.compile(r"(?P<i>[<>ch.*][fdLDS].{9}) (?P<rest>.*)", re.DOTALL)
+_DELETING = "*deleting  "
+_ENCRYPTED = " (encrypted)"
+
+
+@dataclass(frozen=True)
+class Item:
+    """What the escapes need to know about one itemized entry."""
+
+    itemize: str
+    name: str
+    link: str = ""
+    op: str = "recv"
+
+    @property
+    def transferred(self) -> bool:
+        return self.itemize[:1] in ("<", ">")
+
+    @property
+    def deleted(self) -> bool:
+        return self.itemize == _DELETING
+
+
+def parse_item(line: str) -> Item | None:
+    """Split an itemize line into %i, %n, %L and %o; None if it is not one.
+
+    Names are printed escaped but may contain " -> " or " => " themselves, so the
+    split can guess wrong for such names; "%n%L" always gives back the original text.
+    """
+    if line.startswith("*deleting   "):
+        return Item(_DELETING, line[12:], op="del.")
+    m = _ITEM_RE.fullmatch(line)
+    if not m:
+        return None
+    flags, rest = m.group("i"), m.group("rest")
+    link = ""
+    if rest.endswith(_ENCRYPTED):
+        rest, link = rest[: -len(_ENCRYPTED)], _ENCRYPTED
+    if flags[0] == "h" and " => " in rest:
+        rest, _, leader = rest.rpartition(" => ")
+        link = f" => {leader}{link}"
+    if flags[1] == "L" and " -> " in rest:
+        rest, _, target = rest.partition(" -> ")
+        link = f" -> {target}{link}"
+    return Item(flags, rest, link, "send" if flags[0] == "<" else "recv")
+
+
+def compile_format(fmt: str) -> list[tuple[str, str, int, bool]]:
+    """Parse a --log-file-format into (literal, escape, width, group-digits) pieces.
+
+    Raises ValueError naming the first escape fscsync cannot fill.
+    """
+    pieces: list[tuple[str, str, int, bool]] = []
+    pos = 0
+    for m in _ESCAPE_RE.finditer(fmt):
+        if m.start() > pos:
+            pieces.append((fmt[pos : m.start()], "", 0, False))
+        pos = m.end()
+        quotes, left, width, more_quotes, esc = m.groups()
+        quotes += more_quotes
+        if esc == "%" and not (left or width or quotes):
+            pieces.append(("%", "", 0, False))
+            continue
+        if esc in _UNSUPPORTED:
+            raise ValueError(f"--log-file-format escape %{esc} ({_UNSUPPORTED[esc]}) "
+                             "is not supported")
+        if not esc or esc not in ESCAPES:
+            shown = f"%{esc}" if esc else "a lone % at the end"
+            raise ValueError(f"unknown --log-file-format escape {shown!r} (use %% for a %)")
+        size = int(width or 0)
+        pieces.append(("", esc, -size if left else size, bool(quotes)))
+    if pos < len(fmt):
+        pieces.append((fmt[pos:], "", 0, False))
+    return pieces
+
+
+def _has(pieces: list[tuple[str, str, int, bool]], escape: str) -> bool:
+    return any(esc == escape for _, esc, _, _ in pieces)
+
+
+def timestamp(now: float) -> str:
+    return time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now))
+
+
+class LogFile:
+    """One run's log: appends to `path` (created if missing), line-buffered and locked.
+
+    `fmt` None means the default "%i %n%L"; an empty string logs no item lines
+    (as rsync: "updated files will not be mentioned"). A bad path raises
+    FscsyncError with exit code 11; a bad format raises FscsyncError with code 1.
+    """
+
+    def __init__(self, path: str, fmt: str | None = None, *, root: str | None = None,
+                 header: str | None = "building file list",
+                 clock: Callable[[], float] = time.time):
+        if fmt is None:
+            fmt = DEFAULT_FORMAT
+        try:
+            self.pieces = compile_format(fmt)
+        except ValueError as exc:
+            raise FscsyncError(str(exc), errors.SYNTAX) from None
+        self.fmt = fmt
+        self.path = path
+        self.root = root
+        self.clock = clock
+        # rsync: without %i only transferred files are logged; without %i and %o a
+        # deletion is logged as "deleting NAME".
+        self.all_items = _has(self.pieces, "i")
+        self.delete_pieces = (self.pieces if self.all_items or _has(self.pieces, "o")
+                              else compile_format("deleting %n"))
+        self._lock = threading.Lock()
+        try:
+            self._fp = open(path, "a", encoding="utf-8", errors="backslashreplace",
+                            buffering=1)
+        except OSError as exc:
+            raise FscsyncError(f"failed to open log-file {path}: {exc.strerror} ({exc.errno})",
+                               errors.FILE_IO) from None
+        if header:
+            self.write(header)
+
+    # -- what the reporter calls -------------------------------------------------------
+
+    def event(self, kind: str, message: str, *, length: int | None = None,
+              transferred: int | None = None) -> None:
+        """One reporter line. `length`/`transferred` fill %l and %b when known (else 0)."""
+        if kind == "item":
+            self.item(message, length=length, transferred=transferred)
+        elif kind == "error":
+            self.write(f"fscsync: {message}")
+        elif kind == "warning":
+            self.write(f"fscsync: warning: {message}")
+        elif kind == "info0":
+            self.write(message)
+        # info1/info2 are -v chatter for the terminal: the item lines already cover them.
+
+    def item(self, line: str, *, length: int | None = None,
+             transferred: int | None = None) -> None:
+        if not self.fmt:
+            return
+        it = parse_item(line)
+        if it is None:
+            self.write(line)
+            return
+        if it.deleted:
+            pieces = self.delete_pieces
+        elif self.all_items or it.transferred:
+            pieces = self.pieces
+        else:
+            return
+        self.write(self.render(pieces, it, length or 0, transferred or 0))
+
+    def summary(self, sent: int, received: int, total: int) -> None:
+        self.write(f"sent {sent:,} bytes  received {received:,} bytes  total size {total:,}")
+
+    def write(self, text: str) -> None:
+        """Log text as is, one prefixed line per line of text."""
+        with self._lock:
+            if self._fp is None:
+                return
+            prefix = f"{timestamp(self.clock())} [{os.getpid()}] "
+            for line in text.split("\n"):
+                self._fp.write(prefix + line + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fp is not None:
+                self._fp.close()
+                self._fp = None
+
+    def __enter__(self) -> LogFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- formatting ---------------------------------------------------------------------
+
+    def render(self, pieces: list[tuple[str, str, int, bool]], it: Item, length: int,
+               transferred: int) -> str:
+        out = []
+        for literal, esc, width, group in pieces:
+            if not esc:
+                out.append(literal)
+                continue
+            value = self._value(esc, it, length, transferred)
+            if isinstance(value, int):
+                value = f"{value:,}" if group else str(value)
+            out.append(value.ljust(-width) if width < 0 else value.rjust(width))
+        return "".join(out)
+
+    def _value(self, esc: str, it: Item, length: int, transferred: int) -> str | int:
+        if esc == "t":
+            return timestamp(self.clock())
+        if esc == "p":
+            return os.getpid()
+        if esc == "o":
+            return it.op
+        if esc == "n":
+            return it.name
+        if esc == "L":
+            return it.link
+        if esc == "i":
+            return it.itemize
+        if esc == "l":
+            return length
+        if esc == "b":
+            return transferred if it.transferred else 0
+        # "f": the path without the trailing "/", under the root when one was given.
+        name = it.name.rstrip("/") or "."
+        if name.startswith("./"):
+            name = name[2:]
+        if self.root:
+            root = self.root.rstrip("/") or "/"
+            return root if name == "." else f"{root.rstrip('/')}/{name}"
+        return name
