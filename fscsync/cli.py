@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="xattr that holds encdata on this run's plain-filesystem side")
     a("--refuse-ino-policies", action="store_true",
       help="fail files whose policy uses inode-number based IVs instead of warning")
+    a("--log-file", metavar="FILE", help="log what we're doing to the specified FILE")
+    a("--log-file-format", metavar="FMT", help="log updates using the specified FMT")
     a("--server", action="store_true", help=argparse.SUPPRESS)
     a("--restrict-to", metavar="PATH", help=argparse.SUPPRESS)
     a("args", nargs="*", help=argparse.SUPPRESS)
@@ -216,12 +218,31 @@ def _main(args: list[str]) -> int:
     p = plan(endpoints[:-1], endpoints[-1])
     progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
         "progress" if opts.progress else None)
-    reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode)
+    log = None
+    if ns.log_file:
+        from fscsync.logfile import LogFile
+
+        log = LogFile(ns.log_file, ns.log_file_format)
+        opts.log_items = True
+    reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
+                               log=log, itemize=bool(opts.itemize))
     rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
     try:
         outcome = run_client(opts, p, reporter, rsh, ns.remote_fscsync)
+    except FscsyncError as exc:
+        if log is not None:
+            log.event("error", str(exc))
+            log.write(f"fscsync error: {_MEANING.get(exc.code, 'error')} (code {exc.code})")
+            log.close()
+        raise
     finally:
         reporter.close()
+    if log is not None:
+        log.summary(outcome.bytes_sent, outcome.bytes_received, outcome.stats.total_size)
+        if outcome.exit_code != errors.OK:
+            log.write(f"fscsync error: {_MEANING.get(outcome.exit_code, 'error')} "
+                      f"(code {outcome.exit_code})")
+        log.close()
     if opts.stats:
         for line in format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,
                                  outcome.elapsed):

@@ -103,18 +103,22 @@ def lstat_at(dirfd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
-def remove_tree(dirfd: int, name: bytes, on_entry=None) -> None:
-    """rm -r of one entry inside dirfd, never following symlinks."""
+def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"") -> None:
+    """rm -r of one entry inside dirfd, never following symlinks; on_entry(rel, is_dir)
+    hears of each removed entry, children before their directory."""
+    rel = _rel or name
     st = lstat_at(dirfd, name)
     if st is None:
         return
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dirfd)
+        if on_entry is not None:
+            on_entry(rel, False)
         return
     fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
     try:
-        for child in listdir(fd):
-            remove_tree(fd, child, on_entry)
+        for child in sorted(listdir(fd), reverse=True):
+            remove_tree(fd, child, on_entry, rel + b"/" + child)
     finally:
         os.close(fd)
     try:
@@ -122,3 +126,5 @@ def remove_tree(dirfd: int, name: bytes, on_entry=None) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
+    if on_entry is not None:
+        on_entry(rel, True)

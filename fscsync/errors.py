@@ -42,8 +42,10 @@ def escape(path: bytes | str) -> str:
     if isinstance(path, str):
         path = path.encode("utf-8", "surrogateescape")
     out = []
-    for b in path:
-        if 32 <= b < 127:
+    for i, b in enumerate(path):
+        if b == 0x5C and path[i + 1 : i + 2] == b"#":
+            out.append("\\#134")
+        elif 32 <= b < 127:
             out.append(chr(b))
         else:
             out.append(f"\\#{b:03o}")

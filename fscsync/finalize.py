@@ -80,10 +80,10 @@ class Finalizer:
                 rx.os_fail(idx, "hard-link of", exc)
 
     def _item_link(self, e, leader, new: bool) -> None:
-        if self.opts.itemize:
+        if self.opts.itemize or self.opts.log_items:
             self.rx.reporter.itemize(itemize.line("h", e, new=new,
                                                   suffix=f" => {escape(leader.path)}"))
-        elif self.opts.verbose:
+        if not self.opts.itemize and self.opts.verbose:
             self.rx.reporter.info(f"{escape(e.path)} => {escape(leader.path)}", 1)
 
     # ---- deletions ------------------------------------------------------------------
@@ -106,6 +106,8 @@ class Finalizer:
         rx = self.rx
         filters = Filters(self.opts.filter_rules)
         protect = bool(filters) and not self.opts.delete_excluded
+        self._protected = (lambda path, is_dir: filters.excluded(path, is_dir)) if protect \
+            else (lambda path, is_dir: False)
         limit = self.opts.max_delete
         deleted = 0
         skipped = 0
@@ -121,7 +123,7 @@ class Finalizer:
                 if st is None:
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
-                if protect and filters.excluded(path, is_dir):
+                if self._protected(path, is_dir):
                     continue
                 if limit >= 0 and deleted >= limit:
                     skipped += 1
@@ -142,16 +144,14 @@ class Finalizer:
                 rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
                 return 0
             try:
-                for child in sorted(listdir(cfd)):
+                for child in sorted(listdir(cfd), reverse=True):
                     cst = lstat_at(cfd, child)
-                    if cst is not None:
-                        count += self._delete(tree, cfd, child, path + b"/" + child, cst)
+                    cpath = path + b"/" + child
+                    if cst is None or self._protected(cpath, stat.S_ISDIR(cst.st_mode)):
+                        continue
+                    count += self._delete(tree, cfd, child, cpath, cst)
             finally:
                 os.close(cfd)
-        if self.opts.itemize:
-            rx.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
-        elif self.opts.verbose:
-            rx.reporter.info(f"deleting {escape(path)}{'/' if kind == 'dir' else ''}", 1)
         if not self.opts.dry_run:
             try:
                 if stat.S_ISDIR(st.st_mode):
@@ -160,10 +160,17 @@ class Finalizer:
                 else:
                     os.unlink(name, dir_fd=dfd)
             except OSError as exc:
+                if exc.errno == errno.ENOTEMPTY:
+                    rx.reporter.info(f"cannot delete non-empty directory: {escape(path)}", 0)
+                    return count
                 if exc.errno != errno.ENOENT:
                     rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror} '
                                       f"({exc.errno})")
                     return count
+        if self.opts.itemize or self.opts.log_items:
+            rx.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
+        if not self.opts.itemize and self.opts.verbose:
+            rx.reporter.info(f"deleting {escape(path)}{'/' if kind == 'dir' else ''}", 1)
         rx.stats.deleted[kind] = rx.stats.deleted.get(kind, 0) + 1
         return count + 1
 

@@ -18,6 +18,7 @@ F_ENC = 4
 F_LINK = 8
 F_SUM = 16
 F_RDEV = 32
+F_ENC_ALT = 64
 
 _HEAD = struct.Struct(">HIQqIIB")
 _U16 = struct.Struct(">H")
@@ -35,7 +36,7 @@ class Entry:
     """One file-list entry. `src` (the sender's full path) never crosses the wire."""
 
     __slots__ = ("path", "mode", "size", "mtime_ns", "uid", "gid", "rdev", "target",
-                 "xattrs", "enc", "link", "checksum", "src")
+                 "xattrs", "enc", "enc_alt", "link", "checksum", "src")
 
     def __init__(self, path: bytes, mode: int, size: int = 0, mtime_ns: int = 0,
                  uid: int = 0, gid: int = 0, rdev: int = 0, target: bytes | None = None,
@@ -51,6 +52,7 @@ class Entry:
         self.target = target
         self.xattrs = xattrs
         self.enc = enc
+        self.enc_alt = False
         self.link = link
         self.checksum = checksum
         self.src = src
@@ -88,6 +90,8 @@ def encode_entries(entries: list[Entry]) -> bytes:
             flags |= F_SUM
         if e.rdev:
             flags |= F_RDEV
+        if e.enc_alt:
+            flags |= F_ENC_ALT
         out += _HEAD.pack(len(e.path), e.mode, e.size, e.mtime_ns, e.uid, e.gid, flags)
         out += e.path
         if flags & F_RDEV:
@@ -142,9 +146,10 @@ def decode_entries(payload: bytes) -> list[Entry]:
         plen, mode, size, mtime_ns, uid, gid, flags = r.unpack(_HEAD)
         if plen == 0 or plen > MAX_PATH:
             raise ProtocolError(f"file-list entry with a path of {plen} bytes")
-        if flags & ~(F_TARGET | F_XATTRS | F_ENC | F_LINK | F_SUM | F_RDEV):
+        if flags & ~(F_TARGET | F_XATTRS | F_ENC | F_LINK | F_SUM | F_RDEV | F_ENC_ALT):
             raise ProtocolError("file-list entry with unknown flags")
         e = Entry(r.take(plen), mode, size, mtime_ns, uid, gid)
+        e.enc_alt = bool(flags & F_ENC_ALT)
         if flags & F_RDEV:
             (e.rdev,) = r.unpack(_U64)
         if flags & F_TARGET:

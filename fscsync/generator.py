@@ -65,6 +65,7 @@ class Generator:
         self.dirs: list[tuple[int, bool]] = []
         self.hardlinks: list[int] = []
         self._warned_policies: set[bytes] = set()
+        self.tree: DestTree | None = None
         rx.generator = self
 
     def abort(self) -> None:
@@ -78,7 +79,7 @@ class Generator:
 
     def run(self) -> None:
         rx = self.rx
-        tree = rx.tree()
+        tree = self.tree = rx.tree()
         try:
             while not self._stop:
                 item = self.work.get()
@@ -109,7 +110,7 @@ class Generator:
         rx = self.rx
         opts = self.opts
         rx.stats.files[_kind(e.mode)] = rx.stats.files.get(_kind(e.mode), 0) + 1
-        if e.is_reg:
+        if e.is_reg or e.is_link:
             rx.stats.total_size += e.size
         if e.path != b"." and rx.single_name is None:
             head, _, name = e.path.rpartition(b"/")
@@ -172,9 +173,10 @@ class Generator:
     def _item(self, update: str, e: Entry, changes: str = "", new: bool = False,
               suffix: str = "") -> None:
         rx = self.rx
-        if self.opts.itemize:
-            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix))
-        elif self.opts.verbose and (update != "." or e.is_dir):
+        if self.opts.itemize or self.opts.log_items:
+            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix),
+                                e.size if e.is_reg else None)
+        if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
             rx.reporter.info(itemize.display_name(e), 1)
 
     def _count_created(self, e: Entry) -> None:
@@ -196,10 +198,29 @@ class Generator:
                     self.rx.fail(idx, f'cannot delete non-empty directory: "{escape(e.path)}"; '
                                       "could not make way for it (use --delete)")
                     return False
-                remove_tree(pfd, name)
+                self._remove_tree(pfd, name, e.path)
             return True
         os.unlink(name, dir_fd=pfd)
         return True
+
+    def _remove_tree(self, pfd: int, name: bytes, path: bytes) -> None:
+        """Remove a destination subtree, itemizing each entry as rsync's --delete does."""
+        head = path.rpartition(b"/")[0]
+        prefix = head + b"/" if head else b""
+
+        def removed(rel: bytes, is_dir: bool) -> None:
+            if rel == name:
+                return
+            k = "dir" if is_dir else "reg"
+            self.rx.stats.deleted[k] = self.rx.stats.deleted.get(k, 0) + 1
+            if self.opts.itemize or self.opts.log_items:
+                self.rx.reporter.itemize(itemize.deleting(prefix + rel, is_dir))
+            if not self.opts.itemize and self.opts.verbose:
+                self.rx.reporter.info(f"deleting {escape(prefix + rel)}", 1)
+
+        if self.tree is not None:
+            self.tree.forget(path)
+        remove_tree(pfd, name, removed)
 
     # ---- directories ------------------------------------------------------------
 
@@ -211,6 +232,20 @@ class Generator:
                 return
             st = None
         if st is None:
+            self._count_created(e)
+            self._item("c", e, new=True)
+            if not opts.dry_run:
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            self.dirs.append((idx, True))
+            rx.status[idx] = 1
+            return
+        if e.enc is not None and not self._same_dir_context(idx, e, pfd, name):
+            if not opts.delete:
+                rx.fail(idx, f'directory "{escape(e.path)}" was recreated with a new encryption '
+                             "context; use --delete to replace the old one")
+                return
+            if not opts.dry_run:
+                self._remove_tree(pfd, name, e.path)
             self._count_created(e)
             self._item("c", e, new=True)
             if not opts.dry_run:
@@ -230,6 +265,25 @@ class Generator:
         if changes:
             self._item(".", e, changes)
         self._scan_existing(tree, e)
+
+    def _same_dir_context(self, idx: int, e: Entry, pfd: int, name: bytes) -> bool:
+        """Does the existing destination directory carry this entry's encryption
+        context (or none yet, so it can still take it)?"""
+        have = self._dest_encdata(pfd, name, e)
+        if have is None:
+            return True
+        return meta.ctx_of(have) == meta.ctx_of(e.enc)
+
+    def _dest_encdata(self, pfd: int, name: bytes, e: Entry) -> bytes | None:
+        """The destination entry's encdata, under the name this entry's would be stored
+        (for a plain source entry: under either name)."""
+        path = proc_path(pfd, name) if name else pfd
+        if e.enc is not None:
+            return cipher.read_encdata(path, meta.encdata_target(self.opts, e), False)
+        found = cipher.read_encdata(path, cipher.ENCDATA_XATTR, False)
+        if found is None and self.opts.encdata_xattr != cipher.ENCDATA_XATTR:
+            found = cipher.read_encdata(path, self.opts.encdata_xattr, False)
+        return found
 
     def _scan_existing(self, tree: DestTree, e: Entry) -> None:
         """List an existing destination directory once: clean up temp files a killed
@@ -258,7 +312,7 @@ class Generator:
         opts = self.opts
         rx = self.rx
         out = ""
-        if opts.times and st.st_mtime_ns != e.mtime_ns and not e.is_link:
+        if opts.times and st.st_mtime_ns != e.mtime_ns:
             out += "t"
         if opts.perms and not e.is_link and stat.S_IMODE(st.st_mode) != stat.S_IMODE(e.mode):
             out += "p"
@@ -298,7 +352,7 @@ class Generator:
             return
         dest_enc = None
         if st is not None and stat.S_ISREG(st.st_mode):
-            dest_enc = cipher.read_encdata(proc_path(pfd, name), opts.encdata_xattr, False)
+            dest_enc = self._dest_encdata(pfd, name, e)
         if st is not None and stat.S_ISREG(st.st_mode) and self._same(e, pfd, name, st,
                                                                        dest_enc):
             rx.status[idx] = 1
@@ -428,19 +482,24 @@ class Generator:
 
     def symlink(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if not self._make_way(idx, e, pfd, name, st):
+                return
+            st = None
         if st is not None and stat.S_ISLNK(st.st_mode):
-            if os.readlink(name, dir_fd=pfd) == e.target:
+            same_enc = self._dest_encdata(pfd, name, e) == e.enc
+            if os.readlink(name, dir_fd=pfd) == e.target and same_enc:
                 self._existing_attrs(idx, e, Target(pfd, name, is_link=True), st)
                 return
-            self._item("c", e, "c")
+            changes = "c"
+            if self.opts.times and st.st_mtime_ns != e.mtime_ns:
+                changes += "t"
+            self._item("c", e, changes)
         else:
             self._count_created(e)
             self._item("c", e, new=True)
         if self.opts.dry_run:
             rx.status[idx] = 1
-            return
-        if st is not None and stat.S_ISDIR(st.st_mode) and not self._make_way(idx, e, pfd,
-                                                                               name, st):
             return
         tmp = temp_name(name)
         os.symlink(e.target, tmp, dir_fd=pfd)
@@ -448,17 +507,19 @@ class Generator:
 
     def special(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
-        if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode) and (
-                st.st_rdev == e.rdev or not e.rdev):
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if not self._make_way(idx, e, pfd, name, st):
+                return
+            st = None
+        if (st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode)
+                and (st.st_rdev == e.rdev or not e.rdev)
+                and self._dest_encdata(pfd, name, e) == e.enc):
             self._existing_attrs(idx, e, Target(pfd, name), st)
             return
         self._count_created(e)
         self._item("c", e, new=True)
         if self.opts.dry_run:
             rx.status[idx] = 1
-            return
-        if st is not None and stat.S_ISDIR(st.st_mode) and not self._make_way(idx, e, pfd,
-                                                                               name, st):
             return
         tmp = temp_name(name)
         os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd)

@@ -10,19 +10,30 @@ import stat
 
 import xattr
 
-from fscsync.cipher import EncdataError, parse_encdata
+from fscsync.cipher import ENCDATA_XATTR, EncdataError, parse_encdata
 from fscsync.options import Options
 
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 IS_ROOT = os.geteuid() == 0
 
 
+def encdata_target(opts: Options, e) -> bytes:
+    """The xattr name encdata is written under at the destination.
+
+    With --encdata-xattr NAME, encdata read as security.encdata is stored as
+    NAME (the backup side) and encdata read as NAME is restored as
+    security.encdata, so the same command line works both ways."""
+    if opts.encdata_xattr == ENCDATA_XATTR:
+        return ENCDATA_XATTR
+    return ENCDATA_XATTR if e.enc_alt else opts.encdata_xattr
+
+
 def xattr_wanted(opts: Options):
     """A predicate saying which xattr names this run copies (rsync's -X/-A rules)."""
-    enc = opts.encdata_xattr
+    enc = (ENCDATA_XATTR, opts.encdata_xattr)
 
     def wanted(name: bytes) -> bool:
-        if name == enc:
+        if name in enc:
             return False
         if name in ACL_NAMES:
             return opts.acls
@@ -45,17 +56,18 @@ def read_xattrs(target: bytes | int, follow: bool = False) -> list[tuple[bytes, 
 
 
 def split_xattrs(items: list[tuple[bytes, bytes]], opts: Options
-                 ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-    """(the xattrs this run copies, the encdata text if any)."""
+                 ) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
+    """(the xattrs this run copies, the encdata text if any, whether it came from
+    the --encdata-xattr name rather than security.encdata)."""
     wanted = xattr_wanted(opts)
-    enc = None
-    keep = []
-    for name, value in items:
-        if name == opts.encdata_xattr:
-            enc = value
-        elif wanted(name):
-            keep.append((name, value))
-    return keep, enc
+    found = dict(items)
+    enc = found.get(ENCDATA_XATTR)
+    alt = False
+    if enc is None and opts.encdata_xattr != ENCDATA_XATTR:
+        enc = found.get(opts.encdata_xattr)
+        alt = enc is not None
+    keep = [(n, v) for n, v in items if wanted(n)]
+    return keep, enc, alt
 
 
 class IdMapper:
@@ -221,7 +233,8 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
                 changed += "p"
     if opts.xattrs or opts.acls:
         target = t.xattr_target()
-        have = [(n, v) for n, v in read_xattrs(target) if n != opts.encdata_xattr]
+        have = [(n, v) for n, v in read_xattrs(target)
+                if n not in (ENCDATA_XATTR, opts.encdata_xattr)]
         want_x = e.xattrs or []
         wanted = xattr_wanted(opts)
         acl_have = [(n, v) for n, v in have if n in ACL_NAMES]
@@ -233,7 +246,7 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
         if opts.xattrs and set_xattrs(target, plain_want, plain_have, wanted) and not new:
             changed += "x"
     if e.enc is not None:
-        set_encdata(t, e.enc, opts.encdata_xattr)
+        set_encdata(t, e.enc, encdata_target(opts, e))
     if opts.times and (new or st.st_mtime_ns != e.mtime_ns):
         t.utime(e.mtime_ns if new else st.st_atime_ns, e.mtime_ns)
         if not new:
@@ -256,7 +269,7 @@ def set_encdata(t: Target, text: bytes, name: bytes) -> bool:
         have = None
     if have == text:
         return False
-    if have is not None and _ctx_of(have) != _ctx_of(text):
+    if have is not None and ctx_of(have) != ctx_of(text):
         raise EncdataConflict(errno.EEXIST, "already encrypted with another context")
     if have is not None:
         xattr.set(target, name, text, nofollow=True, flags=xattr.XATTR_REPLACE)
@@ -265,7 +278,7 @@ def set_encdata(t: Target, text: bytes, name: bytes) -> bool:
     return True
 
 
-def _ctx_of(text: bytes) -> bytes:
+def ctx_of(text: bytes) -> bytes:
     try:
         return parse_encdata(text).enc_ctx
     except EncdataError:

@@ -48,7 +48,7 @@ class Options:
     bwlimit: int = 0
     stats: bool = False
     progress: bool = False
-    verify_fault: bool = False
+    log_items: bool = False
 
     def to_wire(self) -> dict:
         out = {}

@@ -14,8 +14,9 @@ class ConsoleReporter(Reporter):
     """Prints engine events the way rsync does: data lines on stdout, errors on stderr."""
 
     def __init__(self, verbose: int = 0, quiet: bool = False, progress: str | None = None,
-                 prefix: str = "fscsync", log=None):
+                 prefix: str = "fscsync", log=None, itemize: bool = True):
         super().__init__()
+        self.itemize_lines = itemize
         self.verbose = verbose
         self.quiet = quiet
         self.prefix = prefix
@@ -27,16 +28,16 @@ class ConsoleReporter(Reporter):
             self.bar = (RichProgress(progress) if self.out.isatty()
                         else PlainProgress(progress, self.out))
 
-    def emit(self, kind: str, message: str) -> None:
+    def emit(self, kind: str, message: str, length: int | None = None) -> None:
         if self.log is not None:
-            self.log.event(kind, message)
+            self.log.event(kind, message, length=length)
         if kind == "error":
             self._write(self.err, f"{self.prefix}: {message}")
         elif kind == "warning":
             if not self.quiet:
                 self._write(self.err, f"{self.prefix}: warning: {message}")
         elif kind == "item":
-            if not self.quiet:
+            if not self.quiet and self.itemize_lines:
                 self._write(self.out, message)
         elif kind.startswith("info"):
             level = int(kind[4:] or 0)

@@ -52,6 +52,7 @@ class Receiver:
         self.single_name: bytes | None = None
         self.abilities = DestAbilities()
         self.root_created = False
+        self.root_seen = False
         self.io_error = False
         self.lock = threading.Lock()
         self.requested = 0
@@ -119,8 +120,9 @@ class Receiver:
         for e in batch:
             check_path(e.path)
             if e.path == b".":
-                if not e.is_dir or self.entries:
+                if not e.is_dir or self.root_seen:
                     raise ProtocolError("misplaced root entry in the file list")
+                self.root_seen = True
             else:
                 head = e.path.rpartition(b"/")[0]
                 if head not in self.dir_paths:

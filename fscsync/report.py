@@ -33,13 +33,14 @@ class Reporter:
         """level 0 = always shown (unless -q), 1 = -v, 2 = -vv."""
         self.emit(f"info{level}", message)
 
-    def itemize(self, line: str) -> None:
-        self.emit("item", line)
+    def itemize(self, line: str, length: int | None = None) -> None:
+        """An itemize line; `length` (the file's size) feeds --log-file-format's %l."""
+        self.emit("item", line, length)
 
     def progress(self, path: bytes, done: int, total: int) -> None:
         """Bytes of one file handled so far; the default ignores it."""
 
-    def emit(self, kind: str, message: str) -> None:
+    def emit(self, kind: str, message: str, length: int | None = None) -> None:
         raise NotImplementedError
 
 
@@ -50,6 +51,6 @@ class CollectingReporter(Reporter):
         super().__init__()
         self.lines: list[tuple[str, str]] = []
 
-    def emit(self, kind: str, message: str) -> None:
+    def emit(self, kind: str, message: str, length: int | None = None) -> None:
         with self._lock:
             self.lines.append((kind, message))

@@ -143,9 +143,12 @@ class Scanner:
         e = Entry(rel, mode, 0, st.st_mtime_ns, st.st_uid, st.st_gid, src=path)
         try:
             if self._want_xattrs:
-                e.xattrs, e.enc = meta.split_xattrs(meta.read_xattrs(path), opts)
+                e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path), opts)
             else:
-                e.enc = cipher.read_encdata(path, opts.encdata_xattr, follow=False)
+                e.enc = cipher.read_encdata(path, cipher.ENCDATA_XATTR, follow=False)
+                if e.enc is None and opts.encdata_xattr != cipher.ENCDATA_XATTR:
+                    e.enc = cipher.read_encdata(path, opts.encdata_xattr, follow=False)
+                    e.enc_alt = e.enc is not None
         except OSError as exc:
             self._fail(path, "read xattrs of", exc)
             return None
@@ -196,8 +199,7 @@ class Scanner:
             enc = cipher.parse_encdata(e.enc)
         except cipher.EncdataError as exc:
             self.io_error = True
-            self.reporter.error(f'malformed {self.opts.encdata_xattr.decode()} on '
-                                f'"{escape(e.src)}": {exc}')
+            self.reporter.error(f'malformed encdata on "{escape(e.src)}": {exc}')
             return -1
         return cipher.padded_size(enc.size)
 

@@ -27,8 +27,11 @@ class FrameReporter(Reporter):
         super().__init__()
         self.chan = chan
 
-    def emit(self, kind: str, message: str) -> None:
-        protocol.send_json(self.chan, protocol.LOG, {"kind": kind, "msg": message})
+    def emit(self, kind: str, message: str, length: int | None = None) -> None:
+        msg = {"kind": kind, "msg": message}
+        if length is not None:
+            msg["len"] = length
+        protocol.send_json(self.chan, protocol.LOG, msg)
 
 
 def control_handler(reporter: Reporter):
@@ -37,7 +40,9 @@ def control_handler(reporter: Reporter):
     def handle(ftype: int, payload: bytes) -> bool:
         if ftype == protocol.LOG:
             msg = protocol.load_json(payload)
-            reporter.emit(str(msg.get("kind", "info0")), str(msg.get("msg", "")))
+            length = msg.get("len")
+            reporter.emit(str(msg.get("kind", "info0")), str(msg.get("msg", "")),
+                          length if isinstance(length, int) else None)
             return True
         if ftype == protocol.FATAL:
             msg = protocol.load_json(payload)

@@ -81,7 +81,9 @@ def test_delete_with_excludes(tmp_path: Path, extra: list[str]) -> None:
     t.each(_extraneous)
     settle(t.src)
     runs = t.run("-ai", "--delete", *extra, "--exclude", "*.o", f"{t.src}/", "@D/dst")
-    t.assert_same()
+    # olddir is not in the source: both tools empty it as far as the rules allow, at
+    # different moments, so its mtime is "now" in both.
+    t.assert_same(made=[] if extra else ["dst/olddir"])
     assert_same_items(runs)
     kept = os.path.exists(t.f / "dst/keep.o")
     assert kept == (not extra)
