@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="fail files whose policy uses inode-number based IVs instead of warning")
     a("--log-file", metavar="FILE", help="log what we're doing to the specified FILE")
     a("--log-file-format", metavar="FMT", help="log updates using the specified FMT")
+    a("--list-only", action="store_true", help="list the files instead of copying them")
     a("--server", action="store_true", help=argparse.SUPPRESS)
     a("--restrict-to", metavar="PATH", help=argparse.SUPPRESS)
     a("args", nargs="*", help=argparse.SUPPRESS)
@@ -209,9 +210,14 @@ def _main(args: list[str]) -> int:
               f"{__import__('fscsync').PROTOCOL_VERSION}")
         return 0
     opts = options_from(ns)
-    if len(ns.args) < 2:
-        raise UsageError("need at least one SRC and a DEST (try --help)")
     paths = [os.fsencode(x) for x in ns.args]
+    if len(paths) == 1 or (ns.list_only and paths):
+        opts.list_only = True
+        opts.links = opts.devices = opts.specials = True
+        if len(paths) == 1:
+            paths.append(b".")
+    if len(paths) < 2:
+        raise UsageError("need at least one SRC and a DEST (try --help)")
     endpoints = [parse_endpoint(x) for x in paths]
     from fscsync.session import plan, run_client
 
@@ -260,6 +266,15 @@ def _main(args: list[str]) -> int:
 
 
 _MEANING = {
+    errors.SYNTAX: "syntax or usage error",
+    errors.PROTOCOL_INCOMPATIBLE: "protocol incompatibility",
+    errors.FILE_SELECT: "errors selecting input/output files, dirs",
+    errors.STARTUP: "error starting client-server protocol",
+    errors.FILE_IO: "error in file IO",
+    errors.STREAM: "error in fscsync protocol data stream",
+    errors.IPC: "error in IPC code",
+    errors.SIGNAL: "received SIGINT, SIGTERM, or SIGHUP",
+    errors.SSH: "unexplained error (ssh exited with 255)",
     errors.PARTIAL: "some files/attrs were not transferred (see previous errors)",
     errors.VANISHED: "some files vanished before they could be transferred",
     errors.MAX_DELETE: "the --max-delete limit stopped deletions",

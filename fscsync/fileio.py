@@ -56,7 +56,15 @@ def digest_fd(reader: BlockReader, size: int | None = None) -> bytes:
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
     """Copy [offset, offset+length) between two files at the same offset, in the kernel
-    where it can, through a buffer where it cannot."""
+    where it can, through a buffer where it cannot. Holes in the source stay holes
+    (the target is a fresh file): an encrypted file's hole must not become
+    allocated zero ciphertext, which would decrypt to garbage."""
+    end = offset + length
+    for start, stop in data_segments(src_fd, end, offset):
+        _copy_data(src_fd, dst_fd, start, stop - start)
+
+
+def _copy_data(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
     done = 0
     while done < length:
         try:
@@ -97,10 +105,10 @@ def _read_any(fd: int, reader: BlockReader, offset: int, length: int) -> bytes:
     return reader.read_at(offset, length)
 
 
-def data_segments(fd: int, size: int) -> list[tuple[int, int]]:
-    """The (offset, end) ranges that hold data; holes in between read as zeros."""
+def data_segments(fd: int, size: int, start: int = 0) -> list[tuple[int, int]]:
+    """The (offset, end) ranges in [start, size) that hold data; holes read as zeros."""
     segs = []
-    off = 0
+    off = start
     try:
         while off < size:
             start = os.lseek(fd, off, os.SEEK_DATA)
@@ -112,5 +120,5 @@ def data_segments(fd: int, size: int) -> list[tuple[int, int]]:
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             return segs
-        return [(0, size)] if size else []
+        return [(start, size)] if size > start else []
     return segs

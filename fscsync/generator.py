@@ -112,6 +112,10 @@ class Generator:
         rx.stats.files[_kind(e.mode)] = rx.stats.files.get(_kind(e.mode), 0) + 1
         if e.is_reg or e.is_link:
             rx.stats.total_size += e.size
+        if opts.list_only:
+            rx.reporter.info(itemize.listing(e), 0)
+            rx.status[idx] = 1
+            return
         if e.path != b"." and rx.single_name is None:
             head, _, name = e.path.rpartition(b"/")
             self.children.setdefault(head, set()).add(name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import stat
+import time
 
+from fscsync.cipher import EncdataError, parse_encdata
 from fscsync.errors import escape
 
 NEW = "+++++++++"
@@ -36,6 +38,21 @@ def line(update: str, e, changes: str = "", new: bool = False, suffix: str = "")
     if e.enc is not None:
         text += " (encrypted)"
     return text
+
+
+def listing(e) -> str:
+    """One line of --list-only, as rsync prints it (cleartext size for encrypted files)."""
+    size = e.size
+    if e.enc is not None and e.is_reg:
+        try:
+            size = parse_encdata(e.enc).size
+        except EncdataError:
+            pass
+    when = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(e.mtime_ns // 1_000_000_000))
+    name = "." if e.path == b"." else escape(e.path)
+    if e.target is not None:
+        name += " -> " + escape(e.target)
+    return f"{stat.filemode(e.mode)} {size:>14,} {when} {name}"
 
 
 def deleting(path: bytes, is_dir: bool) -> str:

@@ -49,6 +49,7 @@ class Options:
     stats: bool = False
     progress: bool = False
     log_items: bool = False
+    list_only: bool = False
 
     def to_wire(self) -> dict:
         out = {}

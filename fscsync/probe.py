@@ -81,13 +81,17 @@ def _probe(dirfd: int, encdata_name: bytes, ab: DestAbilities) -> None:
         ab.devices = False
 
 
+WHY_NO_KEYLESS = ("this kernel gives no key-less ciphertext access (O_CIPHERTEXT open "
+                  "fails with ENOKEY; it needs the encdata interface)")
+
+
 def keyless_readable(path: bytes) -> tuple[bool, str]:
     """Can this encrypted file be read as ciphertext without the key?"""
     try:
         fd, direct = cipher.open_ciphertext(path)
     except OSError as exc:
         if exc.errno == errno.ENOKEY:
-            return False, "the kernel gives no key-less ciphertext access (ENOKEY)"
+            return False, WHY_NO_KEYLESS
         return True, ""
     os.close(fd)
     return True, ""

@@ -24,6 +24,7 @@ class ConsoleReporter(Reporter):
         self.out = sys.stdout
         self.err = sys.stderr
         self.bar = None
+        self._closed: set = set()
         if progress:
             self.bar = (RichProgress(progress) if self.out.isatty()
                         else PlainProgress(progress, self.out))
@@ -48,8 +49,13 @@ class ConsoleReporter(Reporter):
         with self._lock:
             if self.bar is not None:
                 self.bar.interrupt()
-            stream.write(line + "\n")
-            stream.flush()
+            if stream in self._closed:
+                return
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except BrokenPipeError:
+                self._closed.add(stream)
 
     def progress(self, path: bytes, done: int, total: int) -> None:
         if self.bar is not None:

@@ -66,6 +66,8 @@ class Receiver:
 
     def open_root(self, single_file: bool) -> None:
         """Find or create the destination root (rsync's rules for DST)."""
+        if self.opts.list_only:
+            return
         dest = self.dest
         trailing = dest.endswith(b"/")
         path = dest.rstrip(b"/") or b"/"

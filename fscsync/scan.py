@@ -18,6 +18,7 @@ from fscsync.fileio import BlockReader, digest_fd
 from fscsync.filters import Filters
 from fscsync.flist import Entry
 from fscsync.options import Options
+from fscsync.probe import WHY_NO_KEYLESS, keyless_readable
 from fscsync.report import Reporter
 
 
@@ -42,6 +43,7 @@ class Scanner:
         self._links: dict[tuple[int, int], int] = {}
         self._seen: set[bytes] = set()
         self._want_xattrs = opts.xattrs or opts.acls
+        self._keyless: bool | None = None
 
     def scan(self, sources: list[bytes]) -> Iterator[Entry]:
         for src in sources:
@@ -64,7 +66,7 @@ class Scanner:
         if not stat.S_ISDIR(st.st_mode):
             self._fail(src, "change_dir", OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
             return
-        if not self.opts.recursive:
+        if not self.opts.recursive and not self.opts.list_only:
             self.reporter.info("skipping directory .", 0)
             return
         root = self._entry(b".", base, st) if self._first(b".") else None
@@ -79,7 +81,7 @@ class Scanner:
         except OSError as exc:
             self._fail(src, "link_stat", exc)
             return
-        if stat.S_ISDIR(st.st_mode) and not self.opts.recursive:
+        if stat.S_ISDIR(st.st_mode) and not self.opts.recursive and not self.opts.list_only:
             self.reporter.info(f"skipping directory {escape(name)}", 0)
             return
         if self.filters and self.filters.excluded(name, stat.S_ISDIR(st.st_mode)):
@@ -90,7 +92,7 @@ class Scanner:
         if entry is None:
             return
         yield entry
-        if entry.is_dir:
+        if entry.is_dir and self.opts.recursive:
             yield from self._walk(full, name + b"/")
 
     def _first(self, path: bytes) -> bool:
@@ -133,7 +135,8 @@ class Scanner:
             if entry is None:
                 continue
             yield entry
-            yield from self._walk(path, rel + b"/")
+            if self.opts.recursive:
+                yield from self._walk(path, rel + b"/")
 
     def _entry(self, rel: bytes, path: bytes, st: os.stat_result) -> Entry | None:
         """Build one entry, or None when this run skips that kind of file."""
@@ -177,7 +180,9 @@ class Scanner:
             if not opts.specials:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
                 return None
-        elif fmt != stat.S_IFDIR:
+        elif fmt == stat.S_IFDIR:
+            e.size = st.st_size
+        else:
             return None
         if opts.hard_links and fmt != stat.S_IFDIR and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
@@ -200,6 +205,14 @@ class Scanner:
         except cipher.EncdataError as exc:
             self.io_error = True
             self.reporter.error(f'malformed encdata on "{escape(e.src)}": {exc}')
+            return -1
+        if self._keyless is None:
+            self._keyless, why = keyless_readable(e.src)
+            self.reporter.info("source gives key-less ciphertext reads: "
+                               + ("yes" if self._keyless else f"no ({why})"), 1)
+        if not self._keyless:
+            self.io_error = True
+            self.reporter.error(f'cannot read "{escape(e.src)}" without its key: {WHY_NO_KEYLESS}')
             return -1
         return cipher.padded_size(enc.size)
 

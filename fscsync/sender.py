@@ -170,6 +170,9 @@ class Sender:
         out = delta.OpWriter(req.idx, lambda p: self.chan.send(protocol.DATA, p))
         st = os.fstat(fd)
         size = e.size if e.enc is not None else st.st_size
+        if st.st_mtime_ns != e.mtime_ns or (e.enc is None and st.st_size != e.size):
+            self.reporter.warning(f'"{escape(e.src)}" changed after the file list was made; '
+                                  "sending its current content (the next run settles it)")
         try:
             if req.kind == delta.CHUNKS:
                 self._chunks_pass(req, e, fd, reader, out, st, size)

@@ -34,19 +34,24 @@ class FrameReporter(Reporter):
         protocol.send_json(self.chan, protocol.LOG, msg)
 
 
-def control_handler(reporter: Reporter):
-    """Client side: print the peer's lines, stop on its fatal errors."""
+def control_handler(reporter: Reporter, host: str | None = None):
+    """Client side: print the peer's lines (errors tagged with a remote peer's host),
+    stop on its fatal errors."""
+    tag = f"[{host}] " if host else ""
 
     def handle(ftype: int, payload: bytes) -> bool:
         if ftype == protocol.LOG:
             msg = protocol.load_json(payload)
             length = msg.get("len")
-            reporter.emit(str(msg.get("kind", "info0")), str(msg.get("msg", "")),
-                          length if isinstance(length, int) else None)
+            kind = str(msg.get("kind", "info0"))
+            text = str(msg.get("msg", ""))
+            if kind in ("error", "warning"):
+                text = tag + text
+            reporter.emit(kind, text, length if isinstance(length, int) else None)
             return True
         if ftype == protocol.FATAL:
             msg = protocol.load_json(payload)
-            raise FscsyncError(str(msg.get("msg", "fatal error on the other side")),
+            raise FscsyncError(tag + str(msg.get("msg", "fatal error on the other side")),
                                int(msg.get("code", errors.PARTIAL)))
         return False
 
@@ -92,7 +97,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
             else local_server_command())
     peer = spawn(argv)
     chan = Channel(peer.rfd, peer.wfd)
-    on_control = control_handler(reporter)
+    on_control = control_handler(reporter, p.peer.host if p.peer is not None else None)
     try:
         stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control)
     except PeerClosed as exc:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from fscsync.receiver import Receiver
 
 _ZEROS = bytes(READ_SIZE)
+UNIT = 4096
+_ZERO_UNIT = bytes(UNIT)
 FAULT_ENV = "FSCSYNC_FAULT_CORRUPT_LITERALS"
 
 
@@ -98,12 +100,30 @@ class Writer:
                 else:
                     if self._corrupt and arg:
                         arg = bytes([arg[0] ^ 0xFF]) + arg[1:]
-                    os.pwrite(p.fd, arg, off)
+                    self._write(p, off, arg)
                     self._hash_gap(p, off, len(arg), arg)
         except OSError as exc:
             self._discard(p)
             p.fd = -1
             self.rx.os_fail(idx, "write of", exc)
+
+    @staticmethod
+    def _write(p: Pending, off: int, data: bytes) -> None:
+        """Write literal data, leaving aligned all-zero units of a fresh temp file as
+        holes (sparse files stay sparse; encrypted holes stay holes)."""
+        if not p.tmpname or off % UNIT or data.count(0) < UNIT:
+            os.pwrite(p.fd, data, off)
+            return
+        view = memoryview(data)
+        run = 0
+        for i in range(0, len(data), UNIT):
+            piece = view[i : i + UNIT]
+            if len(piece) == UNIT and piece == _ZERO_UNIT:
+                if run < i:
+                    os.pwrite(p.fd, view[run:i], off + run)
+                run = i + UNIT
+        if run < len(data):
+            os.pwrite(p.fd, view[run:], off + run)
 
     @staticmethod
     def _hash_gap(p: Pending, off: int, length: int, data: bytes | None = None) -> None:
