@@ -30,7 +30,7 @@ def check_path(path: bytes) -> None:
     if not path or b"\x00" in path or path.startswith(b"/") or len(path) > 4096:
         raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
     for part in path.split(b"/"):
-        if part in (b"", b".", b"..") or len(part) > 255:
+        if part in (b"", b".", b".."):
             raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import struct
 import threading
@@ -114,6 +115,43 @@ class Channel:
         self._bwlimit = 0
         self._bw_start = 0.0
         self._bw_sent = 0
+        self._queue: queue.Queue | None = None
+        self._writer: threading.Thread | None = None
+        self._write_error: BaseException | None = None
+
+    def start_async(self) -> None:
+        """From now on, writes happen in a background thread and never block the caller.
+
+        The receiver needs this: its main thread is the only reader of the stream, and
+        if it ever blocked writing while the sender blocks writing too, both would wait
+        for each other forever."""
+        self._queue = queue.Queue()
+        self._writer = threading.Thread(target=self._drain, name="channel-writer", daemon=True)
+        self._writer.start()
+
+    def stop_async(self) -> None:
+        """Wait until everything queued is written, then write synchronously again."""
+        if self._queue is None:
+            return
+        self.flush()
+        self._queue.put(None)
+        self._writer.join()
+        self._queue = None
+        self._writer = None
+        if self._write_error is not None:
+            raise self._write_error
+
+    def _drain(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._write_error is not None:
+                continue
+            try:
+                self._write_all(data)
+            except BaseException as exc:
+                self._write_error = exc
 
     def set_compression(self, kind: str | None) -> None:
         """Switch both directions to a compressed stream from here on."""
@@ -151,6 +189,14 @@ class Channel:
         self._out.clear()
         if self._codec is not None:
             data = self._codec.compress(data)
+        if self._queue is not None:
+            if self._write_error is not None:
+                raise self._write_error
+            self._queue.put(data)
+            return
+        self._write_all(data)
+
+    def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:

@@ -145,6 +145,7 @@ class Receiver:
             raise ProtocolError(f"expected the file list, got frame type {ftype}")
         single = bool(protocol.load_json(payload).get("single_file"))
         self.open_root(single)
+        chan.start_async()
         work: queue.Queue = queue.Queue(maxsize=256)
         gen = Generator(self, work)
         writer = Writer(self)
@@ -191,6 +192,8 @@ class Receiver:
             gen.abort()
             writer.abort()
             raise
+        finally:
+            chan.stop_async()
         thread.join()
         if gen.failure is not None:
             raise gen.failure
