@@ -115,9 +115,15 @@ def parse_encdata(text: bytes) -> EncData:
 
 def read_encdata(target: int | bytes, name: bytes = ENCDATA_XATTR,
                  follow: bool = True) -> bytes | None:
-    """The raw encdata text of a path or fd, or None for a plain entry."""
+    """The raw encdata text of a path or fd, or None for a plain entry.
+
+    Listing first is cheaper than a failing get (no exception) on the common,
+    plain entry, and this runs once per entry on both sides."""
+    nofollow = not follow
     try:
-        return xattr.get(target, name, nofollow=not follow)
+        if name not in xattr.list(target, nofollow=nofollow):
+            return None
+        return xattr.get(target, name, nofollow=nofollow)
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             return None

@@ -26,6 +26,7 @@ OP_LIT = 2
 MIN_CHUNK_BLOCKS = 256
 MAX_CHUNKS = 65536
 MAX_LITERAL = 256 << 10
+SMALL_LITERAL = 16 << 10
 
 _REQ = struct.Struct(">IBBIQQ")  # idx, kind, retry, block, chunk, basis size
 _COPY = struct.Struct(">BQQ")
@@ -152,11 +153,19 @@ class OpWriter:
                 self.flush()
 
     def literal_data(self, offset: int, data: bytes) -> None:
+        """Literal bytes at offset; big pieces go out as their own frame without being
+        copied (data must be immutable)."""
         self._flush_copy()
         self.literal += len(data)
+        view = memoryview(data)
         for i in range(0, len(data), MAX_LITERAL):
-            part = data[i : i + MAX_LITERAL]
-            self._buf += _LIT.pack(OP_LIT, offset + i, len(part))
+            part = view[i : i + MAX_LITERAL]
+            head = _LIT.pack(OP_LIT, offset + i, len(part))
+            if len(part) >= SMALL_LITERAL:
+                self.flush()
+                self._send(self._head + head, part)
+                continue
+            self._buf += head
             self._buf += part
             if len(self._buf) >= MAX_LITERAL:
                 self.flush()
@@ -172,6 +181,7 @@ def decode_ops(payload: bytes):
     """Yield (op, offset, length_or_data) from one DATA payload (after the index)."""
     pos = _IDX.size
     end = len(payload)
+    view = memoryview(payload)
     while pos < end:
         op = payload[pos]
         if op == OP_COPY:
@@ -187,7 +197,7 @@ def decode_ops(payload: bytes):
             pos += _LIT.size
             if pos + length > end:
                 raise ProtocolError("truncated literal data")
-            yield OP_LIT, off, payload[pos : pos + length]
+            yield OP_LIT, off, view[pos : pos + length]
             pos += length
         else:
             raise ProtocolError(f"unknown delta op {op}")

@@ -103,7 +103,8 @@ class Channel:
     def __init__(self, rfd: int, wfd: int):
         self.rfd = rfd
         self.wfd = wfd
-        self._out = bytearray()
+        self._out: list = []
+        self._out_len = 0
         self._lock = threading.Lock()
         self._in = bytearray()
         self._pos = 0
@@ -169,13 +170,17 @@ class Channel:
         self._bw_start = time.monotonic()
         self._bw_sent = 0
 
-    def send(self, ftype: int, payload: bytes | bytearray | memoryview = b"") -> None:
-        if len(payload) > MAX_FRAME:
-            raise ProtocolError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
+    def send(self, ftype: int, *parts: bytes | memoryview) -> None:
+        """Queue one frame made of `parts` (kept by reference, not copied: callers pass
+        immutable buffers)."""
+        length = sum(len(p) for p in parts)
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
         with self._lock:
-            self._out += _HDR.pack(ftype, len(payload))
-            self._out += payload
-            if len(self._out) >= _FLUSH_AT:
+            self._out.append(_HDR.pack(ftype, length))
+            self._out.extend(parts)
+            self._out_len += _HDR.size + length
+            if self._out_len >= _FLUSH_AT:
                 self._flush_locked()
 
     def flush(self) -> None:
@@ -185,10 +190,11 @@ class Channel:
     def _flush_locked(self) -> None:
         if not self._out:
             return
-        data = bytes(self._out)
-        self._out.clear()
+        data = self._out
+        self._out = []
+        self._out_len = 0
         if self._codec is not None:
-            data = self._codec.compress(data)
+            data = [self._codec.compress(b"".join(data))]
         if self._queue is not None:
             if self._write_error is not None:
                 raise self._write_error
@@ -196,17 +202,24 @@ class Channel:
             return
         self._write_all(data)
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
+    def _write_all(self, parts: list) -> None:
+        """writev the buffers, resuming after partial writes."""
+        bufs = [memoryview(p).cast("B") for p in parts if len(p)]
+        while bufs:
             try:
-                n = os.write(self.wfd, view[: 1 << 20])
+                n = os.writev(self.wfd, bufs[:512])
             except BrokenPipeError:
                 raise PeerClosed("connection closed by the other side") from None
-            view = view[n:]
             self.bytes_sent += n
             if self._bwlimit:
                 self._throttle(n)
+            while n:
+                if n >= len(bufs[0]):
+                    n -= len(bufs[0])
+                    bufs.pop(0)
+                else:
+                    bufs[0] = bufs[0][n:]
+                    n = 0
 
     def _throttle(self, n: int) -> None:
         self._bw_sent += n

@@ -167,7 +167,7 @@ class Sender:
             return
         fd, direct = opened
         reader = BlockReader(fd, direct)
-        out = delta.OpWriter(req.idx, lambda p: self.chan.send(protocol.DATA, p))
+        out = delta.OpWriter(req.idx, lambda *p: self.chan.send(protocol.DATA, *p))
         st = os.fstat(fd)
         size = e.size if e.enc is not None else st.st_size
         if st.st_mtime_ns != e.mtime_ns or (e.enc is None and st.st_size != e.size):

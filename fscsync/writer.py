@@ -99,7 +99,7 @@ class Writer:
                     copy_range(p.basis_fd, p.fd, off, arg)
                 else:
                     if self._corrupt and arg:
-                        arg = bytes([arg[0] ^ 0xFF]) + arg[1:]
+                        arg = bytes([arg[0] ^ 0xFF]) + bytes(arg[1:])
                     self._write(p, off, arg)
                     self._hash_gap(p, off, len(arg), arg)
         except OSError as exc:
@@ -111,14 +111,13 @@ class Writer:
     def _write(p: Pending, off: int, data: bytes) -> None:
         """Write literal data, leaving aligned all-zero units of a fresh temp file as
         holes (sparse files stay sparse; encrypted holes stay holes)."""
-        if not p.tmpname or off % UNIT or data.count(0) < UNIT:
+        if not p.tmpname or off % UNIT or len(data) < UNIT:
             os.pwrite(p.fd, data, off)
             return
         view = memoryview(data)
         run = 0
-        for i in range(0, len(data), UNIT):
-            piece = view[i : i + UNIT]
-            if len(piece) == UNIT and piece == _ZERO_UNIT:
+        for i in range(0, len(data) - UNIT + 1, UNIT):
+            if view[i] == 0 and view[i + UNIT - 1] == 0 and view[i : i + UNIT] == _ZERO_UNIT:
                 if run < i:
                     os.pwrite(p.fd, view[run:i], off + run)
                 run = i + UNIT
