@@ -7,6 +7,7 @@ frames on one pipe in each direction, so nothing waits for a round trip.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -25,6 +26,8 @@ MAX_FRAME = 4 << 20
 _HDR = struct.Struct(">BI")
 _FLUSH_AT = 256 << 10
 _READ_CHUNK = 1 << 20
+_DIRECT_READ = 64 << 10
+F_SETPIPE_SZ = 1031
 
 # Frame types.
 HELLO = 1
@@ -93,6 +96,14 @@ class _Decodec:
             raise ProtocolError(f"corrupt compressed stream: {exc}") from None
 
 
+def _widen_pipe(fd: int) -> None:
+    """Pipes default to 64 KiB; a 1 MiB pipe halves the context switches per byte."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
+
+
 class Channel:
     """One end of the stream: thread-safe frame sending, frame receiving.
 
@@ -111,6 +122,8 @@ class Channel:
         self._eof = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        for fd in (rfd, wfd):
+            _widen_pipe(fd)
         self._codec: _Codec | None = None
         self._decodec: _Decodec | None = None
         self._bwlimit = 0
@@ -257,11 +270,30 @@ class Channel:
         ftype, length = _HDR.unpack_from(self._in, self._pos)
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
+        if length >= _DIRECT_READ and self._decodec is None:
+            return ftype, self._recv_large(length)
         self._need(_HDR.size + length, timeout)
         start = self._pos + _HDR.size
         payload = bytes(self._in[start : start + length])
         self._pos = start + length
         return ftype, payload
+
+    def _recv_large(self, length: int) -> bytearray:
+        """Read a big payload straight into its own buffer (no staging copies)."""
+        buf = bytearray(length)
+        view = memoryview(buf)
+        start = self._pos + _HDR.size
+        have = min(len(self._in) - start, length)
+        view[:have] = self._in[start : start + have]
+        self._pos = start + have
+        while have < length:
+            n = os.readv(self.rfd, [view[have:]])
+            if n == 0:
+                self._eof = True
+                raise PeerClosed("connection closed by the other side")
+            have += n
+            self.bytes_received += n
+        return buf
 
     def read_raw_prefix(self, n: int, timeout: float) -> bytes:
         """Peek at up to n raw bytes (for telling a non-fscsync peer apart)."""
