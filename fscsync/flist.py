@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 import struct
+import zlib
 
 from fscsync.errors import ProtocolError
 
@@ -30,6 +31,7 @@ MAX_PATH = 4096
 MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16
 MAX_ENCDATA_WIRE = 1024
+MAX_BATCH = 16 << 20
 
 
 class Entry:
@@ -136,6 +138,24 @@ class _Reader:
         vals = st.unpack_from(self.buf, self.pos)
         self.pos += st.size
         return vals
+
+
+def pack_batch(entries: list[Entry]) -> bytes:
+    """One FLIST payload: the encoded entries, zlib-compressed (names in one directory,
+    owners and encryption policies repeat a lot)."""
+    return zlib.compress(encode_entries(entries), 1)
+
+
+def unpack_batch(payload: bytes) -> list[Entry]:
+    """Inverse of pack_batch, refusing to inflate past MAX_BATCH."""
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(payload, MAX_BATCH)
+    except zlib.error as exc:
+        raise ProtocolError(f"corrupt file-list frame: {exc}") from None
+    if d.unconsumed_tail or not d.eof:
+        raise ProtocolError("file-list frame too large or truncated")
+    return decode_entries(raw)
 
 
 def decode_entries(payload: bytes) -> list[Entry]:

@@ -19,7 +19,7 @@ from fscsync import errors, protocol
 from fscsync.destfs import DestTree, check_path
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.finalize import Finalizer
-from fscsync.flist import Entry, decode_entries
+from fscsync.flist import Entry, unpack_batch
 from fscsync.generator import Generator
 from fscsync.meta import IdMapper
 from fscsync.options import Options
@@ -166,7 +166,7 @@ class Receiver:
                 elif ftype == protocol.SIGREQ:
                     writer.sigreq(payload)
                 elif ftype == protocol.FLIST and not flist_done:
-                    batch = decode_entries(payload)
+                    batch = unpack_batch(payload)
                     base = len(self.entries)
                     self._add_entries(batch)
                     work.put((base, batch))

@@ -17,7 +17,7 @@ import xxhash
 from fscsync import cipher, delta, errors, protocol
 from fscsync.errors import ProtocolError, escape
 from fscsync.fileio import READ_SIZE, BlockReader, data_segments
-from fscsync.flist import Entry, encode_entries
+from fscsync.flist import Entry, pack_batch
 from fscsync.meta import group_name, user_name
 from fscsync.options import Options
 from fscsync.protocol import Channel
@@ -85,7 +85,8 @@ class Sender:
                     self._send_name(b"g", e.gid)
             self.entries.append(e)
             batch.append(e)
-            size += len(e.path) + 40
+            size += len(e.path) + 48 + len(e.enc or b"") + len(e.target or b"") + sum(
+                len(n) + len(v) + 5 for n, v in e.xattrs or ())
             if size >= FLIST_BATCH:
                 self._send_batch(batch)
                 batch, size = [], 0
@@ -97,7 +98,7 @@ class Sender:
         chan.flush()
 
     def _send_batch(self, batch: list[Entry]) -> None:
-        payload = encode_entries(batch)
+        payload = pack_batch(batch)
         self.stats.flist_size += len(payload)
         self.chan.send(protocol.FLIST, payload)
 
