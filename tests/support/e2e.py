@@ -4,7 +4,7 @@ The proof is: a plaintext tree written through an unlocked view, mirrored by
 fscsync between locked views (no key anywhere), reads back byte for byte
 through an unlocked view of the copy. This module holds the pieces:
 
-- `build_original`: the plaintext tree (about 50 entries) on a plain directory,
+- `build_original`: the plaintext tree (39 entries) on a plain directory,
   with every kind of entry a mirror gets wrong;
 - `replicate`: `cp -a` into a view (types, contents, modes, owners, hard links,
   times, directories last), so the view is written the way users write it;
@@ -27,14 +27,13 @@ from __future__ import annotations
 import os
 import re
 import stat
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 
-from support.trees import pattern, set_tree_times
-
 from fscsync.testfs import make_encrypted_dir, mounted
+from support.trees import pattern, set_tree_times
 
 join = os.path.join
 
@@ -70,7 +69,7 @@ def read(path: bytes) -> bytes:
 
 
 def build_original(root: bytes) -> None:
-    """The plaintext tree (41 entries), on an existing empty directory `root`.
+    """The plaintext tree (39 entries), on an existing empty directory `root`.
 
     README, plain/note.txt          unencrypted entries beside the encrypted dir
     vault/files/<sizes>             0, 1, 4095, 4096, 4097, 1 MiB + 3 bytes
@@ -220,7 +219,8 @@ class World:
     def view(self, backing: bytes, key: bytes | None = None) -> bytes:
         return self.stack.enter_context(mounted(backing, self._mountpoint(backing, key), key))
 
-    def mounted_view(self, backing: bytes, key: bytes | None = None):  # noqa: ANN201
+    def mounted_view(self, backing: bytes, key: bytes | None = None
+                     ) -> AbstractContextManager[bytes]:
         return mounted(backing, self._mountpoint(backing, key), key)
 
     def close(self) -> None:
