@@ -153,7 +153,7 @@ def unpack_batch(payload: bytes) -> list[Entry]:
         raw = d.decompress(payload, MAX_BATCH)
     except zlib.error as exc:
         raise ProtocolError(f"corrupt file-list frame: {exc}") from None
-    if d.unconsumed_tail or not d.eof:
+    if d.unconsumed_tail or not d.eof or d.unused_data:
         raise ProtocolError("file-list frame too large or truncated")
     return decode_entries(raw)
 

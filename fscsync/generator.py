@@ -35,7 +35,8 @@ class Pending:
     """A requested file, shared with the writer until it is renamed into place."""
 
     __slots__ = ("idx", "encrypted_basis", "has_basis", "chunk", "retried", "fd", "tmpdir",
-                 "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential")
+                 "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
+                 "data_end")
 
     def __init__(self, idx: int, encrypted_basis: bool, has_basis: bool):
         self.idx = idx
@@ -51,6 +52,7 @@ class Pending:
         self.hasher = None
         self.hash_pos = 0
         self.sequential = True
+        self.data_end = 0
 
 
 class Generator:
@@ -66,6 +68,7 @@ class Generator:
         self.hardlinks: list[int] = []
         self._warned_policies: set[bytes] = set()
         self.tree: DestTree | None = None
+        self.sent_nomore = False
         rx.generator = self
 
     def abort(self) -> None:
@@ -91,11 +94,13 @@ class Generator:
                         break
                     self.process(tree, base + i, e)
             if not self._stop:
+                self.sent_nomore = True
                 rx.chan.send(protocol.NOMORE)
                 rx.chan.flush()
         except BaseException as exc:
             self.failure = exc
             try:
+                self.sent_nomore = True
                 rx.chan.send(protocol.NOMORE)
                 rx.chan.flush()
             except Exception:
@@ -115,6 +120,10 @@ class Generator:
         if opts.list_only:
             rx.reporter.info(itemize.listing(e), 0)
             rx.status[idx] = 1
+            return
+        if not self._kind_wanted(e):
+            rx.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
+                         "file")
             return
         if e.path != b"." and rx.single_name is None:
             head, _, name = e.path.rpartition(b"/")
@@ -147,6 +156,20 @@ class Generator:
             rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
         except OSError as exc:
             rx.os_fail(idx, "update of", exc)
+
+    def _kind_wanted(self, e: Entry) -> bool:
+        """The receiver enforces the run's options itself: a sender may not make it
+        create symlinks, devices or special files it was not asked for."""
+        fmt = stat.S_IFMT(e.mode)
+        if fmt in (stat.S_IFREG, stat.S_IFDIR):
+            return True
+        if fmt == stat.S_IFLNK:
+            return self.opts.links and e.target is not None
+        if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            return self.opts.devices
+        if fmt in (stat.S_IFIFO, stat.S_IFSOCK):
+            return self.opts.specials
+        return False
 
     def _encryption_ok(self, idx: int, e: Entry) -> bool:
         rx = self.rx

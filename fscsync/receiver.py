@@ -151,12 +151,12 @@ class Receiver:
         writer = Writer(self)
         thread = threading.Thread(target=gen.run, name="generator", daemon=True)
         thread.start()
-        flist_done = gen_acked = finished = False
+        flist_done = gen_acked = done_sent = finished = False
         try:
             while not finished:
-                if gen_acked and self.completed == self.requested:
+                if gen_acked and not done_sent and self.completed == self.requested:
                     chan.send(protocol.DONE)
-                    gen_acked = False
+                    done_sent = True
                 chan.flush()
                 ftype, payload = chan.recv()
                 if ftype == protocol.DATA:
@@ -174,12 +174,15 @@ class Receiver:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
                     info = protocol.load_json(payload)
+                    if info.get("count") != len(self.entries):
+                        raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
+                                            f"entries, {info.get('count')!r} announced")
                     self.io_error = bool(info.get("io_error"))
                     flist_done = True
                     work.put(None)
-                elif ftype == protocol.NOMORE_ACK:
+                elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
                     gen_acked = True
-                elif ftype == protocol.FINISHED:
+                elif ftype == protocol.FINISHED and done_sent:
                     final = protocol.load_json(payload)
                     self.sender_stats = Stats.from_wire(final)
                     self.sender_exit_code = int(final.get("exit_code", 0))
@@ -190,6 +193,7 @@ class Receiver:
                     raise ProtocolError(f"unexpected frame type {ftype} at the receiver")
         except BaseException:
             gen.abort()
+            thread.join(30)
             writer.abort()
             raise
         finally:

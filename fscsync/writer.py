@@ -93,15 +93,19 @@ class Writer:
                 if op == delta.OP_COPY:
                     self._hash_gap(p, off, -1)
                     if not p.tmpname:
+                        kept = os.fstat(p.fd).st_size
+                        p.data_end = max(p.data_end, min(off + arg, kept))
                         continue
                     if p.basis_fd is None:
                         raise errors.ProtocolError("copy op without a basis file")
                     copy_range(p.basis_fd, p.fd, off, arg)
+                    p.data_end = max(p.data_end, min(off + arg, os.fstat(p.basis_fd).st_size))
                 else:
                     if self._corrupt and arg:
                         arg = bytes([arg[0] ^ 0xFF]) + bytes(arg[1:])
                     self._write(p, off, arg)
                     self._hash_gap(p, off, len(arg), arg)
+                    p.data_end = max(p.data_end, off + len(arg))
         except OSError as exc:
             self._discard(p)
             p.fd = -1
@@ -147,13 +151,20 @@ class Writer:
         e = rx.entries[idx]
         if p.fd == -1 or status != delta.END_OK:
             self._discard(p)
-            self._complete(idx, ok=False, quiet=p.fd == -1 or status != delta.END_OK)
+            if status == delta.END_VANISHED:
+                rx.reporter.note_code(errors.VANISHED)
+            elif status != delta.END_OK:
+                rx.reporter.note_code(errors.PARTIAL)
+            self._complete(idx, ok=False, quiet=True)
             return
+        if size >= 1 << 63 or size > max(e.size, p.data_end):
+            raise errors.ProtocolError(f"end of entry {idx} announces {size} bytes, more than "
+                                       "the file list and the data sent")
         try:
             if p.fd is None:
                 self._open_temp(p)
             os.ftruncate(p.fd, size)
-            if p.sequential:
+            if p.sequential and p.hash_pos <= size:
                 self._hash_gap(p, size, 0, b"")
                 got = p.hasher.digest()
             else:
