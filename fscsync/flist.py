@@ -11,6 +11,7 @@ import stat
 import struct
 import zlib
 
+from fscsync.cipher import CTX_V2_LEN, EncData, EncdataError, format_encdata, parse_encdata
 from fscsync.errors import ProtocolError
 
 F_TARGET = 1
@@ -20,6 +21,7 @@ F_LINK = 8
 F_SUM = 16
 F_RDEV = 32
 F_ENC_ALT = 64
+F_ENC_BIN = 128
 
 _HEAD = struct.Struct(">HIQqIIB")
 _U16 = struct.Struct(">H")
@@ -94,6 +96,9 @@ def encode_entries(entries: list[Entry]) -> bytes:
             flags |= F_RDEV
         if e.enc_alt:
             flags |= F_ENC_ALT
+        enc_bin = _binary_encdata(e.enc) if e.enc is not None else None
+        if enc_bin is not None:
+            flags = (flags & ~F_ENC) | F_ENC_BIN
         out += _HEAD.pack(len(e.path), e.mode, e.size, e.mtime_ns, e.uid, e.gid, flags)
         out += e.path
         if flags & F_RDEV:
@@ -112,9 +117,26 @@ def encode_entries(entries: list[Entry]) -> bytes:
         if flags & F_ENC:
             out += _U16.pack(len(e.enc))
             out += e.enc
+        if flags & F_ENC_BIN:
+            out += enc_bin
         if flags & F_SUM:
             out += e.checksum
     return bytes(out)
+
+
+_ENC_BIN = struct.Struct(">QB")
+
+
+def _binary_encdata(text: bytes) -> bytes | None:
+    """Canonical encdata travels as its fields (size, 40-byte context, raw name),
+    half the bytes of the text; anything else travels verbatim."""
+    try:
+        enc = parse_encdata(text)
+    except EncdataError:
+        return None
+    if format_encdata(enc) != text:
+        return None
+    return _ENC_BIN.pack(enc.size, len(enc.enc_name)) + enc.enc_ctx + enc.enc_name
 
 
 class _Reader:
@@ -166,7 +188,7 @@ def decode_entries(payload: bytes) -> list[Entry]:
         plen, mode, size, mtime_ns, uid, gid, flags = r.unpack(_HEAD)
         if plen == 0 or plen > MAX_PATH:
             raise ProtocolError(f"file-list entry with a path of {plen} bytes")
-        if flags & ~(F_TARGET | F_XATTRS | F_ENC | F_LINK | F_SUM | F_RDEV | F_ENC_ALT):
+        if flags & ~(F_TARGET | F_XATTRS | F_ENC | F_LINK | F_SUM | F_RDEV | F_ENC_ALT | F_ENC_BIN):
             raise ProtocolError("file-list entry with unknown flags")
         e = Entry(r.take(plen), mode, size, mtime_ns, uid, gid)
         e.enc_alt = bool(flags & F_ENC_ALT)
@@ -193,6 +215,10 @@ def decode_entries(payload: bytes) -> list[Entry]:
             if n > MAX_ENCDATA_WIRE:
                 raise ProtocolError(f"encdata of {n} bytes")
             e.enc = r.take(n)
+        if flags & F_ENC_BIN:
+            size, nlen = r.unpack(_ENC_BIN)
+            ctx = r.take(CTX_V2_LEN)
+            e.enc = format_encdata(EncData(size, ctx, r.take(nlen)))
         if flags & F_SUM:
             e.checksum = r.take(16)
         out.append(e)
