@@ -213,7 +213,7 @@ def _main(args: list[str]) -> int:
     paths = [os.fsencode(x) for x in ns.args]
     if len(paths) == 1 or (ns.list_only and paths):
         opts.list_only = True
-        opts.links = opts.devices = opts.specials = True
+        opts.devices = opts.specials = True
         if len(paths) == 1:
             paths.append(b".")
     if len(paths) < 2:

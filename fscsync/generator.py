@@ -118,7 +118,7 @@ class Generator:
         if e.is_reg or e.is_link:
             rx.stats.total_size += e.size
         if opts.list_only:
-            rx.reporter.info(itemize.listing(e), 0)
+            rx.reporter.info(itemize.listing(e, show_target=opts.links), 0)
             rx.status[idx] = 1
             return
         if not self._kind_wanted(e):

@@ -40,7 +40,7 @@ def line(update: str, e, changes: str = "", new: bool = False, suffix: str = "")
     return text
 
 
-def listing(e) -> str:
+def listing(e, show_target: bool = True) -> str:
     """One line of --list-only, as rsync prints it (cleartext size for encrypted files)."""
     size = e.size
     if e.enc is not None and e.is_reg:
@@ -50,7 +50,7 @@ def listing(e) -> str:
             pass
     when = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(e.mtime_ns // 1_000_000_000))
     name = "." if e.path == b"." else escape(e.path)
-    if e.target is not None:
+    if e.target is not None and show_target:
         name += " -> " + escape(e.target)
     return f"{stat.filemode(e.mode)} {size:>14,} {when} {name}"
 

@@ -162,7 +162,7 @@ class Scanner:
                 if e.size < 0:
                     return None
         elif fmt == stat.S_IFLNK:
-            if not opts.links:
+            if not opts.links and not opts.list_only:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
                 return None
             try:
