@@ -135,6 +135,14 @@ def padded_size(size: int) -> int:
     return -(-size // UNIT) * UNIT
 
 
+def open_data(path: bytes, encrypted: bool, dir_fd: int | None = None) -> tuple[int, bool]:
+    """Open a regular file for reading its data: ciphertext when encrypted, plain
+    bytes otherwise; returns (fd, direct)."""
+    if encrypted:
+        return open_ciphertext(path, dir_fd)
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), False
+
+
 def open_ciphertext(path: bytes, dir_fd: int | None = None) -> tuple[int, bool]:
     """Open an encrypted file for raw ciphertext reads; returns (fd, direct).
 

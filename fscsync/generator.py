@@ -114,7 +114,8 @@ class Generator:
     def process(self, tree: DestTree | None, idx: int, e: Entry) -> None:
         rx = self.rx
         opts = self.opts
-        rx.stats.files[_kind(e.mode)] = rx.stats.files.get(_kind(e.mode), 0) + 1
+        kind = itemize.kind_name(e.mode)
+        rx.stats.files[kind] = rx.stats.files.get(kind, 0) + 1
         if e.is_reg or e.is_link:
             rx.stats.total_size += e.size
         if opts.list_only:
@@ -207,7 +208,7 @@ class Generator:
             rx.reporter.info(itemize.display_name(e), 1)
 
     def _count_created(self, e: Entry) -> None:
-        k = _kind(e.mode)
+        k = itemize.kind_name(e.mode)
         self.rx.stats.created[k] = self.rx.stats.created.get(k, 0) + 1
 
     def _make_way(self, idx: int, e: Entry, pfd: int, name: bytes,
@@ -259,12 +260,7 @@ class Generator:
                 return
             st = None
         if st is None:
-            self._count_created(e)
-            self._item("c", e, new=True)
-            if not opts.dry_run:
-                os.mkdir(name, 0o700, dir_fd=pfd)
-            self.dirs.append((idx, True))
-            rx.status[idx] = 1
+            self._new_dir(idx, e, pfd, name, make=True)
             return
         if e.enc is not None and not self._same_dir_context(idx, e, pfd, name):
             if not opts.delete:
@@ -273,18 +269,10 @@ class Generator:
                 return
             if not opts.dry_run:
                 self._remove_tree(pfd, name, e.path)
-            self._count_created(e)
-            self._item("c", e, new=True)
-            if not opts.dry_run:
-                os.mkdir(name, 0o700, dir_fd=pfd)
-            self.dirs.append((idx, True))
-            rx.status[idx] = 1
+            self._new_dir(idx, e, pfd, name, make=True)
             return
         if e.path == b"." and rx.root_created:
-            self._count_created(e)
-            self._item("c", e, new=True)
-            self.dirs.append((idx, True))
-            rx.status[idx] = 1
+            self._new_dir(idx, e, pfd, name, make=False)
             return
         self.dirs.append((idx, False))
         rx.status[idx] = 1
@@ -292,6 +280,16 @@ class Generator:
         if changes:
             self._item(".", e, changes)
         self._scan_existing(tree, e)
+
+    def _new_dir(self, idx: int, e: Entry, pfd: int, name: bytes, make: bool) -> None:
+        """A directory that is new at the destination (made here unless it exists
+        already, as a freshly created root does); attributes come in the final pass."""
+        self._count_created(e)
+        self._item("c", e, new=True)
+        if make and not self.opts.dry_run:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        self.dirs.append((idx, True))
+        self.rx.status[idx] = 1
 
     def _same_dir_context(self, idx: int, e: Entry, pfd: int, name: bytes) -> bool:
         """Does the existing destination directory carry this entry's encryption
@@ -449,10 +447,7 @@ class Generator:
     @staticmethod
     def _dest_digest(pfd: int, name: bytes, encrypted: bool) -> bytes | None:
         try:
-            if encrypted:
-                fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
-            else:
-                fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=pfd), False
+            fd, direct = cipher.open_data(name, encrypted, dir_fd=pfd)
         except OSError:
             return None
         reader = BlockReader(fd, direct)
@@ -479,11 +474,7 @@ class Generator:
         req = None
         if use_basis:
             try:
-                if encrypted_basis:
-                    fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
-                else:
-                    fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                         dir_fd=pfd), False
+                fd, direct = cipher.open_data(name, encrypted_basis, dir_fd=pfd)
             except OSError:
                 fd = None
             if fd is not None:
@@ -576,17 +567,4 @@ class Generator:
                 pass
             raise
         rx.status[idx] = 1
-
-
-def _kind(mode: int) -> str:
-    fmt = stat.S_IFMT(mode)
-    if fmt == stat.S_IFREG:
-        return "reg"
-    if fmt == stat.S_IFDIR:
-        return "dir"
-    if fmt == stat.S_IFLNK:
-        return "link"
-    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
-        return "dev"
-    return "special"
 

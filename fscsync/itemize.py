@@ -11,17 +11,19 @@ from fscsync.errors import escape
 NEW = "+++++++++"
 
 
+_KINDS = {stat.S_IFREG: ("f", "reg"), stat.S_IFDIR: ("d", "dir"), stat.S_IFLNK: ("L", "link"),
+          stat.S_IFCHR: ("D", "dev"), stat.S_IFBLK: ("D", "dev")}
+_SPECIAL = ("S", "special")
+
+
 def type_letter(mode: int) -> str:
-    fmt = stat.S_IFMT(mode)
-    if fmt == stat.S_IFREG:
-        return "f"
-    if fmt == stat.S_IFDIR:
-        return "d"
-    if fmt == stat.S_IFLNK:
-        return "L"
-    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
-        return "D"
-    return "S"
+    """rsync's X column: f d L D S."""
+    return _KINDS.get(stat.S_IFMT(mode), _SPECIAL)[0]
+
+
+def kind_name(mode: int) -> str:
+    """rsync's --stats kind: reg dir link dev special."""
+    return _KINDS.get(stat.S_IFMT(mode), _SPECIAL)[1]
 
 
 def display_name(e) -> str:

@@ -81,33 +81,27 @@ class IdMapper:
         self._gid_cache: dict[int, int] = {}
 
     def uid(self, remote: int) -> int:
-        if self.numeric or remote == 0:
-            return remote
-        local = self._uid_cache.get(remote)
-        if local is None:
-            local = remote
-            name = self.user_names.get(remote)
-            if name is not None:
-                try:
-                    local = pwd.getpwnam(os.fsdecode(name)).pw_uid
-                except KeyError:
-                    pass
-            self._uid_cache[remote] = local
-        return local
+        return self._map(remote, self.user_names, self._uid_cache,
+                         lambda n: pwd.getpwnam(n).pw_uid)
 
     def gid(self, remote: int) -> int:
+        return self._map(remote, self.group_names, self._gid_cache,
+                         lambda n: grp.getgrnam(n).gr_gid)
+
+    def _map(self, remote: int, names: dict[int, bytes], cache: dict[int, int], lookup) -> int:
+        """Local id for a remote one: by name unless --numeric-ids; id 0 never maps."""
         if self.numeric or remote == 0:
             return remote
-        local = self._gid_cache.get(remote)
+        local = cache.get(remote)
         if local is None:
             local = remote
-            name = self.group_names.get(remote)
+            name = names.get(remote)
             if name is not None:
                 try:
-                    local = grp.getgrnam(os.fsdecode(name)).gr_gid
+                    local = lookup(os.fsdecode(name))
                 except KeyError:
                     pass
-            self._gid_cache[remote] = local
+            cache[remote] = local
         return local
 
 

@@ -218,10 +218,7 @@ class Scanner:
 
     def _checksum(self, path: bytes, e: Entry) -> bytes | None:
         try:
-            if e.enc is not None:
-                fd, direct = cipher.open_ciphertext(path)
-            else:
-                fd, direct = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), False
+            fd, direct = cipher.open_data(path, e.enc is not None)
         except OSError as exc:
             self._fail(path, "open", exc)
             return None

@@ -138,9 +138,7 @@ class Sender:
 
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
-            if e.enc is not None:
-                return cipher.open_ciphertext(e.src)
-            return os.open(e.src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), False
+            return cipher.open_data(e.src, e.enc is not None)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None

@@ -74,11 +74,7 @@ class Writer:
         p.hash_pos = 0
         p.sequential = True
         if p.has_basis and not (self.opts.inplace and e.enc is None):
-            if p.encrypted_basis:
-                p.basis_fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
-            else:
-                p.basis_fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                             dir_fd=pfd), False
+            p.basis_fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
     def data(self, payload: bytes) -> None:
@@ -280,11 +276,7 @@ class Writer:
         pfd, name = rx.locate(self.tree, e)
         block = self.opts.block_size
         try:
-            if p.encrypted_basis:
-                fd, direct = cipher.open_ciphertext(name, dir_fd=pfd)
-            else:
-                fd, direct = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     dir_fd=pfd), False
+            fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
         except OSError:
             fd, direct = None, False
         reader = BlockReader(fd, direct) if fd is not None else None
