@@ -58,9 +58,12 @@ class ConsoleReporter(Reporter):
                 self._closed.add(stream)
 
     def progress(self, path: bytes, done: int, total: int) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.out not in self._closed:
             with self._lock:
-                self.bar.update(path, done, total)
+                try:
+                    self.bar.update(path, done, total)
+                except BrokenPipeError:
+                    self._closed.add(self.out)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -4,6 +4,9 @@ and never writes anywhere."""
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from support import run_fscsync, run_rsync
@@ -51,3 +54,18 @@ def test_list_only_over_ssh(tmp_path: Path, sshd) -> None:
                        sshd.remote_fscsync, f"{sshd.host}:{src}/", check=True)
     local = run_fscsync("--list-only", "-r", f"{src}/", check=True)
     assert _lines(ours.stdout) == _lines(local.stdout)
+
+
+def test_progress_into_a_closed_pipe_still_copies_everything(tmp_path: Path) -> None:
+    """A reader that goes away (`| head -1`) must not turn progress lines into file
+    errors: the copy completes and exits 0."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(200):
+        (src / f"f{i:03d}").write_bytes(b"x" * (i + 1))
+    cmd = (f"{shlex.quote(sys.executable)} -m fscsync -a --progress {shlex.quote(str(src))}/ "
+           f"{shlex.quote(str(dst))}/ | head -1; exit ${{PIPESTATUS[0]}}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(dst)) == sorted(os.listdir(src))
