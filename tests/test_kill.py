@@ -443,7 +443,11 @@ def test_file_changing_while_the_server_sends_a_delta(tmp_path: Path, change: st
     out, err = proc.communicate(timeout=60)
     text = err.decode(errors="replace")
     assert opened, f"the server never opened big.bin\n{text}"
-    assert proc.returncode in (23, 24), f"exit {proc.returncode}\n{text}"
+    # The change can land between the server's open and its first fstat: then the file
+    # is sent as it is now, with a warning (exit 0), instead of failing mid-read.
+    before_read = "changed after the file list was made" in text
+    assert proc.returncode in (23, 24) or (proc.returncode == 0 and before_read), (
+        f"exit {proc.returncode}\n{text}")
     assert "big.bin" in text, text
     assert "Traceback" not in text
     got = (dst / "big.bin").read_bytes()
