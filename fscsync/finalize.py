@@ -33,7 +33,9 @@ class Finalizer:
     def run(self) -> None:
         tree = self.rx.tree()
         if tree is None:
-            self._dry_deletions()
+            # A dry run into a destination that does not exist yet: nothing to delete,
+            # but a walk with errors still earns its warning.
+            self._deletion_allowed()
             return
         try:
             self.hard_links(tree)
@@ -96,9 +98,6 @@ class Finalizer:
             rx.reporter.error("IO error encountered -- skipping file deletion", errors.PARTIAL)
             return False
         return True
-
-    def _dry_deletions(self) -> None:
-        self._deletion_allowed()
 
     def deletions(self, tree) -> None:
         if not self._deletion_allowed():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import stat
 from typing import TYPE_CHECKING
 
@@ -76,7 +77,7 @@ class Generator:
         try:
             while True:
                 self.work.get_nowait()
-        except Exception:
+        except queue.Empty:
             pass
         self.work.put(None)
 
@@ -393,7 +394,8 @@ class Generator:
             self._count_created(e)
             self._item(rx.item_dir, e, new=True)
         else:
-            changes = "s" if self._size(st, dest_enc) != self._size_of_entry(e) else ""
+            changes = "s" if _cleartext_size(dest_enc, st.st_size) != _cleartext_size(
+                e.enc, e.size) else ""
             if opts.checksum:
                 changes = "c" + changes
             changes += self._attr_changes(e, st, Target(pfd, name))
@@ -404,23 +406,6 @@ class Generator:
             rx.status[idx] = 1
             return
         self._request(idx, e, pfd, name, st, dest_enc, new)
-
-    def _size_of_entry(self, e: Entry) -> int:
-        if e.enc is not None:
-            try:
-                return cipher.parse_encdata(e.enc).size
-            except cipher.EncdataError:
-                return -1
-        return e.size
-
-    @staticmethod
-    def _size(st, dest_enc: bytes | None) -> int:
-        if dest_enc is not None:
-            try:
-                return cipher.parse_encdata(dest_enc).size
-            except cipher.EncdataError:
-                return -1
-        return st.st_size
 
     def _same(self, e: Entry, pfd: int, name: bytes, st, dest_enc: bytes | None) -> bool:
         """rsync's quick check, made encryption-aware: cleartext size from encdata, and
@@ -568,3 +553,12 @@ class Generator:
             raise
         rx.status[idx] = 1
 
+
+def _cleartext_size(enc: bytes | None, plain_size: int) -> int:
+    """Size as the user sees it: from encdata for encrypted entries (-1 if malformed)."""
+    if enc is None:
+        return plain_size
+    try:
+        return cipher.parse_encdata(enc).size
+    except cipher.EncdataError:
+        return -1

@@ -141,9 +141,6 @@ def set_xattrs(target: bytes | int, want: list[tuple[bytes, bytes]],
     return changed
 
 
-def perm_bits(mode: int) -> int:
-    return stat.S_IMODE(mode)
-
 
 def _umask() -> int:
     mask = os.umask(0o22)

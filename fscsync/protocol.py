@@ -58,8 +58,10 @@ try:
     import zstandard
 
     CAPABILITIES.append("zstd")
+    _CODEC_ERRORS: tuple = (zlib.error, zstandard.ZstdError)
 except ImportError:  # zstd is optional: zlib is always there
     zstandard = None
+    _CODEC_ERRORS = (zlib.error,)
 
 
 class PeerClosed(ProtocolError):
@@ -87,12 +89,11 @@ class _Decodec:
             self._d = zstandard.ZstdDecompressor().decompressobj()
         else:
             self._d = zlib.decompressobj()
-        self._kind = kind
 
     def decompress(self, data: bytes) -> bytes:
         try:
             return self._d.decompress(data)
-        except (zlib.error, Exception) as exc:
+        except _CODEC_ERRORS as exc:
             raise ProtocolError(f"corrupt compressed stream: {exc}") from None
 
 

@@ -8,11 +8,12 @@ Exit codes accumulate here so that one bad file never stops the rest.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 
 from fscsync import errors
 
 
-class Reporter:
+class Reporter(ABC):
     def __init__(self) -> None:
         self.exit_code = errors.OK
         self._lock = threading.Lock()
@@ -37,20 +38,10 @@ class Reporter:
         """An itemize line; `length` (the file's size) feeds --log-file-format's %l."""
         self.emit("item", line, length)
 
-    def progress(self, path: bytes, done: int, total: int) -> None:
+    def progress(self, path: bytes, done: int, total: int) -> None:  # noqa: B027 (optional hook)
         """Bytes of one file handled so far; the default ignores it."""
 
+    @abstractmethod
     def emit(self, kind: str, message: str, length: int | None = None) -> None:
-        raise NotImplementedError
+        """Deliver one line: print it (client) or send it to the client (server)."""
 
-
-class CollectingReporter(Reporter):
-    """Keeps every line; used where nothing should be printed (and in tests)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[tuple[str, str]] = []
-
-    def emit(self, kind: str, message: str, length: int | None = None) -> None:
-        with self._lock:
-            self.lines.append((kind, message))
