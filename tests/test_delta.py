@@ -19,39 +19,18 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from support import REPO, run_fscsync
+from support.procwatch import when_opened
+from support.stats import parse_stats
 from support.treecmp import assert_same_tree
 
 BLOCK = 4096
 MiB = 1 << 20
 OLD_NS = 1_500_000_000_000_000_000
 NEW_NS = 1_600_000_000_000_000_000
-
-STAT_LINES = {
-    "literal": "Literal data",
-    "matched": "Matched data",
-    "sent": "Total bytes sent",
-    "received": "Total bytes received",
-    "transferred": "Number of regular files transferred",
-}
-
-
-# ---- helpers -----------------------------------------------------------------------
-
-
-def parse_stats(out: bytes) -> dict[str, int]:
-    text = out.decode(errors="replace")
-    got = {}
-    for key, label in STAT_LINES.items():
-        m = re.search(rf"^{label}: ([\d,]+)", text, re.M)
-        assert m, f"--stats output lacks {label!r}:\n{text}"
-        got[key] = int(m.group(1).replace(",", ""))
-    return got
-
 
 def sync(src: Path, dst: Path, *opts: str, check: bool | int = True,
          env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[bytes],
@@ -443,28 +422,6 @@ def _popen_fscsync(*args: str) -> subprocess.Popen[bytes]:
                             stdin=subprocess.DEVNULL)
 
 
-def _when_opened(proc: subprocess.Popen[bytes], path: Path, action, timeout: float = 30
-                 ) -> bool:
-    """Run `action` as soon as process `proc` holds `path` open; False if it never did."""
-    want = str(path)
-    deadline = time.monotonic() + timeout
-    fd_dir = f"/proc/{proc.pid}/fd"
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            names = os.listdir(fd_dir)
-        except OSError:
-            break
-        for n in names:
-            try:
-                if os.readlink(f"{fd_dir}/{n}") == want:
-                    action()
-                    return True
-            except OSError:
-                continue
-        time.sleep(0.001)
-    return False
-
-
 def _grow(path: Path) -> None:
     with open(path, "ab") as f:
         f.write(rand(BLOCK, "grown"))
@@ -485,7 +442,7 @@ def test_file_changing_while_sent_is_reported(tmp_path: Path, mutate) -> None:
     src, dst = make_pair(tmp_path, old, rand(size, "new"), name="moving")
     put(src / "other", b"other\n", NEW_NS)
     proc = _popen_fscsync("-a", "--whole-file", "--bwlimit", "8M", f"{src}/", f"{dst}/")
-    opened = _when_opened(proc, src / "moving", lambda: mutate(src / "moving"))
+    opened = when_opened(proc, src / "moving", lambda: mutate(src / "moving"))
     out, err = proc.communicate(timeout=120)
     assert opened, "the sender never opened the file (finished too fast?)"
     text = err.decode(errors="replace")
@@ -519,7 +476,7 @@ def test_file_growing_between_scan_and_send(tmp_path: Path) -> None:
             f.write(grown[len(first):])
 
     proc = _popen_fscsync("-a", "--whole-file", "--bwlimit", "8M", f"{src}/", f"{dst}/")
-    opened = _when_opened(proc, src / "a-big", grow)
+    opened = when_opened(proc, src / "a-big", grow)
     out, err = proc.communicate(timeout=120)
     assert opened
     text = err.decode(errors="replace")

@@ -40,13 +40,13 @@ from support.e2e import (
     item_lines,
     locked_twin,
     padded,
-    parse_stats,
     read,
     replicate,
     same_times,
     write,
 )
 from support.sshd import Sshd
+from support.stats import parse_stats
 from support.treecmp import assert_same_tree
 from support.trees import pattern, set_times, set_tree_times
 from testfs_fixtures import encdata_of, needs_fuse, read_ciphertext

@@ -36,33 +36,13 @@ from support.enctree import (
     padded,
     read_encdata,
 )
+from support.stats import parse_stats
 from support.treecmp import assert_same_tree, diff, show, snapshot
 
 from fscsync.errors import escape
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="encrypted trees store security.encdata, which needs root")
-
-STAT_LINES = {
-    "literal": "Literal data",
-    "matched": "Matched data",
-    "sent": "Total bytes sent",
-    "received": "Total bytes received",
-    "transferred": "Number of regular files transferred",
-    "encrypted": "Number of encrypted files",
-    "encrypted_bytes": "Encrypted data transferred",
-}
-
-
-def parse_stats(out: bytes) -> dict[str, int]:
-    text = out.decode(errors="replace")
-    got = {}
-    for key, label in STAT_LINES.items():
-        m = re.search(rf"^{label}: ([\d,]+)", text, re.M)
-        assert m, f"--stats output lacks {label!r}:\n{text}"
-        got[key] = int(m.group(1).replace(",", ""))
-    return got
-
 
 def sync(src: Path | bytes, dst: Path | bytes, *opts: str, check: bool | int = True,
          ) -> tuple[subprocess.CompletedProcess[bytes], dict[str, int]]:

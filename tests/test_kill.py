@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 from support import REPO, run_fscsync
+from support.procwatch import when_opened
 from support.treecmp import assert_same_tree
-from test_delta import _when_opened
 
 TEMP_MARK = ".~fscsync~"
 MiB = 1 << 20
@@ -371,7 +371,7 @@ def test_file_vanishing_between_scan_and_send(tmp_path: Path) -> None:
     _put(src / "c-after", b"after\n", T_B)
     _put(dst / "b-vanish", b"old version\n", T_A)
     proc = _popen("-a", "--whole-file", "--bwlimit", "4M", f"{src}/", dst)
-    opened = _when_opened(proc, src / "a-big", lambda: os.unlink(src / "b-vanish"))
+    opened = when_opened(proc, src / "a-big", lambda: os.unlink(src / "b-vanish"))
     out, err = proc.communicate(timeout=60)
     text = err.decode(errors="replace")
     assert opened, "the sender never opened a-big (finished too fast?)"
@@ -389,27 +389,6 @@ def _local_rsh(tmp_path: Path) -> str:
     script = tmp_path / "local-rsh.sh"
     script.write_text(f'#!/bin/sh\nshift 2\nexec {shlex.quote(sys.executable)} -m fscsync "$@"\n')
     return f"sh {shlex.quote(str(script))}"
-
-
-def _when_descendant_opens(proc: subprocess.Popen[bytes], path: Path, action,
-                           timeout: float = 30) -> bool:
-    """Run `action` once a child of proc (the server) holds `path` open."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        for pid in _children(proc.pid):
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
-            for n in fds:
-                try:
-                    if os.readlink(f"/proc/{pid}/fd/{n}") == str(path):
-                        action()
-                        return True
-                except OSError:
-                    continue
-        time.sleep(0.001)
-    return False
 
 
 @pytest.mark.parametrize("change", ["grows", "shrinks"])
@@ -439,7 +418,7 @@ def test_file_changing_while_the_server_sends_a_delta(tmp_path: Path, change: st
 
     proc = _popen("-a", "--no-whole-file", "--bwlimit", "2M", "-e", _local_rsh(tmp_path),
                   f"localhost:{src}/", f"{dst}/")
-    opened = _when_descendant_opens(proc, path, mutate)
+    opened = when_opened(proc, path, mutate, pids=lambda: _children(proc.pid))
     out, err = proc.communicate(timeout=60)
     text = err.decode(errors="replace")
     assert opened, f"the server never opened big.bin\n{text}"

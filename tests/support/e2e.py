@@ -10,7 +10,7 @@ through an unlocked view of the copy. This module holds the pieces:
   times, directories last), so the view is written the way users write it;
 - `World`: backing directories and their views (mounted with fscsync.testfs);
   every view is unmounted when the world closes, whatever happened;
-- `parse_stats`, `item_lines`: read fscsync's `--stats` and `-i` output.
+- `item_lines`: read fscsync's `-i` output (`support.stats.parse_stats` reads `--stats`).
 
 Layout (mirrors reality): the root of a filesystem is never encrypted (ext4
 refuses a policy on its root inode), so a backing directory's root is plain and
@@ -225,27 +225,6 @@ class World:
 
     def close(self) -> None:
         self.stack.close()
-
-
-STAT_LINES = {
-    "literal": "Literal data",
-    "matched": "Matched data",
-    "transferred": "Number of regular files transferred",
-    "encrypted": "Number of encrypted files",
-    "encrypted_bytes": "Encrypted data transferred",
-    "deleted": "Number of deleted files",
-}
-
-
-def parse_stats(out: bytes) -> dict[str, int]:
-    """The `--stats` counters named in STAT_LINES (AssertionError if one is missing)."""
-    text = out.decode(errors="replace")
-    got = {}
-    for key, label in STAT_LINES.items():
-        m = re.search(rf"^{label}: ([\d,]+)", text, re.M)
-        assert m, f"--stats output lacks {label!r}:\n{text}"
-        got[key] = int(m.group(1).replace(",", ""))
-    return got
 
 
 ITEM_RE = re.compile(r"^(\*deleting  |[<>ch.][fdLDS][.+?cstpoguax]{9}) (.*)$")
