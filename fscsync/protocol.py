@@ -306,7 +306,7 @@ class Channel:
 
 
 @dataclass
-class Peer:
+class Hello:
     version: int
     program: str
     capabilities: list[str]
@@ -320,7 +320,7 @@ def send_hello(chan: Channel, role: str) -> None:
     chan.flush()
 
 
-def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Peer:
+def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Hello:
     """Check the peer is an fscsync of our protocol version, playing the other role."""
     prefix = chan.read_raw_prefix(_HDR.size + len(MAGIC), timeout)
     if len(prefix) < _HDR.size + len(MAGIC) or prefix[_HDR.size:] != MAGIC:
@@ -349,7 +349,7 @@ def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Peer:
     if role != want_role:
         raise ProtocolError(f"the other side answered as {role!r}, not as an fscsync {want_role}",
                             STARTUP)
-    return Peer(version, program, caps)
+    return Hello(version, program, caps)
 
 
 def send_json(chan: Channel, ftype: int, obj: object) -> None:
