@@ -10,7 +10,7 @@ import base64
 import errno
 import os
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 
 import xattr
 
@@ -37,11 +37,10 @@ class EncdataError(ValueError):
     """Malformed security.encdata text; the message says what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
-class EncData:
-    size: int
-    enc_ctx: bytes
-    enc_name: bytes = b""
+class EncData(namedtuple("EncData", "size enc_ctx enc_name", defaults=(b"",))):
+    """The fields of one encdata text: cleartext size, 40-byte v2 context, raw name."""
+
+    __slots__ = ()
 
     @property
     def flags(self) -> int:
@@ -115,19 +114,28 @@ def parse_encdata(text: bytes) -> EncData:
 
 def read_encdata(target: int | bytes, name: bytes = ENCDATA_XATTR,
                  follow: bool = True) -> bytes | None:
-    """The raw encdata text of a path or fd, or None for a plain entry.
+    """The raw encdata text of a path or fd, or None for a plain entry."""
+    return find_encdata(target, (name,), follow)[0]
 
-    Listing first is cheaper than a failing get (no exception) on the common,
-    plain entry, and this runs once per entry on both sides."""
-    nofollow = not follow
+
+def find_encdata(target: int | bytes, names: tuple[bytes, ...],
+                 follow: bool = True) -> tuple[bytes | None, bytes | None]:
+    """(encdata text, the xattr name it was under) for the first of `names` an entry
+    has, or (None, None) for a plain entry.
+
+    One listxattr answers the common, plain case: cheaper than a failing get (no
+    exception), and this runs once per entry on both sides."""
     try:
-        if name not in xattr.list(target, nofollow=nofollow):
-            return None
-        return xattr.get(target, name, nofollow=nofollow)
+        present = os.listxattr(target, follow_symlinks=follow or isinstance(target, int))
+        if not present:
+            return None, None
+        for name in names:
+            if os.fsdecode(name) in present:
+                return xattr.get(target, name, nofollow=not follow), name
     except OSError as exc:
-        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-            return None
-        raise
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    return None, None
 
 
 def padded_size(size: int) -> int:

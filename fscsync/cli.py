@@ -201,7 +201,7 @@ def _main(args: list[str]) -> int:
     if ns.server:
         from fscsync.session import run_server
 
-        return run_server(os.fsencode(ns.restrict_to) if ns.restrict_to else None)
+        return run_server(restrict_to=os.fsencode(ns.restrict_to) if ns.restrict_to else None)
     if ns.help:
         parser.print_help()
         return 0

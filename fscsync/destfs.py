@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import stat
 from collections import OrderedDict
 
@@ -20,6 +19,8 @@ from fscsync.errors import ProtocolError
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_MARK = b".~fscsync~"
 TEMP_RE = re.compile(rb"\..*\.~fscsync~[A-Za-z0-9]{6}", re.DOTALL)
+_UNSAFE = re.compile(rb"\x00|\A/|//|/\Z|(?:\A|/)\.\.?(?:/|\Z)")
+"""A NUL, an absolute path, or an empty, "." or ".." component."""
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -27,16 +28,13 @@ def check_path(path: bytes) -> None:
     """Refuse entry paths that could leave the destination (the peer is not trusted)."""
     if path == b".":
         return
-    if not path or b"\x00" in path or path.startswith(b"/") or len(path) > 4096:
+    if not path or len(path) > 4096 or _UNSAFE.search(path) is not None:
         raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
-    for part in path.split(b"/"):
-        if part in (b"", b".", b".."):
-            raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
 
 
 def temp_name(name: bytes) -> bytes:
     """A hidden sibling name for a file being built, recognisable for cleanup."""
-    suffix = TEMP_MARK + bytes(_ALNUM[b % 62] for b in secrets.token_bytes(6))
+    suffix = TEMP_MARK + bytes(_ALNUM[b % 62] for b in os.urandom(6))
     room = 255 - 1 - len(suffix)
     return b"." + name[:room] + suffix
 

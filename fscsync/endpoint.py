@@ -3,16 +3,15 @@ a colon before the first slash makes it remote)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 from fscsync.errors import escape
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    path: bytes
-    host: str | None = None
-    user: str | None = None
+class Endpoint(namedtuple("Endpoint", "path host user", defaults=(None, None))):
+    """A path, and the host (and login) it lives on; host None is local."""
+
+    __slots__ = ()
 
     @property
     def remote(self) -> bool:

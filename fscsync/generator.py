@@ -68,6 +68,10 @@ class Generator:
         self.dirs: list[tuple[int, bool]] = []
         self.hardlinks: list[int] = []
         self._warned_policies: set[bytes] = set()
+        self._enc_dir_key: tuple[int, bytes] | None = None
+        self._enc_dir = False
+        self._encdata_names = tuple(dict.fromkeys((cipher.ENCDATA_XATTR,
+                                                   self.opts.encdata_xattr)))
         self.tree: DestTree | None = None
         self.sent_nomore = False
         rx.generator = self
@@ -86,10 +90,12 @@ class Generator:
         tree = self.tree = rx.tree()
         try:
             while not self._stop:
-                item = self.work.get()
-                if item is None:
+                payload = self.work.get()
+                if payload is None:
+                    if not self._stop:
+                        rx.check_count()
                     break
-                base, batch = item
+                base, batch = rx.add_batch(payload)
                 for i, e in enumerate(batch):
                     if self._stop:
                         break
@@ -127,7 +133,7 @@ class Generator:
             rx.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
                          "file")
             return
-        if e.path != b"." and rx.single_name is None:
+        if opts.delete and e.path != b"." and rx.single_name is None:
             head, _, name = e.path.rpartition(b"/")
             self.children.setdefault(head, set()).add(name)
         if e.enc is not None and not self._encryption_ok(idx, e):
@@ -158,6 +164,8 @@ class Generator:
             rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
         except OSError as exc:
             rx.os_fail(idx, "update of", exc)
+        if rx.status[idx]:
+            rx.done_with(idx)
 
     def _kind_wanted(self, e: Entry) -> bool:
         """The receiver enforces the run's options itself: a sender may not make it
@@ -300,16 +308,31 @@ class Generator:
             return True
         return meta.ctx_of(have) == meta.ctx_of(e.enc)
 
+    def _may_hold_encdata(self, e: Entry, pfd: int, st) -> bool:
+        """Can the regular destination file in the way of entry `e` be encrypted?
+
+        Asking every file costs a listxattr per entry, the largest single cost of a
+        no-change run. A plain source entry skips it when the destination file's size
+        is no whole number of encryption units (ciphertext always is) or its
+        directory carries no encdata (fscrypt files inherit their directory's
+        policy, and the backup layout keeps that shape)."""
+        if e.enc is not None:
+            return True
+        if st.st_size % cipher.UNIT:
+            return False
+        key = (pfd, e.path.rpartition(b"/")[0])
+        if self._enc_dir_key != key:
+            self._enc_dir_key = key
+            self._enc_dir = self._dest_encdata(pfd, b"", e) is not None
+        return self._enc_dir
+
     def _dest_encdata(self, pfd: int, name: bytes, e: Entry) -> bytes | None:
         """The destination entry's encdata, under the name this entry's would be stored
         (for a plain source entry: under either name)."""
         path = proc_path(pfd, name) if name else pfd
         if e.enc is not None:
             return cipher.read_encdata(path, meta.encdata_target(self.opts, e), False)
-        found = cipher.read_encdata(path, cipher.ENCDATA_XATTR, False)
-        if found is None and self.opts.encdata_xattr != cipher.ENCDATA_XATTR:
-            found = cipher.read_encdata(path, self.opts.encdata_xattr, False)
-        return found
+        return cipher.find_encdata(path, self._encdata_names, False)[0]
 
     def _scan_existing(self, tree: DestTree, e: Entry) -> None:
         """List an existing destination directory once: clean up temp files a killed
@@ -377,7 +400,7 @@ class Generator:
             rx.status[idx] = 1
             return
         dest_enc = None
-        if st is not None and stat.S_ISREG(st.st_mode):
+        if st is not None and stat.S_ISREG(st.st_mode) and self._may_hold_encdata(e, pfd, st):
             dest_enc = self._dest_encdata(pfd, name, e)
         if st is not None and stat.S_ISREG(st.st_mode) and self._same(e, pfd, name, st,
                                                                        dest_enc):

@@ -25,8 +25,8 @@ import os
 import re
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from fscsync import errors
 from fscsync.errors import FscsyncError
@@ -49,14 +49,10 @@ _DELETING = "*deleting  "
 _ENCRYPTED = " (encrypted)"
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(namedtuple("Item", "itemize name link op", defaults=("", "recv"))):
     """What the escapes need to know about one itemized entry."""
 
-    itemize: str
-    name: str
-    link: str = ""
-    op: str = "recv"
+    __slots__ = ()
 
     @property
     def transferred(self) -> bool:

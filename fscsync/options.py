@@ -6,14 +6,12 @@ on one set of settings; `to_wire`/`from_wire` keep that a plain JSON object.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from fscsync.record import Record
 
 DEFAULT_BLOCK = 4096
 
 
-@dataclass
-class Options:
+class Options(Record):
     recursive: bool = False
     links: bool = False
     perms: bool = False
@@ -41,7 +39,7 @@ class Options:
     inplace: bool = False
     temp_dir: bytes | None = None
     block_size: int = DEFAULT_BLOCK
-    filter_rules: list[tuple[str, bytes]] = field(default_factory=list)
+    filter_rules: list[tuple[str, bytes]] = []
     encdata_xattr: bytes = b"security.encdata"
     refuse_ino_policies: bool = False
     compress: str | None = None
@@ -53,21 +51,20 @@ class Options:
 
     def to_wire(self) -> dict:
         out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
+        for name in self.fields:
+            v = getattr(self, name)
             if isinstance(v, bytes):
                 v = {"b": v.hex()}
-            elif f.name == "filter_rules":
+            elif name == "filter_rules":
                 v = [[kind, pat.hex()] for kind, pat in v]
-            out[f.name] = v
+            out[name] = v
         return out
 
     @classmethod
     def from_wire(cls, data: dict) -> Options:
-        known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for name, v in data.items():
-            if name not in known:
+            if name not in cls.fields:
                 continue
             if isinstance(v, dict) and "b" in v:
                 v = bytes.fromhex(v["b"])

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 
 import xattr
 
 from fscsync import cipher
 from fscsync.destfs import temp_name
+from fscsync.record import Record
 
 _PROBE_CTX = bytes([2, 1, 4, 2, 0, 0, 0, 0]) + bytes(32)
 
 
-@dataclass
-class DestAbilities:
+class DestAbilities(Record):
     encdata: bool = True
     encdata_why: str = ""
     xattrs: bool = True

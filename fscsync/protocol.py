@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from collections import namedtuple
 
 from fscsync import PROTOCOL_VERSION, __version__
 from fscsync.errors import PROTOCOL_INCOMPATIBLE, STARTUP, ProtocolError
@@ -305,11 +305,8 @@ class Channel:
         return bytes(self._in[self._pos : self._pos + n])
 
 
-@dataclass
-class Hello:
-    version: int
-    program: str
-    capabilities: list[str]
+Hello = namedtuple("Hello", "version program capabilities")
+"""What the peer said in its handshake."""
 
 
 def send_hello(chan: Channel, role: str) -> None:

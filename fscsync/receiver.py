@@ -45,7 +45,7 @@ class Receiver:
         self.on_control = on_control
         self.ids = IdMapper(opts.numeric_ids)
         self.stats = Stats()
-        self.entries: list[Entry] = []
+        self.entries: list[Entry | None] = []
         self.status = bytearray()
         self.dir_paths: set[bytes] = {b""}
         self.root_fd: int | None = None
@@ -54,6 +54,7 @@ class Receiver:
         self.root_created = False
         self.root_seen = False
         self.io_error = False
+        self.announced: int | None = None
         self.lock = threading.Lock()
         self.requested = 0
         self.completed = 0
@@ -118,6 +119,20 @@ class Receiver:
 
     # ---- the stream -----------------------------------------------------------------
 
+    def add_batch(self, payload: bytes) -> tuple[int, list[Entry]]:
+        """Decode and check one file-list frame; returns (index of its first entry,
+        entries). The generator calls this, not the reading thread: the two would
+        otherwise take turns on the GIL for every entry."""
+        batch = unpack_batch(payload)
+        base = len(self.entries)
+        self._add_entries(batch)
+        return base, batch
+
+    def check_count(self) -> None:
+        if self.announced != len(self.entries):
+            raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
+                                f"entries, {self.announced!r} announced")
+
     def _add_entries(self, batch: list[Entry]) -> None:
         for e in batch:
             check_path(e.path)
@@ -146,7 +161,7 @@ class Receiver:
         single = bool(protocol.load_json(payload).get("single_file"))
         self.open_root(single)
         chan.start_async()
-        work: queue.Queue = queue.Queue(maxsize=256)
+        work: queue.Queue = queue.Queue(maxsize=16)
         gen = Generator(self, work)
         writer = Writer(self)
         thread = threading.Thread(target=gen.run, name="generator", daemon=True)
@@ -166,17 +181,12 @@ class Receiver:
                 elif ftype == protocol.SIGREQ:
                     writer.sigreq(payload)
                 elif ftype == protocol.FLIST and not flist_done:
-                    batch = unpack_batch(payload)
-                    base = len(self.entries)
-                    self._add_entries(batch)
-                    work.put((base, batch))
+                    work.put(payload)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
                     info = protocol.load_json(payload)
-                    if info.get("count") != len(self.entries):
-                        raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
-                                            f"entries, {info.get('count')!r} announced")
+                    self.announced = info.get("count")
                     self.io_error = bool(info.get("io_error"))
                     flist_done = True
                     work.put(None)
@@ -226,6 +236,14 @@ class Receiver:
     def rel_dir(self, e: Entry) -> bytes:
         """The destination-relative directory path of a directory entry."""
         return b"" if e.path == b"." else e.path
+
+    def done_with(self, idx: int) -> None:
+        """Drop an entry nothing later needs (directories wait for the final pass, and
+        with -H any file may lead a link): a big no-change run would otherwise hold
+        its whole file list."""
+        e = self.entries[idx]
+        if e is not None and not e.is_dir and not self.opts.hard_links:
+            self.entries[idx] = None
 
     def fail(self, idx: int, message: str, code: int = errors.PARTIAL) -> None:
         self.status[idx] = FAILED

@@ -7,6 +7,7 @@ the walk as incomplete, which later disables deletions on the receiver.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import stat
@@ -33,6 +34,11 @@ def split_source(src: bytes) -> tuple[bytes, bytes | None]:
     return head or b".", name
 
 
+_S_IFMT = 0o170000
+_S_IFDIR = stat.S_IFDIR
+_S_IFREG = stat.S_IFREG
+
+
 class Scanner:
     def __init__(self, opts: Options, reporter: Reporter):
         self.opts = opts
@@ -43,15 +49,29 @@ class Scanner:
         self._links: dict[tuple[int, int], int] = {}
         self._seen: set[bytes] = set()
         self._want_xattrs = opts.xattrs or opts.acls
+        self._encdata_names = tuple(dict.fromkeys((cipher.ENCDATA_XATTR, opts.encdata_xattr)))
         self._keyless: bool | None = None
+        self._root_starts: list[int] = []
+        self._roots: list[tuple[bytes, bytes]] = []
 
     def scan(self, sources: list[bytes]) -> Iterator[Entry]:
         for src in sources:
             base, name = split_source(src)
             if name is None:
+                self._root_starts.append(self.count)
+                self._roots.append((base.rstrip(b"/") + b"/", base))
                 yield from self._scan_contents(src, base)
             else:
+                full = src.rstrip(b"/")
+                self._root_starts.append(self.count)
+                self._roots.append((full[: len(full) - len(name)], full))
                 yield from self._scan_top(src, base, name)
+
+    def source_path(self, idx: int, rel: bytes) -> bytes:
+        """The source path of entry `idx` (the `src` it had when scanned), from its
+        transfer-relative path: entries need not be kept to be opened later."""
+        prefix, root = self._roots[bisect.bisect_right(self._root_starts, idx) - 1]
+        return root if rel == b"." else prefix + rel
 
     def _fail(self, path: bytes, what: str, exc: OSError, code: int = errors.PARTIAL) -> None:
         self.io_error = True
@@ -109,7 +129,8 @@ class Scanner:
             self._fail(dirpath, "opendir", exc)
             return
         subdirs = []
-        filters = self.filters
+        filters = self.filters if self.filters.rules else None
+        entry = self._entry
         for name, d in children:
             rel = prefix + name
             try:
@@ -121,20 +142,20 @@ class Scanner:
                 else:
                     self._fail(d.path, "readlink_stat", exc)
                 continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if filters and filters.excluded(rel, is_dir):
+            is_dir = st.st_mode & _S_IFMT == _S_IFDIR
+            if filters is not None and filters.excluded(rel, is_dir):
                 continue
             if is_dir:
                 subdirs.append((rel, d.path, st))
                 continue
-            entry = self._entry(rel, d.path, st)
-            if entry is not None:
-                yield entry
+            e = entry(rel, d.path, st)
+            if e is not None:
+                yield e
         for rel, path, st in subdirs:
-            entry = self._entry(rel, path, st)
-            if entry is None:
+            e = entry(rel, path, st)
+            if e is None:
                 continue
-            yield entry
+            yield e
             if self.opts.recursive:
                 yield from self._walk(path, rel + b"/")
 
@@ -142,20 +163,18 @@ class Scanner:
         """Build one entry, or None when this run skips that kind of file."""
         opts = self.opts
         mode = st.st_mode
-        fmt = stat.S_IFMT(mode)
+        fmt = mode & _S_IFMT
         e = Entry(rel, mode, 0, st.st_mtime_ns, st.st_uid, st.st_gid, src=path)
         try:
             if self._want_xattrs:
                 e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path), opts)
             else:
-                e.enc = cipher.read_encdata(path, cipher.ENCDATA_XATTR, follow=False)
-                if e.enc is None and opts.encdata_xattr != cipher.ENCDATA_XATTR:
-                    e.enc = cipher.read_encdata(path, opts.encdata_xattr, follow=False)
-                    e.enc_alt = e.enc is not None
+                e.enc, found = cipher.find_encdata(path, self._encdata_names, follow=False)
+                e.enc_alt = found is not None and found != cipher.ENCDATA_XATTR
         except OSError as exc:
             self._fail(path, "read xattrs of", exc)
             return None
-        if fmt == stat.S_IFREG:
+        if fmt == _S_IFREG:
             e.size = st.st_size
             if e.enc is not None:
                 e.size = self._cipher_size(e, st)

@@ -17,7 +17,7 @@ import xxhash
 from fscsync import cipher, delta, errors, protocol
 from fscsync.errors import ProtocolError, escape
 from fscsync.fileio import READ_SIZE, BlockReader, data_segments
-from fscsync.flist import Entry, pack_batch
+from fscsync.flist import Entry, SentList, pack_batch
 from fscsync.meta import group_name, user_name
 from fscsync.options import Options
 from fscsync.protocol import Channel
@@ -43,7 +43,8 @@ class Sender:
         self.opts = opts
         self.reporter = reporter
         self.sources = sources
-        self.entries: list[Entry] = []
+        self.sent = SentList()
+        self.scanner = Scanner(opts, reporter)
         self.stats = Stats()
         self.on_control = on_control
         self._parked: dict[int, _Parked] = {}
@@ -69,7 +70,7 @@ class Sender:
     def send_flist(self) -> None:
         chan = self.chan
         protocol.send_json(chan, protocol.FLIST_START, {"single_file": self._single_file()})
-        scanner = Scanner(self.opts, self.reporter)
+        scanner = self.scanner
         users: set[int] = set()
         groups: set[int] = set()
         batch: list[Entry] = []
@@ -83,10 +84,11 @@ class Sender:
                 if self.opts.group and e.gid not in groups:
                     groups.add(e.gid)
                     self._send_name(b"g", e.gid)
-            self.entries.append(e)
             batch.append(e)
-            size += len(e.path) + 48 + len(e.enc or b"") + len(e.target or b"") + sum(
-                len(n) + len(v) + 5 for n, v in e.xattrs or ())
+            size += len(e.path) + 48
+            if e.enc is not None or e.target is not None or e.xattrs:
+                size += len(e.enc or b"") + len(e.target or b"") + sum(
+                    len(n) + len(v) + 5 for n, v in e.xattrs or ())
             if size >= FLIST_BATCH:
                 self._send_batch(batch)
                 batch, size = [], 0
@@ -94,11 +96,12 @@ class Sender:
             self._send_batch(batch)
         self.stats.io_error = scanner.io_error
         protocol.send_json(chan, protocol.FLIST_END,
-                           {"io_error": scanner.io_error, "count": len(self.entries)})
+                           {"io_error": scanner.io_error, "count": self.sent.count})
         chan.flush()
 
     def _send_batch(self, batch: list[Entry]) -> None:
         payload = pack_batch(batch)
+        self.sent.add(payload, len(batch))
         self.stats.flist_size += len(payload)
         self.chan.send(protocol.FLIST, payload)
 
@@ -132,9 +135,11 @@ class Sender:
         chan.flush()
 
     def _entry(self, idx: int) -> Entry:
-        if idx >= len(self.entries) or not self.entries[idx].is_reg:
+        e = self.sent.get(idx)
+        if e is None or not e.is_reg:
             raise ProtocolError(f"request for entry {idx}, which is not a regular file")
-        return self.entries[idx]
+        e.src = self.scanner.source_path(idx, e.path)
+        return e
 
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:

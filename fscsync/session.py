@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
-from dataclasses import dataclass, field
 
 from fscsync import errors, protocol
 from fscsync.endpoint import Endpoint
@@ -14,10 +12,11 @@ from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.options import Options
 from fscsync.protocol import Channel, PeerClosed
 from fscsync.receiver import Receiver
+from fscsync.record import Record
 from fscsync.report import Reporter
 from fscsync.sender import Sender
 from fscsync.stats import Stats
-from fscsync.transport import local_server_command, remote_command, spawn
+from fscsync.transport import fork_server, remote_command, spawn
 
 
 class FrameReporter(Reporter):
@@ -58,17 +57,15 @@ def control_handler(reporter: Reporter, host: str | None = None):
     return handle
 
 
-@dataclass
-class Outcome:
+class Outcome(Record):
     exit_code: int
-    stats: Stats = field(default_factory=Stats)
+    stats: Stats
     bytes_sent: int = 0
     bytes_received: int = 0
     elapsed: float = 0.0
 
 
-@dataclass
-class Plan:
+class Plan(Record):
     """Who plays which role, decided from the endpoints (rsync's rules)."""
 
     client_sends: bool
@@ -93,9 +90,10 @@ def plan(sources: list[Endpoint], dest: Endpoint) -> Plan:
 def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
                remote_program: str | None = None) -> Outcome:
     started = time.monotonic()
-    argv = (remote_command(p.peer, rsh, remote_program) if p.peer is not None
-            else local_server_command())
-    peer = spawn(argv)
+    if p.peer is not None:
+        peer = spawn(remote_command(p.peer, rsh, remote_program))
+    else:
+        peer = fork_server(run_server)
     chan = Channel(peer.rfd, peer.wfd)
     on_control = control_handler(reporter, p.peer.host if p.peer is not None else None)
     try:
@@ -110,7 +108,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
                                errors.STREAM) from None
         raise FscsyncError(str(exc), exc.code) from None
     except BaseException:
-        peer.proc.kill()
+        peer.kill()
         peer.close()
         raise
     status = peer.close()
@@ -176,8 +174,8 @@ def _within(path: bytes, root: bytes) -> bool:
     return real == base or real.startswith(base.rstrip(b"/") + b"/")
 
 
-def run_server(restrict_to: bytes | None = None) -> int:
-    chan = Channel(0, 1)
+def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> int:
+    chan = Channel(rfd, wfd)
     reporter = FrameReporter(chan)
     try:
         protocol.send_hello(chan, "server")
@@ -218,6 +216,8 @@ def run_server(restrict_to: bytes | None = None) -> int:
         return _fatal(chan, str(exc), exc.code)
     except Exception as exc:
         if os.environ.get("FSCSYNC_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         return _fatal(chan, f"internal error on the server: {type(exc).__name__}: {exc}",
                       errors.STREAM)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from fscsync.record import Record
 
 
-@dataclass
-class Stats:
-    files: dict[str, int] = field(default_factory=dict)
-    created: dict[str, int] = field(default_factory=dict)
-    deleted: dict[str, int] = field(default_factory=dict)
+class Stats(Record):
+    files: dict[str, int] = {}
+    created: dict[str, int] = {}
+    deleted: dict[str, int] = {}
     files_sent: int = 0
     total_size: int = 0
     transferred_size: int = 0
@@ -22,24 +20,24 @@ class Stats:
     io_error: bool = False
 
     def to_wire(self) -> dict:
-        return dataclasses.asdict(self)
+        return {n: dict(v) if isinstance(v, dict) else v
+                for n in self.fields for v in (getattr(self, n),)}
 
     @classmethod
     def from_wire(cls, data: dict) -> Stats:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in cls.fields})
 
     def merge(self, other: Stats) -> None:
         """Fold the peer's counters in: each counter is kept by one side only."""
-        for f in dataclasses.fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+        for name in self.fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
             if isinstance(mine, dict):
                 for k, v in theirs.items():
                     mine[k] = mine.get(k, 0) + v
             elif isinstance(mine, bool):
-                setattr(self, f.name, mine or theirs)
+                setattr(self, name, mine or theirs)
             else:
-                setattr(self, f.name, mine + theirs)
+                setattr(self, name, mine + theirs)
 
 
 def _kinds(counts: dict[str, int]) -> str:

@@ -266,6 +266,7 @@ class Writer:
             rx.status[idx] = 2
             if not quiet:
                 rx.reporter.error(f'"{escape(rx.entries[idx].path)}" was not transferred')
+        rx.done_with(idx)
 
     def sigreq(self, payload: bytes) -> None:
         """Block hashes of the basis chunks the sender found different."""
