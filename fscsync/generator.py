@@ -31,6 +31,11 @@ from fscsync.meta import Target
 if TYPE_CHECKING:
     from fscsync.receiver import Receiver
 
+_S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
+_S_IFDIR = stat.S_IFDIR
+_S_IFLNK = stat.S_IFLNK
+
 
 class Pending:
     """A requested file, shared with the writer until it is renamed into place."""
@@ -90,12 +95,10 @@ class Generator:
         tree = self.tree = rx.tree()
         try:
             while not self._stop:
-                payload = self.work.get()
-                if payload is None:
-                    if not self._stop:
-                        rx.check_count()
+                item = self.work.get()
+                if item is None:
                     break
-                base, batch = rx.add_batch(payload)
+                base, batch = item
                 for i, e in enumerate(batch):
                     if self._stop:
                         break
@@ -121,15 +124,17 @@ class Generator:
     def process(self, tree: DestTree | None, idx: int, e: Entry) -> None:
         rx = self.rx
         opts = self.opts
-        kind = itemize.kind_name(e.mode)
-        rx.stats.files[kind] = rx.stats.files.get(kind, 0) + 1
-        if e.is_reg or e.is_link:
+        fmt = e.mode & _S_IFMT
+        kind = itemize.kind_name(fmt)
+        files = rx.stats.files
+        files[kind] = files.get(kind, 0) + 1
+        if fmt in (_S_IFREG, _S_IFLNK):
             rx.stats.total_size += e.size
         if opts.list_only:
             rx.reporter.info(itemize.listing(e, show_target=opts.links), 0)
             rx.status[idx] = 1
             return
-        if not self._kind_wanted(e):
+        if fmt not in (_S_IFREG, _S_IFDIR) and not self._kind_wanted(e):
             rx.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
                          "file")
             return
@@ -152,11 +157,11 @@ class Generator:
             else:
                 st = (os.fstat(pfd) if not name else lstat_at(pfd, name))
         try:
-            if e.is_dir:
-                self.directory(tree, idx, e, pfd, name, st)
-            elif e.is_reg:
+            if fmt == _S_IFREG:
                 self.regular(idx, e, pfd, name, st)
-            elif e.is_link:
+            elif fmt == _S_IFDIR:
+                self.directory(tree, idx, e, pfd, name, st)
+            elif fmt == _S_IFLNK:
                 self.symlink(idx, e, pfd, name, st)
             else:
                 self.special(idx, e, pfd, name, st)
@@ -164,7 +169,7 @@ class Generator:
             rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
         except OSError as exc:
             rx.os_fail(idx, "update of", exc)
-        if rx.status[idx]:
+        if rx.status[idx] and fmt != _S_IFDIR:
             rx.done_with(idx)
 
     def _kind_wanted(self, e: Entry) -> bool:
@@ -359,15 +364,15 @@ class Generator:
     def _attr_changes(self, e: Entry, st, t: Target) -> str:
         """Letters of attributes that differ (for itemize on existing entries)."""
         opts = self.opts
-        rx = self.rx
+        ids = self.rx.ids
         out = ""
         if opts.times and st.st_mtime_ns != e.mtime_ns:
             out += "t"
-        if opts.perms and not e.is_link and stat.S_IMODE(st.st_mode) != stat.S_IMODE(e.mode):
+        if opts.perms and (st.st_mode ^ e.mode) & 0o7777 and not e.is_link:
             out += "p"
-        if opts.owner and meta.IS_ROOT and rx.ids.uid(e.uid) != st.st_uid:
+        if opts.owner and meta.IS_ROOT and ids.uid(e.uid) != st.st_uid:
             out += "o"
-        if opts.group and rx.ids.gid(e.gid) != st.st_gid:
+        if opts.group and ids.gid(e.gid) != st.st_gid:
             out += "g"
         if opts.xattrs or opts.acls:
             try:
@@ -400,10 +405,10 @@ class Generator:
             rx.status[idx] = 1
             return
         dest_enc = None
-        if st is not None and stat.S_ISREG(st.st_mode) and self._may_hold_encdata(e, pfd, st):
+        is_file = st is not None and st.st_mode & _S_IFMT == _S_IFREG
+        if is_file and self._may_hold_encdata(e, pfd, st):
             dest_enc = self._dest_encdata(pfd, name, e)
-        if st is not None and stat.S_ISREG(st.st_mode) and self._same(e, pfd, name, st,
-                                                                       dest_enc):
+        if is_file and self._same(e, pfd, name, st, dest_enc):
             rx.status[idx] = 1
             t = Target(pfd, name)
             changes = self._attr_changes(e, st, t)

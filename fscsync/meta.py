@@ -81,27 +81,31 @@ class IdMapper:
         self._gid_cache: dict[int, int] = {}
 
     def uid(self, remote: int) -> int:
+        local = self._uid_cache.get(remote)
+        if local is not None:
+            return local
         return self._map(remote, self.user_names, self._uid_cache,
                          lambda n: pwd.getpwnam(n).pw_uid)
 
     def gid(self, remote: int) -> int:
+        local = self._gid_cache.get(remote)
+        if local is not None:
+            return local
         return self._map(remote, self.group_names, self._gid_cache,
                          lambda n: grp.getgrnam(n).gr_gid)
 
     def _map(self, remote: int, names: dict[int, bytes], cache: dict[int, int], lookup) -> int:
-        """Local id for a remote one: by name unless --numeric-ids; id 0 never maps."""
-        if self.numeric or remote == 0:
-            return remote
-        local = cache.get(remote)
-        if local is None:
-            local = remote
+        """Local id for a remote one, remembered: by name unless --numeric-ids; id 0
+        never maps."""
+        local = remote
+        if not self.numeric and remote != 0:
             name = names.get(remote)
             if name is not None:
                 try:
                     local = lookup(os.fsdecode(name))
                 except KeyError:
                     pass
-            cache[remote] = local
+        cache[remote] = local
         return local
 
 

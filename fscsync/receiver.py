@@ -54,7 +54,6 @@ class Receiver:
         self.root_created = False
         self.root_seen = False
         self.io_error = False
-        self.announced: int | None = None
         self.lock = threading.Lock()
         self.requested = 0
         self.completed = 0
@@ -119,37 +118,26 @@ class Receiver:
 
     # ---- the stream -----------------------------------------------------------------
 
-    def add_batch(self, payload: bytes) -> tuple[int, list[Entry]]:
-        """Decode and check one file-list frame; returns (index of its first entry,
-        entries). The generator calls this, not the reading thread: the two would
-        otherwise take turns on the GIL for every entry."""
-        batch = unpack_batch(payload)
-        base = len(self.entries)
-        self._add_entries(batch)
-        return base, batch
-
-    def check_count(self) -> None:
-        if self.announced != len(self.entries):
-            raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
-                                f"entries, {self.announced!r} announced")
-
     def _add_entries(self, batch: list[Entry]) -> None:
+        dir_paths = self.dir_paths
+        count = len(self.entries)
         for e in batch:
-            check_path(e.path)
-            if e.path == b".":
-                if not e.is_dir or self.root_seen:
+            path = e.path
+            check_path(path)
+            fmt = e.mode & 0o170000
+            if path == b".":
+                if fmt != stat.S_IFDIR or self.root_seen:
                     raise ProtocolError("misplaced root entry in the file list")
                 self.root_seen = True
-            else:
-                head = e.path.rpartition(b"/")[0]
-                if head not in self.dir_paths:
-                    raise ProtocolError(f"entry {e.path[:100]!r} arrived before its directory")
-            if e.link >= len(self.entries) or (e.link >= 0 and not e.is_reg):
+            elif path.rpartition(b"/")[0] not in dir_paths:
+                raise ProtocolError(f"entry {path[:100]!r} arrived before its directory")
+            if e.link >= 0 and (e.link >= count or fmt != stat.S_IFREG):
                 raise ProtocolError("hard link to an entry that does not precede it")
-            if e.is_dir:
-                self.dir_paths.add(e.path)
-            self.entries.append(e)
-            self.status.append(0)
+            if fmt == stat.S_IFDIR:
+                dir_paths.add(path)
+            count += 1
+        self.entries.extend(batch)
+        self.status.extend(bytes(len(batch)))
         if len(self.entries) > MAX_ENTRIES:
             raise ProtocolError("file list too long")
 
@@ -181,12 +169,17 @@ class Receiver:
                 elif ftype == protocol.SIGREQ:
                     writer.sigreq(payload)
                 elif ftype == protocol.FLIST and not flist_done:
-                    work.put(payload)
+                    batch = unpack_batch(payload)
+                    base = len(self.entries)
+                    self._add_entries(batch)
+                    work.put((base, batch))
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
                     info = protocol.load_json(payload)
-                    self.announced = info.get("count")
+                    if info.get("count") != len(self.entries):
+                        raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
+                                            f"entries, {info.get('count')!r} announced")
                     self.io_error = bool(info.get("io_error"))
                     flist_done = True
                     work.put(None)
@@ -242,7 +235,7 @@ class Receiver:
         with -H any file may lead a link): a big no-change run would otherwise hold
         its whole file list."""
         e = self.entries[idx]
-        if e is not None and not e.is_dir and not self.opts.hard_links:
+        if e is not None and not self.opts.hard_links and not e.is_dir:
             self.entries[idx] = None
 
     def fail(self, idx: int, message: str, code: int = errors.PARTIAL) -> None:

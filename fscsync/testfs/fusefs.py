@@ -30,7 +30,7 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import count
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
@@ -319,7 +319,7 @@ class TestFS(mfusepy.Operations):
                 cipher = encrypt_symlink(self._file_key(enc), link, flags)
             except ValueError:
                 raise _fail(errno.ENAMETOOLONG) from None
-            link, enc = escape_name(cipher), replace(enc, size=len(cipher))
+            link, enc = escape_name(cipher), enc._replace(size=len(cipher))
         os.symlink(link, entry.path)
         self._created(entry, enc)
 
@@ -340,7 +340,7 @@ class TestFS(mfusepy.Operations):
     def _arrived(self, dst: _Entry, enc: EncData | None) -> None:
         bind_name(dst.path, dst.shown)
         if enc is not None and dst.raw is not None and enc.enc_name != dst.raw:
-            store_encdata(dst.path, replace(enc, enc_name=dst.raw))
+            store_encdata(dst.path, enc._replace(enc_name=dst.raw))
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         src, dst = self._lookup(old), self._lookup(new)
@@ -400,7 +400,7 @@ class TestFS(mfusepy.Operations):
         if key is None:
             raise _fail(errno.EPERM)
         truncate_plain(fd, key, enc.size, length)
-        store_encdata(fd, replace(enc, size=length))
+        store_encdata(fd, enc._replace(size=length))
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         if fh is not None:
@@ -433,7 +433,7 @@ class TestFS(mfusepy.Operations):
             raise _fail(errno.EPERM)
         size = write_plain(handle.fd, key, enc.size, data, enc.size if handle.append else offset)
         if size != enc.size:
-            store_encdata(handle.fd, replace(enc, size=size))
+            store_encdata(handle.fd, enc._replace(size=size))
         return len(data)
 
     def fsync(self, path: str, datasync: int, fh: int) -> None:
