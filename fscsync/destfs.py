@@ -32,9 +32,16 @@ def check_path(path: bytes) -> None:
         raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
 
 
+_random = bytearray()
+os.register_at_fork(after_in_child=_random.clear)  # a forked peer draws its own
+
+
 def temp_name(name: bytes) -> bytes:
     """A hidden sibling name for a file being built, recognisable for cleanup."""
-    suffix = TEMP_MARK + bytes(_ALNUM[b % 62] for b in os.urandom(6))
+    if len(_random) < 6:
+        _random[:] = os.urandom(6 << 10)  # one getrandom per thousand names
+    suffix = TEMP_MARK + bytes(_ALNUM[b % 62] for b in _random[-6:])
+    del _random[-6:]
     room = 255 - 1 - len(suffix)
     return b"." + name[:room] + suffix
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import stat
 from typing import TYPE_CHECKING
 
@@ -62,12 +61,19 @@ class Pending:
 
 
 class Generator:
-    def __init__(self, rx: Receiver, work):
+    """Decides, entry by entry as the file list arrives, what the destination needs,
+    and asks the sender for it (requests are pipelined, never awaited).
+
+    It runs in the receiver's reading thread, a batch of entries at a time. A
+    thread of its own bought no parallelism under the GIL and cost a GIL handoff
+    on every system call whenever data arrived while it still worked: an initial
+    copy of 10,000 small files spent five seconds of system time in futex calls.
+    """
+
+    def __init__(self, rx: Receiver, tree: DestTree | None):
         self.rx = rx
         self.opts = rx.opts
-        self.work = work
-        self.failure: BaseException | None = None
-        self._stop = False
+        self.tree = tree
         self.children: dict[bytes, set[bytes]] = {}
         self.existing: dict[bytes, list[bytes]] = {}
         self.dirs: list[tuple[int, bool]] = []
@@ -77,47 +83,19 @@ class Generator:
         self._enc_dir = False
         self._encdata_names = tuple(dict.fromkeys((cipher.ENCDATA_XATTR,
                                                    self.opts.encdata_xattr)))
-        self.tree: DestTree | None = None
         self.sent_nomore = False
         rx.generator = self
 
-    def abort(self) -> None:
-        self._stop = True
-        try:
-            while True:
-                self.work.get_nowait()
-        except queue.Empty:
-            pass
-        self.work.put(None)
+    def batch(self, base: int, entries: list[Entry]) -> None:
+        """Handle one file-list batch whose first entry has index `base`."""
+        tree = self.tree
+        for i, e in enumerate(entries):
+            self.process(tree, base + i, e)
 
-    def run(self) -> None:
-        rx = self.rx
-        tree = self.tree = rx.tree()
-        try:
-            while not self._stop:
-                item = self.work.get()
-                if item is None:
-                    break
-                base, batch = item
-                for i, e in enumerate(batch):
-                    if self._stop:
-                        break
-                    self.process(tree, base + i, e)
-            if not self._stop:
-                self.sent_nomore = True
-                rx.chan.send(protocol.NOMORE)
-                rx.chan.flush()
-        except BaseException as exc:
-            self.failure = exc
-            try:
-                self.sent_nomore = True
-                rx.chan.send(protocol.NOMORE)
-                rx.chan.flush()
-            except Exception:
-                pass
-        finally:
-            if tree is not None:
-                tree.close()
+    def finish(self) -> None:
+        """The file list is complete: tell the sender no more requests will come."""
+        self.sent_nomore = True
+        self.rx.chan.send(protocol.NOMORE)
 
     # ---- per entry --------------------------------------------------------------
 

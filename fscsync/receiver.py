@@ -1,16 +1,16 @@
 """The receiving side: reads the stream, feeds the generator, runs the writer,
 then the finalisation pass.
 
-The main thread is the only reader of the channel, so the sender is never
-blocked on a full pipe; the generator runs in its own thread and sends
-requests while data for earlier requests is still arriving.
+One thread reads the channel and does all the work; its writes go through the
+channel's writing thread, so it never blocks on a full pipe while the sender
+does. Requests for a batch go out as soon as the batch is decided, while data
+for earlier requests keeps arriving.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import queue
 import stat
 import struct
 import threading
@@ -149,11 +149,9 @@ class Receiver:
         single = bool(protocol.load_json(payload).get("single_file"))
         self.open_root(single)
         chan.start_async()
-        work: queue.Queue = queue.Queue(maxsize=16)
-        gen = Generator(self, work)
+        tree = self.tree()
+        gen = Generator(self, tree)
         writer = Writer(self)
-        thread = threading.Thread(target=gen.run, name="generator", daemon=True)
-        thread.start()
         flist_done = gen_acked = done_sent = finished = False
         try:
             while not finished:
@@ -172,7 +170,7 @@ class Receiver:
                     batch = unpack_batch(payload)
                     base = len(self.entries)
                     self._add_entries(batch)
-                    work.put((base, batch))
+                    gen.batch(base, batch)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
@@ -182,7 +180,7 @@ class Receiver:
                                             f"entries, {info.get('count')!r} announced")
                     self.io_error = bool(info.get("io_error"))
                     flist_done = True
-                    work.put(None)
+                    gen.finish()
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
                     gen_acked = True
                 elif ftype == protocol.FINISHED and done_sent:
@@ -195,15 +193,12 @@ class Receiver:
                 else:
                     raise ProtocolError(f"unexpected frame type {ftype} at the receiver")
         except BaseException:
-            gen.abort()
-            thread.join(30)
             writer.abort()
             raise
         finally:
+            if tree is not None:
+                tree.close()
             chan.stop_async()
-        thread.join()
-        if gen.failure is not None:
-            raise gen.failure
         writer.close()
         Finalizer(self).run()
         self.stats.io_error = self.io_error

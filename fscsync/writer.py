@@ -159,7 +159,8 @@ class Writer:
         try:
             if p.fd is None:
                 self._open_temp(p)
-            os.ftruncate(p.fd, size)
+            if os.fstat(p.fd).st_size != size:  # fstat is far cheaper than a truncate
+                os.ftruncate(p.fd, size)
             if p.sequential and p.hash_pos <= size:
                 self._hash_gap(p, size, 0, b"")
                 got = p.hasher.digest()
