@@ -118,8 +118,9 @@ class Channel:
         self._out: list = []
         self._out_len = 0
         self._lock = threading.Lock()
-        self._in = bytearray()
+        self._in = bytearray(_READ_CHUNK)
         self._pos = 0
+        self._end = 0
         self._eof = False
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -173,11 +174,10 @@ class Channel:
         if kind:
             self._codec = _Codec(kind)
             self._decodec = _Decodec(kind)
-            rest = bytes(self._in[self._pos :])
-            del self._in[:]
-            self._pos = 0
+            rest = bytes(self._in[self._pos : self._end])
+            self._pos = self._end = 0
             if rest:
-                self._in += self._decodec.decompress(rest)
+                self._append(self._decodec.decompress(rest))
 
     def set_bwlimit(self, bytes_per_second: int) -> None:
         self._bwlimit = bytes_per_second
@@ -249,20 +249,40 @@ class Channel:
             ready, _, _ = select.select([self.rfd], [], [], timeout)
             if not ready:
                 raise ProtocolError(f"no answer from the other side in {timeout:.0f} s", STARTUP)
-        data = os.read(self.rfd, _READ_CHUNK)
-        if not data:
+        if self._decodec is not None:
+            data = os.read(self.rfd, _READ_CHUNK)
+            got = len(data)
+            if got:
+                self._append(self._decodec.decompress(data))
+        else:
+            # Straight into the buffer: no new 1 MiB object per read, no copy after it.
+            self._room(_DIRECT_READ + _HDR.size)
+            got = os.readv(self.rfd, [memoryview(self._in)[self._end :]])
+            self._end += got
+        if not got:
             self._eof = True
             raise PeerClosed("connection closed by the other side")
-        self.bytes_received += len(data)
-        if self._decodec is not None:
-            data = self._decodec.decompress(data)
-        if self._pos:
-            del self._in[: self._pos]
-            self._pos = 0
-        self._in += data
+        self.bytes_received += got
+
+    def _room(self, n: int) -> None:
+        """At least n free bytes after the buffered data: move it to the front, and
+        grow the buffer only when that is not enough (a big compressed frame)."""
+        if len(self._in) - self._end >= n:
+            return
+        keep = self._end - self._pos
+        if keep:
+            self._in[:keep] = self._in[self._pos : self._end]
+        self._pos, self._end = 0, keep
+        if len(self._in) - keep < n:
+            self._in.extend(bytes(n - (len(self._in) - keep)))
+
+    def _append(self, data: bytes) -> None:
+        self._room(len(data))
+        self._in[self._end : self._end + len(data)] = data
+        self._end += len(data)
 
     def _need(self, n: int, timeout: float | None) -> None:
-        while len(self._in) - self._pos < n:
+        while self._end - self._pos < n:
             self._fill(timeout)
 
     def recv(self, timeout: float | None = None) -> tuple[int, bytes]:
@@ -284,8 +304,8 @@ class Channel:
         buf = bytearray(length)
         view = memoryview(buf)
         start = self._pos + _HDR.size
-        have = min(len(self._in) - start, length)
-        view[:have] = self._in[start : start + have]
+        have = min(self._end - start, length)
+        view[:have] = memoryview(self._in)[start : start + have]
         self._pos = start + have
         while have < length:
             n = os.readv(self.rfd, [view[have:]])
@@ -302,7 +322,7 @@ class Channel:
             self._need(1, timeout)
         except PeerClosed:
             return b""
-        return bytes(self._in[self._pos : self._pos + n])
+        return bytes(self._in[self._pos : min(self._pos + n, self._end)])
 
 
 Hello = namedtuple("Hello", "version program capabilities")

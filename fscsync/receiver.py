@@ -14,6 +14,7 @@ import os
 import stat
 import struct
 import threading
+from collections import deque
 
 from fscsync import errors, protocol
 from fscsync.destfs import DestTree, check_path
@@ -32,6 +33,8 @@ from fscsync.writer import Writer
 OK = 1
 FAILED = 2
 MAX_ENTRIES = 50_000_000
+MAX_IN_FLIGHT = 256
+"""Requested files not yet complete before the next file-list batch is decided."""
 
 
 class Receiver:
@@ -152,9 +155,24 @@ class Receiver:
         tree = self.tree()
         gen = Generator(self, tree)
         writer = Writer(self)
+        backlog: deque[bytes] = deque()
+        announced = None
         flist_done = gen_acked = done_sent = finished = False
         try:
             while not finished:
+                # File-list batches wait, still compressed, while enough requests are
+                # in flight: a big initial copy would otherwise hold a request and an
+                # entry for every file at once.
+                while backlog and len(self.pending) < MAX_IN_FLIGHT:
+                    batch = unpack_batch(backlog.popleft())
+                    base = len(self.entries)
+                    self._add_entries(batch)
+                    gen.batch(base, batch)
+                if flist_done and not backlog and not gen.sent_nomore:
+                    if announced != len(self.entries):
+                        raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
+                                            f"entries, {announced!r} announced")
+                    gen.finish()
                 if gen_acked and not done_sent and self.completed == self.requested:
                     chan.send(protocol.DONE)
                     done_sent = True
@@ -167,20 +185,14 @@ class Receiver:
                 elif ftype == protocol.SIGREQ:
                     writer.sigreq(payload)
                 elif ftype == protocol.FLIST and not flist_done:
-                    batch = unpack_batch(payload)
-                    base = len(self.entries)
-                    self._add_entries(batch)
-                    gen.batch(base, batch)
+                    backlog.append(payload)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
                     info = protocol.load_json(payload)
-                    if info.get("count") != len(self.entries):
-                        raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
-                                            f"entries, {info.get('count')!r} announced")
+                    announced = info.get("count")
                     self.io_error = bool(info.get("io_error"))
                     flist_done = True
-                    gen.finish()
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
                     gen_acked = True
                 elif ftype == protocol.FINISHED and done_sent:
