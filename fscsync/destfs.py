@@ -63,19 +63,24 @@ class DestTree:
         self.root_fd = root_fd
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._limit = cache
+        self._last = (b"", root_fd)  # entries come directory by directory
 
     def close(self) -> None:
         for fd in self._cache.values():
             os.close(fd)
         self._cache.clear()
+        self._last = (b"", self.root_fd)
 
     def dirfd(self, rel: bytes) -> int:
         """fd of directory `rel` (b"" = the root), never following a symlink."""
+        if rel == self._last[0]:
+            return self._last[1]
         if not rel:
             return self.root_fd
         fd = self._cache.get(rel)
         if fd is not None:
             self._cache.move_to_end(rel)
+            self._last = (rel, fd)
             return fd
         head, _, name = rel.rpartition(b"/")
         parent = self.dirfd(head)
@@ -83,10 +88,12 @@ class DestTree:
         self._cache[rel] = fd
         if len(self._cache) > self._limit:
             os.close(self._cache.popitem(last=False)[1])
+        self._last = (rel, fd)
         return fd
 
     def forget(self, rel: bytes) -> None:
         """Drop cached fds at and below rel (it was removed or replaced)."""
+        self._last = (b"", self.root_fd)
         for key in [k for k in self._cache if k == rel or k.startswith(rel + b"/")]:
             os.close(self._cache.pop(key))
 

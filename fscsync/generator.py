@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from fscsync import cipher, delta, itemize, meta, protocol
 from fscsync.destfs import (
+    TEMP_MARK,
     DestTree,
     is_temp_name,
     listdir,
@@ -27,6 +27,7 @@ from fscsync.fileio import BlockReader, digest_fd
 from fscsync.flist import Entry
 from fscsync.meta import Target
 
+TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
     from fscsync.receiver import Receiver
 
@@ -325,6 +326,10 @@ class Generator:
             fd = tree.dirfd(rel)
             names = listdir(fd)
         except OSError:
+            return
+        if TEMP_MARK not in b"/".join(names):  # one search instead of a match per name
+            if self.opts.delete:
+                self.existing[rel] = names
             return
         keep = []
         for n in names:

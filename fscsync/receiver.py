@@ -241,9 +241,10 @@ class Receiver:
         """Drop an entry nothing later needs (directories wait for the final pass, and
         with -H any file may lead a link): a big no-change run would otherwise hold
         its whole file list."""
-        e = self.entries[idx]
-        if e is not None and not self.opts.hard_links and not e.is_dir:
-            self.entries[idx] = None
+        if not self.opts.hard_links:
+            e = self.entries[idx]
+            if e is not None and not stat.S_ISDIR(e.mode):
+                self.entries[idx] = None
 
     def fail(self, idx: int, message: str, code: int = errors.PARTIAL) -> None:
         self.status[idx] = FAILED
