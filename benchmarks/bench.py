@@ -22,9 +22,10 @@ ones). Before every run the destination is put into the scenario's starting stat
 writeback. Page caches are not dropped: both tools run warm. Wall time is
 perf_counter around the whole command; wire bytes are the "Total bytes sent" +
 "Total bytes received" of each tool's --stats; peak memory is the largest sum of
-RSS (and of PSS) over the tool's whole process tree (client, local server
-children and, over ssh, the remote-side processes, but not ssh/sshd themselves),
-sampled from /proc every 20 ms by the same code for both tools. Missed targets
+RSS over the tool's whole process tree (client, local server children and,
+over ssh, the remote-side processes, but not ssh/sshd themselves), sampled from
+/proc/PID/statm every 20 ms by the same code for both tools (PSS, which needs a
+page-table walk, every 100 ms). Missed targets
 are reported, never fatal: the exit status is non-zero only when a run crashed
 or the harness could not run.
 """
@@ -61,6 +62,8 @@ REPO = HERE.parent
 DEFAULT_WORKDIR = "/var/tmp/fscsync-bench"
 GNU_TIME = "/usr/bin/time"
 SAMPLE_INTERVAL = 0.02
+EXT4_RECENT_S = 5.5
+PSS_EVERY = 5
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 TOOLS = ("fscsync", "rsync")
 TOOL_COMMS = {"fscsync": ("fscsync", "python"), "rsync": ("rsync",)}
@@ -134,8 +137,23 @@ def _comm(pid: int) -> str:
         return ""
 
 
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _rss(pid: int) -> int:
+    """RSS of one process in KiB from statm (cheap: no page-table walk); 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _rss_pss(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in KiB from smaps_rollup; zeros once it is gone."""
+    """(RSS, PSS) of one process in KiB from smaps_rollup; zeros once it is gone.
+
+    smaps_rollup walks the process's page tables under its mmap lock, so it is read
+    only every PSS_EVERY samples: at every sample it would slow the tool it measures."""
     rss = pss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
@@ -159,7 +177,8 @@ class Limits:
 
 
 class TreeSampler(threading.Thread):
-    """Every 20 ms, sum RSS and PSS over all descendants of `roots`; keep the peaks.
+    """Every 20 ms, sum RSS (and every 100 ms PSS) over all descendants of `roots`;
+    keep the peaks.
 
     /proc has no children lists on this kernel, so each sample lists /proc and reads
     the parent of each pid it has not seen yet. Only processes whose name starts with
@@ -225,7 +244,7 @@ class TreeSampler(threading.Thread):
                 self._cpu[pid] = int(fields[11]) + int(fields[12])  # utime + stime
             if not _comm(pid).startswith(self.counted):
                 continue
-            r, p = _rss_pss(pid)
+            r, p = _rss_pss(pid) if self.samples % PSS_EVERY == 0 else (_rss(pid), 0)
             if r:
                 rss, pss, procs = rss + r, pss + p, procs + 1
         self._tree = seen
@@ -537,6 +556,20 @@ def rm_rf(path: str) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", path], check=True)
 
 
+def remove_and_settle(path: str) -> None:
+    """Remove a destination, then wait until ext4 may reuse its inodes.
+
+    ext4 will not hand out an inode freed in the last 5 s (300 s while its table
+    block is dirty): each allocation walks past every such inode, one buffer lookup
+    apiece. A run creating 10,000 files right after 10,000 were deleted spent 4-6 s
+    of system time in that walk (find_inode_bit/recently_deleted in `perf`),
+    whichever tool it was; after a sync and 5 s the walk is gone."""
+    if os.path.lexists(path):
+        rm_rf(path)
+        os.sync()
+        time.sleep(EXT4_RECENT_S)
+
+
 class Scenario:
     key = ""
     title = ""
@@ -623,7 +656,7 @@ class S1(Scenario):
         return [*tool.argv, "-a", "--stats", self.src + "/", self.dest(tool) + "/"]
 
     def reset(self, tool: Tool) -> None:
-        rm_rf(self.dest(tool))
+        remove_and_settle(self.dest(tool))
 
     def verify(self, tool: Tool, run: Run) -> list[str]:
         return compare_trees(self.src, self.dest(tool))
@@ -792,7 +825,7 @@ class S4a(Remote):
         return f"{self.b.cfg.small_files:,} small files over ssh to 127.0.0.1, initial"
 
     def reset(self, tool: Tool) -> None:
-        rm_rf(self.dest(tool))
+        remove_and_settle(self.dest(tool))
 
     def verify(self, tool: Tool, run: Run) -> list[str]:
         return compare_trees(self.src, self.dest(tool))
@@ -884,7 +917,8 @@ PROFILE_HOOK = '''\
 """Written by benchmarks/bench.py --profile: cProfile every fscsync process of one run.
 
 The main thread's profile goes to PREFIX-ROLE.prof, each other thread's (cProfile sees
-one thread only) to PREFIX-ROLE-thread-NAME.prof when that thread finishes.
+one thread only) to PREFIX-ROLE-thread-NAME.prof when that thread finishes. A local
+server is a forked client: it starts a profiler of its own after the fork.
 """
 import os
 import re
@@ -905,6 +939,23 @@ if _out:
         _prof.dump_stats(f"{_out}-{_role}.prof")
 
     atexit.register(_dump)
+
+    # A local server is a fork of the client that leaves through os._exit (no
+    # atexit): give it its own profiler and dump that on the way out.
+    def _forked():
+        global _prof, _role
+        _prof.disable()
+        _prof, _role = cProfile.Profile(), "server"
+        _prof.enable()
+
+    os.register_at_fork(after_in_child=_forked)
+    _real_exit = os._exit
+
+    def _exit(code):
+        _dump()
+        _real_exit(code)
+
+    os._exit = _exit
     _thread_run = threading.Thread.run
 
     def _profiled_run(self):

@@ -27,6 +27,8 @@ _HDR = struct.Struct(">BI")
 _FLUSH_AT = 256 << 10
 _READ_CHUNK = 1 << 20
 _DIRECT_READ = 64 << 10
+_IN_BUFFER = 256 << 10
+"""Input buffer: four big frames' worth; frames of _DIRECT_READ or more skip it."""
 F_SETPIPE_SZ = 1031
 
 # Frame types.
@@ -118,7 +120,7 @@ class Channel:
         self._out: list = []
         self._out_len = 0
         self._lock = threading.Lock()
-        self._in = bytearray(_READ_CHUNK)
+        self._in = bytearray(_IN_BUFFER)
         self._pos = 0
         self._end = 0
         self._eof = False
