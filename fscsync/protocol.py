@@ -283,6 +283,14 @@ class Channel:
         self._in[self._end : self._end + len(data)] = data
         self._end += len(data)
 
+    def flush_before_wait(self) -> None:
+        """Flush only when the next recv would wait for the peer: answers to frames
+        already here go out together, one write for many small files."""
+        have = self._end - self._pos
+        if have >= _HDR.size and have >= _HDR.size + _HDR.unpack_from(self._in, self._pos)[1]:
+            return
+        self.flush()
+
     def _need(self, n: int, timeout: float | None) -> None:
         while self._end - self._pos < n:
             self._fill(timeout)

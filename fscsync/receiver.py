@@ -176,7 +176,7 @@ class Receiver:
                 if gen_acked and not done_sent and self.completed == self.requested:
                     chan.send(protocol.DONE)
                     done_sent = True
-                chan.flush()
+                chan.flush_before_wait()
                 ftype, payload = chan.recv()
                 if ftype == protocol.DATA:
                     writer.data(payload)

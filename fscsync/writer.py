@@ -159,8 +159,10 @@ class Writer:
         try:
             if p.fd is None:
                 self._open_temp(p)
-            if os.fstat(p.fd).st_size != size:  # fstat is far cheaper than a truncate
+            st = os.fstat(p.fd)
+            if st.st_size != size:  # fstat is far cheaper than a truncate
                 os.ftruncate(p.fd, size)
+                st = os.fstat(p.fd)
             if p.sequential and p.hash_pos <= size:
                 self._hash_gap(p, size, 0, b"")
                 got = p.hasher.digest()
@@ -185,7 +187,7 @@ class Writer:
             self._complete(idx, ok=False, quiet=True)
             return
         try:
-            self._install(p, size)
+            self._install(p, st)
         except meta.EncdataConflict as exc:
             rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
             self._complete(idx, ok=False, quiet=True)
@@ -213,11 +215,11 @@ class Writer:
     def _final_name(self, p: Pending) -> bytes:
         return self.rx.locate(self.tree, self.rx.entries[p.idx])[1]
 
-    def _install(self, p: Pending, size: int) -> None:
+    def _install(self, p: Pending, st: os.stat_result) -> None:
+        """Attributes onto the verified temp file (`st` is its stat), then rename."""
         rx = self.rx
         e = rx.entries[p.idx]
         self._close_basis(p)
-        st = os.fstat(p.fd)
         t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
         meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname))
         os.close(p.fd)
