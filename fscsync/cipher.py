@@ -118,6 +118,11 @@ def read_encdata(target: int | bytes, name: bytes = ENCDATA_XATTR,
     return find_encdata(target, (name,), follow)[0]
 
 
+def encdata_names(alternative: bytes) -> tuple[bytes, ...]:
+    """Where encdata may be found: its own name, then --encdata-xattr's, if other."""
+    return tuple(dict.fromkeys((ENCDATA_XATTR, alternative)))
+
+
 def find_encdata(target: int | bytes, names: tuple[bytes, ...],
                  follow: bool = True) -> tuple[bytes | None, bytes | None]:
     """(encdata text, the xattr name it was under) for the first of `names` an entry

@@ -82,8 +82,7 @@ class Generator:
         self._warned_policies: set[bytes] = set()
         self._enc_dir_key: tuple[int, bytes] | None = None
         self._enc_dir = False
-        self._encdata_names = tuple(dict.fromkeys((cipher.ENCDATA_XATTR,
-                                                   self.opts.encdata_xattr)))
+        self._encdata_names = cipher.encdata_names(self.opts.encdata_xattr)
         self.sent_nomore = False
         rx.generator = self
 

@@ -49,7 +49,7 @@ class Scanner:
         self._links: dict[tuple[int, int], int] = {}
         self._seen: set[bytes] = set()
         self._want_xattrs = opts.xattrs or opts.acls
-        self._encdata_names = tuple(dict.fromkeys((cipher.ENCDATA_XATTR, opts.encdata_xattr)))
+        self._encdata_names = cipher.encdata_names(opts.encdata_xattr)
         self._keyless: bool | None = None
         self._root_starts: list[int] = []
         self._roots: list[tuple[bytes, bytes]] = []
