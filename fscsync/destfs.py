@@ -97,11 +97,6 @@ class DestTree:
         for key in [k for k in self._cache if k == rel or k.startswith(rel + b"/")]:
             os.close(self._cache.pop(key))
 
-    def locate(self, path: bytes) -> tuple[int, bytes]:
-        """(parent dir fd, name) of an entry path."""
-        head, _, name = path.rpartition(b"/")
-        return self.dirfd(head), name
-
 
 def listdir(dirfd: int) -> list[bytes]:
     """Names in an open directory, as bytes (os.listdir on an fd gives str, and

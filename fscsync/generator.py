@@ -17,7 +17,6 @@ from fscsync.destfs import (
     DestTree,
     is_temp_name,
     listdir,
-    lstat_at,
     proc_path,
     remove_tree,
     temp_name,
@@ -133,7 +132,11 @@ class Generator:
                     rx.os_fail(idx, "open parent of", exc)
                     return
             else:
-                st = (os.fstat(pfd) if not name else lstat_at(pfd, name))
+                try:
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False) if name \
+                        else os.fstat(pfd)
+                except FileNotFoundError:
+                    st = None
         try:
             if fmt == _S_IFREG:
                 self.regular(idx, e, pfd, name, st)

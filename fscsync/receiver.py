@@ -227,11 +227,13 @@ class Receiver:
 
     def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
         """(parent fd, name) of an entry at the destination; name b"" is the root."""
+        path = e.path
+        if self.single_name is None and path != b".":
+            head, _, name = path.rpartition(b"/")
+            return tree.dirfd(head), name
         if self.single_name is not None:
             return tree.root_fd, self.single_name
-        if e.path == b".":
-            return tree.root_fd, b""
-        return tree.locate(e.path)
+        return tree.root_fd, b""
 
     def rel_dir(self, e: Entry) -> bytes:
         """The destination-relative directory path of a directory entry."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import operator
 import os
 import stat
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ def split_source(src: bytes) -> tuple[bytes, bytes | None]:
     return head or b".", name
 
 
+_by_name = operator.attrgetter("name")
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFREG = stat.S_IFREG
@@ -124,15 +126,15 @@ class Scanner:
     def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[Entry]:
         try:
             with os.scandir(dirpath) as it:
-                children = sorted((d.name, d) for d in it)
+                children = sorted(it, key=_by_name)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
             return
         subdirs = []
         filters = self.filters if self.filters.rules else None
         entry = self._entry
-        for name, d in children:
-            rel = prefix + name
+        for d in children:
+            rel = prefix + d.name
             try:
                 st = d.stat(follow_symlinks=False)
             except OSError as exc:

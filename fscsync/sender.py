@@ -75,15 +75,15 @@ class Sender:
         groups: set[int] = set()
         batch: list[Entry] = []
         size = 0
-        named = not self.opts.numeric_ids
+        owners = self.opts.owner and not self.opts.numeric_ids
+        groups_named = self.opts.group and not self.opts.numeric_ids
         for e in scanner.scan(self.sources):
-            if named:
-                if self.opts.owner and e.uid not in users:
-                    users.add(e.uid)
-                    self._send_name(b"u", e.uid)
-                if self.opts.group and e.gid not in groups:
-                    groups.add(e.gid)
-                    self._send_name(b"g", e.gid)
+            if owners and e.uid not in users:
+                users.add(e.uid)
+                self._send_name(b"u", e.uid)
+            if groups_named and e.gid not in groups:
+                groups.add(e.gid)
+                self._send_name(b"g", e.gid)
             batch.append(e)
             size += len(e.path) + 48
             if e.enc is not None or e.target is not None or e.xattrs:
