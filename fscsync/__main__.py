@@ -1,3 +1,3 @@
-from fscsync.cli import main
+from fscsync.cli import run
 
-raise SystemExit(main())
+run()

@@ -193,6 +193,19 @@ def options_from(ns: argparse.Namespace) -> Options:
     return o
 
 
+def run() -> None:
+    """The command's entry point: main(), then leave without tearing the interpreter
+    down. Nothing is left to clean up by then, and module teardown would add about
+    20 ms to every run, a tenth of a small no-change one."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
