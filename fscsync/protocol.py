@@ -27,6 +27,7 @@ _HDR = struct.Struct(">BI")
 _FLUSH_AT = 256 << 10
 _READ_CHUNK = 1 << 20
 _DIRECT_READ = 64 << 10
+_INFLATE_STEP = 1 << 20
 _IN_BUFFER = 256 << 10
 """Input buffer: four big frames' worth; frames of _DIRECT_READ or more skip it."""
 F_SETPIPE_SZ = 1031
@@ -86,17 +87,30 @@ class _Codec:
 
 
 class _Decodec:
+    """Stream decompression for the other direction. zlib output comes at most
+    _INFLATE_STEP bytes a call: a few compressed bytes from an untrusted peer must not
+    inflate into gigabytes at once. (zstandard's decompressobj has no output bound.)"""
+
     def __init__(self, kind: str):
-        if kind == "zstd":
-            self._d = zstandard.ZstdDecompressor().decompressobj()
-        else:
+        self._zlib = kind != "zstd"
+        if self._zlib:
             self._d = zlib.decompressobj()
+        else:
+            self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._tail = b""
+        self.pending = False
+        """More output may come without reading more input."""
 
     def decompress(self, data: bytes) -> bytes:
         try:
-            return self._d.decompress(data)
+            if not self._zlib:
+                return self._d.decompress(data)
+            out = self._d.decompress(self._tail + data, _INFLATE_STEP)
         except _CODEC_ERRORS as exc:
             raise ProtocolError(f"corrupt compressed stream: {exc}") from None
+        self._tail = self._d.unconsumed_tail
+        self.pending = bool(self._tail) or len(out) == _INFLATE_STEP
+        return out
 
 
 def _widen_pipe(fd: int) -> None:
@@ -245,6 +259,9 @@ class Channel:
             time.sleep(delay)
 
     def _fill(self, timeout: float | None = None) -> None:
+        if self._decodec is not None and self._decodec.pending:
+            self._append(self._decodec.decompress(b""))
+            return
         if self._eof:
             raise PeerClosed("connection closed by the other side")
         if timeout is not None:

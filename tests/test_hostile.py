@@ -27,8 +27,10 @@ import xxhash
 from support import REPO, run_fscsync
 from support.peer import (
     FLIST_COMPRESSED,
+    SERVER_ENV,
     FakeSender,
     Result,
+    _Popened,
     default_options,
     flist_payload,
     flist_payload_raw,
@@ -663,6 +665,38 @@ def test_compressed_file_list_frame_is_bounded(sb: Sandbox, case: str) -> None:
         payload = flist_payload([root()]) + b"more"
     result = play(sb, [(protocol.FLIST, payload)])
     assert_refused(result, sb)
+
+
+def _server_under_memory_limit(args=(), env=None, cwd=None):
+    """`python -m fscsync --server` with 256 MiB of address space (prlimit)."""
+    proc = subprocess.Popen(
+        ["prlimit", f"--as={256 << 20}", "--", sys.executable, "-m", "fscsync", "--server",
+         *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=cwd, env={**os.environ, **SERVER_ENV, **(env or {})})
+    return _Popened(proc)
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) missing")
+def test_compressed_stream_is_inflated_a_step_at_a_time(sb: Sandbox) -> None:
+    """With -z, 1 MB on the wire that inflates to 1 GiB of zeros is refused as what it
+    is (zeros are no frame the server expects), in bounded steps: under an address-space
+    limit far below that gigabyte, with no MemoryError."""
+    peer = FakeSender(timeout=QUICK, launcher=_server_under_memory_limit)
+    assert peer.setup(sb.dest, compress="zlib"), "the server did not accept -z"
+    c = zlib.compressobj(9)
+    # After a full flush the compressor starts afresh, so every further MiB of zeros
+    # compresses to the same bytes: the bomb is built without deflating a gigabyte.
+    first = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    bomb = first + again * 1023
+    assert len(bomb) < 2 << 20
+    peer.send_raw(bomb)
+    result = peer.finish()
+    assert result.code == STREAM, result.describe()
+    assert "Traceback" not in result.text and "MemoryError" not in result.text, (
+        result.describe())
+    sb.assert_nothing_outside()
+    sb.assert_previous_intact()
 
 
 def test_file_list_shorter_than_announced_deletes_nothing(sb: Sandbox) -> None:
