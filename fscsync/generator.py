@@ -17,6 +17,7 @@ from fscsync.destfs import (
     DestTree,
     is_temp_name,
     listdir,
+    lstat_at,
     proc_path,
     remove_tree,
     temp_name,
@@ -156,11 +157,7 @@ class Generator:
                     rx.os_fail(idx, "open parent of", exc)
                     return
             else:
-                try:
-                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False) if name \
-                        else os.fstat(pfd)
-                except FileNotFoundError:
-                    st = None
+                st = (os.fstat(pfd) if not name else lstat_at(pfd, name))
         try:
             if fmt == _S_IFREG:
                 self.regular(idx, e, pfd, name, st)
@@ -174,7 +171,7 @@ class Generator:
             rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
         except OSError as exc:
             rx.os_fail(idx, "update of", exc)
-        if rx.status[idx] and fmt != _S_IFDIR:
+        if rx.status[idx]:
             rx.done_with(idx)
 
     def _count(self, fmt: int, e: Entry) -> None:
