@@ -639,7 +639,18 @@ class Scenario:
                          for p in compare_trees(src, dests[tool.name], xattrs, content=False)]
 
 
-class S1(Scenario):
+class InitialCopy(Scenario):
+    """A copy into nothing: each run starts from a removed destination, and the
+    warm-up's result is compared with the source."""
+
+    def reset(self, tool: Tool) -> None:
+        remove_and_settle(self.dest(tool))
+
+    def verify(self, tool: Tool, run: Run) -> list[str]:
+        return compare_trees(self.src, self.dest(tool))
+
+
+class S1(InitialCopy):
     key, time_target = "S1", 1.0
 
     @property
@@ -654,12 +665,6 @@ class S1(Scenario):
 
     def command(self, tool: Tool) -> list[str]:
         return [*tool.argv, "-a", "--stats", self.src + "/", self.dest(tool) + "/"]
-
-    def reset(self, tool: Tool) -> None:
-        remove_and_settle(self.dest(tool))
-
-    def verify(self, tool: Tool, run: Run) -> list[str]:
-        return compare_trees(self.src, self.dest(tool))
 
 
 class NoChange(Scenario):
@@ -817,18 +822,12 @@ class Remote(Scenario):
         return [self.sshd.proc.pid]
 
 
-class S4a(Remote):
+class S4a(Remote, InitialCopy):
     key, time_target = "S4a", 1.2
 
     @property
     def title(self) -> str:
         return f"{self.b.cfg.small_files:,} small files over ssh to 127.0.0.1, initial"
-
-    def reset(self, tool: Tool) -> None:
-        remove_and_settle(self.dest(tool))
-
-    def verify(self, tool: Tool, run: Run) -> list[str]:
-        return compare_trees(self.src, self.dest(tool))
 
 
 class S4b(Remote):
