@@ -897,22 +897,31 @@ def _forced_rsh(tmp_path: Path, allowed: Path) -> str:
     return f"sh {shlex.quote(str(script))}"
 
 
-def test_restrict_to_through_the_client(area: Path, tmp_path: Path) -> None:
-    """A real client pushing to a restricted server: outside refused with a clear message
-    (exit 3), inside accepted and copied."""
-    rsh = _forced_rsh(tmp_path, area / "allowed")
+def _assert_pushes_confined(rsh: str, host: str, area: Path, tmp_path: Path, outside: str,
+                            content: bytes, timeout: float) -> None:
+    """Through a server restricted to AREA/allowed: a push to `outside` (which resolves to
+    AREA/other/pushed) is refused with a clear message (exit 3) and writes nothing; a
+    push to AREA/allowed/pushed is copied."""
     src = tmp_path / "src"
     src.mkdir()
-    (src / "file").write_bytes(b"pushed\n")
-    bad = run_fscsync("-a", "-e", rsh, f"{src}/", f"host:{area}/allowed/../other/pushed",
-                      timeout=30)
+    (src / "file").write_bytes(content)
+    bad = run_fscsync("-a", "-e", rsh, f"{src}/", f"{host}:{outside}", timeout=timeout)
     text = bad.stderr.decode(errors="replace")
     assert bad.returncode == FILE_SELECT, text
     assert "outside the allowed tree" in text and "Traceback" not in text
     assert not (area / "other/pushed").exists()
-    good = run_fscsync("-a", "-e", rsh, f"{src}/", f"host:{area}/allowed/pushed", timeout=30)
+    good = run_fscsync("-a", "-e", rsh, f"{src}/", f"{host}:{area}/allowed/pushed",
+                       timeout=timeout)
     assert good.returncode == 0, good.stderr.decode(errors="replace")
-    assert (area / "allowed/pushed/file").read_bytes() == b"pushed\n"
+    assert (area / "allowed/pushed/file").read_bytes() == content
+
+
+def test_restrict_to_through_the_client(area: Path, tmp_path: Path) -> None:
+    """A real client pushing to a restricted server: outside refused with a clear message
+    (exit 3), inside accepted and copied."""
+    rsh = _forced_rsh(tmp_path, area / "allowed")
+    _assert_pushes_confined(rsh, "host", area, tmp_path, f"{area}/allowed/../other/pushed",
+                            b"pushed\n", timeout=30)
     pulled = run_fscsync("-a", "-e", rsh, f"host:{area}/other/", f"{tmp_path}/pulled",
                          timeout=30)
     assert pulled.returncode == FILE_SELECT, pulled.stderr.decode(errors="replace")
@@ -933,20 +942,8 @@ def test_restrict_to_as_an_authorized_keys_forced_command(sshd, area: Path,
     keys.write_bytes(saved + line.encode())
     try:
         argv = [a if a != str(sshd.key) else str(key) for a in sshd.ssh_argv]
-        rsh = shlex.join(argv)
-        src = tmp_path / "src"
-        src.mkdir()
-        (src / "file").write_bytes(b"over ssh\n")
-        bad = run_fscsync("-a", "-e", rsh, f"{src}/", f"{sshd.host}:{area}/other/pushed",
-                          timeout=60)
-        text = bad.stderr.decode(errors="replace")
-        assert bad.returncode == FILE_SELECT, text
-        assert "outside the allowed tree" in text and "Traceback" not in text
-        assert not (area / "other/pushed").exists()
-        good = run_fscsync("-a", "-e", rsh, f"{src}/", f"{sshd.host}:{area}/allowed/pushed",
-                           timeout=60)
-        assert good.returncode == 0, good.stderr.decode(errors="replace")
-        assert (area / "allowed/pushed/file").read_bytes() == b"over ssh\n"
+        _assert_pushes_confined(shlex.join(argv), sshd.host, area, tmp_path,
+                                f"{area}/other/pushed", b"over ssh\n", timeout=60)
     finally:
         keys.write_bytes(saved)
     shutil.rmtree(area / "allowed/pushed")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import xattr
+from support.e2e import locked_twin
 from testfs_fixtures import (
     KEY,
     OTHER_KEY,
@@ -77,15 +78,8 @@ def area(views: Views, request: pytest.FixtureRequest) -> tuple[bytes, bytes]:
 
 def twin(views: Views, unlocked_path: bytes) -> bytes:
     """The same entry seen through the locked view, found by inode number."""
-    path = views.locked
-    rel = os.path.relpath(unlocked_path, views.unlocked)
-    here = views.unlocked
-    for part in rel.split(b"/"):
-        here = join(here, part)
-        ino = os.lstat(here).st_ino
-        path = next(p for p in (join(path, n) for n in os.listdir(path))
-                    if os.lstat(p).st_ino == ino)
-    return path
+    return locked_twin(views.unlocked, views.locked,
+                       os.path.relpath(unlocked_path, views.unlocked))
 
 
 def write(path: bytes, data: bytes, mode: int = 0o644) -> None:
