@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="copy files whole (without delta-xfer algorithm)")
     a("--no-whole-file", dest="whole_file", action="store_false",
       help="always use the delta-transfer algorithm")
-    a("--inplace", action="store_true", help="update destination files in-place (plain files)")
+    a("--inplace", action="store_true", default=None,
+      help="update destination files in-place, unjournaled (plain files)")
+    a("--no-inplace", dest="inplace", action="store_false",
+      help="always build a new copy and rename it, big files too")
     a("-B", "--block-size", type=_size, default=4096, metavar="SIZE",
       help="delta block size, a power of two (default 4096, the encryption unit)")
     a("-T", "--temp-dir", metavar="DIR", help="create temporary files in directory DIR")

@@ -2,7 +2,8 @@
 
 Up-to-date files get their attributes fixed in place; changed files get a
 request (with the signature of the old copy as the delta basis); directories,
-symlinks and special files are made here directly. Runs in its own thread.
+symlinks and special files are made here directly. Runs in the receiver's
+reading thread.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from fscsync.destfs import (
 from fscsync.errors import escape
 from fscsync.fileio import BlockReader, digest_fd
 from fscsync.flist import Entry
+from fscsync.inplace import is_journal_name, recover
 from fscsync.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.inplace import Update
     from fscsync.receiver import Receiver
 
 _S_IFMT = 0o170000
@@ -42,7 +45,7 @@ class Pending:
 
     __slots__ = ("idx", "encrypted_basis", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end")
+                 "data_end", "differ", "update")
 
     def __init__(self, idx: int, encrypted_basis: bool, has_basis: bool):
         self.idx = idx
@@ -59,6 +62,8 @@ class Pending:
         self.hash_pos = 0
         self.sequential = True
         self.data_end = 0
+        self.differ: int | None = None  # bytes in chunks the sender found different
+        self.update: Update | None = None  # set when the file is updated in place
 
 
 class Generator:
@@ -351,7 +356,8 @@ class Generator:
 
     def _scan_existing(self, tree: DestTree, e: Entry) -> None:
         """List an existing destination directory once: clean up temp files a killed
-        run left behind, and remember the names for --delete."""
+        run left behind, finish its committed in-place updates, and remember the
+        names for --delete."""
         rel = self.rx.rel_dir(e)
         try:
             fd = tree.dirfd(rel)
@@ -371,9 +377,24 @@ class Generator:
                     except OSError:
                         pass
                 continue
+            if is_journal_name(n):
+                if not self.opts.dry_run:
+                    self._recover(fd, rel, n)
+                continue
             keep.append(n)
         if self.opts.delete:
             self.existing[rel] = keep
+
+    def _recover(self, fd: int, rel: bytes, jname: bytes) -> None:
+        """Finish an in-place update a killed run committed (or drop one it did not),
+        before any entry of this directory is compared."""
+        path = rel + b"/" + jname if rel else jname
+        try:
+            if recover(fd, jname):
+                self.rx.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
+        except OSError as exc:
+            self.rx.reporter.error(f'cannot recover "{escape(path)}": {exc.strerror} '
+                                   f"({exc.errno})")
 
     def _attr_changes(self, e: Entry, st, t: Target | None) -> str:
         """Letters of attributes that differ (for itemize on existing entries); `t` is

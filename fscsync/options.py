@@ -36,7 +36,7 @@ class Options(Record):
     size_only: bool = False
     ignore_existing: bool = False
     whole_file: bool | None = None
-    inplace: bool = False
+    inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None
     block_size: int = DEFAULT_BLOCK
     filter_rules: list[tuple[str, bytes]] = []

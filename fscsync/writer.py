@@ -1,6 +1,8 @@
 """The writer: builds each requested file from basis ranges and literal data in a
 temp file, verifies it, applies attributes in the encrypted-safe order and renames
-it into place. The old copy is never touched until the rename."""
+it into place. The old copy is never touched until the rename, or, for a big file
+with few changes, until its verified changes are committed to a redo journal
+(`inplace`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import os
 
 import xxhash
 
-from fscsync import cipher, delta, errors, meta, protocol
+from fscsync import cipher, delta, errors, inplace, meta, protocol
 from fscsync.destfs import DestTree, proc_path, temp_name
 from fscsync.errors import escape
 from fscsync.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
@@ -65,6 +67,9 @@ class Writer:
         if self.opts.inplace and e.enc is None and p.has_basis:
             p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             p.tmpdir, p.tmpname = pfd, b""
+        elif self._start_update(p, e, pfd, name):
+            p.fd = p.update.fd
+            p.tmpdir, p.tmpname = pfd, b""
         else:
             p.tmpdir = self._temp_dir_fd if self._temp_dir_fd is not None else pfd
             p.tmpname = temp_name(name)
@@ -72,10 +77,18 @@ class Writer:
                            | os.O_CLOEXEC, 0o600, dir_fd=p.tmpdir)
         p.hasher = xxhash.xxh3_128()
         p.hash_pos = 0
-        p.sequential = True
-        if p.has_basis and not (self.opts.inplace and e.enc is None):
+        p.sequential = p.update is None
+        if p.has_basis and p.tmpname:
             p.basis_fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
+
+    def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
+        """Update in place under a redo journal? Only by default (neither --inplace nor
+        --no-inplace), for a plain file with a basis, and not on a retry."""
+        if self.opts.inplace is not None or e.enc is not None or not p.has_basis or p.retried:
+            return False
+        p.update = inplace.Update.start(pfd, name, p.differ)
+        return p.update is not None
 
     def data(self, payload: bytes) -> None:
         idx = delta.data_index(payload)
@@ -99,7 +112,10 @@ class Writer:
                 else:
                     if self._corrupt and arg:
                         arg = bytes([arg[0] ^ 0xFF]) + bytes(arg[1:])
-                    self._write(p, off, arg)
+                    if p.update is not None:
+                        p.update.write(off, arg)
+                    else:
+                        self._write(p, off, arg)
                     self._hash_gap(p, off, len(arg), arg)
                     p.data_end = max(p.data_end, off + len(arg))
         except OSError as exc:
@@ -160,10 +176,12 @@ class Writer:
             if p.fd is None:
                 self._open_temp(p)
             st = os.fstat(p.fd)
-            if st.st_size != size:  # fstat is far cheaper than a truncate
+            if p.update is None and st.st_size != size:  # fstat is far cheaper than a truncate
                 os.ftruncate(p.fd, size)
                 st = os.fstat(p.fd)
-            if p.sequential and p.hash_pos <= size:
+            if p.update is not None:
+                got = p.update.digest(size)
+            elif p.sequential and p.hash_pos <= size:
                 self._hash_gap(p, size, 0, b"")
                 got = p.hasher.digest()
             else:
@@ -187,6 +205,9 @@ class Writer:
             self._complete(idx, ok=False, quiet=True)
             return
         try:
+            if p.update is not None:
+                p.update.apply(size)
+                st = os.fstat(p.fd)
             self._install(p, st)
         except meta.EncdataConflict as exc:
             rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
@@ -224,7 +245,10 @@ class Writer:
         meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname))
         os.close(p.fd)
         p.fd = None
-        if p.tmpname:
+        if p.update is not None:
+            p.update.finish()
+            p.update = None
+        elif p.tmpname:
             pfd, name = rx.locate(self.tree, e)
             try:
                 os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
@@ -245,6 +269,17 @@ class Writer:
 
     def _discard(self, p: Pending, keep_partial: bool = False) -> None:
         self._close_basis(p)
+        if p.update is not None:
+            try:
+                untouched = p.update.discard()
+            except OSError:
+                untouched = True  # the journal was never committed: it is only litter
+            if not untouched:
+                self.rx.reporter.error(
+                    f'"{escape(self.rx.entries[p.idx].path)}" was left half updated in '
+                    "place; the next run into its directory completes it from "
+                    f'"{escape(p.update.jname)}"')
+            p.update = None
         if p.fd is not None and p.fd >= 0:
             os.close(p.fd)
             p.fd = None
@@ -284,6 +319,7 @@ class Writer:
         except OSError:
             fd, direct = None, False
         reader = BlockReader(fd, direct) if fd is not None else None
+        p.differ = len(chunks) * p.chunk
         try:
             chunk = p.chunk
             for ci in chunks:

@@ -25,6 +25,8 @@ from support import REPO, needs_root, run_fscsync, run_rsync
 from support.treecmp import assert_same_tree, snapshot
 from support.trees import FOREIGN_GID, FOREIGN_UID, make_rich_tree, pattern, set_times, write
 
+from fscsync.inplace import is_journal_name
+
 Proc = subprocess.CompletedProcess[bytes]
 
 ENV = {"LC_ALL": "C"}
@@ -127,11 +129,11 @@ def dir_times_kept(root: Path) -> Iterator[None]:
 
 
 def temp_files_under(root: bytes | str | os.PathLike[str]) -> list[bytes]:
-    """Every fscsync temp name left anywhere below root."""
+    """Every fscsync temp name (or in-place journal) left anywhere below root."""
     found = []
     for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
         found.extend(os.path.join(dirpath, n) for n in filenames + dirnames
-                     if TEMP_RE.fullmatch(n))
+                     if TEMP_RE.fullmatch(n) or is_journal_name(n))
     return found
 
 
