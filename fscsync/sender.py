@@ -26,6 +26,9 @@ from fscsync.scan import Scanner, split_source
 from fscsync.stats import Stats
 
 FLIST_BATCH = 64 << 10
+SCAN_AHEAD_FRAMES = 256
+"""File-list frames a scan-ahead thread may hold before the connection is up (about
+256,000 entries: far more than a connection takes to set up, and little memory)."""
 _ZEROS = bytes(READ_SIZE)
 
 
@@ -48,6 +51,7 @@ class Sender:
         self.stats = Stats()
         self.on_control = on_control
         self._parked: dict[int, _Parked] = {}
+        self._ahead = None  # the scan-ahead queue, when a thread scans (scan_ahead)
 
     def run(self) -> Stats:
         self.send_flist()
@@ -67,48 +71,84 @@ class Sender:
         except OSError:
             return False
 
+    def scan_ahead(self) -> None:
+        """Scan in a thread from now on, while the remote shell still connects: the
+        file-list frames wait in a bounded queue until send_flist sends them."""
+        import queue
+        import threading
+
+        ahead: queue.Queue = queue.Queue(maxsize=SCAN_AHEAD_FRAMES)
+
+        def scan() -> None:
+            try:
+                self._scan(lambda ftype, payload: ahead.put((ftype, payload)))
+            except BaseException as exc:  # handed to the sending thread, raised there
+                ahead.put(exc)
+            ahead.put(None)
+
+        self._ahead = ahead
+        threading.Thread(target=scan, name="scan-ahead", daemon=True).start()
+
     def send_flist(self) -> None:
         chan = self.chan
         protocol.send_json(chan, protocol.FLIST_START, {"single_file": self._single_file()})
-        scanner = self.scanner
+        if self._ahead is None:
+            self._scan(self._send_frame)
+        else:
+            for item in iter(self._ahead.get, None):
+                if isinstance(item, BaseException):
+                    raise item
+                self._send_frame(*item)
+        self.stats.io_error = self.scanner.io_error
+        protocol.send_json(chan, protocol.FLIST_END,
+                           {"io_error": self.scanner.io_error, "count": self.sent.count})
+        chan.flush()
+
+    def _send_frame(self, ftype: int, payload: bytes) -> None:
+        """File-list batches go out at once (not when the output buffer fills), so the
+        receiver compares each while the scan goes on."""
+        self.chan.send(ftype, payload)
+        if ftype == protocol.FLIST:
+            self.chan.flush()
+
+    def _scan(self, emit) -> None:
+        """Scan the sources into file-list frames (batches and owner names, in the
+        order the receiver needs them), handed to emit(ftype, payload)."""
         users: set[int] = set()
         groups: set[int] = set()
         batch: list[Entry] = []
         size = 0
         owners = self.opts.owner and not self.opts.numeric_ids
         groups_named = self.opts.group and not self.opts.numeric_ids
-        for e in scanner.scan(self.sources):
+        for e in self.scanner.scan(self.sources):
             if owners and e.uid not in users:
                 users.add(e.uid)
-                self._send_name(b"u", e.uid)
+                self._name(emit, b"u", e.uid)
             if groups_named and e.gid not in groups:
                 groups.add(e.gid)
-                self._send_name(b"g", e.gid)
+                self._name(emit, b"g", e.gid)
             batch.append(e)
             size += len(e.path) + 48
             if e.enc is not None or e.target is not None or e.xattrs:
                 size += len(e.enc or b"") + len(e.target or b"") + sum(
                     len(n) + len(v) + 5 for n, v in e.xattrs or ())
             if size >= FLIST_BATCH:
-                self._send_batch(batch)
+                emit(protocol.FLIST, self._pack(batch))
                 batch, size = [], 0
         if batch:
-            self._send_batch(batch)
-        self.stats.io_error = scanner.io_error
-        protocol.send_json(chan, protocol.FLIST_END,
-                           {"io_error": scanner.io_error, "count": self.sent.count})
-        chan.flush()
+            emit(protocol.FLIST, self._pack(batch))
 
-    def _send_batch(self, batch: list[Entry]) -> None:
+    def _pack(self, batch: list[Entry]) -> bytes:
         payload = pack_batch(batch)
         self.sent.add(payload, len(batch))
         self.stats.flist_size += len(payload)
-        self.chan.send(protocol.FLIST, payload)
+        return payload
 
-    def _send_name(self, kind: bytes, ident: int) -> None:
+    @staticmethod
+    def _name(emit, kind: bytes, ident: int) -> None:
         name = user_name(ident) if kind == b"u" else group_name(ident)
         if name is not None:
-            self.chan.send(protocol.IDNAME, kind + struct.pack(">I", ident) + name)
+            emit(protocol.IDNAME, kind + struct.pack(">I", ident) + name)
 
     # ---- requests --------------------------------------------------------------
 

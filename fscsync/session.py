@@ -96,8 +96,13 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
         peer = fork_server(run_server)
     chan = Channel(peer.rfd, peer.wfd)
     on_control = control_handler(reporter, p.peer.host if p.peer is not None else None)
+    sender = None
+    if p.client_sends:
+        sender = Sender(chan, opts, reporter, p.sources, on_control)
+        if p.peer is not None:
+            sender.scan_ahead()  # ssh and the remote start-up take long enough to scan
     try:
-        stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control)
+        stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control, sender)
     except PeerClosed as exc:
         status = peer.close()
         if p.peer is not None and status == 255:
@@ -120,7 +125,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
 
 
 def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
-                     on_control) -> tuple[Stats, int]:
+                     on_control, sender: Sender | None) -> tuple[Stats, int]:
     protocol.send_hello(chan, "client")
     hello = protocol.recv_hello(chan, "server")
     kind = None
@@ -147,8 +152,8 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
     chan.set_compression(kind)
     if opts.bwlimit:
         chan.set_bwlimit(opts.bwlimit)
-    if p.client_sends:
-        stats = Sender(chan, opts, reporter, p.sources, on_control).run()
+    if sender is not None:
+        stats = sender.run()
         while True:
             ftype, payload = chan.recv()
             if on_control(ftype, payload):

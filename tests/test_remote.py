@@ -183,6 +183,22 @@ def test_remote_per_file_error_counts_and_is_shown(sshd: Sshd, tmp_path: Path) -
     assert (tmp_path / "dst/a.txt").exists() and (tmp_path / "dst/sub/deeper/c.txt").exists()
 
 
+def test_push_scans_ahead_and_reports_source_errors_once(sshd: Sshd, tmp_path: Path) -> None:
+    """A push scans while ssh connects (Sender.scan_ahead): its errors are still shown
+    once, counted into 23, and every readable source arrives as a local run sends it."""
+    src = tmp_path / "src"
+    make_plain_tree(src)
+    args = ["-ai", src / "a.txt", src / "missing", src / "sub"]
+    local = run_fscsync(*args, tmp_path / "local", env=ENV, check=23)
+    proc = over_ssh(sshd, *args, at(sshd, tmp_path / "pushed"), code=23)
+    bad = [ln for ln in err_lines(proc) if "missing" in ln]
+    assert len(bad) == 1 and "No such file or directory" in bad[0], err_lines(proc)
+    assert items(proc) == pushed(items(local))
+    for made in ("local", "pushed"):  # both tools made these roots: their times are "now"
+        os.utime(tmp_path / made, ns=(T0 * 10**9, T0 * 10**9))
+    assert_same_tree(tmp_path / "local", tmp_path / "pushed")
+
+
 KILLER = f"""#!{sys.executable}
 # The real server, killed -9 as soon as its first temp file shows up in the destination.
 import os, signal, subprocess, sys, time
