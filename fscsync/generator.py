@@ -95,35 +95,53 @@ class Generator:
         rx.generator = self
 
     def batch(self, base: int, entries: list[Entry]) -> None:
-        """Handle one file-list batch whose first entry has index `base`."""
-        tree = self.tree
-        quick = self._quick
-        for i, e in enumerate(entries):
-            if not (quick and self._unchanged_file(tree, base + i, e)):
-                self.process(tree, base + i, e)
+        """Handle one file-list batch whose first entry has index `base`.
 
-    def _unchanged_file(self, tree: DestTree, idx: int, e: Entry) -> bool:
-        """The no-change rescan's common case in few steps: a plain regular file whose
-        destination has the same size, time, mode and owners is done (True). Anything
-        else, or any doubt, goes through process() (False), which would do nothing
-        more here: no request, no itemize line, no attribute change."""
-        if e.mode & _S_IFMT != _S_IFREG or e.enc is not None or e.link >= 0:
-            return False
-        head, _, name = e.path.rpartition(b"/")
-        try:
-            st = os.stat(name, dir_fd=tree.dirfd(head), follow_symlinks=False)
-        except OSError:
-            return False
-        if (st.st_mode & _S_IFMT != _S_IFREG or st.st_size != e.size
-                or st.st_mtime_ns != e.mtime_ns or not st.st_size % cipher.UNIT
-                or self._attr_changes(e, st, None)):
-            return False
-        self._count(_S_IFREG, e)
-        if self.opts.delete:
-            self.children.setdefault(head, set()).add(name)
-        self.rx.status[idx] = 1
-        self.rx.done_with(idx)
-        return True
+        The no-change rescan's common case is settled in this loop: a plain regular
+        file whose destination has the same size, time, mode and owners is done.
+        Anything else, or any doubt, goes through process(), which would do nothing
+        more for such a file: no request, no itemize line, no attribute change."""
+        tree = self.tree
+        if not self._quick:
+            for idx, e in enumerate(entries, base):
+                self.process(tree, idx, e)
+            return
+        rx = self.rx
+        opts = self.opts
+        perms, owner, group = opts.perms, opts.owner and meta.IS_ROOT, opts.group
+        uid, gid = rx.ids.uid, rx.ids.gid
+        children = self.children if opts.delete else None
+        keep = opts.hard_links  # else finished entries are dropped (Receiver.done_with)
+        status, all_entries = rx.status, rx.entries
+        dirfd, lstat = tree.dirfd, os.stat
+        done = size = 0
+        for idx, e in enumerate(entries, base):
+            mode = e.mode
+            if mode & _S_IFMT == _S_IFREG and e.enc is None and e.link < 0:
+                head, _, name = e.path.rpartition(b"/")
+                try:
+                    st = lstat(name, dir_fd=dirfd(head), follow_symlinks=False)
+                except OSError:
+                    st = None
+                if (st is not None and st.st_mode & _S_IFMT == _S_IFREG
+                        and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
+                        and st.st_size % cipher.UNIT
+                        and not (perms and (st.st_mode ^ mode) & 0o7777)
+                        and not (owner and uid(e.uid) != st.st_uid)
+                        and not (group and gid(e.gid) != st.st_gid)):
+                    done += 1
+                    size += e.size
+                    if children is not None:
+                        children.setdefault(head, set()).add(name)
+                    status[idx] = 1
+                    if not keep:
+                        all_entries[idx] = None
+                    continue
+            self.process(tree, idx, e)
+        if done:
+            files = rx.stats.files
+            files["reg"] = files.get("reg", 0) + done
+            rx.stats.total_size += size
 
     def finish(self) -> None:
         """The file list is complete: tell the sender no more requests will come."""

@@ -133,6 +133,11 @@ class Scanner:
         subdirs = []
         filters = self.filters if self.filters.rules else None
         entry = self._entry
+        opts = self.opts
+        # A regular file without xattrs is the common entry: built here in few steps
+        # (what _entry would build), unless the run wants xattrs, links or checksums.
+        quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
+        listxattr = os.listxattr
         for d in children:
             rel = prefix + d.name
             try:
@@ -150,6 +155,16 @@ class Scanner:
             if is_dir:
                 subdirs.append((rel, d.path, st))
                 continue
+            if quick and st.st_mode & _S_IFMT == _S_IFREG:
+                try:
+                    plain = not listxattr(d.path, follow_symlinks=False)
+                except OSError:
+                    plain = False  # _entry looks again and reports it
+                if plain:
+                    self.count += 1
+                    yield Entry(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid,
+                                st.st_gid, src=d.path)
+                    continue
             e = entry(rel, d.path, st)
             if e is not None:
                 yield e
