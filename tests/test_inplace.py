@@ -58,6 +58,19 @@ FEW = [BLOCK * 3, (16 << 20) + BLOCK * 10, (30 << 20), (50 << 20) + BLOCK]
 """Four changed blocks: two inside data runs, two inside holes."""
 
 
+def _mirrored_then_changed(tmp_path: Path, seed: int
+                           ) -> tuple[Path, Path, bytes, os.stat_result]:
+    """src/big synced to dst/big, then FEW of src's blocks changed: (src, dst, and the
+    destination copy's bytes and stat before any further run)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    _make_big(src / "big", seed)
+    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
+    old = (dst / "big").read_bytes(), os.stat(dst / "big")
+    _change(src / "big", FEW, seed + 1)
+    return src, dst, *old
+
+
 def _eventually(check, timeout: float = 20.0) -> bool:
     """Poll `check` until it holds or the deadline passes (a wait, not a timing check)."""
     deadline = time.monotonic() + timeout
@@ -91,11 +104,7 @@ def test_few_changed_blocks_update_the_file_in_place_like_rsync(tmp_path: Path,
 
 
 def test_literal_data_is_only_the_changed_blocks(tmp_path: Path) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    _make_big(src / "big", 3)
-    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
-    _change(src / "big", FEW, 4)
+    src, dst, _, _ = _mirrored_then_changed(tmp_path, 3)
     out = run_fscsync("-a", "--stats", f"{src}/", f"{dst}/", check=True, env=ENV)
     assert b"Literal data: 16,384 bytes" in out.stdout, out.stdout.decode()
     assert (dst / "big").read_bytes() == (src / "big").read_bytes()
@@ -104,14 +113,9 @@ def test_literal_data_is_only_the_changed_blocks(tmp_path: Path) -> None:
 @pytest.mark.parametrize("option, same_inode", [("--no-inplace", False), ("--inplace", True)])
 def test_options_choose_between_a_new_copy_and_the_old_inode(tmp_path: Path, option: str,
                                                              same_inode: bool) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    _make_big(src / "big", 5)
-    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
-    ino = os.stat(dst / "big").st_ino
-    _change(src / "big", FEW, 6)
+    src, dst, _, old_st = _mirrored_then_changed(tmp_path, 5)
     run_fscsync("-a", option, f"{src}/", f"{dst}/", check=True)
-    assert (os.stat(dst / "big").st_ino == ino) is same_inode
+    assert (os.stat(dst / "big").st_ino == old_st.st_ino) is same_inode
     assert (dst / "big").read_bytes() == (src / "big").read_bytes()
     assert _journals(dst) == [] and not temp_files_under(dst)
 
@@ -148,19 +152,14 @@ def test_a_mostly_changed_file_is_rebuilt_in_a_temp_file(tmp_path: Path) -> None
 def test_a_failed_update_leaves_the_file_untouched(tmp_path: Path) -> None:
     """Corrupted literals fail verification in place, then again when sent whole: the
     run ends with 23 and the destination keeps its old copy, inode and time."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    _make_big(src / "big", 11)
-    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
-    before = (dst / "big").read_bytes(), os.stat(dst / "big")
-    _change(src / "big", FEW, 12)
+    src, dst, old, old_st = _mirrored_then_changed(tmp_path, 11)
     out = run_fscsync("-a", f"{src}/", f"{dst}/", check=23,
                       env={**ENV, "FSCSYNC_FAULT_CORRUPT_LITERALS": "1"})
     assert_clean_stderr(out)
     assert b"failed verification -- sending it again whole" in out.stderr
     after = os.stat(dst / "big")
-    assert (dst / "big").read_bytes() == before[0]
-    assert (after.st_ino, after.st_mtime_ns) == (before[1].st_ino, before[1].st_mtime_ns)
+    assert (dst / "big").read_bytes() == old
+    assert (after.st_ino, after.st_mtime_ns) == (old_st.st_ino, old_st.st_mtime_ns)
     assert _journals(dst) == [] and not temp_files_under(dst)
 
 
@@ -230,11 +229,7 @@ def _journal_for(dst: Path, src: Path, offsets: list[int], commit: bool,
 
 def test_a_committed_journal_is_finished_by_the_next_run(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    _make_big(src / "big", 14)
-    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
-    _change(src / "big", FEW, 15)
+    src, dst, _, _ = _mirrored_then_changed(tmp_path, 14)
     _journal_for(dst, src, FEW, True, monkeypatch)
     assert (dst / "big").read_bytes() != (src / "big").read_bytes(), "the kill came too late"
     dry = run_fscsync("-an", f"{src}/", f"{dst}/", check=True, env=ENV)
@@ -249,12 +244,7 @@ def test_a_committed_journal_is_finished_by_the_next_run(tmp_path: Path,
 
 def test_an_uncommitted_journal_is_dropped(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    _make_big(src / "big", 16)
-    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
-    old = (dst / "big").read_bytes()
-    _change(src / "big", FEW, 17)
+    src, dst, old, _ = _mirrored_then_changed(tmp_path, 16)
     _journal_for(dst, src, FEW, False, monkeypatch)
     assert (dst / "big").read_bytes() == old
     out = run_fscsync("-a", "--stats", f"{src}/", f"{dst}/", check=True, env=ENV)
@@ -268,11 +258,7 @@ def test_a_journal_for_a_replaced_file_is_not_applied(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """After the kill the file was replaced (another tool renamed a new copy over it): the
     journal's inode no longer matches, so its blocks must not land in the new file."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    _make_big(src / "big", 18)
-    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
-    _change(src / "big", FEW, 19)
+    src, dst, _, _ = _mirrored_then_changed(tmp_path, 18)
     _journal_for(dst, src, FEW, True, monkeypatch)
     replacement = (dst / "big").read_bytes()[:BLOCK * 2]
     (dst / "new").write_bytes(replacement)
