@@ -81,7 +81,13 @@ class Entry:
 def encode_entries(entries: list[Entry]) -> bytes:
     """Pack entries into one FLIST frame payload."""
     out = bytearray()
+    head = _HEAD.pack
     for e in entries:
+        if (e.target is None and e.enc is None and not e.xattrs and e.link < 0
+                and e.checksum is None and not e.rdev and not e.enc_alt):  # the common entry
+            out += head(len(e.path), e.mode, e.size, e.mtime_ns, e.uid, e.gid, 0)
+            out += e.path
+            continue
         flags = 0
         if e.target is not None:
             flags |= F_TARGET
