@@ -1,5 +1,8 @@
 """One run from either end: the client starts its peer and plays sender or receiver;
-the server (`fscsync --server`) learns its role and paths from the setup frame."""
+the server (`fscsync --server`) learns its role and paths from the setup frame.
+
+Sender and receiver (most of the engine's import time) are imported when a run
+needs them: a client starts ssh first and imports them while it connects."""
 
 from __future__ import annotations
 
@@ -11,12 +14,14 @@ from fscsync.endpoint import Endpoint
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.options import Options
 from fscsync.protocol import Channel, PeerClosed
-from fscsync.receiver import Receiver
 from fscsync.record import Record
 from fscsync.report import Reporter
-from fscsync.sender import Sender
 from fscsync.stats import Stats
 from fscsync.transport import fork_server, remote_command, spawn
+
+TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
+if TYPE_CHECKING:
+    from fscsync.sender import Sender
 
 
 class FrameReporter(Reporter):
@@ -92,7 +97,10 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
     started = time.monotonic()
     if p.peer is not None:
         peer = spawn(remote_command(p.peer, rsh, remote_program))
-    else:
+    from fscsync.receiver import Receiver  # noqa: F401  (after ssh starts, before a fork)
+    from fscsync.sender import Sender
+
+    if p.peer is None:
         peer = fork_server(run_server)
     chan = Channel(peer.rfd, peer.wfd)
     on_control = control_handler(reporter, p.peer.host if p.peer is not None else None)
@@ -163,6 +171,8 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
             final = protocol.load_json(payload)
             stats.merge(Stats.from_wire(final.get("stats", {})))
             return stats, int(final.get("exit_code", 0))
+    from fscsync.receiver import Receiver  # imported already by run_client
+
     rx = Receiver(chan, opts, reporter, p.dest, item_dir, on_control)
     stats = rx.run()
     peer_code = 0
@@ -180,6 +190,9 @@ def _within(path: bytes, root: bytes) -> bool:
 
 
 def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> int:
+    from fscsync.receiver import Receiver
+    from fscsync.sender import Sender
+
     chan = Channel(rfd, wfd)
     reporter = FrameReporter(chan)
     try:
