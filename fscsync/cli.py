@@ -55,7 +55,7 @@ def _server_args(args: list[str]) -> tuple[bool, str | None]:
 def _main(args: list[str]) -> int:
     server, restrict_to = _server_args(args)
     if not server:
-        from fscsync.argv import build_parser
+        from fscsync.argv import build_parser, options_from
 
         parser = build_parser()
         ns = parser.parse_args(args)
@@ -64,7 +64,6 @@ def _main(args: list[str]) -> int:
         from fscsync.session import run_server
 
         return run_server(restrict_to=os.fsencode(restrict_to) if restrict_to else None)
-    from fscsync.argv import options_from
     from fscsync.endpoint import parse_endpoint
     from fscsync.progress import ConsoleReporter
     from fscsync.stats import format_stats

@@ -140,7 +140,8 @@ class Generator:
             self.process(tree, idx, e)
         if done:
             files = rx.stats.files
-            files["reg"] = files.get("reg", 0) + done
+            kind = itemize.kind_name(_S_IFREG)
+            files[kind] = files.get(kind, 0) + done
             rx.stats.total_size += size
 
     def finish(self) -> None:

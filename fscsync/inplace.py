@@ -61,11 +61,10 @@ def is_journal_name(name: bytes) -> bool:
 class Update:
     """One file being updated in place: the target stays untouched until `apply`."""
 
-    def __init__(self, dirfd: int, name: bytes, fd: int, jfd: int):
+    def __init__(self, dirfd: int, fd: int, jname: bytes, jfd: int):
         self.dirfd = dirfd
-        self.name = name
         self.fd = fd  # the target, open read-write
-        self.jname = journal_name(name)
+        self.jname = jname
         self.jfd = jfd
         self.jpos = 0
         self.hasher = xxhash.xxh3_128()
@@ -89,12 +88,13 @@ class Update:
                     or (differ is not None and differ * MAX_CHANGED > st.st_size)):
                 os.close(fd)
                 return None
-            jfd = os.open(journal_name(name), os.O_RDWR | os.O_CREAT | os.O_EXCL
-                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+            jname = journal_name(name)
+            jfd = os.open(jname, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
         except OSError:
             os.close(fd)
             return None
-        update = cls(dirfd, name, fd, jfd)
+        update = cls(dirfd, fd, jname, jfd)
         try:
             update._append(_HEAD.pack(_MAGIC, st.st_ino, len(name)) + name)
         except OSError:

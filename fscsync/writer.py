@@ -175,17 +175,18 @@ class Writer:
         try:
             if p.fd is None:
                 self._open_temp(p)
-            st = os.fstat(p.fd)
-            if p.update is None and st.st_size != size:  # fstat is far cheaper than a truncate
-                os.ftruncate(p.fd, size)
-                st = os.fstat(p.fd)
             if p.update is not None:
-                got = p.update.digest(size)
-            elif p.sequential and p.hash_pos <= size:
-                self._hash_gap(p, size, 0, b"")
-                got = p.hasher.digest()
+                got = p.update.digest(size)  # the file itself changes only once verified
             else:
-                got = self._digest_result(p, size)
+                st = os.fstat(p.fd)
+                if st.st_size != size:  # fstat is far cheaper than a truncate
+                    os.ftruncate(p.fd, size)
+                    st = os.fstat(p.fd)
+                if p.sequential and p.hash_pos <= size:
+                    self._hash_gap(p, size, 0, b"")
+                    got = p.hasher.digest()
+                else:
+                    got = self._digest_result(p, size)
         except OSError as exc:
             self._discard(p)
             rx.os_fail(idx, "write of", exc)
