@@ -32,6 +32,20 @@ def check_path(path: bytes) -> None:
         raise ProtocolError(f"unsafe path in file list: {path[:100]!r}")
 
 
+def check_paths(paths: list[bytes]) -> None:
+    """check_path for a file-list batch, in a few scans instead of a match per path.
+
+    Between the slashes of "/" + "/".join(paths) + "/" lie exactly the components of
+    all the paths, so a bad path (empty, absolute, ending in "/", or with an empty,
+    "." or ".." component) shows there as "//", "/./" or "/../", and good ones never
+    do. Any finding, or the root "." itself, goes through check_path one by one."""
+    joined = b"/" + b"/".join(paths) + b"/"
+    if (b"//" in joined or b"/./" in joined or b"/../" in joined or b"\0" in joined
+            or max(map(len, paths), default=0) > 4096):
+        for path in paths:
+            check_path(path)
+
+
 _random = bytearray()
 os.register_at_fork(after_in_child=_random.clear)  # a forked peer draws its own
 

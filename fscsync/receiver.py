@@ -17,7 +17,7 @@ import threading
 from collections import deque
 
 from fscsync import errors, protocol
-from fscsync.destfs import DestTree, check_path
+from fscsync.destfs import DestTree, check_paths
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.finalize import Finalizer
 from fscsync.flist import Entry, unpack_batch
@@ -124,9 +124,9 @@ class Receiver:
     def _add_entries(self, batch: list[Entry]) -> None:
         dir_paths = self.dir_paths
         count = len(self.entries)
+        check_paths([e.path for e in batch])
         for e in batch:
             path = e.path
-            check_path(path)
             fmt = e.mode & 0o170000
             if path == b".":
                 if fmt != stat.S_IFDIR or self.root_seen:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import operator
 import os
 import stat
 from collections.abc import Iterator
@@ -35,10 +34,10 @@ def split_source(src: bytes) -> tuple[bytes, bytes | None]:
     return head or b".", name
 
 
-_by_name = operator.attrgetter("name")
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFREG = stat.S_IFREG
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class Scanner:
@@ -55,8 +54,19 @@ class Scanner:
         self._keyless: bool | None = None
         self._root_starts: list[int] = []
         self._roots: list[tuple[bytes, bytes]] = []
+        # A regular file without xattrs is the common entry: built in few steps in
+        # _walk (what _entry would build), unless the run wants xattrs, links or sums.
+        self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
+        self._home = -1
 
     def scan(self, sources: list[bytes]) -> Iterator[Entry]:
+        self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
+        try:
+            yield from self._scan_sources(sources)
+        finally:
+            os.close(self._home)
+
+    def _scan_sources(self, sources: list[bytes]) -> Iterator[Entry]:
         for src in sources:
             base, name = split_source(src)
             if name is None:
@@ -125,47 +135,36 @@ class Scanner:
 
     def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[Entry]:
         try:
-            with os.scandir(dirpath) as it:
-                children = sorted(it, key=_by_name)
+            names, stats, plain = self._list(dirpath)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
             return
         subdirs = []
         filters = self.filters if self.filters.rules else None
         entry = self._entry
-        opts = self.opts
-        # A regular file without xattrs is the common entry: built here in few steps
-        # (what _entry would build), unless the run wants xattrs, links or checksums.
-        quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
-        listxattr = os.listxattr
-        for d in children:
-            rel = prefix + d.name
-            try:
-                st = d.stat(follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    self.reporter.error(f'file has vanished: "{escape(d.path)}"',
+        sep = b"/" if not dirpath.endswith(b"/") else b""
+        for name, st, bare in zip(names, stats, plain, strict=True):
+            rel = prefix + name
+            path = dirpath + sep + name
+            if type(st) is not os.stat_result:
+                if st.errno == errno.ENOENT:
+                    self.reporter.error(f'file has vanished: "{escape(path)}"',
                                         errors.VANISHED)
                 else:
-                    self._fail(d.path, "readlink_stat", exc)
+                    self._fail(path, "readlink_stat", st)
                 continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
             if filters is not None and filters.excluded(rel, is_dir):
                 continue
             if is_dir:
-                subdirs.append((rel, d.path, st))
+                subdirs.append((rel, path, st))
                 continue
-            if quick and st.st_mode & _S_IFMT == _S_IFREG:
-                try:
-                    plain = not listxattr(d.path, follow_symlinks=False)
-                except OSError:
-                    plain = False  # _entry looks again and reports it
-                if plain:
-                    self.count += 1
-                    yield Entry(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid,
-                                st.st_gid, src=d.path)
-                    continue
-            e = entry(rel, d.path, st)
+            if bare:
+                self.count += 1
+                yield Entry(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid,
+                            st.st_gid, src=path)
+                continue
+            e = entry(rel, path, st)
             if e is not None:
                 yield e
         for rel, path, st in subdirs:
@@ -175,6 +174,42 @@ class Scanner:
             yield e
             if self.opts.recursive:
                 yield from self._walk(path, rel + b"/")
+
+    def _list(self, dirpath: bytes) -> tuple[list[bytes], list, list[bool]]:
+        """The sorted names in a directory, the lstat of each (or the OSError it gave),
+        and whether each is a regular file with no xattrs at all (asked only on the
+        quick path; such a file cannot be encrypted).
+
+        The calls are made from inside the directory with bare names, as rsync walks:
+        a lookup of one component instead of the whole path, a fifth of a no-change
+        sender's system time. The working directory is back where it was before this
+        returns, so nothing else ever sees it moved; the one thread that runs beside a
+        scan (Sender.scan_ahead's caller) uses no relative paths meanwhile."""
+        fd = os.open(dirpath, _DIR_FLAGS)
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
+        try:
+            names = sorted(os.listdir(b"."))
+            stats: list = []
+            plain = [False] * len(names)
+            lstat, listxattr, quick = os.lstat, os.listxattr, self._quick
+            for i, name in enumerate(names):
+                try:
+                    st = lstat(name)
+                except OSError as exc:
+                    stats.append(exc)
+                    continue
+                stats.append(st)
+                if quick and st.st_mode & _S_IFMT == _S_IFREG:
+                    try:
+                        plain[i] = not listxattr(name, follow_symlinks=False)
+                    except OSError:
+                        pass  # _entry looks again and reports it
+        finally:
+            os.fchdir(self._home)
+        return names, stats, plain
 
     def _entry(self, rel: bytes, path: bytes, st: os.stat_result) -> Entry | None:
         """Build one entry, or None when this run skips that kind of file."""

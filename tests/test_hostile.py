@@ -42,6 +42,8 @@ from support.treecmp import diff, snapshot
 
 from fscsync import delta, protocol
 from fscsync import flist as flist_module
+from fscsync.destfs import check_path, check_paths
+from fscsync.errors import ProtocolError
 from fscsync.flist import F_LINK, F_TARGET, F_XATTRS, MAX_XATTRS, Entry, encode_entries
 
 STREAM = 12
@@ -250,6 +252,31 @@ def test_dotdot_component_is_refused(sb: Sandbox, path: bytes) -> None:
 def test_empty_or_dot_component_is_refused(sb: Sandbox, path: bytes) -> None:
     result = play(sb, [flist(root(), Entry(b"sub", DIR, 0, T_OLD), reg(path, b"x"))])
     assert_refused(result, sb, "unsafe path")
+
+
+UNSAFE_PATHS = [b"..", b"../x", b"a/../b", b"a/..", b"./x", b"a/./b", b"a/.", b"/",
+                b"/a", b"a/", b"a//b", b"", b"x\x00y", b"\x00", b"a" * 4097]
+SAFE_NAMES = [b"...", b".a", b"a.", b"..b", b"b..", b"a/.../b", b"a/.b/c.", b"x" * 4096]
+
+
+@pytest.mark.parametrize("bad", UNSAFE_PATHS, ids=repr)
+def test_batch_path_check_refuses_what_the_single_check_does(bad: bytes) -> None:
+    """The receiver checks a file-list batch at once; a bad path anywhere in it, between
+    good ones, is refused with that path in the message, as check_path refuses it."""
+    with pytest.raises(ProtocolError, match="unsafe path"):
+        check_path(bad)
+    batch = [b"d/f%d" % i for i in range(50)] + [bad] + SAFE_NAMES
+    with pytest.raises(ProtocolError, match="unsafe path") as refused:
+        check_paths(batch)
+    assert repr(bad[:100]) in str(refused.value)
+
+
+def test_batch_path_check_passes_good_names_and_the_root() -> None:
+    for path in SAFE_NAMES:
+        check_path(path)
+    check_paths(SAFE_NAMES)
+    check_paths([b".", *SAFE_NAMES])
+    check_paths([])
 
 
 @pytest.mark.parametrize("path", [b"x\x00y", b"sub\x00/../../outside/pwned", b"\x00"])

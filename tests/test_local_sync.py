@@ -26,6 +26,9 @@ from support.treecmp import assert_same_tree, snapshot
 from support.trees import FOREIGN_GID, FOREIGN_UID, make_rich_tree, pattern, set_times, write
 
 from fscsync.inplace import is_journal_name
+from fscsync.options import Options
+from fscsync.report import Reporter
+from fscsync.scan import Scanner
 
 Proc = subprocess.CompletedProcess[bytes]
 
@@ -458,6 +461,41 @@ def test_odd_names_round_trip_and_print_escaped(tmp_bytes: bytes) -> None:
     out = runs.fscsync.stdout.decode("ascii")    # only escaped ASCII is printed
     assert "caf\\#351" in out and "new\\#012line" in out and "dir\\#377/inner\\#012" in out
     assert "back\\#134#351" in out
+
+
+class _Collect(Reporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, kind: str, message: str, length: int | None = None) -> None:
+        self.lines.append(f"{kind}: {message}")
+
+
+def test_scan_lists_from_inside_each_directory_and_comes_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk lstats bare names from inside each directory, and is back in the caller's
+    working directory whenever it hands out an entry: relative sources still name the
+    files, and the caller's own relative paths still work between entries."""
+    make_rich_tree(tmp_path / "src")
+    odd = os.path.join(bytes(tmp_path / "src"), b"dir\xff")
+    os.mkdir(odd)
+    write(os.path.join(odd, b"in\nner"), b"x")
+    monkeypatch.chdir(tmp_path)
+    reporter = _Collect()
+    scanner = Scanner(Options(recursive=True, links=True, devices=True, specials=True),
+                      reporter)
+    seen = set()
+    for e in scanner.scan([b"src/"]):
+        assert os.getcwd() == str(tmp_path)
+        assert os.path.lexists(e.src), e.src
+        assert e.src == (b"src/" + e.path if e.path != b"." else b"src")
+        seen.add(e.path)
+    expected = {b"."}
+    for top, dirs, files in os.walk(b"src"):
+        expected |= {os.path.relpath(os.path.join(top, n), b"src") for n in dirs + files}
+    assert seen == expected
+    assert reporter.lines == []
 
 
 def test_file_and_directory_swap_places(tmp_path: Path) -> None:
