@@ -327,7 +327,8 @@ class Generator:
         changes = self._attr_changes(e, st, Target(pfd, name))
         if changes:
             self._item(".", e, changes)
-        self._scan_existing(tree, e)
+        if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
+            self._scan_existing(tree, e)
 
     def _new_dir(self, idx: int, e: Entry, pfd: int, name: bytes, make: bool) -> None:
         """A directory that is new at the destination (made here unless it exists
@@ -376,7 +377,15 @@ class Generator:
     def _scan_existing(self, tree: DestTree, e: Entry) -> None:
         """List an existing destination directory once: clean up temp files a killed
         run left behind, finish its committed in-place updates, and remember the
-        names for --delete."""
+        names for --delete.
+
+        Without --delete, a directory whose time still equals the source's is not
+        listed (a tenth of a no-change run's receiver time): making a temp file or a
+        journal in it set its time to that moment, and a killed run never gets as far
+        as setting it back. What such a directory can still hold is what a finished
+        run failed to remove: litter, or the committed journal of an update that
+        failed half applied, whose file then carries the time of those writes and is
+        sent again; only --size-only could miss that, and it lists."""
         rel = self.rx.rel_dir(e)
         try:
             fd = tree.dirfd(rel)

@@ -540,6 +540,23 @@ def test_leftover_temp_files_are_removed(tmp_path: Path) -> None:
     t.assert_same()
 
 
+@pytest.mark.parametrize("flags", [[], ["--delete"], ["--size-only"]],
+                         ids=["plain", "delete", "size-only"])
+def test_directory_with_the_source_time_is_not_listed(tmp_path: Path, flags: list[str]) -> None:
+    """A directory whose time equals the source's had no entry made in it since that time
+    was set, so a plain run does not list it: temp-named litter put there without
+    changing the time stays (the killed run in the tests above always changes it).
+    --delete and --size-only list every directory and remove it."""
+    t = _synced(tmp_path)
+    sub = t.f / "dst/sub"
+    fresh_temp(sub, b"gone-file")
+    os.utime(sub, ns=(os.stat(t.src / "sub").st_atime_ns, os.stat(t.src / "sub").st_mtime_ns))
+    t.fscsync("-a", *flags, f"{t.src}/", "@D/dst")
+    left = temp_files_under(t.f)
+    assert (left == []) == bool(flags), left
+    assert os.stat(sub).st_mtime_ns == os.stat(t.src / "sub").st_mtime_ns
+
+
 def test_killed_run_keeps_old_copy_and_next_run_cleans_up(tmp_path: Path) -> None:
     t = _synced(tmp_path)
     old = (t.f / "dst/sub/b.bin").read_bytes()
