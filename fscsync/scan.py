@@ -11,6 +11,7 @@ import bisect
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 
 from fscsync import cipher, errors, meta
@@ -180,35 +181,43 @@ class Scanner:
         and whether each is a regular file with no xattrs at all (asked only on the
         quick path; such a file cannot be encrypted).
 
-        The calls are made from inside the directory with bare names, as rsync walks:
-        a lookup of one component instead of the whole path, a fifth of a no-change
-        sender's system time. The working directory is back where it was before this
-        returns, so nothing else ever sees it moved; the one thread that runs beside a
-        scan (Sender.scan_ahead's caller) uses no relative paths meanwhile."""
-        fd = os.open(dirpath, _DIR_FLAGS)
+        A process with no other thread makes the calls from inside the directory, with
+        bare names, as rsync walks: a lookup of one component instead of the whole
+        path, a fifth of a no-change sender's system time. The working directory is
+        back before this returns, so nothing else sees it moved. With other threads
+        running (a scan ahead of the connection, a progress display) the calls take
+        whole paths: another thread could resolve a relative path meanwhile, an import
+        through a relative sys.path entry among them."""
+        alone = threading.active_count() == 1
+        if alone:
+            fd = os.open(dirpath, _DIR_FLAGS)
+            try:
+                os.fchdir(fd)
+            finally:
+                os.close(fd)
+            where, base = b".", b""
+        else:
+            where, base = dirpath, dirpath if dirpath.endswith(b"/") else dirpath + b"/"
         try:
-            os.fchdir(fd)
-        finally:
-            os.close(fd)
-        try:
-            names = sorted(os.listdir(b"."))
+            names = sorted(os.listdir(where))
             stats: list = []
             plain = [False] * len(names)
             lstat, listxattr, quick = os.lstat, os.listxattr, self._quick
             for i, name in enumerate(names):
                 try:
-                    st = lstat(name)
+                    st = lstat(base + name)
                 except OSError as exc:
                     stats.append(exc)
                     continue
                 stats.append(st)
                 if quick and st.st_mode & _S_IFMT == _S_IFREG:
                     try:
-                        plain[i] = not listxattr(name, follow_symlinks=False)
+                        plain[i] = not listxattr(base + name, follow_symlinks=False)
                     except OSError:
                         pass  # _entry looks again and reports it
         finally:
-            os.fchdir(self._home)
+            if alone:
+                os.fchdir(self._home)
         return names, stats, plain
 
     def _entry(self, rel: bytes, path: bytes, st: os.stat_result) -> Entry | None:

@@ -52,7 +52,6 @@ class Sender:
         self.on_control = on_control
         self._parked: dict[int, _Parked] = {}
         self._ahead = None  # the scan-ahead queue, when a thread scans (scan_ahead)
-        self._single: bool | None = None
 
     def run(self) -> Stats:
         self.send_flist()
@@ -79,9 +78,6 @@ class Sender:
         import threading
 
         ahead: queue.Queue = queue.Queue(maxsize=SCAN_AHEAD_FRAMES)
-        # Looked up now: the scan moves the working directory while it lists one, and
-        # this takes a path relative to it.
-        self._single = self._single_file()
 
         def scan() -> None:
             try:
@@ -95,8 +91,7 @@ class Sender:
 
     def send_flist(self) -> None:
         chan = self.chan
-        single = self._single if self._single is not None else self._single_file()
-        protocol.send_json(chan, protocol.FLIST_START, {"single_file": single})
+        protocol.send_json(chan, protocol.FLIST_START, {"single_file": self._single_file()})
         if self._ahead is None:
             self._scan(self._send_frame)
         else:

@@ -19,6 +19,9 @@ from fscsync.report import Reporter
 from fscsync.stats import Stats
 from fscsync.transport import fork_server, remote_command, spawn
 
+LAST_WORDS_S = 5.0
+"""How long a client waits for the reason a peer closed the connection."""
+
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
     from fscsync.sender import Sender
@@ -112,7 +115,10 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
     try:
         stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control, sender)
     except PeerClosed as exc:
-        status = peer.close()
+        try:
+            _last_words(chan, on_control)
+        finally:
+            status = peer.close()
         if p.peer is not None and status == 255:
             raise FscsyncError("connection unexpectedly closed (ssh exited with 255)",
                                errors.SSH) from None
@@ -130,6 +136,17 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
         code = status if 0 < status < 256 else errors.IPC
     return Outcome(code, stats, chan.bytes_sent, chan.bytes_received,
                    time.monotonic() - started)
+
+
+def _last_words(chan: Channel, on_control) -> None:
+    """A peer that stopped may have said why just before: a write that met its closed
+    pipe leaves those frames unread. They go to on_control, which raises the peer's
+    fatal error (with its exit code) in place of "connection closed"."""
+    try:
+        while True:
+            on_control(*chan.recv(timeout=LAST_WORDS_S))
+    except ProtocolError:  # the end of the stream (PeerClosed), or silence
+        return
 
 
 def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,

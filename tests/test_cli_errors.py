@@ -173,6 +173,41 @@ def test_unusable_destination(tmp_path: Path, dest: str, code: int) -> None:
     t.assert_same()
 
 
+GIVES_UP_AFTER_FLIST_START = """
+from fscsync import protocol
+chan = protocol.Channel(0, 1)
+protocol.send_hello(chan, "server")
+protocol.recv_hello(chan, "client")
+chan.recv()
+chan.send(protocol.READY)
+chan.flush()
+assert chan.recv()[0] == protocol.FLIST_START
+protocol.send_json(chan, protocol.FATAL, {"msg": "no room for it here", "code": 11})
+chan.flush()
+"""
+
+
+def test_peer_reason_wins_over_the_broken_pipe(tmp_path: Path) -> None:
+    """A receiver that gives up (says why, and exits) while the sender still writes a
+    file list bigger than a pipe holds: the sender's next write meets the closed pipe,
+    and the user still sees the receiver's reason and exit code, not "connection
+    closed by the other side" (exit 12)."""
+    src = tmp_path / "src"
+    for d in range(10):
+        (src / f"d{d}").mkdir(parents=True)
+        for _ in range(1000):
+            (src / f"d{d}" / os.urandom(12).hex()).touch()
+    fake = tmp_path / "fake-receiver.py"
+    fake.write_text(GIVES_UP_AFTER_FLIST_START)
+    rsh = tmp_path / "rsh"
+    rsh.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
+    rsh.chmod(0o755)
+    proc = run_fscsync("-a", "-e", str(rsh), f"{src}/", "host:dst/",
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 11, proc.stderr
+    assert_one_clear_line(proc, "no room for it here")
+
+
 @pytest.fixture
 def readonly_mount(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "ro"

@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -463,6 +464,17 @@ def test_odd_names_round_trip_and_print_escaped(tmp_bytes: bytes) -> None:
     assert "back\\#134#351" in out
 
 
+EVERY_KIND = Options(recursive=True, links=True, devices=True, specials=True)
+
+
+def _walked(root: bytes) -> set[bytes]:
+    """Every path under root, relative to it, and "." for root itself."""
+    found = {b"."}
+    for top, dirs, files in os.walk(root):
+        found |= {os.path.relpath(os.path.join(top, n), root) for n in dirs + files}
+    return found
+
+
 class _Collect(Reporter):
     def __init__(self) -> None:
         super().__init__()
@@ -483,19 +495,40 @@ def test_scan_lists_from_inside_each_directory_and_comes_back(
     write(os.path.join(odd, b"in\nner"), b"x")
     monkeypatch.chdir(tmp_path)
     reporter = _Collect()
-    scanner = Scanner(Options(recursive=True, links=True, devices=True, specials=True),
-                      reporter)
+    scanner = Scanner(EVERY_KIND, reporter)
     seen = set()
     for e in scanner.scan([b"src/"]):
         assert os.getcwd() == str(tmp_path)
         assert os.path.lexists(e.src), e.src
         assert e.src == (b"src/" + e.path if e.path != b"." else b"src")
         seen.add(e.path)
-    expected = {b"."}
-    for top, dirs, files in os.walk(b"src"):
-        expected |= {os.path.relpath(os.path.join(top, n), b"src") for n in dirs + files}
-    assert seen == expected
+    assert seen == _walked(b"src")
     assert reporter.lines == []
+
+
+def test_scan_beside_another_thread_keeps_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With another thread running, the walk takes whole paths and never moves the
+    working directory, which that thread may be using (a scan ahead of the connection
+    runs beside the thread that talks to the peer)."""
+    make_rich_tree(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(os.getcwd())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        paths = {e.path for e in Scanner(EVERY_KIND, _Collect()).scan([b"src/"])}
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == {str(tmp_path)}
+    assert paths == _walked(b"src")
 
 
 def test_file_and_directory_swap_places(tmp_path: Path) -> None:
