@@ -62,7 +62,6 @@ REPO = HERE.parent
 DEFAULT_WORKDIR = "/var/tmp/fscsync-bench"
 GNU_TIME = "/usr/bin/time"
 SAMPLE_INTERVAL = 0.02
-EXT4_RECENT_S = 5.5
 PSS_EVERY = 5
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 TOOLS = ("fscsync", "rsync")
@@ -556,18 +555,26 @@ def rm_rf(path: str) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", path], check=True)
 
 
-def remove_and_settle(path: str) -> None:
-    """Remove a destination, then wait until ext4 may reuse its inodes.
+def set_aside(path: str, trash: str) -> None:
+    """Move a destination out of the way (untimed) so that the next run builds it afresh;
+    the scenario deletes what it set aside once its runs are over.
 
-    ext4 will not hand out an inode freed in the last 5 s (300 s while its table
-    block is dirty): each allocation walks past every such inode, one buffer lookup
-    apiece. A run creating 10,000 files right after 10,000 were deleted spent 4-6 s
-    of system time in that walk (find_inode_bit/recently_deleted in `perf`),
-    whichever tool it was; after a sync and 5 s the walk is gone."""
+    Deleting it here would slow the next run's file creation, whichever tool it is:
+    ext4 will not hand out an inode freed in the last 30 s, or 5.5 minutes while its
+    inode-table block awaits the journal checkpoint (as it does even after `sync`),
+    and each allocation in the block group walks past every such inode with one buffer
+    lookup (recently_deleted and find_get_block_common in `perf`). 10,000 files made
+    next to the 10,000 the previous rep had just deleted took 3 to 9 s, against 0.4 s
+    in a fresh group."""
     if os.path.lexists(path):
-        rm_rf(path)
+        os.makedirs(trash, exist_ok=True)
+        os.rename(path, os.path.join(trash, f"{len(os.listdir(trash))}"))
+
+
+def empty_trash(trash: str) -> None:
+    if os.path.lexists(trash):
+        rm_rf(trash)
         os.sync()
-        time.sleep(EXT4_RECENT_S)
 
 
 class Scenario:
@@ -644,7 +651,7 @@ class InitialCopy(Scenario):
     warm-up's result is compared with the source."""
 
     def reset(self, tool: Tool) -> None:
-        remove_and_settle(self.dest(tool))
+        set_aside(self.dest(tool), self.b.path("trash"))
 
     def verify(self, tool: Tool, run: Run) -> list[str]:
         return compare_trees(self.src, self.dest(tool))
@@ -869,17 +876,18 @@ def select(only: str | None) -> list[type[Scenario]]:
 # --------------------------------------------------------------------------- space
 
 
-def space_needed(cfg: Config, chosen: list[type[Scenario]]) -> int:
-    """A generous estimate of the bytes the chosen scenarios put on disk."""
+def space_needed(cfg: Config, chosen: list[type[Scenario]], reps: int) -> int:
+    """A generous estimate of the bytes the chosen scenarios put on disk (S1 and S4a
+    keep every run's copy until their last run, see set_aside)."""
     small = cfg.small_files * 8 * KiB + cfg.small_dirs * 4 * KiB
     keys = {s.key for s in chosen}
     need = 0
     if keys & {"S1", "S2a", "S4a", "S4b"}:
         need += cfg.big + small  # the S1 source tree
     if keys & {"S1", "S2a"}:
-        need += 2 * (cfg.big + small)
+        need += 2 * (cfg.big + small) * (reps + 1 if "S1" in keys else 1)
     if keys & {"S4a", "S4b"}:
-        need += 2 * small
+        need += 2 * small * (reps + 1 if "S4a" in keys else 1)
     if "S2b" in keys:
         need += 3 * (cfg.many_files * 8 * KiB + cfg.many_dirs * 4 * KiB)
     if "S3" in keys:
@@ -889,13 +897,13 @@ def space_needed(cfg: Config, chosen: list[type[Scenario]]) -> int:
     return int(need * 1.05) + 256 * MiB
 
 
-def check_space(cfg: Config, chosen: list[type[Scenario]], work: str) -> None:
+def check_space(cfg: Config, chosen: list[type[Scenario]], reps: int, work: str) -> None:
     parent = work
     while not os.path.exists(parent):
         parent = os.path.dirname(parent) or "/"
     usage = shutil.disk_usage(parent)
     reusable = trees.disk_usage(work)
-    need = space_needed(cfg, chosen)
+    need = space_needed(cfg, chosen, reps)
     print(f"workdir {work}: needs about {human(need)}; {human(usage.free)} free"
           + (f" + {human(reusable)} already there from a --keep run" if reusable else ""))
     if need > usage.free + reusable:
@@ -1134,6 +1142,8 @@ def run_scenario(bench: Bench, cls: type[Scenario], reps: int,
         traceback.print_exc()
         out.failed = True
         out.notes.append(f"harness error: {type(exc).__name__}: {exc}")
+    finally:
+        empty_trash(bench.path("trash"))
     for note in dict.fromkeys(out.notes):
         print(f"   note: {note}")
     return out
@@ -1394,7 +1404,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or cfg.reps
     chosen = select(args.only)
     work = os.path.join(os.path.abspath(args.workdir), cfg.name)
-    check_space(cfg, chosen, work)
+    check_space(cfg, chosen, reps, work)
     os.makedirs(work, exist_ok=True)
     hook_dir = None
     if args.profile:

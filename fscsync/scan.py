@@ -60,14 +60,16 @@ class Scanner:
         self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
         self._home = -1
 
-    def scan(self, sources: list[bytes]) -> Iterator[Entry]:
+    def scan(self, sources: list[bytes]) -> Iterator[list[Entry]]:
+        """The entries of the sources in file-list order, a run at a time (a directory's
+        files come in one list): the caller's per-entry work stays in its own loop."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
             yield from self._scan_sources(sources)
         finally:
             os.close(self._home)
 
-    def _scan_sources(self, sources: list[bytes]) -> Iterator[Entry]:
+    def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry]]:
         for src in sources:
             base, name = split_source(src)
             if name is None:
@@ -90,7 +92,7 @@ class Scanner:
         self.io_error = True
         self.reporter.error(f'{what} "{escape(path)}" failed: {exc.strerror} ({exc.errno})', code)
 
-    def _scan_contents(self, src: bytes, base: bytes) -> Iterator[Entry]:
+    def _scan_contents(self, src: bytes, base: bytes) -> Iterator[list[Entry]]:
         try:
             st = os.stat(base)
         except OSError as exc:
@@ -104,10 +106,10 @@ class Scanner:
             return
         root = self._entry(b".", base, st) if self._first(b".") else None
         if root is not None:
-            yield root
+            yield [root]
         yield from self._walk(base, b"")
 
-    def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[Entry]:
+    def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry]]:
         full = src.rstrip(b"/")
         try:
             st = os.lstat(full)
@@ -124,7 +126,7 @@ class Scanner:
         entry = self._entry(name, full, st)
         if entry is None:
             return
-        yield entry
+        yield [entry]
         if entry.is_dir and self.opts.recursive:
             yield from self._walk(full, name + b"/")
 
@@ -134,13 +136,15 @@ class Scanner:
         self._seen.add(path)
         return True
 
-    def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[Entry]:
+    def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[list[Entry]]:
         try:
             names, stats, plain = self._list(dirpath)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
             return
         subdirs = []
+        files: list[Entry] = []
+        add = files.append
         filters = self.filters if self.filters.rules else None
         entry = self._entry
         sep = b"/" if not dirpath.endswith(b"/") else b""
@@ -162,17 +166,19 @@ class Scanner:
                 continue
             if bare:
                 self.count += 1
-                yield Entry(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid,
-                            st.st_gid, src=path)
+                add(Entry(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
+                          src=path))
                 continue
             e = entry(rel, path, st)
             if e is not None:
-                yield e
+                add(e)
+        if files:
+            yield files
         for rel, path, st in subdirs:
             e = entry(rel, path, st)
             if e is None:
                 continue
-            yield e
+            yield [e]
             if self.opts.recursive:
                 yield from self._walk(path, rel + b"/")
 

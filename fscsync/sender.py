@@ -120,21 +120,24 @@ class Sender:
         size = 0
         owners = self.opts.owner and not self.opts.numeric_ids
         groups_named = self.opts.group and not self.opts.numeric_ids
-        for e in self.scanner.scan(self.sources):
-            if owners and e.uid not in users:
-                users.add(e.uid)
-                self._name(emit, b"u", e.uid)
-            if groups_named and e.gid not in groups:
-                groups.add(e.gid)
-                self._name(emit, b"g", e.gid)
-            batch.append(e)
-            size += len(e.path) + 48
-            if e.enc is not None or e.target is not None or e.xattrs:
-                size += len(e.enc or b"") + len(e.target or b"") + sum(
-                    len(n) + len(v) + 5 for n, v in e.xattrs or ())
-            if size >= FLIST_BATCH:
-                emit(protocol.FLIST, self._pack(batch))
-                batch, size = [], 0
+        for run in self.scanner.scan(self.sources):
+            if owners:
+                for uid in {e.uid for e in run}.difference(users):
+                    users.add(uid)
+                    self._name(emit, b"u", uid)
+            if groups_named:
+                for gid in {e.gid for e in run}.difference(groups):
+                    groups.add(gid)
+                    self._name(emit, b"g", gid)
+            for e in run:
+                batch.append(e)
+                size += len(e.path) + 48
+                if e.enc is not None or e.target is not None or e.xattrs:
+                    size += len(e.enc or b"") + len(e.target or b"") + sum(
+                        len(n) + len(v) + 5 for n, v in e.xattrs or ())
+                if size >= FLIST_BATCH:
+                    emit(protocol.FLIST, self._pack(batch))
+                    batch, size = [], 0
         if batch:
             emit(protocol.FLIST, self._pack(batch))
 

@@ -497,11 +497,12 @@ def test_scan_lists_from_inside_each_directory_and_comes_back(
     reporter = _Collect()
     scanner = Scanner(EVERY_KIND, reporter)
     seen = set()
-    for e in scanner.scan([b"src/"]):
+    for run in scanner.scan([b"src/"]):
         assert os.getcwd() == str(tmp_path)
-        assert os.path.lexists(e.src), e.src
-        assert e.src == (b"src/" + e.path if e.path != b"." else b"src")
-        seen.add(e.path)
+        for e in run:
+            assert os.path.lexists(e.src), e.src
+            assert e.src == (b"src/" + e.path if e.path != b"." else b"src")
+            seen.add(e.path)
     assert seen == _walked(b"src")
     assert reporter.lines == []
 
@@ -523,7 +524,8 @@ def test_scan_beside_another_thread_keeps_the_working_directory(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        paths = {e.path for e in Scanner(EVERY_KIND, _Collect()).scan([b"src/"])}
+        paths = {e.path for run in Scanner(EVERY_KIND, _Collect()).scan([b"src/"])
+                 for e in run}
     finally:
         stop.set()
         watcher.join()
