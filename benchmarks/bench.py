@@ -557,7 +557,7 @@ def rm_rf(path: str) -> None:
 
 def set_aside(path: str, trash: str) -> None:
     """Move a destination out of the way (untimed) so that the next run builds it afresh;
-    the scenario deletes what it set aside once its runs are over.
+    what was set aside is deleted when all the scenarios have run.
 
     Deleting it here would slow the next run's file creation, whichever tool it is:
     ext4 will not hand out an inode freed in the last 30 s, or 5.5 minutes while its
@@ -565,7 +565,7 @@ def set_aside(path: str, trash: str) -> None:
     and each allocation in the block group walks past every such inode with one buffer
     lookup (recently_deleted and find_get_block_common in `perf`). 10,000 files made
     next to the 10,000 the previous rep had just deleted took 3 to 9 s, against 0.4 s
-    in a fresh group."""
+    in a fresh group. A deletion after S1 could still slow S4a, a few minutes later."""
     if os.path.lexists(path):
         os.makedirs(trash, exist_ok=True)
         os.rename(path, os.path.join(trash, f"{len(os.listdir(trash))}"))
@@ -878,7 +878,7 @@ def select(only: str | None) -> list[type[Scenario]]:
 
 def space_needed(cfg: Config, chosen: list[type[Scenario]], reps: int) -> int:
     """A generous estimate of the bytes the chosen scenarios put on disk (S1 and S4a
-    keep every run's copy until their last run, see set_aside)."""
+    keep every run's copy until the end, see set_aside)."""
     small = cfg.small_files * 8 * KiB + cfg.small_dirs * 4 * KiB
     keys = {s.key for s in chosen}
     need = 0
@@ -1142,8 +1142,6 @@ def run_scenario(bench: Bench, cls: type[Scenario], reps: int,
         traceback.print_exc()
         out.failed = True
         out.notes.append(f"harness error: {type(exc).__name__}: {exc}")
-    finally:
-        empty_trash(bench.path("trash"))
     for note in dict.fromkeys(out.notes):
         print(f"   note: {note}")
     return out
@@ -1434,6 +1432,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bench.sshd is not None:
             bench.sshd.stop()
+        empty_trash(bench.path("trash"))
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
             try:

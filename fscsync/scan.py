@@ -39,6 +39,9 @@ _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFREG = stat.S_IFREG
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+RUN_MAX = 1024
+"""Entries handed out at once: a directory of a million files is not held as Entry
+objects all at the same time."""
 
 
 class Scanner:
@@ -168,10 +171,14 @@ class Scanner:
                 self.count += 1
                 add(Entry(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
                           src=path))
-                continue
-            e = entry(rel, path, st)
-            if e is not None:
-                add(e)
+            else:
+                e = entry(rel, path, st)
+                if e is not None:
+                    add(e)
+            if len(files) >= RUN_MAX:
+                yield files
+                files = []
+                add = files.append
         if files:
             yield files
         for rel, path, st in subdirs:

@@ -29,7 +29,7 @@ from support.trees import FOREIGN_GID, FOREIGN_UID, make_rich_tree, pattern, set
 from fscsync.inplace import is_journal_name
 from fscsync.options import Options
 from fscsync.report import Reporter
-from fscsync.scan import Scanner
+from fscsync.scan import RUN_MAX, Scanner
 
 Proc = subprocess.CompletedProcess[bytes]
 
@@ -531,6 +531,18 @@ def test_scan_beside_another_thread_keeps_the_working_directory(
         watcher.join()
     assert seen == {str(tmp_path)}
     assert paths == _walked(b"src")
+
+
+def test_scan_hands_out_a_big_directory_in_bounded_runs(tmp_path: Path) -> None:
+    """A directory's files come as runs of at most RUN_MAX entries, in name order."""
+    big = tmp_path / "src" / "big"
+    big.mkdir(parents=True)
+    for i in range(2 * RUN_MAX + 5):
+        (big / f"f{i:05d}").touch()
+    runs = list(Scanner(EVERY_KIND, _Collect()).scan([bytes(tmp_path / "src") + b"/"]))
+    assert max(len(run) for run in runs) == RUN_MAX
+    files = [e.path for run in runs for e in run if e.path.startswith(b"big/")]
+    assert files == sorted(files) and len(files) == 2 * RUN_MAX + 5
 
 
 def test_file_and_directory_swap_places(tmp_path: Path) -> None:
