@@ -140,8 +140,9 @@ class Scanner:
         return True
 
     def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[list[Entry]]:
+        base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
         try:
-            names, stats, plain = self._list(dirpath)
+            names, stats, plain = self._list(base)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
             return
@@ -150,10 +151,9 @@ class Scanner:
         add = files.append
         filters = self.filters if self.filters.rules else None
         entry = self._entry
-        sep = b"/" if not dirpath.endswith(b"/") else b""
         for name, st, bare in zip(names, stats, plain, strict=True):
             rel = prefix + name
-            path = dirpath + sep + name
+            path = base + name
             if type(st) is not os.stat_result:
                 if st.errno == errno.ENOENT:
                     self.reporter.error(f'file has vanished: "{escape(path)}"',
@@ -189,10 +189,10 @@ class Scanner:
             if self.opts.recursive:
                 yield from self._walk(path, rel + b"/")
 
-    def _list(self, dirpath: bytes) -> tuple[list[bytes], list, list[bool]]:
-        """The sorted names in a directory, the lstat of each (or the OSError it gave),
-        and whether each is a regular file with no xattrs at all (asked only on the
-        quick path; such a file cannot be encrypted).
+    def _list(self, base: bytes) -> tuple[list[bytes], list, list[bool]]:
+        """The sorted names in directory `base` (its path, ending in "/"), the lstat of
+        each (or the OSError it gave), and whether each is a regular file with no xattrs
+        at all (asked only on the quick path; such a file cannot be encrypted).
 
         A process with no other thread makes the calls from inside the directory, with
         bare names, as rsync walks: a lookup of one component instead of the whole
@@ -203,14 +203,12 @@ class Scanner:
         through a relative sys.path entry among them."""
         alone = threading.active_count() == 1
         if alone:
-            fd = os.open(dirpath, _DIR_FLAGS)
+            fd = os.open(base, _DIR_FLAGS)
             try:
                 os.fchdir(fd)
             finally:
                 os.close(fd)
-            where, base = b".", b""
-        else:
-            where, base = dirpath, dirpath if dirpath.endswith(b"/") else dirpath + b"/"
+        where, lead = (b".", b"") if alone else (base, base)
         try:
             names = sorted(os.listdir(where))
             stats: list = []
@@ -218,14 +216,14 @@ class Scanner:
             lstat, listxattr, quick = os.lstat, os.listxattr, self._quick
             for i, name in enumerate(names):
                 try:
-                    st = lstat(base + name)
+                    st = lstat(lead + name)
                 except OSError as exc:
                     stats.append(exc)
                     continue
                 stats.append(st)
                 if quick and st.st_mode & _S_IFMT == _S_IFREG:
                     try:
-                        plain[i] = not listxattr(base + name, follow_symlinks=False)
+                        plain[i] = not listxattr(lead + name, follow_symlinks=False)
                     except OSError:
                         pass  # _entry looks again and reports it
         finally:
