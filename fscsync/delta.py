@@ -27,6 +27,8 @@ MIN_CHUNK_BLOCKS = 256
 MAX_CHUNKS = 65536
 MAX_LITERAL = 256 << 10
 SMALL_LITERAL = 16 << 10
+SMALL_FILE = MAX_LITERAL
+"""Files up to this size go whole in one FILE frame: one frame per file, not two."""
 
 _REQ = struct.Struct(">IBBIQQ")  # idx, kind, retry, block, chunk, basis size
 _COPY = struct.Struct(">BQQ")
@@ -217,6 +219,16 @@ def decode_end(payload: bytes) -> tuple[int, int, int, bytes]:
     if len(payload) != _END.size:
         raise ProtocolError("malformed end-of-file frame")
     return _END.unpack(payload)
+
+
+def decode_file(payload: bytes) -> tuple[int, int, bytes, memoryview]:
+    """(idx, size, digest, data) of a FILE frame: an end record, then exactly the data."""
+    if len(payload) < _END.size:
+        raise ProtocolError("malformed whole-file frame")
+    idx, status, size, digest = _END.unpack_from(payload)
+    if status != END_OK or size != len(payload) - _END.size or size > SMALL_FILE:
+        raise ProtocolError(f"whole-file frame of entry {idx} does not hold its {size} bytes")
+    return idx, size, digest, memoryview(payload)[_END.size:]
 
 
 def encode_sigreq(idx: int, chunks: list[int]) -> bytes:

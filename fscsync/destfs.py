@@ -22,6 +22,7 @@ TEMP_RE = re.compile(rb"\..*\.~fscsync~[A-Za-z0-9]{6}", re.DOTALL)
 _UNSAFE = re.compile(rb"\x00|\A/|//|/\Z|(?:\A|/)\.\.?(?:/|\Z)")
 """A NUL, an absolute path, or an empty, "." or ".." component."""
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_TO_ALNUM = bytes(_ALNUM[b % 62] for b in range(256))
 
 
 def check_path(path: bytes) -> None:
@@ -54,7 +55,7 @@ def temp_name(name: bytes) -> bytes:
     """A hidden sibling name for a file being built, recognisable for cleanup."""
     if len(_random) < 6:
         _random[:] = os.urandom(6 << 10)  # one getrandom per thousand names
-    suffix = TEMP_MARK + bytes(_ALNUM[b % 62] for b in _random[-6:])
+    suffix = TEMP_MARK + _random[-6:].translate(_TO_ALNUM)
     del _random[-6:]
     room = 255 - 1 - len(suffix)
     return b"." + name[:room] + suffix

@@ -38,6 +38,8 @@ _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
 _S_IFDIR = stat.S_IFDIR
 _S_IFLNK = stat.S_IFLNK
+_LOOK = object()
+"""process()'s "no one has looked at the destination entry yet"."""
 
 
 class Pending:
@@ -82,6 +84,7 @@ class Generator:
         self.children: dict[bytes, set[bytes]] = {}
         self.existing: dict[bytes, list[bytes]] = {}
         self.dirs: list[tuple[int, bool]] = []
+        self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
         self._warned_policies: set[bytes] = set()
         self._enc_dir_key: tuple[int, bytes] | None = None
@@ -113,16 +116,23 @@ class Generator:
         children = self.children if opts.delete else None
         keep = opts.hard_links  # else finished entries are dropped (Receiver.done_with)
         status, all_entries = rx.status, rx.entries
-        dirfd, lstat = tree.dirfd, os.stat
+        dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
         done = size = 0
         for idx, e in enumerate(entries, base):
             mode = e.mode
+            st = _LOOK
             if mode & _S_IFMT == _S_IFREG and e.enc is None and e.link < 0:
                 head, _, name = e.path.rpartition(b"/")
+                if head in fresh:
+                    self.process(tree, idx, e)
+                    continue
                 try:
                     st = lstat(name, dir_fd=dirfd(head), follow_symlinks=False)
-                except OSError:
+                except FileNotFoundError:
                     st = None
+                except OSError:
+                    self.process(tree, idx, e)  # looks again, and reports what it finds
+                    continue
                 if (st is not None and st.st_mode & _S_IFMT == _S_IFREG
                         and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
                         and st.st_size % cipher.UNIT
@@ -137,7 +147,7 @@ class Generator:
                     if not keep:
                         all_entries[idx] = None
                     continue
-            self.process(tree, idx, e)
+            self.process(tree, idx, e, st)
         if done:
             files = rx.stats.files
             kind = itemize.kind_name(_S_IFREG)
@@ -151,7 +161,9 @@ class Generator:
 
     # ---- per entry --------------------------------------------------------------
 
-    def process(self, tree: DestTree | None, idx: int, e: Entry) -> None:
+    def process(self, tree: DestTree | None, idx: int, e: Entry, st=_LOOK) -> None:
+        """Decide what entry `e` needs; `st` is the destination entry's lstat when the
+        caller has made it (None: nothing there)."""
         rx = self.rx
         opts = self.opts
         fmt = e.mode & _S_IFMT
@@ -181,7 +193,13 @@ class Generator:
                     rx.os_fail(idx, "open parent of", exc)
                     return
             else:
-                st = (os.fstat(pfd) if not name else lstat_at(pfd, name))
+                if st is _LOOK:
+                    if not name:
+                        st = os.fstat(pfd)
+                    elif rx.single_name is None and e.path.rpartition(b"/")[0] in self.fresh:
+                        st = None
+                    else:
+                        st = lstat_at(pfd, name)
         try:
             if fmt == _S_IFREG:
                 self.regular(idx, e, pfd, name, st)
@@ -337,6 +355,7 @@ class Generator:
         self._item("c", e, new=True)
         if make and not self.opts.dry_run:
             os.mkdir(name, 0o700, dir_fd=pfd)
+        self.fresh.add(self.rx.rel_dir(e))
         self.dirs.append((idx, True))
         self.rx.status[idx] = 1
 

@@ -29,6 +29,7 @@ _READ_CHUNK = 1 << 20
 _DIRECT_READ = 64 << 10
 _INFLATE_STEP = 1 << 20
 _IN_BUFFER = 256 << 10
+_IOV_MAX = 512
 """Input buffer: four big frames' worth; frames of _DIRECT_READ or more skip it."""
 F_SETPIPE_SZ = 1031
 
@@ -55,6 +56,8 @@ FINISHED = 19
 FLIST_START = 20
 NOMORE = 21
 NOMORE_ACK = 22
+FILE = 23
+"""A small file whole: its end-of-file record and all its data in one frame."""
 
 CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib"]
 try:
@@ -203,7 +206,7 @@ class Channel:
     def send(self, ftype: int, *parts: bytes | memoryview) -> None:
         """Queue one frame made of `parts` (kept by reference, not copied: callers pass
         immutable buffers)."""
-        length = sum(len(p) for p in parts)
+        length = sum(map(len, parts))
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
         with self._lock:
@@ -233,23 +236,24 @@ class Channel:
         self._write_all(data)
 
     def _write_all(self, parts: list) -> None:
-        """writev the buffers, resuming after partial writes."""
-        bufs = [memoryview(p).cast("B") for p in parts if len(p)]
-        while bufs:
+        """writev the buffers (bytes-like, one byte per item), resuming after partial
+        writes; a blocking pipe takes each batch whole unless a signal cuts it short."""
+        while parts:
+            batch = parts[:_IOV_MAX]
             try:
-                n = os.writev(self.wfd, bufs[:512])
+                n = os.writev(self.wfd, batch)
             except BrokenPipeError:
                 raise PeerClosed("connection closed by the other side") from None
             self.bytes_sent += n
             if self._bwlimit:
                 self._throttle(n)
-            while n:
-                if n >= len(bufs[0]):
-                    n -= len(bufs[0])
-                    bufs.pop(0)
-                else:
-                    bufs[0] = bufs[0][n:]
-                    n = 0
+            parts = parts[_IOV_MAX:]
+            if n < sum(map(len, batch)):
+                for i, part in enumerate(batch):
+                    if n < len(part):
+                        parts = [memoryview(part)[n:], *batch[i + 1 :], *parts]
+                        break
+                    n -= len(part)
 
     def _throttle(self, n: int) -> None:
         self._bw_sent += n

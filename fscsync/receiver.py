@@ -178,7 +178,9 @@ class Receiver:
                     done_sent = True
                 chan.flush_before_wait()
                 ftype, payload = chan.recv()
-                if ftype == protocol.DATA:
+                if ftype == protocol.FILE:
+                    writer.file(payload)
+                elif ftype == protocol.DATA:
                     writer.data(payload)
                 elif ftype == protocol.DATA_END:
                     writer.end(payload)

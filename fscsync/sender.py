@@ -214,33 +214,48 @@ class Sender:
             return
         fd, direct = opened
         reader = BlockReader(fd, direct)
-        out = delta.OpWriter(req.idx, lambda *p: self.chan.send(protocol.DATA, *p))
         st = os.fstat(fd)
         size = e.size if e.enc is not None else st.st_size
         if st.st_mtime_ns != e.mtime_ns or (e.enc is None and st.st_size != e.size):
             self.reporter.warning(f'"{escape(e.src)}" changed after the file list was made; '
                                   "sending its current content (the next run settles it)")
+        small = None
+        out = None
         try:
-            if req.kind == delta.CHUNKS:
-                self._chunks_pass(req, e, fd, reader, out, st, size)
-                return
-            if req.kind == delta.BLOCKS:
-                digest = self._send_blocks(req, e, reader, out, size)
+            if req.kind == delta.WHOLE and size <= delta.SMALL_FILE:
+                small = reader.read_at(0, size) if size else b""
+                if len(small) != size:
+                    raise OSError(errno.EIO, "file shrank while reading it")
+                digest = xxhash.xxh3_128_digest(small)
+                self.reporter.progress(e.path, size, size)
             else:
-                digest = self._send_whole(e, fd, reader, out, size, direct)
+                out = delta.OpWriter(req.idx, lambda *p: self.chan.send(protocol.DATA, *p))
+                if req.kind == delta.CHUNKS:
+                    self._chunks_pass(req, e, fd, reader, out, st, size)
+                    return
+                if req.kind == delta.BLOCKS:
+                    digest = self._send_blocks(req, e, reader, out, size)
+                else:
+                    digest = self._send_whole(e, fd, reader, out, size, direct)
         except OSError as exc:
             self._read_failed(req.idx, e, exc, fd, reader)
             return
-        self._finish(req.idx, e, fd, reader, out, digest, size, st)
+        self._finish(req.idx, e, fd, reader, out, digest, size, st, small)
 
-    def _finish(self, idx: int, e: Entry, fd: int, reader: BlockReader, out: delta.OpWriter,
-                digest: bytes, size: int, st: os.stat_result) -> None:
-        out.flush()
+    def _finish(self, idx: int, e: Entry, fd: int, reader: BlockReader,
+                out: delta.OpWriter | None, digest: bytes, size: int, st: os.stat_result,
+                small: bytes | None = None) -> None:
+        """End one file. `small` is a small file's whole content (and `out` None): it goes
+        out together with the end record, as one FILE frame."""
+        if out is not None:
+            out.flush()
+            self.stats.literal += out.literal
+            self.stats.matched += out.matched
+        else:
+            self.stats.literal += size
         now = os.fstat(fd)
         reader.close()
         os.close(fd)
-        self.stats.literal += out.literal
-        self.stats.matched += out.matched
         status = delta.END_OK
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             self.reporter.error(f'"{escape(e.src)}" changed while it was being sent; '
@@ -249,7 +264,11 @@ class Sender:
         else:
             self.stats.files_sent += 1
             self.stats.transferred_size += size
-        self.chan.send(protocol.DATA_END, delta.encode_end(idx, status, size, digest))
+        end = delta.encode_end(idx, status, size, digest)
+        if small is not None and status == delta.END_OK:
+            self.chan.send(protocol.FILE, end, small)
+        else:
+            self.chan.send(protocol.DATA_END, end)
 
     def _read_failed(self, idx: int, e: Entry, exc: OSError, fd: int,
                      reader: BlockReader) -> None:

@@ -177,6 +177,7 @@ class Writer:
                 self._open_temp(p)
             if p.update is not None:
                 got = p.update.digest(size)  # the file itself changes only once verified
+                st = None
             else:
                 st = os.fstat(p.fd)
                 if st.st_size != size:  # fstat is far cheaper than a truncate
@@ -192,6 +193,35 @@ class Writer:
             rx.os_fail(idx, "write of", exc)
             self._complete(idx, ok=False, quiet=True)
             return
+        self._conclude(p, idx, size, digest, got, st)
+
+    def file(self, payload: bytes) -> None:
+        """A small file whole in one frame: written, verified and installed at once."""
+        idx, size, digest, data = delta.decode_file(payload)
+        p = self._pending(idx)
+        if p.fd is not None or p.has_basis:
+            raise errors.ProtocolError(f"whole-file frame for entry {idx}, which has data "
+                                       "already or asked for a delta")
+        try:
+            self._open_temp(p)
+            if size:
+                if self._corrupt:
+                    data = bytes([data[0] ^ 0xFF]) + bytes(data[1:])
+                self._write(p, 0, data)
+            st = os.fstat(p.fd)
+        except OSError as exc:
+            self._discard(p)
+            self.rx.os_fail(idx, "write of", exc)
+            self._complete(idx, ok=False, quiet=True)
+            return
+        self._conclude(p, idx, size, digest, xxhash.xxh3_128_digest(data), st)
+
+    def _conclude(self, p: Pending, idx: int, size: int, digest: bytes, got: bytes,
+                  st: os.stat_result | None) -> None:
+        """The file is built: install it if its digest is the sender's, else ask again
+        once. `st` is the temp file's stat (None for an in-place update)."""
+        rx = self.rx
+        e = rx.entries[idx]
         if got != digest:
             self._discard(p)
             if not p.retried:

@@ -376,6 +376,41 @@ def test_corrupted_literals_fail_cleanly(tmp_path: Path, previous: bool) -> None
                                                      else ["ok-empty"])
 
 
+SMALL_FILE = 256 << 10
+"""fscsync.delta.SMALL_FILE: new files up to this size go whole in one FILE frame."""
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["clean", "corrupted"])
+def test_files_either_side_of_the_one_frame_limit(tmp_path: Path, corrupt: bool) -> None:
+    """New files of 0 and 1 bytes, just under, at and just over SMALL_FILE (one FILE frame
+    or DATA frames then DATA_END), one with zero units that must come out as holes:
+    copied exactly. With every literal corrupted on the way in, each (but the empty
+    one) fails verification, is asked for again, fails again and is not installed."""
+    from fscsync import delta
+
+    assert delta.SMALL_FILE == SMALL_FILE
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    sizes = {"empty": 0, "one": 1, "under": SMALL_FILE - 1, "at": SMALL_FILE,
+             "over": SMALL_FILE + 1}
+    for name, size in sizes.items():
+        put(src / name, rand(size, name), NEW_NS)
+    _sparse(src / "holes", 10 * BLOCK, {0: rand(BLOCK, 1), 9 * BLOCK: rand(BLOCK, 2)}, NEW_NS)
+    env = {"FSCSYNC_FAULT_CORRUPT_LITERALS": "1"} if corrupt else None
+    proc, stats = sync(src, dst, check=23 if corrupt else True, env=env)
+    err = proc.stderr.decode(errors="replace")
+    if not corrupt:
+        assert_same_tree(src, dst, sparse=True)
+        assert stats["literal"] == sum(sizes.values()) + 10 * BLOCK
+        return
+    assert sorted(p.name for p in dst.iterdir()) == ["empty"], err
+    for name in [*sizes, "holes"]:
+        if name != "empty":
+            assert f'"{name}" failed verification -- sending it again whole' in err, err
+            assert f'ERROR: "{name}" failed verification -- update discarded' in err, err
+    assert not no_temp_files(dst)
+
+
 def _sparse(path: Path, size: int, pieces: dict[int, bytes], ns: int) -> None:
     with open(path, "wb") as f:
         f.truncate(size)

@@ -156,8 +156,8 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
     frames, rest = split_frames(c2s.read_bytes())
     assert not rest and [t for t, _ in frames[:2]] == [protocol.HELLO, protocol.SETUP]
     types = {t for t, _ in frames}
-    for needed in (protocol.FLIST, protocol.DATA, protocol.DATA_END, protocol.SIGREQ,
-                   protocol.NOMORE_ACK, protocol.FINISHED):
+    for needed in (protocol.FLIST, protocol.DATA, protocol.DATA_END, protocol.FILE,
+                   protocol.SIGREQ, protocol.NOMORE_ACK, protocol.FINISHED):
         assert needed in types, f"the recorded stream lacks frame type {needed}"
     old, new = _files(template), _files(src)
     return Recording(json.loads(frames[1][1]), frames[2:], template, src, old, new)
@@ -179,6 +179,12 @@ def _idx(payload: bytes) -> int | None:
     return struct.unpack_from(">I", payload)[0] if len(payload) >= 4 else None
 
 
+_ANSWERS = (protocol.DATA, protocol.DATA_END, protocol.FILE, protocol.SIGREQ)
+"""Frames about one file (index first), which the real sender sent only once asked."""
+_ENDS = (protocol.DATA_END, protocol.FILE)
+"""Frames that start with an end-of-file record (a FILE frame's data follows it)."""
+
+
 def replay(peer: FakeSender, items: list[Item]) -> None:
     """Send the items, waiting where the real sender waited for the receiver."""
     answered: set[int] = set()
@@ -186,7 +192,7 @@ def replay(peer: FakeSender, items: list[Item]) -> None:
     for kind, ftype, payload in items:
         if kind == "frame":
             idx = _idx(payload)
-            if ftype in (protocol.DATA, protocol.DATA_END, protocol.SIGREQ) and idx is not None:
+            if ftype in _ANSWERS and idx is not None:
                 if idx not in answered:
                     answered.add(idx)
                     want = payload[:4]
@@ -360,7 +366,7 @@ def apply(frames: list[tuple[int, bytes]], mutations: list[tuple], outside: byte
             items[i] = (k, t, _mutate_entry(p, m[2], m[3], m[4]))
         elif kind == "op" and k == "frame" and t == protocol.DATA:
             items[i] = (k, t, _mutate_op(p, m[2], m[3], m[4]))
-        elif kind == "end" and k == "frame" and t == protocol.DATA_END and len(p) == 29:
+        elif kind == "end" and k == "frame" and t in _ENDS and len(p) >= 29:
             field_, value = m[2], m[3]
             if field_ == "size":
                 p = p[:5] + struct.pack(">Q", value % (1 << 64)) + p[13:]
@@ -457,10 +463,8 @@ def _add_hostile(items: list[Item], kind: str, outside: bytes) -> list[Item]:
     for j, e in enumerate(extra):
         if e.is_reg and e.link < 0:
             idx = count + j
-            data_frames += [("frame", protocol.DATA, _encode_ops(idx, [(delta.OP_LIT, 0,
-                                                                         b"pwn!")])),
-                            ("frame", protocol.DATA_END, delta.encode_end(
-                                idx, delta.END_OK, 4, delta.chunk_hash(b"pwn!")))]
+            data_frames.append(("frame", protocol.FILE, delta.encode_end(
+                idx, delta.END_OK, 4, delta.chunk_hash(b"pwn!")) + b"pwn!"))
     ack = [n for n, (k, t, _) in enumerate(items) if k == "frame" and t == protocol.NOMORE_ACK]
     at = ack[0] if ack else len(items)
     return items[:at] + data_frames + items[at:]
@@ -492,10 +496,10 @@ MUTATION = st.one_of(
 def _targeted(mutation: tuple, frames: list[tuple[int, bytes]]) -> tuple:
     """Point entry/op/end mutations at a frame of the right type (position i among them)."""
     kind = mutation[0]
-    want = {"entry": protocol.FLIST, "op": protocol.DATA, "end": protocol.DATA_END}.get(kind)
+    want = {"entry": (protocol.FLIST,), "op": (protocol.DATA,), "end": _ENDS}.get(kind)
     if want is None:
         return mutation
-    where = [n for n, (t, _) in enumerate(frames) if t == want]
+    where = [n for n, (t, _) in enumerate(frames) if t in want]
     return (kind, where[mutation[1] % len(where)], *mutation[2:])
 
 

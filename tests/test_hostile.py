@@ -209,17 +209,22 @@ def assert_refused(result: Result, sb: Sandbox, *words: str, code: int = STREAM)
 # ---- path safety: names ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("framing", ["data-end", "file"])
 @pytest.mark.parametrize("spawn", [True, False], ids=["python-m", "forked"])
-def test_a_valid_stream_is_accepted(sb: Sandbox, spawn: bool) -> None:
+def test_a_valid_stream_is_accepted(sb: Sandbox, spawn: bool, framing: str) -> None:
     """The baseline the hostile tests deviate from: the same frames, well formed (with the
-    server in a fresh interpreter, and forked as most tests here start it)."""
+    server in a fresh interpreter, and forked as most tests here start it), the file's
+    data sent as DATA then DATA_END, or whole in one FILE frame."""
     data = b"new file\n"
     peer = start(sb, spawn=spawn)
     peer.send(*flist(root(), reg(b"new.txt", data)))
     peer.send(protocol.FLIST_END, flist_end(2))
     assert peer.wait_request(1), peer.finish().describe()
-    peer.send(protocol.DATA, lit(1, data))
-    peer.send(protocol.DATA_END, end(1, data))
+    if framing == "file":
+        peer.send(protocol.FILE, end(1, data) + data)
+    else:
+        peer.send(protocol.DATA, lit(1, data))
+        peer.send(protocol.DATA_END, end(1, data))
     assert peer.wait_type(protocol.NOMORE) is not None
     peer.send(protocol.NOMORE_ACK)
     assert peer.wait_type(protocol.DONE) is not None
@@ -554,6 +559,89 @@ def test_data_end_size_shorter_than_the_data_is_not_installed(sb: Sandbox) -> No
     f = sb.dest / "f"
     assert not f.exists() or f.read_bytes() == b"abc", (
         f"installed {f.read_bytes()!r}, not the verified content\n{result.describe()}")
+
+
+def _file_frame(idx: int, data: bytes, size: int | None = None,
+                status: int = delta.END_OK) -> bytes:
+    """A FILE payload: an end record (announcing `size`, by default the data's) and data."""
+    size = len(data) if size is None else size
+    return delta.encode_end(idx, status, size, xxhash.xxh3_128_digest(data)) + data
+
+
+@pytest.mark.parametrize("case", ["longer", "shorter", "status", "over-the-limit", "cut"])
+def test_file_frame_that_does_not_hold_what_it_announces_is_refused(sb: Sandbox,
+                                                                     case: str) -> None:
+    """A FILE frame's end record must announce exactly the data after it, as a good
+    end (failures go as DATA_END), for a small file: anything else is a protocol error,
+    and nothing of it is installed."""
+    data = b"abc" * 1000
+    payload = {
+        "longer": _file_frame(1, data, size=len(data) + 1),
+        "shorter": _file_frame(1, data, size=len(data) - 1),
+        "status": _file_frame(1, data, status=delta.END_FAILED),
+        "over-the-limit": _file_frame(1, bytes(delta.SMALL_FILE + 1)),
+        "cut": _file_frame(1, data)[:20],
+    }[case]
+    peer = start(sb)
+    peer.send(*flist(root(), reg(b"f", data)))
+    peer.send(protocol.FLIST_END, flist_end(2))
+    assert peer.wait_request(1), peer.finish().describe()
+    peer.send(protocol.FILE, payload)
+    result = peer.finish()
+    assert_refused(result, sb, "whole-file frame" if case != "cut" else "malformed")
+    assert not (sb.dest / "f").exists()
+    assert sb.new_entries() == [], "the temp file was left behind"
+
+
+@pytest.mark.parametrize("when", ["unrequested", "after-data", "delta-requested"])
+def test_file_frame_out_of_turn_is_refused(sb: Sandbox, when: str) -> None:
+    """A FILE frame answers one whole-file request and nothing else: not an entry nobody
+    asked for, not one whose data has begun, not one the receiver asked a delta for
+    (keep.txt, whose old copy is the basis). keep.txt stays as it was."""
+    data = b"y" * 100
+    peer = start(sb)
+    if when == "delta-requested":
+        peer.send(*flist(root(), Entry(b"keep.txt", REG, len(data), T_NEW)))
+    else:
+        peer.send(*flist(root(), reg(b"f", data), reg(b"g", data)))
+    peer.send(protocol.FLIST_END, flist_end(2 if when == "delta-requested" else 3))
+    if when == "unrequested":
+        peer.send(protocol.FILE, _file_frame(5, data))
+    else:
+        assert peer.wait_request(1), peer.finish().describe()
+        if when == "after-data":
+            peer.send(protocol.DATA, lit(1, data[:10]))
+        peer.send(protocol.FILE, _file_frame(1, data))
+    result = peer.finish()
+    assert_refused(result, sb, "entry")
+    assert not (sb.dest / "f").exists()
+    assert sb.new_entries() == [], "the temp file was left behind"
+
+
+def test_file_frame_with_a_wrong_digest_is_asked_again_then_fails(sb: Sandbox) -> None:
+    """A FILE frame whose data does not hash to its digest is not installed: the receiver
+    asks once more (whole), and a second bad answer fails the file, exit 23."""
+    data = b"the real content\n"
+    bad = delta.encode_end(1, delta.END_OK, len(data), xxhash.xxh3_128_digest(b"x")) + data
+    peer = start(sb)
+    peer.send(*flist(root(), reg(b"f", data)))
+    peer.send(protocol.FLIST_END, flist_end(2))
+    assert peer.wait_request(1), peer.finish().describe()
+    peer.send(protocol.FILE, bad)
+    retry = peer.wait_for(lambda t, p: t == protocol.REQ and p[:4] == b"\0\0\0\1"
+                          and len(peer.requested()) > 1, start=7)
+    assert retry is not None, peer.finish().describe()
+    assert delta.Request.decode(retry[1]).retry
+    peer.send(protocol.FILE, bad)
+    _serve(peer, {})
+    result = peer.finish()
+    assert_clean(result)
+    assert result.code == PARTIAL, result.describe()
+    assert "verification" in result.messages(), result.describe()
+    assert not (sb.dest / "f").exists()
+    assert sb.new_entries() == [], "the temp file was left behind"
+    sb.assert_nothing_outside()
+    sb.assert_previous_intact()
 
 
 @pytest.mark.parametrize("size", [1 << 63, (1 << 64) - 1])

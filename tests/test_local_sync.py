@@ -604,6 +604,39 @@ def test_directory_with_the_source_time_is_not_listed(tmp_path: Path, flags: lis
     assert os.stat(sub).st_mtime_ns == os.stat(t.src / "sub").st_mtime_ns
 
 
+@pytest.mark.parametrize("flags", [["-a"], ["-aX"]], ids=["quick", "xattrs"])
+def test_entries_in_a_directory_the_run_made_are_not_looked_up(tmp_path: Path,
+                                                               flags: list[str]) -> None:
+    """Nothing can be in a directory this run made: the receiver does not lstat the new
+    files there one by one to find them missing (two ENOENTs per file before). Files in
+    a directory that existed are still looked up, and everything is copied. -X takes the
+    general path, -a the batch loop's."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in ("old", "new", "new/deeper"):
+        (src / d).mkdir(parents=True)
+    names = {d: [f"{d.replace('/', '-')}-{i:02d}" for i in range(12)]
+             for d in ("old", "new", "new/deeper")}
+    for d, files in names.items():
+        for n in files:
+            write(src / d / n, pattern(100, n))
+    (dst / "old").mkdir(parents=True)
+    log = tmp_path / "strace.log"
+    proc = subprocess.run(
+        [strace, "-f", "-qq", "-o", str(log), "-e", "trace=newfstatat,statx,lstat,stat",
+         sys.executable, "-m", "fscsync", *flags, f"{src}/", f"{dst}/"],
+        capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert_same_tree(src, dst, xattrs=True, ignore_dir_mtime=True)
+    missing = {m.group(1) for m in re.finditer(r'^\S+ \w+\([^"\n]*"([^"\n]*)".*= -1 ENOENT',
+                                               log.read_text(), re.M)}
+    looked_up = missing & {*names["new"], *names["new/deeper"], "deeper"}
+    assert not looked_up, sorted(looked_up)
+    assert set(names["old"]) <= missing, "files in an existing directory are looked up"
+
+
 def test_killed_run_keeps_old_copy_and_next_run_cleans_up(tmp_path: Path) -> None:
     t = _synced(tmp_path)
     old = (t.f / "dst/sub/b.bin").read_bytes()
