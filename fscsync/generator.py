@@ -587,9 +587,8 @@ class Generator:
             req = delta.Request(idx, delta.WHOLE)
         pending = Pending(idx, encrypted_basis, req.kind != delta.WHOLE)
         pending.chunk = req.chunk
-        with rx.lock:
-            rx.pending[idx] = pending
-            rx.requested += 1
+        rx.pending[idx] = pending
+        rx.requested += 1
         rx.chan.send(protocol.REQ, req.encode())
 
     # ---- symlinks and special files ---------------------------------------------------

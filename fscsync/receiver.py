@@ -13,7 +13,6 @@ import errno
 import os
 import stat
 import struct
-import threading
 from collections import deque
 
 from fscsync import errors, protocol
@@ -57,7 +56,6 @@ class Receiver:
         self.root_created = False
         self.root_seen = False
         self.io_error = False
-        self.lock = threading.Lock()
         self.requested = 0
         self.completed = 0
         self.sender_stats: Stats | None = None

@@ -71,16 +71,19 @@ class Writer:
             p.fd = p.update.fd
             p.tmpdir, p.tmpname = pfd, b""
         else:
-            p.tmpdir = self._temp_dir_fd if self._temp_dir_fd is not None else pfd
-            p.tmpname = temp_name(name)
-            p.fd = os.open(p.tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, 0o600, dir_fd=p.tmpdir)
+            self._create_temp(p, pfd, name)
         p.hasher = xxhash.xxh3_128()
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
             p.basis_fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
+
+    def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
+        p.tmpdir = self._temp_dir_fd if self._temp_dir_fd is not None else pfd
+        p.tmpname = temp_name(name)
+        p.fd = os.open(p.tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o600, dir_fd=p.tmpdir)
 
     def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
         """Update in place under a redo journal? Only by default (neither --inplace nor
@@ -203,7 +206,8 @@ class Writer:
             raise errors.ProtocolError(f"whole-file frame for entry {idx}, which has data "
                                        "already or asked for a delta")
         try:
-            self._open_temp(p)
+            where = self.rx.locate(self.tree, self.rx.entries[idx])
+            self._create_temp(p, *where)
             if size:
                 if self._corrupt:
                     data = bytes([data[0] ^ 0xFF]) + bytes(data[1:])
@@ -214,12 +218,13 @@ class Writer:
             self.rx.os_fail(idx, "write of", exc)
             self._complete(idx, ok=False, quiet=True)
             return
-        self._conclude(p, idx, size, digest, xxhash.xxh3_128_digest(data), st)
+        self._conclude(p, idx, size, digest, xxhash.xxh3_128_digest(data), st, where)
 
     def _conclude(self, p: Pending, idx: int, size: int, digest: bytes, got: bytes,
-                  st: os.stat_result | None) -> None:
+                  st: os.stat_result | None, where: tuple[int, bytes] | None = None) -> None:
         """The file is built: install it if its digest is the sender's, else ask again
-        once. `st` is the temp file's stat (None for an in-place update)."""
+        once. `st` is the temp file's stat (None for an in-place update); `where` is its
+        (parent fd, name) when the caller located it and opened no directory since."""
         rx = self.rx
         e = rx.entries[idx]
         if got != digest:
@@ -239,7 +244,7 @@ class Writer:
             if p.update is not None:
                 p.update.apply(size)
                 st = os.fstat(p.fd)
-            self._install(p, st)
+            self._install(p, st, where)
         except meta.EncdataConflict as exc:
             rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
             self._complete(idx, ok=False, quiet=True)
@@ -267,7 +272,8 @@ class Writer:
     def _final_name(self, p: Pending) -> bytes:
         return self.rx.locate(self.tree, self.rx.entries[p.idx])[1]
 
-    def _install(self, p: Pending, st: os.stat_result) -> None:
+    def _install(self, p: Pending, st: os.stat_result,
+                 where: tuple[int, bytes] | None = None) -> None:
         """Attributes onto the verified temp file (`st` is its stat), then rename."""
         rx = self.rx
         e = rx.entries[p.idx]
@@ -280,7 +286,7 @@ class Writer:
             p.update.finish()
             p.update = None
         elif p.tmpname:
-            pfd, name = rx.locate(self.tree, e)
+            pfd, name = where or rx.locate(self.tree, e)
             try:
                 os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
             except OSError as exc:
@@ -326,9 +332,8 @@ class Writer:
 
     def _complete(self, idx: int, ok: bool, quiet: bool = False) -> None:
         rx = self.rx
-        with rx.lock:
-            rx.pending.pop(idx, None)
-            rx.completed += 1
+        rx.pending.pop(idx, None)
+        rx.completed += 1
         if ok:
             rx.status[idx] = 1
         else:
