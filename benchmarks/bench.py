@@ -571,10 +571,36 @@ def set_aside(path: str, trash: str) -> None:
         os.rename(path, os.path.join(trash, f"{len(os.listdir(trash))}"))
 
 
-def empty_trash(trash: str) -> None:
+def empty_trash(trash: str, root: str) -> None:
     if os.path.lexists(trash):
         rm_rf(trash)
         os.sync()
+        note_deletion(root)
+
+
+DELETED_STAMP = ".deleted-at"
+"""Touched in the workdir root whenever the bench deletes trees there."""
+SETTLE_S = 330.0
+"""ext4's longest wait before it reuses freed inodes (see set_aside)."""
+
+
+def note_deletion(root: str) -> None:
+    Path(root, DELETED_STAMP).touch()
+
+
+def settle(root: str, wait: float) -> None:
+    """Let ext4 forget the previous bench run's deletions before S1 or S4a is timed: two
+    runs back to back would otherwise time its walk past the freed inodes, not the tools
+    (S1 runs of either tool took 2 to 6 s longer in a run started 4 minutes after another)."""
+    try:
+        age = time.time() - os.stat(os.path.join(root, DELETED_STAMP)).st_mtime
+    except FileNotFoundError:
+        return
+    if 0 <= age < wait:
+        print(f"waiting {wait - age:.0f} s: the previous run deleted its trees {age:.0f} s ago, "
+              f"and ext4 makes files slowly for up to {SETTLE_S / 60:.1f} minutes after a "
+              "mass deletion (--settle 0 skips the wait)", flush=True)
+        time.sleep(wait - age)
 
 
 class Scenario:
@@ -1382,6 +1408,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "deadlocked on full pipes (default 30, or 10 with --quick)")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="kill a run after S seconds (default 1800, or 300 with --quick)")
+    p.add_argument("--settle", type=float, metavar="S",
+                   help="before S1 or S4a, wait until the previous run's deletions are S "
+                        f"seconds old (default {SETTLE_S:.0f}, or 0 with --quick: ext4 makes "
+                        "files slowly for that long after a mass deletion)")
     p.add_argument("--profile", metavar="DIR",
                    help="after each scenario, one more untimed fscsync run under cProfile "
                         "(client and server); .prof files go to DIR")
@@ -1423,7 +1453,11 @@ def main(argv: list[str] | None = None) -> int:
               "times will be noisy", flush=True)
     outcomes: list[Outcome] = []
     crashed = False
+    root = os.path.dirname(work)
     try:
+        if any(issubclass(cls, InitialCopy) for cls in chosen):
+            settle(root, args.settle if args.settle is not None
+                   else 0.0 if args.quick else SETTLE_S)
         for cls in chosen:
             outcomes.append(run_scenario(bench, cls, reps, args.profile, hook_dir))
     except KeyboardInterrupt:
@@ -1432,13 +1466,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bench.sshd is not None:
             bench.sshd.stop()
-        empty_trash(bench.path("trash"))
+        empty_trash(bench.path("trash"), root)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-            try:
-                os.rmdir(os.path.dirname(work))
-            except OSError:
-                pass
+            note_deletion(root)
     elapsed = time.perf_counter() - t0
     if not outcomes:
         return 1
