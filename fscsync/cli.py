@@ -17,7 +17,8 @@ def run() -> None:
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: started with that descriptor closed
+                stream.flush()
         except (OSError, ValueError):
             pass
     os._exit(code)
@@ -64,9 +65,7 @@ def _main(args: list[str]) -> int:
         from fscsync.session import run_server
 
         return run_server(restrict_to=os.fsencode(restrict_to) if restrict_to else None)
-    from fscsync.endpoint import parse_endpoint
-    from fscsync.progress import ConsoleReporter
-    from fscsync.stats import format_stats
+    from fscsync.endpoint import parse_endpoint, plan
 
     if ns.help:
         parser.print_help()
@@ -85,22 +84,35 @@ def _main(args: list[str]) -> int:
     if len(paths) < 2:
         raise UsageError("need at least one SRC and a DEST (try --help)")
     endpoints = [parse_endpoint(x) for x in paths]
-    from fscsync.session import plan, run_client
-
     p = plan(endpoints[:-1], endpoints[-1])
-    progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
-        "progress" if opts.progress else None)
-    log = None
-    if ns.log_file:
-        from fscsync.logfile import LogFile
+    peer = None
+    if p.peer is not None:  # connecting takes longest: start it before the imports below
+        from fscsync.transport import remote_command, spawn
 
-        log = LogFile(ns.log_file, ns.log_file_format)
-        opts.log_items = True
-    reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
-                               log=log, itemize=bool(opts.itemize))
-    rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
+        rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
+        peer = spawn(remote_command(p.peer, rsh, ns.remote_fscsync))
     try:
-        outcome = run_client(opts, p, reporter, rsh, ns.remote_fscsync)
+        from fscsync.progress import ConsoleReporter
+        from fscsync.session import run_client
+
+        progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
+            "progress" if opts.progress else None)
+        log = None
+        if ns.log_file:
+            from fscsync.logfile import LogFile
+
+            log = LogFile(ns.log_file, ns.log_file_format)
+            opts.log_items = True
+        reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet,
+                                   progress=progress_mode, log=log,
+                                   itemize=bool(opts.itemize))
+    except BaseException:
+        if peer is not None:
+            peer.kill()
+            peer.close()
+        raise
+    try:
+        outcome = run_client(opts, p, reporter, peer)
     except FscsyncError as exc:
         if log is not None:
             log.event("error", str(exc))
@@ -116,6 +128,8 @@ def _main(args: list[str]) -> int:
                       f"(code {outcome.exit_code})")
         log.close()
     if opts.stats:
+        from fscsync.stats import format_stats
+
         for line in format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,
                                  outcome.elapsed):
             print(line)

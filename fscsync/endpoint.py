@@ -1,11 +1,13 @@
 """Where a path lives: `[user@]host:path` is remote, anything else is local (rsync's rule:
-a colon before the first slash makes it remote)."""
+a colon before the first slash makes it remote); and so which side sends."""
 
 from __future__ import annotations
 
 from collections import namedtuple
 
-from fscsync.errors import escape
+from fscsync import errors
+from fscsync.errors import FscsyncError, escape
+from fscsync.record import Record
 
 
 class Endpoint(namedtuple("Endpoint", "path host user", defaults=(None, None))):
@@ -38,3 +40,25 @@ def parse_endpoint(arg: bytes) -> Endpoint:
     if where.startswith("[") and where.endswith("]"):
         where = where[1:-1]
     return Endpoint(path if path else b".", host=where, user=user or None)
+
+
+class Plan(Record):
+    """Who plays which role, decided from the endpoints (rsync's rules)."""
+
+    client_sends: bool
+    peer: Endpoint | None
+    sources: list[bytes]
+    dest: bytes
+
+
+def plan(sources: list[Endpoint], dest: Endpoint) -> Plan:
+    remote_src = [s for s in sources if s.remote]
+    if dest.remote and remote_src:
+        raise FscsyncError("The source and destination cannot both be remote.", errors.SYNTAX)
+    if dest.remote:
+        return Plan(True, dest, [s.path for s in sources], dest.path)
+    if remote_src:
+        if len(remote_src) != len(sources) or len({(s.host, s.user) for s in sources}) != 1:
+            raise FscsyncError("all remote sources must be on the same host", errors.SYNTAX)
+        return Plan(False, sources[0], [s.path for s in sources], dest.path)
+    return Plan(True, None, [s.path for s in sources], dest.path)

@@ -10,14 +10,14 @@ import os
 import time
 
 from fscsync import errors, protocol
-from fscsync.endpoint import Endpoint
+from fscsync.endpoint import Plan
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.options import Options
 from fscsync.protocol import Channel, PeerClosed
 from fscsync.record import Record
 from fscsync.report import Reporter
 from fscsync.stats import Stats
-from fscsync.transport import fork_server, remote_command, spawn
+from fscsync.transport import Peer, fork_server
 
 LAST_WORDS_S = 5.0
 """How long a client waits for the reason a peer closed the connection."""
@@ -73,37 +73,15 @@ class Outcome(Record):
     elapsed: float = 0.0
 
 
-class Plan(Record):
-    """Who plays which role, decided from the endpoints (rsync's rules)."""
-
-    client_sends: bool
-    peer: Endpoint | None
-    sources: list[bytes]
-    dest: bytes
-
-
-def plan(sources: list[Endpoint], dest: Endpoint) -> Plan:
-    remote_src = [s for s in sources if s.remote]
-    if dest.remote and remote_src:
-        raise FscsyncError("The source and destination cannot both be remote.", errors.SYNTAX)
-    if dest.remote:
-        return Plan(True, dest, [s.path for s in sources], dest.path)
-    if remote_src:
-        if len(remote_src) != len(sources) or len({(s.host, s.user) for s in sources}) != 1:
-            raise FscsyncError("all remote sources must be on the same host", errors.SYNTAX)
-        return Plan(False, sources[0], [s.path for s in sources], dest.path)
-    return Plan(True, None, [s.path for s in sources], dest.path)
-
-
-def run_client(opts: Options, p: Plan, reporter: Reporter, rsh: str = "ssh",
-               remote_program: str | None = None) -> Outcome:
+def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = None
+               ) -> Outcome:
+    """Run the client's side against `peer`, the remote side already started (see
+    endpoint.start_peer), or against a local server forked here when it is None."""
     started = time.monotonic()
-    if p.peer is not None:
-        peer = spawn(remote_command(p.peer, rsh, remote_program))
-    from fscsync.receiver import Receiver  # noqa: F401  (after ssh starts, before a fork)
+    from fscsync.receiver import Receiver  # noqa: F401  (before a fork)
     from fscsync.sender import Sender
 
-    if p.peer is None:
+    if peer is None:
         peer = fork_server(run_server)
     chan = Channel(peer.rfd, peer.wfd)
     on_control = control_handler(reporter, p.peer.host if p.peer is not None else None)

@@ -87,7 +87,7 @@ def test_forked_server_runs_the_function_and_reports_its_code() -> None:
     if threading.active_count() > 1:
         pytest.skip("this test process already runs other threads")
     peer = transport.fork_server(lambda rfd, wfd: 7 if os.write(wfd, b"hi") == 2 else 1)
-    assert isinstance(peer, transport.ForkedPeer)
+    assert peer.argv is None, "forked, not spawned"
     assert os.read(peer.rfd, 2) == b"hi"
     assert peer.close() == 7
 
@@ -103,6 +103,28 @@ def test_server_is_spawned_when_threads_already_run() -> None:
     finally:
         stop.set()
         thread.join()
-    assert isinstance(peer, transport.Peer)
     assert peer.argv[1:] == ["-m", "fscsync", "--server"]
     assert isinstance(peer.close(timeout=30), int)
+
+
+@pytest.mark.parametrize("closed", ["stdin", "stdin-and-stdout"])
+def test_client_started_with_standard_descriptors_closed(tmp_path: Path, closed: str) -> None:
+    """A client started with stdin (and stdout) closed, as some schedulers start jobs,
+    gets pipes numbered 0 and 1: the remote shell must still find them as its stdin
+    and stdout, and the client must end cleanly with nothing to print to."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "f").write_bytes(b"data\n")
+    rsh = tmp_path / "rsh.sh"
+    rsh.write_text(f"#!/bin/sh\nexec {sys.executable} -m fscsync --server\n")
+    close = "exec 0<&-" if closed == "stdin" else "exec 0<&- 1>&-"
+    proc = subprocess.run(
+        ["sh", "-c", f'{close}; exec "$@"', "sh", sys.executable, "-m", "fscsync", "-a",
+         "-e", f"sh {rsh}", f"{src}/", f"elsewhere:{dst}/"],
+        stderr=subprocess.PIPE, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, err
+    assert err == ""
+    assert (dst / "f").read_bytes() == b"data\n"
+
