@@ -29,8 +29,9 @@ _READ_CHUNK = 1 << 20
 _DIRECT_READ = 64 << 10
 _INFLATE_STEP = 1 << 20
 _IN_BUFFER = 256 << 10
-_IOV_MAX = 512
 """Input buffer: four big frames' worth; frames of _DIRECT_READ or more skip it."""
+_IOV_MAX = 512
+"""Buffers per writev (the kernel takes up to 1024)."""
 F_SETPIPE_SZ = 1031
 
 # Frame types.

@@ -75,8 +75,9 @@ class Outcome(Record):
 
 def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = None
                ) -> Outcome:
-    """Run the client's side against `peer`, the remote side already started (see
-    endpoint.start_peer), or against a local server forked here when it is None."""
+    """Run the client's side against `peer`, the remote shell the command line started
+    (as early as it could: connecting takes longest), or against a local server forked
+    here when it is None."""
     started = time.monotonic()
     from fscsync.receiver import Receiver  # noqa: F401  (before a fork)
     from fscsync.sender import Sender
