@@ -38,6 +38,7 @@ class Peer:
                 pass
         self.rfd = self.wfd = -1
         deadline = time.monotonic() + timeout
+        nap = 0.0005  # the peer usually ends within a few ms of its last frame
         while self._status is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
@@ -46,7 +47,8 @@ class Peer:
                 self.kill()
                 self._status = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
             else:
-                time.sleep(0.005)
+                time.sleep(nap)
+                nap = min(nap * 2, 0.05)
         return self._status
 
     def kill(self) -> None:
