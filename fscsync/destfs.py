@@ -39,7 +39,10 @@ def check_paths(paths: list[bytes]) -> None:
     Between the slashes of "/" + "/".join(paths) + "/" lie exactly the components of
     all the paths, so a bad path (empty, absolute, ending in "/", or with an empty,
     "." or ".." component) shows there as "//", "/./" or "/../", and good ones never
-    do. Any finding, or the root "." itself, goes through check_path one by one."""
+    do. Any finding goes through check_path one by one, which names the bad path; so
+    does a batch with "." anywhere but first (where the root entry comes)."""
+    if paths and paths[0] == b".":
+        paths = paths[1:]
     joined = b"/" + b"/".join(paths) + b"/"
     if (b"//" in joined or b"/./" in joined or b"/../" in joined or b"\0" in joined
             or max(map(len, paths), default=0) > 4096):
