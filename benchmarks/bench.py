@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fscsync vs rsync, side by side on the same trees in one run (issue 7).
 
-    .venv/bin/python benchmarks/bench.py              # make bench: full trees, 3 reps
+    .venv/bin/python benchmarks/bench.py              # make bench: full trees, 3 or 5 reps
     .venv/bin/python benchmarks/bench.py --quick      # make bench-quick: small trees, 1 rep
     .venv/bin/python benchmarks/bench.py --only S3,S5 --reps 5 --keep
 
@@ -89,6 +89,9 @@ class Config:
     enc_dirs: int
     changed_blocks: int
     reps: int
+    short_reps: int
+    """Reps of the scenarios that take a second or less (Scenario.short): more of them
+    cost little, and their medians then ride out the VM's noisier moments."""
 
     def describe(self) -> str:
         return (f"S1: {human(self.big)} file + {self.small_files:,} files of 100 B-8 KiB in "
@@ -100,10 +103,10 @@ class Config:
 
 FULL = Config("full", big=1 * GiB, small_files=10_000, small_dirs=100, many_files=100_000,
               many_dirs=1_000, enc_big=1 * GiB, enc_files=1_000, enc_dirs=10,
-              changed_blocks=10, reps=3)
+              changed_blocks=10, reps=3, short_reps=5)
 QUICK = Config("quick", big=128 * MiB, small_files=2_000, small_dirs=20, many_files=10_000,
                many_dirs=100, enc_big=128 * MiB, enc_files=200, enc_dirs=4,
-               changed_blocks=10, reps=1)
+               changed_blocks=10, reps=1, short_reps=1)
 
 
 def human(n: float | None, unit: str = "B") -> str:
@@ -609,6 +612,8 @@ class Scenario:
     time_target: float | None = None
     wire_target: float | None = None
     mem_target = 2.0
+    short = False
+    """A run takes about a second or less: Config.short_reps of it."""
 
     def __init__(self, bench: Bench):
         self.b = bench
@@ -702,6 +707,8 @@ class S1(InitialCopy):
 
 class NoChange(Scenario):
     """A no-change rescan of a tree the destination already mirrors."""
+
+    short = True
 
     which = ""
 
@@ -824,6 +831,8 @@ class S5(Delta):
 class Remote(Scenario):
     """S1's small files pushed over the test sshd on 127.0.0.1."""
 
+    short = True
+
     def setup(self) -> None:
         self.sshd = self.b.start_sshd()
         self.b.s1_tree()
@@ -902,7 +911,7 @@ def select(only: str | None) -> list[type[Scenario]]:
 # --------------------------------------------------------------------------- space
 
 
-def space_needed(cfg: Config, chosen: list[type[Scenario]], reps: int) -> int:
+def space_needed(cfg: Config, chosen: list[type[Scenario]], reps: dict[str, int]) -> int:
     """A generous estimate of the bytes the chosen scenarios put on disk (S1 and S4a
     keep every run's copy until the end, see set_aside)."""
     small = cfg.small_files * 8 * KiB + cfg.small_dirs * 4 * KiB
@@ -911,9 +920,9 @@ def space_needed(cfg: Config, chosen: list[type[Scenario]], reps: int) -> int:
     if keys & {"S1", "S2a", "S4a", "S4b"}:
         need += cfg.big + small  # the S1 source tree
     if keys & {"S1", "S2a"}:
-        need += 2 * (cfg.big + small) * (reps + 1 if "S1" in keys else 1)
+        need += 2 * (cfg.big + small) * (reps["S1"] + 1 if "S1" in keys else 1)
     if keys & {"S4a", "S4b"}:
-        need += 2 * small * (reps + 1 if "S4a" in keys else 1)
+        need += 2 * small * (reps["S4a"] + 1 if "S4a" in keys else 1)
     if "S2b" in keys:
         need += 3 * (cfg.many_files * 8 * KiB + cfg.many_dirs * 4 * KiB)
     if "S3" in keys:
@@ -923,7 +932,8 @@ def space_needed(cfg: Config, chosen: list[type[Scenario]], reps: int) -> int:
     return int(need * 1.05) + 256 * MiB
 
 
-def check_space(cfg: Config, chosen: list[type[Scenario]], reps: int, work: str) -> None:
+def check_space(cfg: Config, chosen: list[type[Scenario]], reps: dict[str, int],
+                work: str) -> None:
     parent = work
     while not os.path.exists(parent):
         parent = os.path.dirname(parent) or "/"
@@ -1294,8 +1304,18 @@ def machine_info(work: str, fscsync: Tool) -> dict[str, str]:
     }
 
 
-def render_markdown(outcomes: list[Outcome], cfg: Config, reps: int, info: dict[str, str],
-                    started: datetime.datetime, elapsed: float, only: str | None) -> str:
+def describe_reps(reps: dict[str, int]) -> str:
+    """Say how many reps ran, e.g. "5 timed repetitions per tool (3 for S1, S3, S5)"."""
+    counts = sorted(set(reps.values()), key=lambda n: -list(reps.values()).count(n))
+    main = counts[0]
+    text = f"{main} timed repetition{'s' if main != 1 else ''} per tool"
+    others = [f"{n} for {', '.join(k for k, m in reps.items() if m == n)}" for n in counts[1:]]
+    return text + (f" ({'; '.join(others)})" if others else "")
+
+
+def render_markdown(outcomes: list[Outcome], cfg: Config, reps: dict[str, int],
+                    reps_arg: int | None, info: dict[str, str], started: datetime.datetime,
+                    elapsed: float, only: str | None) -> str:
     date = started.strftime("%Y-%m-%d %H:%M UTC")
     changed = []
     if engine_fingerprint() != info["engine"]:
@@ -1309,7 +1329,7 @@ def render_markdown(outcomes: list[Outcome], cfg: Config, reps: int, info: dict[
         f"Measured {date} by `benchmarks/bench.py"
         + (" --quick" if cfg.name == "quick" else "")
         + (f" --only {only}" if only else "")
-        + (f" --reps {reps}" if reps != cfg.reps else "") + f"` in {elapsed / 60:.1f} min.",
+        + (f" --reps {reps_arg}" if reps_arg else "") + f"` in {elapsed / 60:.1f} min.",
         "",
         f"- machine: {info['nproc']} CPUs, {info['memory']} RAM, kernel {info['kernel']}, "
         f"{info['os']}; trees on {info['fs'] or '?'}; load average {info['load']} at the "
@@ -1318,8 +1338,8 @@ def render_markdown(outcomes: list[Outcome], cfg: Config, reps: int, info: dict[
         f"(git {info['commit']}, sources {info['engine']}), Python {info['python']}",
         f"- {cfg.name} trees: {cfg.describe()}",
         *changed,
-        f"- {reps} timed repetition{'s' if reps != 1 else ''} per tool after one untimed "
-        "warm-up each, alternating tools; medians; ratio = fscsync / rsync",
+        f"- {describe_reps(reps)} after one untimed warm-up each, alternating tools; "
+        "medians; ratio = fscsync / rsync",
         "",
         md_table(HEADER, summary_rows(outcomes), {0, 10, 11}),
         "",
@@ -1395,7 +1415,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", metavar="LIST",
                    help="comma-separated scenarios or prefixes, e.g. S3,S5 or S2 (= S2a,S2b)")
     p.add_argument("--reps", type=int, metavar="N",
-                   help="timed repetitions per tool (default 3, or 1 with --quick)")
+                   help="timed repetitions per tool (default 3, and 5 for S2a, S2b, S4a and "
+                        "S4b; 1 with --quick)")
     p.add_argument("--keep", action="store_true",
                    help="keep trees and destinations (and reuse kept trees next time)")
     p.add_argument("--workdir", default=DEFAULT_WORKDIR,
@@ -1429,8 +1450,9 @@ def main(argv: list[str] | None = None) -> int:
     global LIMITS
     LIMITS = Limits(args.stall or (10.0 if args.quick else 30.0),
                     args.timeout or (300.0 if args.quick else 1800.0))
-    reps = args.reps or cfg.reps
     chosen = select(args.only)
+    reps = {cls.key: args.reps or (cfg.short_reps if cls.short else cfg.reps)
+            for cls in chosen}
     work = os.path.join(os.path.abspath(args.workdir), cfg.name)
     check_space(cfg, chosen, reps, work)
     os.makedirs(work, exist_ok=True)
@@ -1445,8 +1467,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(work, bench.tools["fscsync"])
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.perf_counter()
-    print(f"fscsync benchmark ({cfg.name}): {', '.join(s.key for s in chosen)}; {reps} rep(s) "
-          f"+ warm-up per tool\n{cfg.describe()}", flush=True)
+    print(f"fscsync benchmark ({cfg.name}): {', '.join(s.key for s in chosen)}; "
+          f"{describe_reps(reps)} + a warm-up\n{cfg.describe()}", flush=True)
     load = float(info["load"].split()[0]) if info["load"] != "?" else 0.0
     if load > 0.5:
         print(f"warning: load average {info['load']}: other work is running on this machine; "
@@ -1459,7 +1481,7 @@ def main(argv: list[str] | None = None) -> int:
             settle(root, args.settle if args.settle is not None
                    else 0.0 if args.quick else SETTLE_S)
         for cls in chosen:
-            outcomes.append(run_scenario(bench, cls, reps, args.profile, hook_dir))
+            outcomes.append(run_scenario(bench, cls, reps[cls.key], args.profile, hook_dir))
     except KeyboardInterrupt:
         print("\nbench: interrupted; reporting what ran", file=sys.stderr)
         crashed = True
@@ -1474,14 +1496,15 @@ def main(argv: list[str] | None = None) -> int:
     if not outcomes:
         return 1
     rows = summary_rows(outcomes)
-    print(f"\nfscsync / rsync, medians of {reps} rep(s), {cfg.name} trees "
+    print(f"\nfscsync / rsync, medians ({describe_reps(reps)}), {cfg.name} trees "
           f"({elapsed / 60:.1f} min):\n")
     print(text_table(rows))
-    markdown = render_markdown(outcomes, cfg, reps, info, started, elapsed, args.only)
+    markdown = render_markdown(outcomes, cfg, reps, args.reps, info, started, elapsed,
+                               args.only)
     Path(args.results).write_text(markdown)
     print(f"\nwrote {args.results}")
-    if cfg.name == "full" and not args.only and reps >= 3 and not crashed and update_readme(
-            markdown):
+    if (cfg.name == "full" and not args.only and min(reps.values()) >= 3 and not crashed
+            and update_readme(markdown)):
         print(f"updated the results section of {HERE / 'README.md'}")
     if engine_fingerprint() != info["engine"]:
         print("warning: the fscsync sources changed while the benchmark ran; see results.md")
