@@ -1496,7 +1496,7 @@ def main(argv: list[str] | None = None) -> int:
     if not outcomes:
         return 1
     rows = summary_rows(outcomes)
-    print(f"\nfscsync / rsync, medians ({describe_reps(reps)}), {cfg.name} trees "
+    print(f"\nfscsync / rsync, medians of {describe_reps(reps)}, {cfg.name} trees "
           f"({elapsed / 60:.1f} min):\n")
     print(text_table(rows))
     markdown = render_markdown(outcomes, cfg, reps, args.reps, info, started, elapsed,
