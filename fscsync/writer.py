@@ -113,8 +113,7 @@ class Writer:
                     copy_range(p.basis_fd, p.fd, off, arg)
                     p.data_end = max(p.data_end, min(off + arg, os.fstat(p.basis_fd).st_size))
                 else:
-                    if self._corrupt and arg:
-                        arg = bytes([arg[0] ^ 0xFF]) + bytes(arg[1:])
+                    arg = self._fault(arg)
                     if p.update is not None:
                         p.update.write(off, arg)
                     else:
@@ -125,6 +124,20 @@ class Writer:
             self._discard(p)
             p.fd = -1
             self.rx.os_fail(idx, "write of", exc)
+
+    def _fault(self, data: bytes | memoryview) -> bytes | memoryview:
+        """The literal as received, or with its first byte flipped under FAULT_ENV (the
+        tests' way to make verification fail)."""
+        if self._corrupt and data:
+            return bytes([data[0] ^ 0xFF]) + bytes(data[1:])
+        return data
+
+    def _give_up(self, p: Pending, idx: int, what: str, exc: OSError) -> None:
+        """An OS error ends this file: its temp file goes, the error is reported, and the
+        entry is done (the destination keeps its previous copy)."""
+        self._discard(p)
+        self.rx.os_fail(idx, what, exc)
+        self._complete(idx, ok=False, quiet=True)
 
     @staticmethod
     def _write(p: Pending, off: int, data: bytes) -> None:
@@ -192,9 +205,7 @@ class Writer:
                 else:
                     got = self._digest_result(p, size)
         except OSError as exc:
-            self._discard(p)
-            rx.os_fail(idx, "write of", exc)
-            self._complete(idx, ok=False, quiet=True)
+            self._give_up(p, idx, "write of", exc)
             return
         self._conclude(p, idx, size, digest, got, st)
 
@@ -209,14 +220,11 @@ class Writer:
             where = self.rx.locate(self.tree, self.rx.entries[idx])
             self._create_temp(p, *where)
             if size:
-                if self._corrupt:
-                    data = bytes([data[0] ^ 0xFF]) + bytes(data[1:])
+                data = self._fault(data)
                 self._write(p, 0, data)
             st = os.fstat(p.fd)
         except OSError as exc:
-            self._discard(p)
-            self.rx.os_fail(idx, "write of", exc)
-            self._complete(idx, ok=False, quiet=True)
+            self._give_up(p, idx, "write of", exc)
             return
         self._conclude(p, idx, size, digest, xxhash.xxh3_128_digest(data), st, where)
 
@@ -250,9 +258,7 @@ class Writer:
             self._complete(idx, ok=False, quiet=True)
             return
         except OSError as exc:
-            self._discard(p)
-            rx.os_fail(idx, "finishing", exc)
-            self._complete(idx, ok=False, quiet=True)
+            self._give_up(p, idx, "finishing", exc)
             return
         if e.enc is not None:
             rx.stats.encrypted_bytes += size
