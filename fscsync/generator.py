@@ -124,7 +124,7 @@ class Generator:
             if mode & _S_IFMT == _S_IFREG and e.enc is None and e.link < 0:
                 head, _, name = e.path.rpartition(b"/")
                 if head in fresh:
-                    self.process(tree, idx, e)
+                    self.process(tree, idx, e, None)
                     continue
                 try:
                     st = lstat(name, dir_fd=dirfd(head), follow_symlinks=False)
