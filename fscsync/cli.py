@@ -66,6 +66,7 @@ def _main(args: list[str]) -> int:
 
         return run_server(restrict_to=os.fsencode(restrict_to) if restrict_to else None)
     from fscsync.endpoint import parse_endpoint, plan
+    from fscsync.progress import ConsoleReporter
 
     if ns.help:
         parser.print_help()
@@ -85,32 +86,24 @@ def _main(args: list[str]) -> int:
         raise UsageError("need at least one SRC and a DEST (try --help)")
     endpoints = [parse_endpoint(x) for x in paths]
     p = plan(endpoints[:-1], endpoints[-1])
+    progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
+        "progress" if opts.progress else None)
+    log = None
+    if ns.log_file:
+        from fscsync.logfile import LogFile
+
+        log = LogFile(ns.log_file, ns.log_file_format)
+        opts.log_items = True
+    reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
+                               log=log, itemize=bool(opts.itemize))
     peer = None
     if p.peer is not None:  # connecting takes longest: start it before the imports below
         from fscsync.transport import remote_command, spawn
 
         rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
         peer = spawn(remote_command(p.peer, rsh, ns.remote_fscsync))
-    try:
-        from fscsync.progress import ConsoleReporter
-        from fscsync.session import run_client
+    from fscsync.session import run_client
 
-        progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
-            "progress" if opts.progress else None)
-        log = None
-        if ns.log_file:
-            from fscsync.logfile import LogFile
-
-            log = LogFile(ns.log_file, ns.log_file_format)
-            opts.log_items = True
-        reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet,
-                                   progress=progress_mode, log=log,
-                                   itemize=bool(opts.itemize))
-    except BaseException:
-        if peer is not None:
-            peer.kill()
-            peer.close()
-        raise
     try:
         outcome = run_client(opts, p, reporter, peer)
     except FscsyncError as exc:
