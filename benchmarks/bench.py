@@ -51,7 +51,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1306,10 +1306,9 @@ def machine_info(work: str, fscsync: Tool) -> dict[str, str]:
 
 def describe_reps(reps: dict[str, int]) -> str:
     """Say how many reps ran, e.g. "5 timed repetitions per tool (3 for S1, S3, S5)"."""
-    counts = sorted(set(reps.values()), key=lambda n: -list(reps.values()).count(n))
-    main = counts[0]
+    (main, _), *rest = Counter(reps.values()).most_common()
     text = f"{main} timed repetition{'s' if main != 1 else ''} per tool"
-    others = [f"{n} for {', '.join(k for k, m in reps.items() if m == n)}" for n in counts[1:]]
+    others = [f"{n} for {', '.join(k for k, m in reps.items() if m == n)}" for n, _ in rest]
     return text + (f" ({'; '.join(others)})" if others else "")
 
 
