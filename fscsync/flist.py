@@ -24,7 +24,8 @@ F_RDEV = 32
 F_ENC_ALT = 64
 F_ENC_BIN = 128
 
-_HEAD = struct.Struct(">HIQqIIB")
+_COUNTS = struct.Struct(">II")
+_ROW = 4 + 8 + 8 + 4 + 4 + 1  # the bytes of one entry's columns
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -79,56 +80,75 @@ class Entry:
 
 
 def encode_entries(entries: list[Entry]) -> bytes:
-    """Pack entries into one FLIST frame payload."""
-    out = bytearray()
-    head = _HEAD.pack
-    for e in entries:
+    """Pack entries into one FLIST frame payload, a column per field: the receiver
+    unpacks each column with one struct call instead of one per entry, and settles an
+    unchanged file without building an Entry for it.
+
+    Layout: count; the paths' byte length, then the paths joined by NUL (no path can
+    hold one); modes, sizes, mtimes, uids, gids and flags, each a column of `count`
+    values; then the optional fields of each entry whose flags name some, in order."""
+    n = len(entries)
+    paths = b"\0".join([e.path for e in entries])
+    out = bytearray(_COUNTS.pack(n, len(paths)))
+    out += paths
+    out += struct.pack(f">{n}I", *[e.mode for e in entries])
+    out += struct.pack(f">{n}Q", *[e.size for e in entries])
+    out += struct.pack(f">{n}q", *[e.mtime_ns for e in entries])
+    out += struct.pack(f">{n}I", *[e.uid for e in entries])
+    out += struct.pack(f">{n}I", *[e.gid for e in entries])
+    flags = bytearray(n)
+    extras = bytearray()
+    for i, e in enumerate(entries):
         if (e.target is None and e.enc is None and not e.xattrs and e.link < 0
                 and e.checksum is None and not e.rdev and not e.enc_alt):  # the common entry
-            out += head(len(e.path), e.mode, e.size, e.mtime_ns, e.uid, e.gid, 0)
-            out += e.path
             continue
-        flags = 0
-        if e.target is not None:
-            flags |= F_TARGET
-        if e.xattrs:
-            flags |= F_XATTRS
-        if e.enc is not None:
-            flags |= F_ENC
-        if e.link >= 0:
-            flags |= F_LINK
-        if e.checksum is not None:
-            flags |= F_SUM
-        if e.rdev:
-            flags |= F_RDEV
-        if e.enc_alt:
-            flags |= F_ENC_ALT
-        enc_bin = _binary_encdata(e.enc) if e.enc is not None else None
-        if enc_bin is not None:
-            flags = (flags & ~F_ENC) | F_ENC_BIN
-        out += _HEAD.pack(len(e.path), e.mode, e.size, e.mtime_ns, e.uid, e.gid, flags)
-        out += e.path
-        if flags & F_RDEV:
-            out += _U64.pack(e.rdev)
-        if flags & F_TARGET:
-            out += _U16.pack(len(e.target))
-            out += e.target
-        if flags & F_LINK:
-            out += _U32.pack(e.link)
-        if flags & F_XATTRS:
-            out += _U16.pack(len(e.xattrs))
-            for name, value in e.xattrs:
-                out += _XA.pack(len(name), len(value))
-                out += name
-                out += value
-        if flags & F_ENC:
-            out += _U16.pack(len(e.enc))
-            out += e.enc
-        if flags & F_ENC_BIN:
-            out += enc_bin
-        if flags & F_SUM:
-            out += e.checksum
+        flags[i] = _encode_extras(e, extras)
+    out += flags
+    out += extras
     return bytes(out)
+
+
+def _encode_extras(e: Entry, out: bytearray) -> int:
+    """Append entry `e`'s optional fields to `out`; returns the flags that name them."""
+    flags = 0
+    if e.target is not None:
+        flags |= F_TARGET
+    if e.xattrs:
+        flags |= F_XATTRS
+    if e.enc is not None:
+        flags |= F_ENC
+    if e.link >= 0:
+        flags |= F_LINK
+    if e.checksum is not None:
+        flags |= F_SUM
+    if e.rdev:
+        flags |= F_RDEV
+    if e.enc_alt:
+        flags |= F_ENC_ALT
+    enc_bin = _binary_encdata(e.enc) if e.enc is not None else None
+    if enc_bin is not None:
+        flags = (flags & ~F_ENC) | F_ENC_BIN
+    if flags & F_RDEV:
+        out += _U64.pack(e.rdev)
+    if flags & F_TARGET:
+        out += _U16.pack(len(e.target))
+        out += e.target
+    if flags & F_LINK:
+        out += _U32.pack(e.link)
+    if flags & F_XATTRS:
+        out += _U16.pack(len(e.xattrs))
+        for name, value in e.xattrs:
+            out += _XA.pack(len(name), len(value))
+            out += name
+            out += value
+    if flags & F_ENC:
+        out += _U16.pack(len(e.enc))
+        out += e.enc
+    if flags & F_ENC_BIN:
+        out += enc_bin
+    if flags & F_SUM:
+        out += e.checksum
+    return flags
 
 
 _ENC_BIN = struct.Struct(">QB")
@@ -185,7 +205,7 @@ class SentList:
         self._starts: list[int] = []
         self._payloads: list[bytes] = []
         self.count = 0
-        self._decoded: tuple[int, list[Entry]] = (-1, [])
+        self._decoded: tuple[int, Batch | None] = (-1, None)
 
     def add(self, payload: bytes, count: int) -> None:
         self._starts.append(self.count)
@@ -197,12 +217,45 @@ class SentList:
         if not 0 <= idx < self.count:
             return None
         b = bisect.bisect_right(self._starts, idx) - 1
-        if self._decoded[0] != b:
-            self._decoded = (b, unpack_batch(self._payloads[b]))
-        return self._decoded[1][idx - self._starts[b]]
+        batch = self._decoded[1]
+        if self._decoded[0] != b or batch is None:
+            batch = unpack_batch(self._payloads[b])
+            self._decoded = (b, batch)
+        return batch.entry(idx - self._starts[b])
 
 
-def unpack_batch(payload: bytes) -> list[Entry]:
+class Batch:
+    """One decoded FLIST payload, kept as its columns. An entry with optional fields
+    is built at once (`special`, by position); any other only when asked for."""
+
+    __slots__ = ("paths", "modes", "sizes", "mtimes", "uids", "gids", "flags", "special")
+
+    def __init__(self, paths: list[bytes], columns: tuple[tuple[int, ...], ...],
+                 flags: bytes, special: dict[int, Entry]):
+        self.paths = paths
+        self.modes, self.sizes, self.mtimes, self.uids, self.gids = columns
+        self.flags = flags
+        self.special = special
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def entry(self, i: int) -> Entry:
+        e = self.special.get(i)
+        if e is None:
+            e = Entry(self.paths[i], self.modes[i], self.sizes[i], self.mtimes[i],
+                      self.uids[i], self.gids[i])
+        return e
+
+    def entries(self) -> list[Entry]:
+        out = list(map(Entry, self.paths, self.modes, self.sizes, self.mtimes, self.uids,
+                       self.gids))
+        for i, e in self.special.items():
+            out[i] = e
+        return out
+
+
+def unpack_batch(payload: bytes) -> Batch:
     """Inverse of pack_batch, refusing to inflate past MAX_BATCH."""
     d = zlib.decompressobj()
     try:
@@ -211,41 +264,56 @@ def unpack_batch(payload: bytes) -> list[Entry]:
         raise ProtocolError(f"corrupt file-list frame: {exc}") from None
     if d.unconsumed_tail or not d.eof or d.unused_data:
         raise ProtocolError("file-list frame too large or truncated")
-    return decode_entries(raw)
+    return decode_batch(raw)
 
 
 def decode_entries(payload: bytes) -> list[Entry]:
-    """Unpack one FLIST frame; any inconsistency is a ProtocolError.
+    """The entries of one uncompressed FLIST payload."""
+    return decode_batch(payload).entries()
 
-    The plain entry (no flags) is decoded inline: it is nearly every entry of a big
-    tree, and the receiver decodes while its generator waits."""
-    out = []
-    append = out.append
-    head = _HEAD.unpack_from
-    hsize = _HEAD.size
+
+_COLUMNS = ("I", "Q", "q", "I", "I")  # mode, size, mtime, uid, gid
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """Unpack one uncompressed FLIST payload; any inconsistency is a ProtocolError."""
     end = len(payload)
-    pos = 0
-    while pos < end:
-        if pos + hsize > end:
-            raise ProtocolError("truncated file-list entry")
-        plen, mode, size, mtime_ns, uid, gid, flags = head(payload, pos)
-        pos += hsize
-        if plen == 0 or plen > MAX_PATH:
-            raise ProtocolError(f"file-list entry with a path of {plen} bytes")
-        if pos + plen > end:
-            raise ProtocolError("truncated file-list entry")
-        e = Entry(payload[pos : pos + plen], mode, size, mtime_ns, uid, gid)
-        pos += plen
-        if flags:
-            pos = _decode_extras(e, flags, _Reader(payload, pos))
-        append(e)
-    return out
+    if end < _COUNTS.size:
+        raise ProtocolError("truncated file-list frame")
+    n, plen = _COUNTS.unpack_from(payload)
+    pos = _COUNTS.size
+    if pos + plen + n * _ROW > end:
+        raise ProtocolError("truncated file-list frame")
+    paths = payload[pos : pos + plen].split(b"\0") if n else []
+    pos += plen
+    if len(paths) != n:
+        raise ProtocolError(f"file-list frame with {len(paths)} paths for {n} entries")
+    lengths = set(map(len, paths))
+    if 0 in lengths or max(lengths, default=0) > MAX_PATH:
+        raise ProtocolError("file-list entry with an empty or overlong path")
+    columns = []
+    for code in _COLUMNS:
+        column = struct.Struct(f">{n}{code}")
+        columns.append(column.unpack_from(payload, pos))
+        pos += column.size
+    flags = payload[pos : pos + n]
+    pos += n
+    special = {}
+    if flags.count(0) != n:
+        r = _Reader(payload, pos)
+        for i, f in enumerate(flags):
+            if f:
+                e = Entry(paths[i], *(c[i] for c in columns))
+                _decode_extras(e, f, r)
+                special[i] = e
+        pos = r.pos
+    if pos != end:
+        raise ProtocolError("trailing bytes after the file list")
+    return Batch(paths, tuple(columns), flags, special)
 
 
-def _decode_extras(e: Entry, flags: int, r: _Reader) -> int:
-    """The optional fields named by `flags`; returns the position after them."""
-    if flags & ~(F_TARGET | F_XATTRS | F_ENC | F_LINK | F_SUM | F_RDEV | F_ENC_ALT | F_ENC_BIN):
-        raise ProtocolError("file-list entry with unknown flags")
+def _decode_extras(e: Entry, flags: int, r: _Reader) -> None:
+    """The optional fields named by `flags`, read on from `r`."""
     e.enc_alt = bool(flags & F_ENC_ALT)
     if flags & F_RDEV:
         (e.rdev,) = r.unpack(_U64)
@@ -276,4 +344,3 @@ def _decode_extras(e: Entry, flags: int, r: _Reader) -> int:
         e.enc = format_encdata(EncData(size, ctx, r.take(nlen)))
     if flags & F_SUM:
         e.checksum = r.take(16)
-    return r.pos

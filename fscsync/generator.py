@@ -25,7 +25,7 @@ from fscsync.destfs import (
 )
 from fscsync.errors import escape
 from fscsync.fileio import BlockReader, digest_fd
-from fscsync.flist import Entry
+from fscsync.flist import Batch, Entry
 from fscsync.inplace import is_journal_name, recover
 from fscsync.meta import Target
 
@@ -97,33 +97,44 @@ class Generator:
         self.sent_nomore = False
         rx.generator = self
 
-    def batch(self, base: int, entries: list[Entry]) -> None:
-        """Handle one file-list batch whose first entry has index `base`.
+    def batch(self, base: int, batch: Batch) -> None:
+        """Handle one file-list batch whose first entry has index `base`, putting each
+        entry it does not settle outright into the receiver's list.
 
-        The no-change rescan's common case is settled in this loop: a plain regular
-        file whose destination has the same size, time, mode and owners is done.
-        Anything else, or any doubt, goes through process(), which would do nothing
-        more for such a file: no request, no itemize line, no attribute change."""
+        The no-change rescan's common case is settled in this loop, from the batch's
+        columns: a plain regular file whose destination has the same size, time, mode
+        and owners is done, with no Entry ever built for it. Anything else, or any
+        doubt, goes through process(), which would do nothing more for such a file: no
+        request, no itemize line, no attribute change."""
         tree = self.tree
+        rx = self.rx
+        all_entries = rx.entries
         if not self._quick:
-            for idx, e in enumerate(entries, base):
+            for idx, e in enumerate(batch.entries(), base):
+                all_entries[idx] = e
                 self.process(tree, idx, e)
             return
-        rx = self.rx
         opts = self.opts
         perms, owner, group = opts.perms, opts.owner and meta.IS_ROOT, opts.group
-        uid, gid = rx.ids.uid, rx.ids.gid
+        uid_of, gid_of = rx.ids.uid, rx.ids.gid
         children = self.children if opts.delete else None
         keep = opts.hard_links  # else finished entries are dropped (Receiver.done_with)
-        status, all_entries = rx.status, rx.entries
+        status = rx.status
+        special = batch.special
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
-        done = size = 0
-        for idx, e in enumerate(entries, base):
-            mode = e.mode
+        done = total = 0
+        for idx, path, mode, size, mtime_ns, uid, gid, flags in zip(
+                range(base, base + len(batch)), batch.paths, batch.modes, batch.sizes,
+                batch.mtimes, batch.uids, batch.gids, batch.flags, strict=True):
+            if flags:
+                e = all_entries[idx] = special[idx - base]
+                self.process(tree, idx, e)
+                continue
             st = _LOOK
-            if mode & _S_IFMT == _S_IFREG and e.enc is None and e.link < 0:
-                head, _, name = e.path.rpartition(b"/")
+            if mode & _S_IFMT == _S_IFREG:
+                head, _, name = path.rpartition(b"/")
                 if head in fresh:
+                    e = all_entries[idx] = Entry(path, mode, size, mtime_ns, uid, gid)
                     self.process(tree, idx, e, None)
                     continue
                 try:
@@ -131,28 +142,29 @@ class Generator:
                 except FileNotFoundError:
                     st = None
                 except OSError:
-                    self.process(tree, idx, e)  # looks again, and reports what it finds
-                    continue
-                if (st is not None and st.st_mode & _S_IFMT == _S_IFREG
-                        and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
-                        and st.st_size % cipher.UNIT
-                        and not (perms and (st.st_mode ^ mode) & 0o7777)
-                        and not (owner and uid(e.uid) != st.st_uid)
-                        and not (group and gid(e.gid) != st.st_gid)):
-                    done += 1
-                    size += e.size
-                    if children is not None:
-                        children.setdefault(head, set()).add(name)
-                    status[idx] = 1
-                    if not keep:
-                        all_entries[idx] = None
-                    continue
+                    st = _LOOK  # process() looks again, and reports what it finds
+                else:
+                    if (st.st_mode & _S_IFMT == _S_IFREG
+                            and st.st_size == size and st.st_mtime_ns == mtime_ns
+                            and size % cipher.UNIT
+                            and not (perms and (st.st_mode ^ mode) & 0o7777)
+                            and not (owner and uid_of(uid) != st.st_uid)
+                            and not (group and gid_of(gid) != st.st_gid)):
+                        done += 1
+                        total += size
+                        if children is not None:
+                            children.setdefault(head, set()).add(name)
+                        status[idx] = 1
+                        if keep:
+                            all_entries[idx] = Entry(path, mode, size, mtime_ns, uid, gid)
+                        continue
+            e = all_entries[idx] = Entry(path, mode, size, mtime_ns, uid, gid)
             self.process(tree, idx, e, st)
         if done:
             files = rx.stats.files
             kind = itemize.kind_name(_S_IFREG)
             files[kind] = files.get(kind, 0) + done
-            rx.stats.total_size += size
+            rx.stats.total_size += total
 
     def finish(self) -> None:
         """The file list is complete: tell the sender no more requests will come."""

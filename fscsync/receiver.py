@@ -19,7 +19,7 @@ from fscsync import errors, protocol
 from fscsync.destfs import DestTree, check_paths
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.finalize import Finalizer
-from fscsync.flist import Entry, unpack_batch
+from fscsync.flist import Batch, Entry, unpack_batch
 from fscsync.generator import Generator
 from fscsync.meta import IdMapper
 from fscsync.options import Options
@@ -119,26 +119,27 @@ class Receiver:
 
     # ---- the stream -----------------------------------------------------------------
 
-    def _add_entries(self, batch: list[Entry]) -> None:
+    def _add_entries(self, batch: Batch) -> None:
+        """Check a batch's place in the list and make room for its entries, which the
+        generator fills in as it decides them (or leaves None for files it settles)."""
         dir_paths = self.dir_paths
-        count = len(self.entries)
-        check_paths([e.path for e in batch])
-        for e in batch:
-            path = e.path
-            fmt = e.mode & 0o170000
+        base = len(self.entries)
+        paths = batch.paths
+        check_paths(paths)
+        for path, mode in zip(paths, batch.modes, strict=True):
             if path == b".":
-                if fmt != stat.S_IFDIR or self.root_seen:
+                if mode & 0o170000 != stat.S_IFDIR or self.root_seen:
                     raise ProtocolError("misplaced root entry in the file list")
                 self.root_seen = True
             elif path.rpartition(b"/")[0] not in dir_paths:
                 raise ProtocolError(f"entry {path[:100]!r} arrived before its directory")
-            if e.link >= 0 and (e.link >= count or fmt != stat.S_IFREG):
-                raise ProtocolError("hard link to an entry that does not precede it")
-            if fmt == stat.S_IFDIR:
+            if mode & 0o170000 == stat.S_IFDIR:
                 dir_paths.add(path)
-            count += 1
-        self.entries.extend(batch)
-        self.status.extend(bytes(len(batch)))
+        for i, e in batch.special.items():
+            if e.link >= 0 and (e.link >= base + i or not e.is_reg):
+                raise ProtocolError("hard link to an entry that does not precede it")
+        self.entries += [None] * len(paths)
+        self.status.extend(bytes(len(paths)))
         if len(self.entries) > MAX_ENTRIES:
             raise ProtocolError("file list too long")
 

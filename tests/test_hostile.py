@@ -159,9 +159,21 @@ def flist_end(count: int, io_error: bool = False) -> bytes:
     return json.dumps({"io_error": io_error, "count": count}).encode()
 
 
-def entry_bytes(plen: int, mode: int, flags: int, size: int = 0) -> bytes:
-    """A raw entry header, for payloads the encoder cannot make."""
-    return struct.pack(">HIQqIIB", plen, mode, size, T_NEW, 0, 0, flags)
+ROOT_ROW = (b".", DIR, 0, b"")
+
+
+def raw_batch(rows: list[tuple[bytes, int, int, bytes]], count: int | None = None,
+              paths_len: int | None = None) -> bytes:
+    """An uncompressed FLIST payload the encoder cannot make: rows of (path, mode, flags,
+    optional-field bytes), with the entry count or the paths' length overridden."""
+    n = len(rows)
+    paths = b"\0".join(r[0] for r in rows)
+    return b"".join([
+        struct.pack(">II", n if count is None else count,
+                    len(paths) if paths_len is None else paths_len), paths,
+        struct.pack(f">{n}I", *(r[1] for r in rows)), struct.pack(f">{n}Q", *[0] * n),
+        struct.pack(f">{n}q", *[T_NEW] * n), struct.pack(f">{2 * n}I", *[0] * (2 * n)),
+        bytes(r[2] for r in rows), *(r[3] for r in rows)])
 
 
 def start(sb: Sandbox, options=None, timeout: float = QUICK, spawn: bool = False
@@ -726,38 +738,50 @@ def test_truncated_frame_then_eof(sb: Sandbox, cut: str) -> None:
         assert sb.new_entries() == [], "the temp file of the cut file was left behind"
 
 
-def _xattr_entry(count: int, pairs: bytes) -> bytes:
-    return entry_bytes(1, REG, F_XATTRS) + b"x" + struct.pack(">H", count) + pairs
+def _xattr_row(count: int, pairs: bytes) -> tuple[bytes, int, int, bytes]:
+    return (b"x", REG, F_XATTRS, struct.pack(">H", count) + pairs)
 
 
 @pytest.mark.parametrize("case", [
     "path-past-end", "target-past-end", "link-past-end", "xattr-count-past-end",
-    "xattr-value-past-end", "half-header", "unknown-flags", "path-too-long",
-    "encdata-too-long", "trailing-garbage"])
+    "xattr-value-past-end", "half-header", "flags-without-their-fields", "path-too-long",
+    "empty-path", "more-paths-than-entries", "encdata-too-long", "trailing-garbage"])
 def test_inconsistent_lengths_inside_a_file_list_frame(sb: Sandbox, case: str) -> None:
-    good = encode_entries([root()])
-    payload = {
-        "path-past-end": entry_bytes(200, REG, 0) + b"short",
-        "target-past-end": entry_bytes(1, LNK, F_TARGET) + b"l" + struct.pack(">H", 500) + b"t",
-        "link-past-end": entry_bytes(1, REG, F_LINK) + b"h" + b"\0\0",
-        "xattr-count-past-end": _xattr_entry(5, struct.pack(">BI", 6, 1) + b"user.a" + b"v"),
-        "xattr-value-past-end": _xattr_entry(1, struct.pack(">BI", 6, 60000) + b"user.a" + b"v"),
-        "half-header": entry_bytes(1, REG, 0)[:10],
-        "unknown-flags": entry_bytes(1, REG, 0x80) + b"f",
-        "path-too-long": entry_bytes(5000, REG, 0) + b"p" * 5000,
-        "encdata-too-long": entry_bytes(1, REG, 4) + b"e" + struct.pack(">H", 60000)
-        + b"e" * 60000,
-        "trailing-garbage": encode_entries([reg(b"f", b"")]) + b"\x00\x01",
-    }[case]
-    result = play(sb, [(protocol.FLIST, flist_payload_raw(good + payload))])
+    plain = [ROOT_ROW, (b"f", REG, 0, b"")]
+    raw = {
+        "path-past-end": lambda: raw_batch(plain, paths_len=200),
+        "target-past-end": lambda: raw_batch(
+            [ROOT_ROW, (b"l", LNK, F_TARGET, struct.pack(">H", 500) + b"t")]),
+        "link-past-end": lambda: raw_batch([ROOT_ROW, (b"h", REG, F_LINK, b"\0\0")]),
+        "xattr-count-past-end": lambda: raw_batch(
+            [ROOT_ROW, _xattr_row(5, struct.pack(">BI", 6, 1) + b"user.a" + b"v")]),
+        "xattr-value-past-end": lambda: raw_batch(
+            [ROOT_ROW, _xattr_row(1, struct.pack(">BI", 6, 60000) + b"user.a" + b"v")]),
+        "half-header": lambda: raw_batch(plain)[:-10],
+        "flags-without-their-fields": lambda: raw_batch([ROOT_ROW, (b"f", REG, 0x80, b"")]),
+        "path-too-long": lambda: raw_batch([ROOT_ROW, (b"p" * 5000, REG, 0, b"")]),
+        "empty-path": lambda: raw_batch([ROOT_ROW, (b"", REG, 0, b"")]),
+        "more-paths-than-entries": lambda: raw_batch(plain, count=1)[:-29],
+        "encdata-too-long": lambda: raw_batch(
+            [ROOT_ROW, (b"e", REG, 4, struct.pack(">H", 60000) + b"e" * 60000)]),
+        "trailing-garbage": lambda: raw_batch(plain) + b"\x00\x01",
+    }[case]()
+    result = play(sb, [(protocol.FLIST, flist_payload_raw(raw))])
     assert_refused(result, sb)
     assert not (sb.dest / "f").exists() and not (sb.dest / "x").exists()
 
 
+def test_hand_made_file_list_frame_decodes() -> None:
+    """raw_batch itself makes the frames the encoder makes, so the refusals above are
+    refusals of what each case breaks."""
+    raw = raw_batch([ROOT_ROW, (b"f", REG, 0, b"")])
+    assert raw == encode_entries([root(), reg(b"f", b"")])
+    assert [e.path for e in flist_module.decode_entries(raw)] == [b".", b"f"]
+
+
 @pytest.mark.parametrize("count", [MAX_XATTRS + 1, 0xFFFF])
 def test_huge_xattr_count_is_refused_before_reading(sb: Sandbox, count: int) -> None:
-    raw = encode_entries([root()]) + _xattr_entry(count, struct.pack(">BI", 6, 1) + b"user.a"
-                                                  + b"v")
+    raw = raw_batch([ROOT_ROW, _xattr_row(count, struct.pack(">BI", 6, 1) + b"user.a" + b"v")])
     result = play(sb, [(protocol.FLIST, flist_payload_raw(raw))], default_options(xattrs=True))
     assert_refused(result, sb, "xattrs")
 

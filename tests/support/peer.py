@@ -88,7 +88,7 @@ def flist_payload_raw(raw: bytes) -> bytes:
 def flist_entries(payload: bytes) -> list[flist.Entry]:
     """The entries of an FLIST payload (ProtocolError if it is malformed)."""
     if FLIST_COMPRESSED:
-        return flist.unpack_batch(payload)
+        return flist.unpack_batch(payload).entries()
     return flist.decode_entries(payload)
 
 
