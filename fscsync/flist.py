@@ -8,6 +8,7 @@ the peer: every length is checked against the frame before it is used.
 from __future__ import annotations
 
 import bisect
+import os
 import stat
 import struct
 import zlib
@@ -26,6 +27,7 @@ F_ENC_BIN = 128
 
 _COUNTS = struct.Struct(">II")
 _ROW = 4 + 8 + 8 + 4 + 4 + 1  # the bytes of one entry's columns
+_COLUMNS = ("I", "Q", "q", "I", "I")  # mode, size, mtime, uid, gid
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -79,33 +81,80 @@ class Entry:
         return f"Entry({self.path!r}, {stat.filemode(self.mode)}, size={self.size})"
 
 
-def encode_entries(entries: list[Entry]) -> bytes:
-    """Pack entries into one FLIST frame payload, a column per field: the receiver
-    unpacks each column with one struct call instead of one per entry, and settles an
-    unchanged file without building an Entry for it.
+class BatchBuilder:
+    """One FLIST payload being built, a column per field: the receiver unpacks each
+    column with one struct call instead of one per entry, and settles an unchanged
+    file without building an Entry for it.
 
     Layout: count; the paths' byte length, then the paths joined by NUL (no path can
     hold one); modes, sizes, mtimes, uids, gids and flags, each a column of `count`
-    values; then the optional fields of each entry whose flags name some, in order."""
-    n = len(entries)
-    paths = b"\0".join([e.path for e in entries])
-    out = bytearray(_COUNTS.pack(n, len(paths)))
-    out += paths
-    out += struct.pack(f">{n}I", *[e.mode for e in entries])
-    out += struct.pack(f">{n}Q", *[e.size for e in entries])
-    out += struct.pack(f">{n}q", *[e.mtime_ns for e in entries])
-    out += struct.pack(f">{n}I", *[e.uid for e in entries])
-    out += struct.pack(f">{n}I", *[e.gid for e in entries])
-    flags = bytearray(n)
-    extras = bytearray()
-    for i, e in enumerate(entries):
+    values; then the optional fields of each entry whose flags name some, in order.
+
+    `size` is about what the batch will take on the wire before compression."""
+
+    def __init__(self) -> None:
+        self.paths: list[bytes] = []
+        self._columns: tuple[list[int], ...] = ([], [], [], [], [])
+        self._flags = bytearray()
+        self._extras = bytearray()
+        self.size = 0
+
+    @classmethod
+    def of(cls, entries: list[Entry]) -> BatchBuilder:
+        b = cls()
+        for e in entries:
+            b.add(e)
+        return b
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def add(self, e: Entry) -> None:
+        self.paths.append(e.path)
+        modes, sizes, mtimes, uids, gids = self._columns
+        modes.append(e.mode)
+        sizes.append(e.size)
+        mtimes.append(e.mtime_ns)
+        uids.append(e.uid)
+        gids.append(e.gid)
+        before = len(self._extras)
         if (e.target is None and e.enc is None and not e.xattrs and e.link < 0
                 and e.checksum is None and not e.rdev and not e.enc_alt):  # the common entry
-            continue
-        flags[i] = _encode_extras(e, extras)
-    out += flags
-    out += extras
-    return bytes(out)
+            self._flags.append(0)
+        else:
+            self._flags.append(_encode_extras(e, self._extras))
+        self.size += len(e.path) + _ROW + len(self._extras) - before
+
+    def add_stats(self, paths: list[bytes], stats: list[os.stat_result]) -> None:
+        """Plain regular files (no optional field) straight from their lstat results."""
+        self.paths += paths
+        modes, sizes, mtimes, uids, gids = self._columns
+        modes += [st.st_mode for st in stats]
+        sizes += [st.st_size for st in stats]
+        mtimes += [st.st_mtime_ns for st in stats]
+        uids += [st.st_uid for st in stats]
+        gids += [st.st_gid for st in stats]
+        self._flags += bytes(len(paths))
+        self.size += sum(map(len, paths)) + _ROW * len(paths)
+
+    def encode(self) -> bytes:
+        n = len(self.paths)
+        paths = b"\0".join(self.paths)
+        out = [_COUNTS.pack(n, len(paths)), paths]
+        out += [struct.pack(f">{n}{code}", *column)
+                for code, column in zip(_COLUMNS, self._columns, strict=True)]
+        out += [self._flags, self._extras]
+        return b"".join(out)
+
+    def pack(self) -> bytes:
+        """The payload zlib-compressed: names in one directory, owners and encryption
+        policies repeat a lot."""
+        return zlib.compress(self.encode(), 1)
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    """One FLIST payload for these entries, uncompressed."""
+    return BatchBuilder.of(entries).encode()
 
 
 def _encode_extras(e: Entry, out: bytearray) -> int:
@@ -190,9 +239,8 @@ class _Reader:
 
 
 def pack_batch(entries: list[Entry]) -> bytes:
-    """One FLIST payload: the encoded entries, zlib-compressed (names in one directory,
-    owners and encryption policies repeat a lot)."""
-    return zlib.compress(encode_entries(entries), 1)
+    """One FLIST payload for these entries, as the sender packs it."""
+    return BatchBuilder.of(entries).pack()
 
 
 class SentList:
@@ -270,9 +318,6 @@ def unpack_batch(payload: bytes) -> Batch:
 def decode_entries(payload: bytes) -> list[Entry]:
     """The entries of one uncompressed FLIST payload."""
     return decode_batch(payload).entries()
-
-
-_COLUMNS = ("I", "Q", "q", "I", "I")  # mode, size, mtime, uid, gid
 
 
 def decode_batch(payload: bytes) -> Batch:

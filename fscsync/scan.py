@@ -41,7 +41,37 @@ _S_IFREG = stat.S_IFREG
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 RUN_MAX = 1024
 """Entries handed out at once: a directory of a million files is not held as Entry
-objects all at the same time."""
+objects or lstat results all at the same time."""
+
+
+class PlainRun:
+    """Regular files with no xattrs at all, next to each other in one directory, as
+    lstat found them (the walk's common case).
+
+    The sender packs their lstat results straight into a file-list batch
+    (BatchBuilder.add_stats); an Entry for each, which iterating builds, cost a
+    no-change sender a tenth of its time."""
+
+    __slots__ = ("base", "prefix", "names", "stats")
+
+    def __init__(self, base: bytes, prefix: bytes, names: list[bytes],
+                 stats: list[os.stat_result]):
+        self.base = base
+        self.prefix = prefix
+        self.names = names
+        self.stats = stats
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def paths(self) -> list[bytes]:
+        prefix = self.prefix
+        return [prefix + name for name in self.names]
+
+    def __iter__(self) -> Iterator[Entry]:
+        for name, st in zip(self.names, self.stats, strict=True):
+            yield Entry(self.prefix + name, st.st_mode, st.st_size, st.st_mtime_ns,
+                        st.st_uid, st.st_gid, src=self.base + name)
 
 
 class Scanner:
@@ -63,16 +93,17 @@ class Scanner:
         self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
         self._home = -1
 
-    def scan(self, sources: list[bytes]) -> Iterator[list[Entry]]:
-        """The entries of the sources in file-list order, a run at a time (a directory's
-        files come in one list): the caller's per-entry work stays in its own loop."""
+    def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
+        """The entries of the sources in file-list order, a run at a time (a list of
+        entries, or a PlainRun), up to RUN_MAX entries from one directory each: the
+        caller's per-entry work stays in its own loop."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
             yield from self._scan_sources(sources)
         finally:
             os.close(self._home)
 
-    def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry]]:
+    def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         for src in sources:
             base, name = split_source(src)
             if name is None:
@@ -95,7 +126,7 @@ class Scanner:
         self.io_error = True
         self.reporter.error(f'{what} "{escape(path)}" failed: {exc.strerror} ({exc.errno})', code)
 
-    def _scan_contents(self, src: bytes, base: bytes) -> Iterator[list[Entry]]:
+    def _scan_contents(self, src: bytes, base: bytes) -> Iterator[list[Entry] | PlainRun]:
         try:
             st = os.stat(base)
         except OSError as exc:
@@ -112,7 +143,7 @@ class Scanner:
             yield [root]
         yield from self._walk(base, b"")
 
-    def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry]]:
+    def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry] | PlainRun]:
         full = src.rstrip(b"/")
         try:
             st = os.lstat(full)
@@ -139,7 +170,7 @@ class Scanner:
         self._seen.add(path)
         return True
 
-    def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[list[Entry]]:
+    def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[list[Entry] | PlainRun]:
         base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
         try:
             names, stats, plain = self._list(base)
@@ -148,39 +179,49 @@ class Scanner:
             return
         subdirs = []
         files: list[Entry] = []
-        add = files.append
+        bare_names: list[bytes] = []
+        bare_stats: list[os.stat_result] = []
         filters = self.filters if self.filters.rules else None
         entry = self._entry
         for name, st, bare in zip(names, stats, plain, strict=True):
-            rel = prefix + name
-            path = base + name
             if type(st) is not os.stat_result:
                 if st.errno == errno.ENOENT:
-                    self.reporter.error(f'file has vanished: "{escape(path)}"',
+                    self.reporter.error(f'file has vanished: "{escape(base + name)}"',
                                         errors.VANISHED)
                 else:
-                    self._fail(path, "readlink_stat", st)
+                    self._fail(base + name, "readlink_stat", st)
                 continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
-            if filters is not None and filters.excluded(rel, is_dir):
+            if filters is not None and filters.excluded(prefix + name, is_dir):
                 continue
+            if bare:
+                if files:
+                    yield files
+                    files = []
+                bare_names.append(name)
+                bare_stats.append(st)
+                if len(bare_names) >= RUN_MAX:
+                    yield self._plain_run(base, prefix, bare_names, bare_stats)
+                    bare_names, bare_stats = [], []
+                continue
+            rel = prefix + name
+            path = base + name
             if is_dir:
                 subdirs.append((rel, path, st))
                 continue
-            if bare:
-                self.count += 1
-                add(Entry(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
-                          src=path))
-            else:
-                e = entry(rel, path, st)
-                if e is not None:
-                    add(e)
-            if len(files) >= RUN_MAX:
-                yield files
-                files = []
-                add = files.append
+            if bare_names:
+                yield self._plain_run(base, prefix, bare_names, bare_stats)
+                bare_names, bare_stats = [], []
+            e = entry(rel, path, st)
+            if e is not None:
+                files.append(e)
+                if len(files) >= RUN_MAX:
+                    yield files
+                    files = []
         if files:
             yield files
+        if bare_names:
+            yield self._plain_run(base, prefix, bare_names, bare_stats)
         for rel, path, st in subdirs:
             e = entry(rel, path, st)
             if e is None:
@@ -188,6 +229,11 @@ class Scanner:
             yield [e]
             if self.opts.recursive:
                 yield from self._walk(path, rel + b"/")
+
+    def _plain_run(self, base: bytes, prefix: bytes, names: list[bytes],
+                   stats: list[os.stat_result]) -> PlainRun:
+        self.count += len(names)
+        return PlainRun(base, prefix, names, stats)
 
     def _list(self, base: bytes) -> tuple[list[bytes], list, list[bool]]:
         """The sorted names in directory `base` (its path, ending in "/"), the lstat of

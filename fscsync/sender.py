@@ -17,15 +17,16 @@ import xxhash
 from fscsync import cipher, delta, errors, protocol
 from fscsync.errors import ProtocolError, escape
 from fscsync.fileio import READ_SIZE, BlockReader, data_segments
-from fscsync.flist import Entry, SentList, pack_batch
+from fscsync.flist import BatchBuilder, Entry, SentList
 from fscsync.meta import group_name, user_name
 from fscsync.options import Options
 from fscsync.protocol import Channel
 from fscsync.report import Reporter
-from fscsync.scan import Scanner, split_source
+from fscsync.scan import PlainRun, Scanner, split_source
 from fscsync.stats import Stats
 
-FLIST_BATCH = 64 << 10
+FLIST_BATCH = 48 << 10
+"""Bytes of a file-list batch before compression (about a thousand entries)."""
 SCAN_AHEAD_FRAMES = 256
 """File-list frames a scan-ahead thread may hold before the connection is up (about
 256,000 entries: far more than a connection takes to set up, and little memory)."""
@@ -116,36 +117,39 @@ class Sender:
         order the receiver needs them), handed to emit(ftype, payload)."""
         users: set[int] = set()
         groups: set[int] = set()
-        batch: list[Entry] = []
-        size = 0
+        batch = BatchBuilder()
         owners = self.opts.owner and not self.opts.numeric_ids
         groups_named = self.opts.group and not self.opts.numeric_ids
         for run in self.scanner.scan(self.sources):
+            plain = type(run) is PlainRun
             if owners:
-                for uid in {e.uid for e in run}.difference(users):
+                ids = {st.st_uid for st in run.stats} if plain else {e.uid for e in run}
+                for uid in ids.difference(users):
                     users.add(uid)
                     self._name(emit, b"u", uid)
             if groups_named:
-                for gid in {e.gid for e in run}.difference(groups):
+                ids = {st.st_gid for st in run.stats} if plain else {e.gid for e in run}
+                for gid in ids.difference(groups):
                     groups.add(gid)
                     self._name(emit, b"g", gid)
-            for e in run:
-                batch.append(e)
-                size += len(e.path) + 48
-                if e.enc is not None or e.target is not None or e.xattrs:
-                    size += len(e.enc or b"") + len(e.target or b"") + sum(
-                        len(n) + len(v) + 5 for n, v in e.xattrs or ())
-                if size >= FLIST_BATCH:
-                    emit(protocol.FLIST, self._pack(batch))
-                    batch, size = [], 0
-        if batch:
-            emit(protocol.FLIST, self._pack(batch))
+            if plain:
+                batch.add_stats(run.paths(), run.stats)
+                batch = self._ship(batch, emit, FLIST_BATCH)
+            else:
+                for e in run:
+                    batch.add(e)
+                    batch = self._ship(batch, emit, FLIST_BATCH)
+        self._ship(batch, emit, 1)
 
-    def _pack(self, batch: list[Entry]) -> bytes:
-        payload = pack_batch(batch)
+    def _ship(self, batch: BatchBuilder, emit, at_least: int) -> BatchBuilder:
+        """Emit the batch once it holds `at_least` bytes; the batch to go on filling."""
+        if batch.size < at_least:
+            return batch
+        payload = batch.pack()
         self.sent.add(payload, len(batch))
         self.stats.flist_size += len(payload)
-        return payload
+        emit(protocol.FLIST, payload)
+        return BatchBuilder()
 
     @staticmethod
     def _name(emit, kind: bytes, ident: int) -> None:

@@ -26,10 +26,11 @@ from support import REPO, needs_root, run_fscsync, run_rsync
 from support.treecmp import assert_same_tree, snapshot
 from support.trees import FOREIGN_GID, FOREIGN_UID, make_rich_tree, pattern, set_times, write
 
+from fscsync.flist import BatchBuilder, encode_entries
 from fscsync.inplace import is_journal_name
 from fscsync.options import Options
 from fscsync.report import Reporter
-from fscsync.scan import RUN_MAX, Scanner
+from fscsync.scan import RUN_MAX, PlainRun, Scanner
 
 Proc = subprocess.CompletedProcess[bytes]
 
@@ -543,6 +544,35 @@ def test_scan_hands_out_a_big_directory_in_bounded_runs(tmp_path: Path) -> None:
     assert max(len(run) for run in runs) == RUN_MAX
     files = [e.path for run in runs for e in run if e.path.startswith(b"big/")]
     assert files == sorted(files) and len(files) == 2 * RUN_MAX + 5
+
+
+def test_scan_keeps_name_order_across_plain_runs_and_other_entries(tmp_path: Path) -> None:
+    """Files without xattrs come as PlainRuns (lstat results, no Entry objects), the
+    rest as entries; between them the directory's name order holds, each file's fields
+    are what lstat says, and a PlainRun packs as its entries would."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        write(src / f"f{i:02d}", b"x" * i)
+    for i in (3, 4, 9):
+        os.setxattr(src / f"f{i:02d}", "user.k", b"v")
+    os.symlink("f00", src / "f06b")
+    runs = list(Scanner(EVERY_KIND, _Collect()).scan([bytes(src) + b"/"]))
+    kinds = [(type(run) is PlainRun, [e.path for e in run]) for run in runs[1:]]
+    assert kinds == [
+        (True, [b"f00", b"f01", b"f02"]), (False, [b"f03", b"f04"]),
+        (True, [b"f05", b"f06"]), (False, [b"f06b"]), (True, [b"f07", b"f08"]),
+        (False, [b"f09"]), (True, [b"f10", b"f11"])]
+    for run in runs[1:]:
+        for e in run:
+            st = os.lstat(e.src)
+            assert (e.mode, e.size, e.mtime_ns, e.uid, e.gid) == (
+                st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
+        if type(run) is PlainRun:
+            assert run.paths() == [e.path for e in run]
+            batch = BatchBuilder()
+            batch.add_stats(run.paths(), run.stats)
+            assert batch.encode() == encode_entries(list(run))
 
 
 def test_file_and_directory_swap_places(tmp_path: Path) -> None:
