@@ -116,7 +116,9 @@ class Generator:
             return
         opts = self.opts
         perms, owner, group = opts.perms, opts.owner and meta.IS_ROOT, opts.group
-        uid_of, gid_of = rx.ids.uid, rx.ids.gid
+        # A batch holds few owners: map each once (the names they map by came first).
+        local_uid = {u: rx.ids.uid(u) for u in set(batch.uids)} if owner else {}
+        local_gid = {g: rx.ids.gid(g) for g in set(batch.gids)} if group else {}
         children = self.children if opts.delete else None
         keep = opts.hard_links  # else finished entries are dropped (Receiver.done_with)
         status = rx.status
@@ -148,8 +150,8 @@ class Generator:
                             and st.st_size == size and st.st_mtime_ns == mtime_ns
                             and size % cipher.UNIT
                             and not (perms and (st.st_mode ^ mode) & 0o7777)
-                            and not (owner and uid_of(uid) != st.st_uid)
-                            and not (group and gid_of(gid) != st.st_gid)):
+                            and not (owner and local_uid[uid] != st.st_uid)
+                            and not (group and local_gid[gid] != st.st_gid)):
                         done += 1
                         total += size
                         if children is not None:
