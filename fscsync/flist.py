@@ -265,11 +265,9 @@ class SentList:
         if not 0 <= idx < self.count:
             return None
         b = bisect.bisect_right(self._starts, idx) - 1
-        batch = self._decoded[1]
-        if self._decoded[0] != b or batch is None:
-            batch = unpack_batch(self._payloads[b])
-            self._decoded = (b, batch)
-        return batch.entry(idx - self._starts[b])
+        if self._decoded[0] != b:
+            self._decoded = (b, unpack_batch(self._payloads[b]))
+        return self._decoded[1].entry(idx - self._starts[b])
 
 
 class Batch:

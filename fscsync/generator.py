@@ -122,45 +122,39 @@ class Generator:
         children = self.children if opts.delete else None
         keep = opts.hard_links  # else finished entries are dropped (Receiver.done_with)
         status = rx.status
-        special = batch.special
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
         done = total = 0
         for idx, path, mode, size, mtime_ns, uid, gid, flags in zip(
                 range(base, base + len(batch)), batch.paths, batch.modes, batch.sizes,
                 batch.mtimes, batch.uids, batch.gids, batch.flags, strict=True):
-            if flags:
-                e = all_entries[idx] = special[idx - base]
-                self.process(tree, idx, e)
-                continue
             st = _LOOK
-            if mode & _S_IFMT == _S_IFREG:
+            if not flags and mode & _S_IFMT == _S_IFREG:
                 head, _, name = path.rpartition(b"/")
                 if head in fresh:
-                    e = all_entries[idx] = Entry(path, mode, size, mtime_ns, uid, gid)
-                    self.process(tree, idx, e, None)
-                    continue
-                try:
-                    st = lstat(name, dir_fd=dirfd(head), follow_symlinks=False)
-                except FileNotFoundError:
                     st = None
-                except OSError:
-                    st = _LOOK  # process() looks again, and reports what it finds
                 else:
-                    if (st.st_mode & _S_IFMT == _S_IFREG
-                            and st.st_size == size and st.st_mtime_ns == mtime_ns
-                            and size % cipher.UNIT
-                            and not (perms and (st.st_mode ^ mode) & 0o7777)
-                            and not (owner and local_uid[uid] != st.st_uid)
-                            and not (group and local_gid[gid] != st.st_gid)):
-                        done += 1
-                        total += size
-                        if children is not None:
-                            children.setdefault(head, set()).add(name)
-                        status[idx] = 1
-                        if keep:
-                            all_entries[idx] = Entry(path, mode, size, mtime_ns, uid, gid)
-                        continue
-            e = all_entries[idx] = Entry(path, mode, size, mtime_ns, uid, gid)
+                    try:
+                        st = lstat(name, dir_fd=dirfd(head), follow_symlinks=False)
+                    except FileNotFoundError:
+                        st = None
+                    except OSError:
+                        pass  # process() looks again, and reports what it finds
+                    else:
+                        if (st.st_mode & _S_IFMT == _S_IFREG
+                                and st.st_size == size and st.st_mtime_ns == mtime_ns
+                                and size % cipher.UNIT
+                                and not (perms and (st.st_mode ^ mode) & 0o7777)
+                                and not (owner and local_uid[uid] != st.st_uid)
+                                and not (group and local_gid[gid] != st.st_gid)):
+                            done += 1
+                            total += size
+                            if children is not None:
+                                children.setdefault(head, set()).add(name)
+                            status[idx] = 1
+                            if keep:
+                                all_entries[idx] = batch.entry(idx - base)
+                            continue
+            e = all_entries[idx] = batch.entry(idx - base)
             self.process(tree, idx, e, st)
         if done:
             files = rx.stats.files
