@@ -1422,8 +1422,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", metavar="LIST",
                    help="comma-separated scenarios or prefixes, e.g. S3,S5 or S2 (= S2a,S2b)")
     p.add_argument("--reps", type=int, metavar="N",
-                   help="timed repetitions per tool (default 3, and 5 for S2a, S2b, S4a and "
-                        "S4b; 1 with --quick)")
+                   help="timed repetitions per tool (default 5, and 3 for S3 and S5; 1 "
+                        "with --quick)")
     p.add_argument("--keep", action="store_true",
                    help="keep trees and destinations (and reuse kept trees next time)")
     p.add_argument("--workdir", default=DEFAULT_WORKDIR,

@@ -26,8 +26,8 @@ F_ENC_ALT = 64
 F_ENC_BIN = 128
 
 _COUNTS = struct.Struct(">II")
-_ROW = 4 + 8 + 8 + 4 + 4 + 1  # the bytes of one entry's columns
 _COLUMNS = ("I", "Q", "q", "I", "I")  # mode, size, mtime, uid, gid
+_ROW = struct.calcsize(">" + "".join(_COLUMNS)) + 1  # one entry's columns and flags
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -341,18 +341,18 @@ def decode_batch(payload: bytes) -> Batch:
         pos += column.size
     flags = payload[pos : pos + n]
     pos += n
-    special = {}
+    batch = Batch(paths, tuple(columns), flags, {})
     if flags.count(0) != n:
         r = _Reader(payload, pos)
         for i, f in enumerate(flags):
             if f:
-                e = Entry(paths[i], *(c[i] for c in columns))
+                e = batch.entry(i)
                 _decode_extras(e, f, r)
-                special[i] = e
+                batch.special[i] = e
         pos = r.pos
     if pos != end:
         raise ProtocolError("trailing bytes after the file list")
-    return Batch(paths, tuple(columns), flags, special)
+    return batch
 
 
 def _decode_extras(e: Entry, flags: int, r: _Reader) -> None:

@@ -127,13 +127,14 @@ class Receiver:
         paths = batch.paths
         check_paths(paths)
         for path, mode in zip(paths, batch.modes, strict=True):
+            is_dir = mode & 0o170000 == stat.S_IFDIR
             if path == b".":
-                if mode & 0o170000 != stat.S_IFDIR or self.root_seen:
+                if not is_dir or self.root_seen:
                     raise ProtocolError("misplaced root entry in the file list")
                 self.root_seen = True
             elif path.rpartition(b"/")[0] not in dir_paths:
                 raise ProtocolError(f"entry {path[:100]!r} arrived before its directory")
-            if mode & 0o170000 == stat.S_IFDIR:
+            if is_dir:
                 dir_paths.add(path)
         for i, e in batch.special.items():
             if e.link >= 0 and (e.link >= base + i or not e.is_reg):
