@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from fscsync import __version__, errors
-from fscsync.errors import FscsyncError, UsageError
+from fscsync.errors import FscsyncError, Interrupted, UsageError
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run() -> None:
     """The command's entry point: main(), then leave without tearing the interpreter
     down. Nothing is left to clean up by then, and module teardown would add about
     20 ms to every run, a tenth of a small no-change one."""
+    catch_signals()
     code = main()
+    _ignore_signals()  # the outcome is decided: a late signal changes nothing
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:  # None: started with that descriptor closed
@@ -24,23 +29,52 @@ def run() -> None:
     os._exit(code)
 
 
+def catch_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP all raise Interrupted in the main thread, wherever the
+    run is (a forked local server inherits this). A signal the caller ignores (nohup,
+    SIGINT in a background job) stays ignored."""
+    for sig in SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupted)
+
+
+def _interrupted(signum: int, frame) -> None:
+    _ignore_signals()  # a second signal must not cut the clean-up short
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _ignore_signals() -> None:
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         return _main(args)
     except FscsyncError as exc:
-        print(f"fscsync: {exc}", file=sys.stderr)
+        _say(sys.stderr, f"fscsync: {exc}")
         if exc.code == errors.SYNTAX:
-            print("fscsync error: syntax or usage error (code 1)", file=sys.stderr)
+            _say(sys.stderr, "fscsync error: syntax or usage error (code 1)")
         return exc.code
     except Exception as exc:
         if os.environ.get("FSCSYNC_DEBUG"):
             raise
-        print(f"fscsync: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _say(sys.stderr, f"fscsync: internal error: {type(exc).__name__}: {exc}")
         return errors.STREAM
     except KeyboardInterrupt:
-        print("fscsync: received SIGINT, exiting (code 20)", file=sys.stderr)
+        _final_error(errors.SIGNAL)
         return errors.SIGNAL
+
+
+def _say(stream, line: str) -> None:
+    """Print a line; a reader that went away (`| head -1`) takes nothing more, and the
+    run goes on to its own exit code, as rsync's does."""
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        pass
 
 
 def _server_args(args: list[str]) -> tuple[bool, str | None]:
@@ -69,11 +103,11 @@ def _main(args: list[str]) -> int:
     from fscsync.progress import ConsoleReporter
 
     if ns.help:
-        parser.print_help()
+        _say(sys.stdout, parser.format_help().rstrip("\n"))
         return 0
     if ns.version:
-        print(f"fscsync version {__version__}  protocol version "
-              f"{__import__('fscsync').PROTOCOL_VERSION}")
+        _say(sys.stdout, f"fscsync version {__version__}  protocol version "
+                         f"{__import__('fscsync').PROTOCOL_VERSION}")
         return 0
     opts = options_from(ns)
     paths = [os.fsencode(x) for x in ns.args]
@@ -106,10 +140,12 @@ def _main(args: list[str]) -> int:
 
     try:
         outcome = run_client(opts, p, reporter, peer)
-    except FscsyncError as exc:
+    except (FscsyncError, KeyboardInterrupt) as exc:
         if log is not None:
-            log.event("error", str(exc))
-            log.write(f"fscsync error: {_MEANING.get(exc.code, 'error')} (code {exc.code})")
+            code = exc.code if isinstance(exc, FscsyncError) else errors.SIGNAL
+            if code != errors.SIGNAL:
+                log.event("error", str(exc))
+            log.write(f"fscsync error: {_MEANING.get(code, 'error')} (code {code})")
             log.close()
         raise
     finally:
@@ -123,16 +159,15 @@ def _main(args: list[str]) -> int:
     if opts.stats:
         from fscsync.stats import format_stats
 
-        for line in format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,
-                                 outcome.elapsed):
-            print(line)
+        _say(sys.stdout, "\n".join(format_stats(outcome.stats, outcome.bytes_sent,
+                                               outcome.bytes_received, outcome.elapsed)))
     elif opts.verbose and not ns.quiet:
         rate = (outcome.bytes_sent + outcome.bytes_received) / max(outcome.elapsed, 1e-6)
         total = outcome.stats.total_size
         wire = outcome.bytes_sent + outcome.bytes_received
-        print(f"\nsent {outcome.bytes_sent:,} bytes  received {outcome.bytes_received:,} bytes"
-              f"  {rate:,.2f} bytes/sec")
-        print(f"total size is {total:,}  speedup is {total / wire if wire else 0:,.2f}")
+        _say(sys.stdout, f"\nsent {outcome.bytes_sent:,} bytes  received "
+                         f"{outcome.bytes_received:,} bytes  {rate:,.2f} bytes/sec")
+        _say(sys.stdout, f"total size is {total:,}  speedup is {total / wire if wire else 0:,.2f}")
     if outcome.exit_code not in (errors.OK,):
         _final_error(outcome.exit_code)
     return outcome.exit_code
@@ -156,4 +191,4 @@ _MEANING = {
 
 def _final_error(code: int) -> None:
     what = _MEANING.get(code, "error")
-    print(f"fscsync error: {what} (code {code})", file=sys.stderr)
+    _say(sys.stderr, f"fscsync error: {what} (code {code})")

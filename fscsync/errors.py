@@ -17,6 +17,11 @@ PARTIAL = 23
 VANISHED = 24
 MAX_DELETE = 25
 SSH = 255
+CODES = frozenset({OK, SYNTAX, PROTOCOL_INCOMPATIBLE, FILE_SELECT, UNSUPPORTED, STARTUP,
+                   SOCKET_IO, FILE_IO, STREAM, IPC, SIGNAL, PARTIAL, VANISHED, MAX_DELETE, SSH})
+"""The exit codes fscsync ends with; a peer claiming any other gets STREAM."""
+PER_FILE = frozenset({PARTIAL, VANISHED, MAX_DELETE})
+"""The codes of errors that fail a file and let the run go on."""
 
 
 class FscsyncError(Exception):
@@ -37,6 +42,15 @@ class ProtocolError(FscsyncError):
         super().__init__(message, code)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP, raised in the main thread as Python raises Ctrl-C:
+    the run unwinds the same way for all three (temp files removed, the partial file
+    kept with --partial, the far side told to end) and exits with SIGNAL, as rsync."""
+
+    def __init__(self, name: str):
+        super().__init__(f"received {name}")
+
+
 def escape(path: bytes | str) -> str:
     """Print a byte path the way rsync does: printable ASCII as is, other bytes as \\#ooo."""
     if isinstance(path, str):
@@ -52,15 +66,34 @@ def escape(path: bytes | str) -> str:
     return "".join(out)
 
 
+def escape_peer(text: str) -> str:
+    """Text from the peer, made safe for the terminal and the log file: every character
+    outside printable ASCII (terminal escapes, OSC sequences, \\r, newlines that would
+    forge a line) becomes \\#ooo per UTF-8 byte, as escape() prints names. The peer's
+    names arrive escaped already, so a backslash is kept as it is: the names read as
+    the peer printed them, never escaped twice."""
+    if text.isascii() and text.isprintable():
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    return "".join(chr(b) if 32 <= b < 127 else f"\\#{b:03o}" for b in data)
+
+
+def peer_code(value: object) -> int:
+    """An exit code the peer sent: an int (a code fscsync does not know is a protocol
+    error, 12, so no claim can wrap past 255 to 0); anything else is malformed."""
+    if type(value) is not int:
+        raise ProtocolError(f"malformed exit code from the other side: {value!r:.40}")
+    return value if value in CODES else STREAM
+
+
 def worst(a: int, b: int) -> int:
     """Combine two exit codes: any fatal code beats partial-transfer codes."""
     if a == OK:
         return b
     if b == OK:
         return a
-    partial = (PARTIAL, VANISHED, MAX_DELETE)
-    if a in partial and b in partial:
+    if a in PER_FILE and b in PER_FILE:
         return PARTIAL if PARTIAL in (a, b) else max(a, b)
-    if a in partial:
+    if a in PER_FILE:
         return b
     return a

@@ -32,7 +32,6 @@ from fscsync import errors
 from fscsync.errors import FscsyncError
 
 DEFAULT_FORMAT = "%i %n%L"
-KINDS = ("error", "warning", "item", "info0", "info1", "info2")
 ESCAPES = "tponLilbf"
 NUMERIC = "plb"
 # Escapes rsync knows that only make sense for a daemon or need data the client's

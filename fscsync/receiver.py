@@ -193,14 +193,18 @@ class Receiver:
                 elif ftype == protocol.FLIST_END and not flist_done:
                     info = protocol.load_json(payload)
                     announced = info.get("count")
-                    self.io_error = bool(info.get("io_error"))
+                    self.io_error = info.get("io_error", False)
+                    if type(self.io_error) is not bool:
+                        raise ProtocolError("malformed end of the file list")
+                    if self.io_error:  # the sender could not read all it was asked to
+                        self.reporter.note_code(errors.PARTIAL)
                     flist_done = True
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
                     gen_acked = True
                 elif ftype == protocol.FINISHED and done_sent:
                     final = protocol.load_json(payload)
                     self.sender_stats = Stats.from_wire(final)
-                    self.sender_exit_code = int(final.get("exit_code", 0))
+                    self.sender_exit_code = errors.peer_code(final.get("exit_code", 0))
                     finished = True
                 elif self.on_control is not None and self.on_control(ftype, payload):
                     continue

@@ -12,6 +12,9 @@ from abc import ABC, abstractmethod
 
 from fscsync import errors
 
+KINDS = frozenset({"error", "warning", "item", "info0", "info1", "info2"})
+"""What emit() is given: the LOG frames' kinds."""
+
 
 class Reporter(ABC):
     def __init__(self) -> None:

@@ -11,11 +11,11 @@ import time
 
 from fscsync import errors, protocol
 from fscsync.endpoint import Plan
-from fscsync.errors import FscsyncError, ProtocolError, escape
+from fscsync.errors import FscsyncError, ProtocolError, escape, escape_peer
 from fscsync.options import Options
 from fscsync.protocol import Channel, PeerClosed
 from fscsync.record import Record
-from fscsync.report import Reporter
+from fscsync.report import KINDS, Reporter
 from fscsync.stats import Stats
 from fscsync.transport import Peer, fork_server
 
@@ -34,6 +34,13 @@ class FrameReporter(Reporter):
         super().__init__()
         self.chan = chan
 
+    def error(self, message: str, code: int = errors.PARTIAL) -> None:
+        """The code travels too: the client counts what it is told, not only the
+        exit code this side claims at the end."""
+        self.note_code(code)
+        protocol.send_json(self.chan, protocol.LOG,
+                           {"kind": "error", "msg": message, "code": code})
+
     def emit(self, kind: str, message: str, length: int | None = None) -> None:
         msg = {"kind": kind, "msg": message}
         if length is not None:
@@ -42,27 +49,43 @@ class FrameReporter(Reporter):
 
 
 def control_handler(reporter: Reporter, host: str | None = None):
-    """Client side: print the peer's lines (errors tagged with a remote peer's host),
-    stop on its fatal errors."""
+    """Client side: print the peer's lines (errors tagged with a remote peer's host,
+    and counted towards the exit code), stop on its fatal errors. Every field is
+    checked and every text escaped: the peer may be hostile."""
     tag = f"[{host}] " if host else ""
 
     def handle(ftype: int, payload: bytes) -> bool:
         if ftype == protocol.LOG:
-            msg = protocol.load_json(payload)
-            length = msg.get("len")
-            kind = str(msg.get("kind", "info0"))
-            text = str(msg.get("msg", ""))
-            if kind in ("error", "warning"):
-                text = tag + text
-            reporter.emit(kind, text, length if isinstance(length, int) else None)
+            kind, text, length, code = _log_fields(protocol.load_json(payload))
+            if kind == "error":
+                reporter.error(tag + text, code)
+            else:
+                reporter.emit(kind, tag + text if kind == "warning" else text, length)
             return True
         if ftype == protocol.FATAL:
             msg = protocol.load_json(payload)
-            raise FscsyncError(tag + str(msg.get("msg", "fatal error on the other side")),
-                               int(msg.get("code", errors.PARTIAL)))
+            text = msg.get("msg", "fatal error on the other side")
+            if type(text) is not str:
+                raise ProtocolError("malformed fatal error frame from the other side")
+            code = errors.peer_code(msg.get("code", errors.PARTIAL))
+            raise FscsyncError(tag + escape_peer(text), code or errors.STREAM)
         return False
 
     return handle
+
+
+def _log_fields(msg: dict) -> tuple[str, str, int | None, int]:
+    """(kind, escaped text, length, code) of a LOG frame, or a protocol error."""
+    kind, text = msg.get("kind"), msg.get("msg")
+    length, code = msg.get("len"), msg.get("code", errors.PARTIAL)
+    valid = (type(kind) is str and kind in KINDS and type(text) is str
+             and (length is None or (type(length) is int and 0 <= length < 1 << 63))
+             and (type(code) is int and code in errors.PER_FILE)
+             and (kind == "error" or "code" not in msg))
+    if not valid:
+        raise ProtocolError(f"malformed log frame from the other side: "
+                            f"{escape_peer(str(msg)):.100}")
+    return kind, escape_peer(text), length, code
 
 
 class Outcome(Record):
@@ -106,8 +129,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
                                errors.STREAM) from None
         raise FscsyncError(str(exc), exc.code) from None
     except BaseException:
-        peer.kill()
-        peer.close()
+        peer.stop()
         raise
     status = peer.close()
     code = errors.worst(reporter.exit_code, peer_code)
@@ -165,8 +187,11 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
             if ftype != protocol.STATS:
                 raise ProtocolError(f"unexpected frame {ftype} at the end of the run")
             final = protocol.load_json(payload)
-            stats.merge(Stats.from_wire(final.get("stats", {})))
-            return stats, int(final.get("exit_code", 0))
+            peer_stats = final.get("stats", {})
+            if type(peer_stats) is not dict:
+                raise ProtocolError("malformed stats frame from the other side")
+            stats.merge(Stats.from_wire(peer_stats))
+            return stats, errors.peer_code(final.get("exit_code", 0))
     from fscsync.receiver import Receiver  # imported already by run_client
 
     rx = Receiver(chan, opts, reporter, p.dest, item_dir, on_control)
@@ -228,6 +253,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         return errors.STREAM
     except FscsyncError as exc:
         return _fatal(chan, str(exc), exc.code)
+    except KeyboardInterrupt as exc:  # the client may still be listening: say why
+        return _fatal(chan, str(exc) or "received SIGINT", errors.SIGNAL)
     except Exception as exc:
         if os.environ.get("FSCSYNC_DEBUG"):
             import traceback

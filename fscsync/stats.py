@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from fscsync.errors import ProtocolError
 from fscsync.record import Record
+
+KINDS = frozenset({"reg", "dir", "link", "dev", "special"})
+MAX_COUNT = (1 << 63) - 1
 
 
 class Stats(Record):
@@ -25,7 +29,25 @@ class Stats(Record):
 
     @classmethod
     def from_wire(cls, data: dict) -> Stats:
-        return cls(**{k: v for k, v in data.items() if k in cls.fields})
+        """The peer's counters, each checked: a count is an int from 0 to 2^63-1, a
+        per-kind count is keyed by a kind --stats knows, io_error is a bool. Anything
+        else is a protocol error, never a TypeError in merge() or format_stats()."""
+        out = cls()
+        for name in cls.fields:
+            if name not in data:
+                continue
+            value, default = data[name], getattr(out, name)
+            if isinstance(default, bool):
+                ok = type(value) is bool
+            elif isinstance(default, dict):
+                ok = type(value) is dict and all(
+                    k in KINDS and _count(v) for k, v in value.items())
+            else:
+                ok = _count(value)
+            if not ok:
+                raise ProtocolError(f"malformed counter {name!r} from the other side")
+            setattr(out, name, dict(value) if isinstance(value, dict) else value)
+        return out
 
     def merge(self, other: Stats) -> None:
         """Fold the peer's counters in: each counter is kept by one side only."""
@@ -38,6 +60,10 @@ class Stats(Record):
                 setattr(self, name, mine or theirs)
             else:
                 setattr(self, name, mine + theirs)
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_COUNT
 
 
 def _kinds(counts: dict[str, int]) -> str:

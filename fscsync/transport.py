@@ -13,6 +13,9 @@ from collections.abc import Callable
 from fscsync.endpoint import Endpoint
 from fscsync.errors import SIGNAL, STARTUP, FscsyncError
 
+STOP_GRACE_S = 5.0
+"""How long a peer told to stop may take to clean up before it is killed."""
+
 
 class Peer:
     """The other side as a child process and its two pipes: `fscsync --server` (or the
@@ -50,6 +53,18 @@ class Peer:
                 time.sleep(nap)
                 nap = min(nap * 2, 0.05)
         return self._status
+
+    def stop(self, grace: float = STOP_GRACE_S) -> int:
+        """End the peer before the exchange is over: SIGTERM first, which a server
+        handles as SIGINT (its temp files removed, the partial file kept with
+        --partial; ssh ends and so the remote server sees the end of its input), then
+        our ends of the pipes close; SIGKILL only if it is still there after `grace`."""
+        if self._status is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return self.close(grace)
 
     def kill(self) -> None:
         if self._status is None:

@@ -324,6 +324,11 @@ class Writer:
                     f'"{escape(p.update.jname)}"')
             p.update = None
         if p.fd is not None and p.fd >= 0:
+            if keep_partial and p.tmpname:
+                try:  # as rsync: dated 1970, it looks unfinished and --update never skips it
+                    os.utime(p.fd, ns=(0, 0))
+                except OSError:
+                    pass
             os.close(p.fd)
             p.fd = None
             if p.tmpname:
