@@ -71,11 +71,15 @@ class Finalizer:
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         remove_tree(pfd, name)
                     tmp = temp_name(name)
-                    os.link(lname, tmp, src_dir_fd=lfd, dst_dir_fd=pfd, follow_symlinks=False)
-                    try:
+                    try:  # the link inside: a signal just after it still removes it
+                        os.link(lname, tmp, src_dir_fd=lfd, dst_dir_fd=pfd,
+                                follow_symlinks=False)
                         os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-                    except OSError:
-                        os.unlink(tmp, dir_fd=pfd)
+                    except BaseException:
+                        try:
+                            os.unlink(tmp, dir_fd=pfd)
+                        except OSError:
+                            pass
                         raise
                 rx.status[idx] = 1
             except OSError as exc:

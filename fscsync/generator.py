@@ -622,9 +622,8 @@ class Generator:
         if self.opts.dry_run:
             rx.status[idx] = 1
             return
-        tmp = temp_name(name)
-        os.symlink(e.target, tmp, dir_fd=pfd)
-        self._place(idx, e, pfd, tmp, name, is_link=True)
+        self._place(idx, e, pfd, name, lambda tmp: os.symlink(e.target, tmp, dir_fd=pfd),
+                    is_link=True)
 
     def special(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
@@ -642,9 +641,9 @@ class Generator:
         if self.opts.dry_run:
             rx.status[idx] = 1
             return
-        tmp = temp_name(name)
-        os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd)
-        self._place(idx, e, pfd, tmp, name, is_link=False)
+        self._place(idx, e, pfd, name,
+                    lambda tmp: os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd),
+                    is_link=False)
 
     def _existing_attrs(self, idx: int, e: Entry, t: Target, st) -> None:
         rx = self.rx
@@ -655,11 +654,14 @@ class Generator:
             if not self.opts.dry_run:
                 meta.apply_attrs(self.opts, rx.ids, e, t, st, new=False)
 
-    def _place(self, idx: int, e: Entry, pfd: int, tmp: bytes, name: bytes,
-               is_link: bool) -> None:
-        """Attributes on the temp entry (encdata last but times), then rename it in."""
+    def _place(self, idx: int, e: Entry, pfd: int, name: bytes, make, is_link: bool) -> None:
+        """make(tmp) the entry under a temp name, its attributes on it (encdata last but
+        times), then rename it in. The temp entry is made inside the try: a signal
+        landing just after it was made still removes it."""
         rx = self.rx
+        tmp = temp_name(name)
         try:
+            make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
             meta.apply_attrs(self.opts, rx.ids, e, t, os.lstat(proc_path(pfd, tmp)), new=True)
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)

@@ -323,23 +323,24 @@ class Writer:
                     "place; the next run into its directory completes it from "
                     f'"{escape(p.update.jname)}"')
             p.update = None
+        keep = keep_partial and p.fd is not None and p.fd >= 0 and bool(p.tmpname)
         if p.fd is not None and p.fd >= 0:
-            if keep_partial and p.tmpname:
+            if keep:
                 try:  # as rsync: dated 1970, it looks unfinished and --update never skips it
                     os.utime(p.fd, ns=(0, 0))
                 except OSError:
                     pass
             os.close(p.fd)
             p.fd = None
-            if p.tmpname:
-                try:
-                    if keep_partial:
-                        pfd, name = self.rx.locate(self.tree, self.rx.entries[p.idx])
-                        os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
-                    else:
-                        os.unlink(p.tmpname, dir_fd=p.tmpdir)
-                except OSError:
-                    pass
+        if p.tmpname:  # with or without its fd: a signal may land just after the open
+            try:
+                if keep:
+                    pfd, name = self.rx.locate(self.tree, self.rx.entries[p.idx])
+                    os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+                else:
+                    os.unlink(p.tmpname, dir_fd=p.tmpdir)
+            except OSError:
+                pass
 
     def _complete(self, idx: int, ok: bool, quiet: bool = False) -> None:
         rx = self.rx
