@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from support import REPO, needs_root, run_fscsync, run_rsync
+from support.treecmp import assert_same_tree
 from support.trees import set_times, write
 from test_local_sync import (
     ENV,
@@ -236,3 +237,46 @@ def test_read_only_destination(tmp_path: Path, readonly_mount: Path, sub: str,
     assert_one_clear_line(proc, "Read-only file system")
     assert os.listdir(readonly_mount) == []
 
+
+
+def _with_closed_stdout(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run argv with stdout a pipe whose reader is already gone (`| head -0`, made
+    deterministic: every write to stdout meets EPIPE)."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run(argv, stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"},
+                              timeout=120)
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize("args", [["-av"], ["-av", "--stats"], ["-ai", "--progress"],
+                                  ["--version"], ["--help"]], ids=" ".join)
+def test_a_reader_that_went_away_leaves_the_run_and_its_exit_code(tmp_path: Path,
+                                                                  args: list[str]) -> None:
+    """`fscsync -av src/ dst/ | head -1`: the copy finishes and exits 0, as rsync's does
+    (it ignores SIGPIPE and the lost output), never "internal error: BrokenPipeError"."""
+    src = tmp_path / "src"
+    make_plain_tree(src)
+    ours = _with_closed_stdout([sys.executable, "-m", "fscsync", *args, f"{src}/",
+                                f"{tmp_path}/dst/"] if args[0].startswith("-a") else
+                               [sys.executable, "-m", "fscsync", *args])
+    assert ours.returncode == 0 and not ours.stderr, ours.stderr
+    if args[0].startswith("-a"):
+        theirs = _with_closed_stdout(["rsync", *args, f"{src}/", f"{tmp_path}/rdst/"])
+        assert theirs.returncode == 0, theirs.stderr
+        assert_same_tree(src, tmp_path / "dst")
+
+
+def test_a_reader_that_went_away_does_not_hide_a_failure(tmp_path: Path) -> None:
+    """With stdout gone, a missing source still ends with its error on stderr and 23."""
+    src = tmp_path / "src"
+    make_plain_tree(src)
+    proc = _with_closed_stdout([sys.executable, "-m", "fscsync", "-av", f"{src}/",
+                                f"{tmp_path}/missing", f"{tmp_path}/dst/"])
+    text = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 23, text
+    assert "missing" in text and "Traceback" not in text and "internal error" not in text
+    assert (tmp_path / "dst/a.txt").read_bytes() == b"alpha\n"

@@ -436,3 +436,147 @@ def test_file_changing_while_the_server_sends_a_delta(tmp_path: Path, change: st
     assert not temp_files(dst)
     recover(src, dst)
     shutil.rmtree(dst)
+
+
+# ---- SIGINT, SIGTERM, SIGHUP -------------------------------------------------------------
+
+SIGNAL_LINE = "fscsync error: received SIGINT, SIGTERM, or SIGHUP (code 20)"
+"""rsync's last line for any of the three ("rsync error: ... (code 20) at rsync.c(874)")."""
+ENDING_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+
+def _big_source(root: Path) -> tuple[Path, bytes]:
+    data = random.Random(19).randbytes(3 * MiB)
+    _put(root / "src/big", data, T_B)
+    return root / "src", data
+
+
+def _signal_mid_file(proc: subprocess.Popen[bytes], dst: Path, sig: int, victim: str
+                     ) -> tuple[int, str]:
+    """Send sig to the client or to its server child once the big file is half written;
+    (exit code, stderr). The server (any child of the client) must end too."""
+    try:
+        deadline = time.monotonic() + 30
+        while not _partial(dst, "big"):
+            assert proc.poll() is None and time.monotonic() < deadline, "no temp file appeared"
+            time.sleep(0.002)
+        kids = _children(proc.pid)
+        os.kill(proc.pid if victim == "client" else kids[0], sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            _kill(proc.pid)
+            proc.wait()
+    left = _wait_gone(kids, 15)
+    assert not left, f"the far side {left} did not end"
+    return proc.returncode, err.decode(errors="replace")
+
+
+def _assert_ended_like_rsync(dst: Path, data: bytes, partial: bool) -> None:
+    """No temp file left; with --partial the data so far is kept under the final name,
+    dated 1970 as rsync dates it (so --update never takes it for a newer copy)."""
+    assert not temp_files(dst), temp_files(dst)
+    if not partial:
+        assert not (dst / "big").exists(), "a partial file was installed without --partial"
+        return
+    kept = (dst / "big").read_bytes()
+    assert 0 < len(kept) < len(data) and data.startswith(kept), len(kept)
+    assert (dst / "big").stat().st_mtime_ns == 0
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["no-partial", "partial"])
+@pytest.mark.parametrize("sig", ENDING_SIGNALS, ids=lambda s: s.name)
+def test_signal_to_the_client_ends_the_run_like_rsync(tmp_path: Path, sig: int,
+                                                      partial: bool) -> None:
+    """SIGINT, SIGTERM and SIGHUP to the client of a local pair while its server writes a
+    big file: exit 20 with rsync's line, the server ends and removes its temp file (or
+    keeps it as the partial file with --partial); the next run completes."""
+    src, data = _big_source(tmp_path)
+    dst = tmp_path / "dst"
+    extra = ["--partial"] if partial else []
+    proc = _popen("-a", "--bwlimit", "2M", *extra, f"{src}/", dst)
+    code, text = _signal_mid_file(proc, dst, sig, "client")
+    assert code == 20 and text.strip() == SIGNAL_LINE, f"exit {code}\n{text}"
+    _assert_ended_like_rsync(dst, data, partial)
+    recover(src, dst)
+
+
+@pytest.mark.parametrize("sig", ENDING_SIGNALS, ids=lambda s: s.name)
+def test_signal_to_the_server_ends_the_run_with_20(tmp_path: Path, sig: int) -> None:
+    """The far side gets the signal: it removes its temp file and tells the client,
+    which exits 20 naming the signal."""
+    src, data = _big_source(tmp_path)
+    dst = tmp_path / "dst"
+    proc = _popen("-a", "--bwlimit", "2M", f"{src}/", dst)
+    code, text = _signal_mid_file(proc, dst, sig, "server")
+    assert code == 20 and f"received {sig.name}" in text, f"exit {code}\n{text}"
+    assert "Traceback" not in text
+    _assert_ended_like_rsync(dst, data, False)
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("partial", [False, True], ids=["no-partial", "partial"])
+def test_sigterm_to_the_client_over_ssh(sshd, tmp_path: Path, direction: str,
+                                        partial: bool) -> None:
+    """Over the test sshd: the client stops ssh, the remote server sees the end of its
+    input and cleans up (a push), or the client itself does (a pull); exit 20."""
+    src, data = _big_source(tmp_path)
+    dst = tmp_path / "dst"
+    remote = ["-e", sshd.rsh, "--remote-fscsync", sshd.remote_fscsync]
+    ends = [f"{src}/", f"{sshd.host}:{dst}"] if direction == "push" else [
+        f"{sshd.host}:{src}/", str(dst)]
+    extra = ["--partial"] if partial else []
+    proc = _popen("-a", "--bwlimit", "2M", *extra, *remote, *ends)
+    code, text = _signal_mid_file(proc, dst, signal.SIGTERM, "client")
+    assert code == 20 and text.strip() == SIGNAL_LINE, f"exit {code}\n{text}"
+    left = _wait_gone(_holders(src) + _holders(dst), 15)
+    assert not left, f"the remote server {left} did not end"
+    _assert_ended_like_rsync(dst, data, partial)
+
+
+def test_signals_at_random_moments_never_leave_a_temp_file(tmp_path: Path) -> None:
+    """A bounded, seeded loop: SIGINT, SIGTERM or SIGHUP to the client or its server at
+    a random moment of a sync of A over B (or B over A): exit 20 (0 if the run finished
+    first) without a traceback, the other process ends, no temp file is left, and every
+    file holds one whole version."""
+    a, b = make_versions(tmp_path)
+    allowed = versions_of(a, b)
+    dst = tmp_path / "dst"
+    started = time.monotonic()
+    recover(b, dst)
+    full = max(0.3, time.monotonic() - started)
+    rnd = random.Random(19_08)
+    ended = []
+    for i in range(KILLS):
+        src = a if i % 2 == 0 else b
+        sig, victim = rnd.choice(ENDING_SIGNALS), rnd.choice(["client", "server"])
+        delay = rnd.uniform(0.0, full)
+        what = f"iteration {i}: {sig.name} to the {victim} after {delay:.3f}s"
+        proc = _popen("-a", "--delete", "--bwlimit", "4M", f"{src}/", dst)
+        kids: list[int] = []
+        try:
+            deadline = time.monotonic() + 30
+            while not kids and proc.poll() is None and time.monotonic() < deadline:
+                kids = _children(proc.pid)  # the client has its handlers by now
+                time.sleep(0.002)
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.kill(proc.pid if victim == "client" or not kids else kids[0], sig)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                _kill(proc.pid)
+                proc.wait()
+        text = err.decode(errors="replace")
+        assert proc.returncode in (0, 20), f"{what}: exit {proc.returncode}\n{text}"
+        assert "Traceback" not in text and "internal error" not in text, f"{what}\n{text}"
+        assert not _wait_gone(kids, 15), f"{what}: the server did not end"
+        # A redo journal committed before the signal stays, by design, for the next run
+        # to apply (inplace.py): its file is the one allowed to be neither version.
+        journals = [t for t in temp_files(dst) if t.endswith("~redo")]
+        assert set(temp_files(dst)) == set(journals), f"{what}: {temp_files(dst)}"
+        if not journals:
+            assert_whole_versions(dst, allowed, what)
+        ended.append(f"{what}: exit {proc.returncode}")
+        recover(src, dst)
+    assert sum(e.endswith("exit 20") for e in ended) >= KILLS // 2, "\n".join(ended)
