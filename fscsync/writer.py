@@ -326,7 +326,7 @@ class Writer:
         keep = keep_partial and p.fd is not None and p.fd >= 0 and bool(p.tmpname)
         if p.fd is not None and p.fd >= 0:
             if keep:
-                try:  # as rsync: dated 1970, it looks unfinished and --update never skips it
+                try:  # as rsync: dated 1970, it looks unfinished, never like a new copy
                     os.utime(p.fd, ns=(0, 0))
                 except OSError:
                     pass

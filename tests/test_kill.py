@@ -474,7 +474,7 @@ def _signal_mid_file(proc: subprocess.Popen[bytes], dst: Path, sig: int, victim:
 
 def _assert_ended_like_rsync(dst: Path, data: bytes, partial: bool) -> None:
     """No temp file left; with --partial the data so far is kept under the final name,
-    dated 1970 as rsync dates it (so --update never takes it for a newer copy)."""
+    dated 1970 as rsync dates it (it looks unfinished, never like a new copy)."""
     assert not temp_files(dst), temp_files(dst)
     if not partial:
         assert not (dst / "big").exists(), "a partial file was installed without --partial"
