@@ -19,7 +19,7 @@ import zlib
 from collections import namedtuple
 
 from fscsync import PROTOCOL_VERSION, __version__
-from fscsync.errors import PROTOCOL_INCOMPATIBLE, STARTUP, ProtocolError
+from fscsync.errors import PROTOCOL_INCOMPATIBLE, STARTUP, ProtocolError, escape_peer
 
 MAGIC = b"FSCSYNC\x00"
 MAX_FRAME = 4 << 20
@@ -392,12 +392,12 @@ def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Hello:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             f"protocol version mismatch: we speak {PROTOCOL_VERSION}, "
-            f"the other side ({program}) speaks {version}",
+            f"the other side ({escape_peer(program)}) speaks {version}",
             PROTOCOL_INCOMPATIBLE,
         )
     if role != want_role:
-        raise ProtocolError(f"the other side answered as {role!r}, not as an fscsync {want_role}",
-                            STARTUP)
+        raise ProtocolError(f"the other side answered as {escape_peer(role)!r}, not as an "
+                            f"fscsync {want_role}", STARTUP)
     return Hello(version, program, caps)
 
 

@@ -174,3 +174,32 @@ def test_a_well_behaved_scripted_server_gives_exit_0(tmp_path: Path) -> None:
     final = {"stats": {"files": {"reg": 1}, "files_sent": 1}, "exit_code": 0}
     code, _, err, _ = run([{"do": "receive", "stats": final}], pull=False, tmp_path=tmp_path)
     assert code == 0 and not err, err
+
+
+HELLO_FROM_ELSEWHERE = """\
+import json, struct, sys
+from fscsync import protocol
+role = "server" if sys.argv[1] == "version" else "\\x1b[2Jserver"
+body = json.dumps({"role": role, "program": "fscsync \\x1b]0;owned\\x07\\r\\n",
+                   "capabilities": []}).encode()
+version = 999 if sys.argv[1] == "version" else protocol.PROTOCOL_VERSION
+hello = protocol.MAGIC + struct.pack(">H", version) + body
+sys.stdout.buffer.write(struct.pack(">BI", protocol.HELLO, len(hello)) + hello)
+sys.stdout.flush()
+sys.stdin.buffer.read()
+"""
+
+
+@pytest.mark.parametrize("wrong, code, shown", [("version", 2, rb"fscsync \#033]0;owned\#007"),
+                                                ("role", 5, rb"\#033[2Jserver")])
+def test_peer_names_in_the_handshake_are_escaped(tmp_path: Path, wrong: str, code: int,
+                                                 shown: bytes) -> None:
+    """The program name and the role a peer gives in its handshake reach the error line
+    escaped (a version mismatch names the peer's program, a wrong role names the role)."""
+    script = tmp_path / "hello.py"
+    script.write_text(HELLO_FROM_ELSEWHERE)
+    rsh = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {wrong}"
+    proc = run_fscsync("-a", "-e", rsh, "h:src/", f"{tmp_path}/dst/", timeout=60)
+    assert proc.returncode == code, proc.stderr
+    assert not UNSAFE.findall(proc.stderr), proc.stderr
+    assert shown in proc.stderr, proc.stderr
