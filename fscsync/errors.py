@@ -66,15 +66,18 @@ def escape(path: bytes | str) -> str:
     return "".join(out)
 
 
-def escape_peer(text: str) -> str:
+def escape_peer(text: str | bytes) -> str:
     """Text from the peer, made safe for the terminal and the log file: every character
     outside printable ASCII (terminal escapes, OSC sequences, \\r, newlines that would
     forge a line) becomes \\#ooo per UTF-8 byte, as escape() prints names. The peer's
     names arrive escaped already, so a backslash is kept as it is: the names read as
     the peer printed them, never escaped twice."""
-    if text.isascii() and text.isprintable():
-        return text
-    data = text.encode("utf-8", "surrogatepass")
+    if isinstance(text, str):
+        if text.isascii() and text.isprintable():
+            return text
+        data = text.encode("utf-8", "surrogatepass")
+    else:
+        data = text
     return "".join(chr(b) if 32 <= b < 127 else f"\\#{b:03o}" for b in data)
 
 

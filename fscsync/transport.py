@@ -11,10 +11,14 @@ import time
 from collections.abc import Callable
 
 from fscsync.endpoint import Endpoint
-from fscsync.errors import SIGNAL, STARTUP, FscsyncError
+from fscsync.errors import SIGNAL, STARTUP, FscsyncError, escape_peer
 
 STOP_GRACE_S = 5.0
 """How long a peer told to stop may take to clean up before it is killed."""
+RELAY_DRAIN_S = 2.0
+"""How long a peer's last stderr lines may take to arrive once it has ended."""
+RELAY_LINE = 64 << 10
+"""Bytes of one stderr line held at most before they are shown."""
 
 
 class Peer:
@@ -23,12 +27,15 @@ class Peer:
     process running the same server code without starting and importing a second
     interpreter (about a tenth of a second, which is most of a small no-change run)."""
 
-    def __init__(self, pid: int, rfd: int, wfd: int, argv: list[str] | None = None):
+    def __init__(self, pid: int, rfd: int, wfd: int, argv: list[str] | None = None,
+                 relay: threading.Thread | None = None):
         self.pid = pid
         self.rfd = rfd
         self.wfd = wfd
         self.argv = argv
         """The command line, or None for a forked server."""
+        self.relay = relay
+        """The thread that copies a spawned peer's stderr to ours (relay_stderr)."""
         self._status: int | None = None
 
     def close(self, timeout: float = 30.0) -> int:
@@ -52,6 +59,9 @@ class Peer:
             else:
                 time.sleep(nap)
                 nap = min(nap * 2, 0.05)
+        if self.relay is not None:  # its last lines (why ssh failed) before ours
+            self.relay.join(RELAY_DRAIN_S)
+            self.relay = None
         return self._status
 
     def stop(self, grace: float = STOP_GRACE_S) -> int:
@@ -117,21 +127,59 @@ def remote_command(ep: Endpoint, rsh: str, remote_program: str | None) -> list[s
 
 
 def spawn(argv: list[str]) -> Peer:
-    """Start argv on two new pipes as its stdin and stdout (posix_spawn: subprocess
-    would cost every remote run its import, a few milliseconds before ssh starts)."""
+    """Start argv on three new pipes as its stdin, stdout and stderr (posix_spawn:
+    subprocess would cost every remote run its import, a few milliseconds before ssh
+    starts); its stderr reaches ours through relay_stderr."""
     down_r, down_w = os.pipe2(os.O_CLOEXEC)
     up_r, up_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         # A client started with stdin closed gets down_r as 0: a dup2 action onto the
         # same number clears close-on-exec (POSIX, Austin Group issue 411; glibc, musl).
         pid = os.posix_spawnp(argv[0], argv, os.environ,
                               file_actions=[(os.POSIX_SPAWN_DUP2, down_r, 0),
-                                            (os.POSIX_SPAWN_DUP2, up_w, 1)],
+                                            (os.POSIX_SPAWN_DUP2, up_w, 1),
+                                            (os.POSIX_SPAWN_DUP2, err_w, 2)],
                               setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
     except OSError as exc:
-        for fd in (down_r, down_w, up_r, up_w):
+        for fd in (down_r, down_w, up_r, up_w, err_r, err_w):
             os.close(fd)
         raise FscsyncError(f"failed to exec {argv[0]}: {exc.strerror}", STARTUP) from None
-    os.close(down_r)
-    os.close(up_w)
-    return Peer(pid, up_r, down_w, argv)
+    for fd in (down_r, up_w, err_w):
+        os.close(fd)
+    relay = threading.Thread(target=relay_stderr, args=(err_r,), name="peer-stderr",
+                             daemon=True)
+    relay.start()
+    return Peer(pid, up_r, down_w, argv, relay)
+
+
+def relay_stderr(fd: int) -> None:
+    """Copy the peer's stderr (ssh's messages, the remote shell's, the remote server's)
+    to ours line by line, escaped as the peer's frames are: a hostile server must not
+    reach the terminal this way either. ssh ends its lines with \\r\\n: the \\r goes."""
+    pending = b""
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            break
+        *lines, pending = (pending + data).split(b"\n")
+        if len(pending) > RELAY_LINE:  # a line without end is shown in pieces
+            lines.append(pending)
+            pending = b""
+        _relay_lines(lines)
+    _relay_lines([pending] if pending else [])
+    os.close(fd)
+
+
+def _relay_lines(lines: list[bytes]) -> None:
+    if not lines:
+        return
+    text = "".join(escape_peer(ln[:-1] if ln.endswith(b"\r") else ln) + "\n" for ln in lines)
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):  # our stderr is closed, or gone
+        pass

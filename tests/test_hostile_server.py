@@ -203,3 +203,22 @@ def test_peer_names_in_the_handshake_are_escaped(tmp_path: Path, wrong: str, cod
     assert proc.returncode == code, proc.stderr
     assert not UNSAFE.findall(proc.stderr), proc.stderr
     assert shown in proc.stderr, proc.stderr
+
+
+def test_the_peers_stderr_reaches_ours_escaped(tmp_path: Path) -> None:
+    """What the remote side writes on its stderr (a remote shell's banner, the server's
+    own complaints) goes through the client, escaped line by line; the \\r of ssh's
+    \\r\\n line ends goes, and the run itself is unaffected."""
+    wrapper = tmp_path / "rsh.sh"
+    wrapper.write_text("#!/bin/sh\nprintf 'banner \\033]0;owned\\007 \\033[2J\\r\\n' >&2\n"
+                       "printf 'no newline at the end \\033[5m' >&2\nshift 2\n"
+                       f"exec {shlex.quote(sys.executable)} -m fscsync \"$@\"\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_bytes(b"data\n")
+    proc = run_fscsync("-a", "-e", f"sh {shlex.quote(str(wrapper))}", f"h:{src}/",
+                       f"{tmp_path}/dst/", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [rb"banner \#033]0;owned\#007 \#033[2J",
+                                        rb"no newline at the end \#033[5m"], proc.stderr
+    assert (tmp_path / "dst/f.txt").read_bytes() == b"data\n"
