@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 def _say(stream, line: str) -> None:
     """Print a line; a reader that went away (`| head -1`) takes nothing more, and the
     run goes on to its own exit code, as rsync's does."""
+    if stream is None:  # started with that descriptor closed
+        return
     try:
         stream.write(line + "\n")
         stream.flush()

@@ -24,8 +24,10 @@ class ConsoleReporter(Reporter):
         self.out = sys.stdout
         self.err = sys.stderr
         self.bar = None
-        self._closed: set = set()
-        if progress:
+        self._closed: set = {s for s in (self.out, self.err) if s is None}
+        """Streams that take no more output: None (started with that descriptor
+        closed), or a pipe whose reader went away (`| head -1`)."""
+        if progress and self.out is not None:
             self.bar = (RichProgress(progress) if self.out.isatty()
                         else PlainProgress(progress, self.out))
 

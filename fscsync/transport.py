@@ -175,7 +175,7 @@ def relay_stderr(fd: int) -> None:
 
 
 def _relay_lines(lines: list[bytes]) -> None:
-    if not lines:
+    if not lines or sys.stderr is None:  # None: started with descriptor 2 closed
         return
     text = "".join(escape_peer(ln[:-1] if ln.endswith(b"\r") else ln) + "\n" for ln in lines)
     try:

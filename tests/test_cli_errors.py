@@ -239,9 +239,13 @@ def test_read_only_destination(tmp_path: Path, readonly_mount: Path, sub: str,
 
 
 
-def _with_closed_stdout(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
-    """Run argv with stdout a pipe whose reader is already gone (`| head -0`, made
-    deterministic: every write to stdout meets EPIPE)."""
+def _with_closed_stdout(argv: list[str], how: str = "pipe"
+                        ) -> subprocess.CompletedProcess[bytes]:
+    """Run argv with stdout a pipe whose reader is already gone (`| head -1`, made
+    deterministic: every write to stdout meets EPIPE), or (how="closed") with
+    descriptor 1 closed (`>&-`)."""
+    if how == "closed":
+        argv = ["sh", "-c", 'exec "$@" >&-', "sh", *argv]
     r, w = os.pipe()
     os.close(r)
     try:
@@ -252,22 +256,27 @@ def _with_closed_stdout(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
         os.close(w)
 
 
+@pytest.mark.parametrize("how", ["pipe", "closed"])
 @pytest.mark.parametrize("args", [["-av"], ["-av", "--stats"], ["-ai", "--progress"],
                                   ["--version"], ["--help"]], ids=" ".join)
 def test_a_reader_that_went_away_leaves_the_run_and_its_exit_code(tmp_path: Path,
-                                                                  args: list[str]) -> None:
+                                                                  args: list[str],
+                                                                  how: str) -> None:
     """`fscsync -av src/ dst/ | head -1`: the copy finishes and exits 0, as rsync's does
-    (it ignores SIGPIPE and the lost output), never "internal error: BrokenPipeError"."""
+    (it ignores SIGPIPE and the lost output), never "internal error: BrokenPipeError";
+    the same with stdout closed (where rsync, which puts its own pipes there, fails)."""
     src = tmp_path / "src"
     make_plain_tree(src)
     ours = _with_closed_stdout([sys.executable, "-m", "fscsync", *args, f"{src}/",
                                 f"{tmp_path}/dst/"] if args[0].startswith("-a") else
-                               [sys.executable, "-m", "fscsync", *args])
+                               [sys.executable, "-m", "fscsync", *args], how)
     assert ours.returncode == 0 and not ours.stderr, ours.stderr
-    if args[0].startswith("-a"):
+    if not args[0].startswith("-a"):
+        return
+    assert_same_tree(src, tmp_path / "dst")
+    if how == "pipe":
         theirs = _with_closed_stdout(["rsync", *args, f"{src}/", f"{tmp_path}/rdst/"])
         assert theirs.returncode == 0, theirs.stderr
-        assert_same_tree(src, tmp_path / "dst")
 
 
 def test_a_reader_that_went_away_does_not_hide_a_failure(tmp_path: Path) -> None:
