@@ -210,7 +210,7 @@ def _binary_encdata(text: bytes) -> bytes | None:
         enc = parse_encdata(text)
     except EncdataError:
         return None
-    if format_encdata(enc) != text:
+    if not enc.is_v2 or format_encdata(enc) != text:
         return None
     return _ENC_BIN.pack(enc.size, len(enc.enc_name)) + enc.enc_ctx + enc.enc_name
 

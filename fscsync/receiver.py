@@ -52,7 +52,7 @@ class Receiver:
         self.dir_paths: set[bytes] = {b""}
         self.root_fd: int | None = None
         self.single_name: bytes | None = None
-        self.abilities = DestAbilities()
+        self._abilities: DestAbilities | None = None
         self.root_created = False
         self.root_seen = False
         self.io_error = False
@@ -105,14 +105,21 @@ class Receiver:
         except OSError as exc:
             raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
                                f"({exc.errno})", errors.FILE_IO) from None
-        if not self.opts.dry_run:
+
+    def abilities(self) -> DestAbilities:
+        """What the destination can store, probed the first time an encrypted entry is
+        about to be written: a run that writes none (a no-change run into a read-only
+        mirror, --dry-run) probes nothing."""
+        if self._abilities is None:
             try:
-                self.abilities = probe_dest(self.root_fd, self.opts.encdata_xattr)
+                self._abilities = probe_dest(self.root_fd, self.opts.encdata_xattr)
             except OSError as exc:
-                raise FscsyncError(f'destination "{escape(path)}" is not writable: '
-                                   f"{exc.strerror} ({exc.errno})", errors.FILE_IO) from None
-            for line in self.abilities.lines():
+                self._abilities = DestAbilities(
+                    encdata=False, encdata_why=f"the destination is not writable: "
+                    f"{exc.strerror} ({exc.errno})")
+            for line in self._abilities.lines():
                 self.reporter.info(line, 1)
+        return self._abilities
 
     def tree(self) -> DestTree | None:
         return DestTree(self.root_fd) if self.root_fd is not None else None

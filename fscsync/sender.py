@@ -190,7 +190,8 @@ class Sender:
 
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
-            return cipher.open_data(e.src, e.enc is not None)
+            layout = self.scanner.finder.layout(e.src, e.enc is not None, e.enc_alt)
+            return cipher.open_data(e.src, layout)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None

@@ -76,7 +76,7 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            p.basis_fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
+            p.basis_fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
     def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
@@ -240,7 +240,7 @@ class Writer:
             if not p.retried:
                 rx.reporter.warning(f'"{escape(e.path)}" failed verification -- '
                                     "sending it again whole")
-                fresh = type(p)(idx, p.encrypted_basis, False)
+                fresh = type(p)(idx, p.basis_layout, False)
                 fresh.retried = True
                 rx.pending[idx] = fresh
                 rx.chan.send(protocol.REQ, delta.Request(idx, delta.WHOLE, retry=True).encode())
@@ -357,7 +357,7 @@ class Writer:
         pfd, name = rx.locate(self.tree, e)
         block = self.opts.block_size
         try:
-            fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
+            fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
         except OSError:
             fd, direct = None, False
         reader = BlockReader(fd, direct) if fd is not None else None

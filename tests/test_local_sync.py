@@ -547,15 +547,16 @@ def test_scan_hands_out_a_big_directory_in_bounded_runs(tmp_path: Path) -> None:
 
 
 def test_scan_keeps_name_order_across_plain_runs_and_other_entries(tmp_path: Path) -> None:
-    """Files without xattrs come as PlainRuns (lstat results, no Entry objects), the
+    """Files that cannot be encrypted (a size of no whole number of 4096-byte units)
+    come as PlainRuns (lstat results, no Entry objects) when no xattrs are wanted, the
     rest as entries; between them the directory's name order holds, each file's fields
-    are what lstat says, and a PlainRun packs as its entries would."""
+    are what lstat says, and a PlainRun packs as its entries would. An xattr does not
+    matter without -X."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(12):
-        write(src / f"f{i:02d}", b"x" * i)
-    for i in (3, 4, 9):
-        os.setxattr(src / f"f{i:02d}", "user.k", b"v")
+        write(src / f"f{i:02d}", b"x" * (8192 if i in (3, 4, 9) else i + 1))
+    os.setxattr(src / "f05", "user.k", b"v")
     os.symlink("f00", src / "f06b")
     runs = list(Scanner(EVERY_KIND, _Collect()).scan([bytes(src) + b"/"]))
     kinds = [(type(run) is PlainRun, [e.path for e in run]) for run in runs[1:]]
