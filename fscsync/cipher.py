@@ -10,6 +10,7 @@ import base64
 import errno
 import os
 import re
+import struct
 from collections import namedtuple
 
 ENCDATA_XATTR = b"security.encdata"
@@ -25,6 +26,28 @@ MAX_NAME = 255
 IV_INO_LBLK_64 = 0x08
 IV_INO_LBLK_32 = 0x10
 MAX_ENCDATA = 1024
+MODE_AES_256_XTS = 1
+MODE_AES_256_CTS = 4
+_CONTEXT_V2 = struct.Struct("<BBBBB3x16s16s")
+"""The v2 context: version 2, contents mode, filenames mode, flags, log2 of the data
+unit (0: the block size), 3 reserved bytes, master key identifier, nonce."""
+
+
+def pack_context(key_id: bytes, nonce: bytes, flags: int, contents: int = MODE_AES_256_XTS,
+                 filenames: int = MODE_AES_256_CTS, log2_data_unit: int = 0) -> bytes:
+    """A 40-byte fscrypt v2 context."""
+    if len(key_id) != 16 or len(nonce) != NONCE_LEN:
+        raise ValueError("key identifier and nonce are 16 bytes each")
+    return _CONTEXT_V2.pack(2, contents, filenames, flags, log2_data_unit, key_id, nonce)
+
+
+def unpack_context(raw: bytes) -> tuple[int, int, int, int, bytes, bytes]:
+    """(contents mode, filenames mode, flags, log2 data unit, key identifier, nonce) of a
+    v2 context; ValueError for anything else."""
+    if len(raw) != CTX_V2_LEN or raw[0] != 2:
+        raise ValueError(f"not a v2 context: {raw.hex()}")
+    return _CONTEXT_V2.unpack(raw)[1:]
+
 
 _B64U = rb"[A-Za-z0-9_-]*"
 _ENCDATA_RE = re.compile(
@@ -231,6 +254,37 @@ class EncdataFinder:
         if virtual is None:
             return self.learn(path, dev, ENCDATA_XATTR)
         return VIRTUAL if virtual else STORED
+
+
+_ESCAPE = 0x3D  # '='
+_SPECIAL = b"\0\n\r/\x7f="
+_SHOW = [bytes([_ESCAPE, b + 64]) if b in _SPECIAL else bytes([b]) for b in range(256)]
+_UNSHOW = {b + 64: b for b in _SPECIAL}
+
+
+def escape_name(raw: bytes) -> bytes:
+    """How Lustre's ldiskfs shows a raw encrypted name without the key: NUL, LF, CR,
+    '/', DEL and '=' become '=' and chr(byte + 64), every other byte stands for
+    itself. fscsync never decodes names; the test filesystem, the tests and the
+    benchmark stand in for the kernel with this."""
+    return b"".join(_SHOW[b] for b in raw)
+
+
+def unescape_name(shown: bytes) -> bytes:
+    """Invert escape_name; ValueError if `shown` is not something it produces."""
+    out = bytearray()
+    it = iter(shown)
+    for b in it:
+        if b == _ESCAPE:
+            code = next(it, None)
+            if code not in _UNSHOW:
+                raise ValueError(f"bad escape in {shown!r}")
+            out.append(_UNSHOW[code])
+        elif b in _SPECIAL:
+            raise ValueError(f"unescaped {bytes([b])!r} in {shown!r}")
+        else:
+            out.append(b)
+    return bytes(out)
 
 
 def padded_size(size: int) -> int:

@@ -12,7 +12,7 @@ from fscsync import cipher
 from fscsync.destfs import temp_name
 from fscsync.record import Record
 
-_PROBE_CTX = bytes([2, 1, 4, 2, 0, 0, 0, 0]) + bytes(32)
+_PROBE_CTX = cipher.pack_context(bytes(16), bytes(16), flags=0x02)
 
 
 class DestAbilities(Record):

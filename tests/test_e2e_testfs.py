@@ -52,10 +52,17 @@ from support.treecmp import assert_same_tree
 from support.trees import pattern, set_times, set_tree_times
 from testfs_fixtures import encdata_of, needs_fuse, read_ciphertext
 
-from fscsync.cipher import ENCDATA_XATTR, O_CIPHERTEXT, EncData, format_encdata, parse_encdata
+from fscsync.cipher import (
+    ENCDATA_XATTR,
+    O_CIPHERTEXT,
+    EncData,
+    escape_name,
+    format_encdata,
+    parse_encdata,
+    unescape_name,
+)
 from fscsync.errors import escape
 from fscsync.testfs import model
-from fscsync.testfs.names import escape_name, unescape_name
 
 pytestmark = needs_fuse
 join = os.path.join

@@ -38,12 +38,13 @@ from fscsync.cipher import (
     O_CIPHERTEXT,
     UNIT,
     EncData,
+    escape_name,
     format_encdata,
     padded_size,
     parse_encdata,
+    unescape_name,
 )
 from fscsync.testfs import MountError, make_encrypted_dir, model, start
-from fscsync.testfs.names import escape_name, unescape_name
 
 pytestmark = needs_fuse
 join = os.path.join

@@ -26,13 +26,14 @@ import xattr
 
 from fscsync.cipher import (
     ENCDATA_XATTR,
+    NONCE_LEN,
     EncData,
     b64u_encode,
     format_encdata,
     get_encdata,
     parse_encdata,
 )
-from fscsync.testfs.model import NONCE_LEN, Context, MasterKey
+from fscsync.testfs.model import Context, MasterKey
 
 INTERNAL_XATTR_PREFIX = b"trusted.fscsync."
 NAME_MAX = 255

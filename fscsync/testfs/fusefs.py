@@ -48,8 +48,10 @@ from fscsync.cipher import (  # noqa: E402
     ENCDATA_XATTR,
     EncData,
     EncdataError,
+    escape_name,
     padded_size,
     parse_encdata,
+    unescape_name,
 )
 from fscsync.testfs.backing import (  # noqa: E402
     INTERNAL_XATTR_PREFIX,
@@ -67,7 +69,7 @@ from fscsync.testfs.model import (  # noqa: E402
     encrypt_name,
     encrypt_symlink,
 )
-from fscsync.testfs.names import escape_name, raw_name, unescape_name  # noqa: E402
+from fscsync.testfs.names import raw_name  # noqa: E402
 
 # The kernel strips O_NOCTTY before a FUSE daemon sees an open, so this is
 # what is left of O_CIPHERTEXT (O_NDELAY == O_NONBLOCK).
