@@ -53,6 +53,8 @@ class Skip(Exception):
 
 @dataclass
 class Bench:
+    """What the scenarios of one run share: sizes, workdir, tools, limits, the sshd."""
+
     cfg: Config
     work: str
     tools: dict[str, Tool]
