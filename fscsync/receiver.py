@@ -137,7 +137,11 @@ class Receiver:
             if is_dir:
                 dir_paths.add(path)
         for i, e in batch.special.items():
-            if e.link >= 0 and (e.link >= base + i or not e.is_reg):
+            if e.link < 0:
+                continue
+            if not self.opts.hard_links:
+                raise ProtocolError(f"hard link entry {e.path[:100]!r} in a run without -H")
+            if e.link >= base + i or not e.is_reg:
                 raise ProtocolError("hard link to an entry that does not precede it")
         self.entries += [None] * len(paths)
         self.status.extend(bytes(len(paths)))

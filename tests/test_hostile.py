@@ -1086,3 +1086,19 @@ def test_restrict_to_as_an_authorized_keys_forced_command(sshd, area: Path,
     finally:
         keys.write_bytes(saved)
     shutil.rmtree(area / "allowed/pushed")
+
+
+# ---- issue 19: a hostile peer's numbers --------------------------------------------------
+
+
+def test_hard_link_entry_without_hard_links_is_refused(sb: Sandbox) -> None:
+    """Finding 11: an entry naming a hard-link leader in a run without -H is no list a
+    sender of that run makes: a protocol error (exit 12, a message), not an
+    AttributeError from deep inside the generator."""
+    peer = start(sb, default_options(hard_links=False))
+    peer.send(*flist(root(), reg(b"a", b"a"), reg(b"h", link=1)))
+    peer.send(protocol.FLIST_END, flist_end(3))
+    _serve(peer, {1: b"a"})
+    result = peer.finish()
+    assert_refused(result, sb, "hard link")
+    assert not (sb.dest / "h").exists()
