@@ -287,7 +287,9 @@ class Sender:
         h = xxhash.xxh3_128()
         # Holes are looked for only past one read: for a small file the two lseeks
         # cost more than its zeros, which the receiver turns back into holes anyway.
-        whole = direct or e.enc is not None or size <= READ_SIZE
+        # A file grown since its listing goes dense: the receiver takes data past the
+        # listed size only where it follows on from what it has.
+        whole = direct or e.enc is not None or size <= READ_SIZE or size > e.size
         segments = [(0, size)] if whole else data_segments(fd, size)
         pos = 0
         for start, end in segments:

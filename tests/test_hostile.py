@@ -1102,3 +1102,26 @@ def test_hard_link_entry_without_hard_links_is_refused(sb: Sandbox) -> None:
     result = peer.finish()
     assert_refused(result, sb, "hard link")
     assert not (sb.dest / "h").exists()
+
+
+@pytest.mark.parametrize("op", ["literal", "copy"])
+def test_op_past_the_end_of_the_entry_is_refused_before_writing(sb: Sandbox, op: str
+                                                                 ) -> None:
+    """Finding 3: the list says `f` has 6 bytes. A literal at offset 2**40 (a 1 TiB sparse
+    temp file, a terabyte of zeros to hash) or a copy op reaching 2**40 (keep.txt's old
+    copy is the basis) is refused at once: exit 12 within seconds, and no temp file."""
+    peer = start(sb)
+    name = b"f" if op == "literal" else b"keep.txt"
+    peer.send(*flist(root(), Entry(name, REG, 6, T_NEW)))
+    peer.send(protocol.FLIST_END, flist_end(2))
+    assert peer.wait_request(1), peer.finish().describe()
+    if op == "literal":
+        peer.send(protocol.DATA, lit(1, b"x", offset=1 << 40))
+    else:
+        peer.send(protocol.DATA, copy_op(1, 0, 1 << 40))
+    peer.send(protocol.DATA_END, end(1, b"x"))
+    peer.wait_for(lambda t, p: t == protocol.FATAL, timeout=QUICK)
+    result = peer.finish()
+    assert_refused(result, sb, "past the end")
+    assert sb.new_entries() == [], "the temp file was left behind"
+
