@@ -35,6 +35,7 @@ from support.peer import (
     flist_payload,
     flist_payload_raw,
     frame,
+    measured_server,
     server_launcher,
     spawn_server,
 )
@@ -1124,4 +1125,49 @@ def test_op_past_the_end_of_the_entry_is_refused_before_writing(sb: Sandbox, op:
     result = peer.finish()
     assert_refused(result, sb, "past the end")
     assert sb.new_entries() == [], "the temp file was left behind"
+
+
+MEMORY_BOUND = 200 << 20
+"""Peak RSS a hostile peer may cost the victim (an idle server takes about 30 MB)."""
+CPU_BOUND = 30.0
+"""CPU seconds it may cost (the runs below take one or two)."""
+
+
+def _assert_bounded(peer: FakeSender, result: Result) -> None:
+    proc = peer.proc
+    assert proc.usage is not None, result.describe()
+    assert proc.peak_rss < MEMORY_BOUND, (
+        f"peak RSS {proc.peak_rss >> 20} MiB\n{result.describe()}")
+    assert proc.cpu < CPU_BOUND, f"{proc.cpu:.1f} s of CPU\n{result.describe()}"
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) missing")
+@pytest.mark.parametrize("basis", [1, 1 << 56], ids=["one-chunk", "the-chunk-of-its-basis"])
+def test_chunks_request_with_a_huge_chunk_is_read_a_piece_at_a_time(tmp_path: Path,
+                                                                     basis: int) -> None:
+    """Finding 13, a hostile receiver: a CHUNKS request for a 384 MiB file with chunks of
+    2**40 bytes made the sender read the whole file into one buffer. A chunk size the
+    protocol never asks for that basis is refused (exit 12); the one it does ask for a
+    basis of 2**56 bytes (2**40) is honoured, read a piece at a time: the sender's peak
+    RSS stays under MEMORY_BOUND either way."""
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(384 << 20)
+    peer = FakeSender(timeout=30, launcher=measured_server())
+    assert peer.setup(b"", role="sender", paths=[bytes(big)]), peer.finish().describe()
+    assert peer.wait_type(protocol.FLIST_END) is not None, peer.finish().describe()
+    chunk = 1 << 40
+    hashes = os.urandom(16 * -(-basis // chunk))
+    peer.send(protocol.REQ, delta.Request(0, delta.CHUNKS, block=4096, chunk=chunk,
+                                          basis_size=basis, hashes=hashes).encode())
+    answer = peer.wait_for(lambda t, p: t in (protocol.SIGREQ, protocol.FATAL))
+    result = peer.finish()
+    assert "Traceback" not in result.text, result.describe()
+    if basis == 1:
+        assert result.code == STREAM, result.describe()
+        assert "bad chunk size" in " ".join(str(m.get("msg")) for m in result.fatal()), (
+            result.describe())
+    else:
+        assert answer is not None and answer[0] == protocol.SIGREQ, result.describe()
+    _assert_bounded(peer, result)
 

@@ -173,6 +173,52 @@ def spawn_server(args: Iterable[str] = (), env: dict[str, str] | None = None,
     return _Popened(proc)
 
 
+class Measured(_Popened):
+    """A spawned server whose peak RSS and CPU time are read when it is reaped (wait4),
+    for the tests that bound what a hostile peer can make it spend."""
+
+    usage = None
+    """Its resource.struct_rusage once it exited (ru_maxrss in KiB)."""
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.proc.returncode is None:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid:
+                self.usage = usage
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+        return self.proc.returncode
+
+    @property
+    def peak_rss(self) -> int:
+        """Bytes."""
+        return self.usage.ru_maxrss * 1024
+
+    @property
+    def cpu(self) -> float:
+        return self.usage.ru_utime + self.usage.ru_stime
+
+
+def measured_server(address_space: int = 1 << 30) -> Callable[..., Measured]:
+    """A launcher like spawn_server whose servers are Measured and run under an
+    address-space limit (prlimit): a test of a memory bound must not take the machine's
+    memory when the bound is missing."""
+
+    def launch(args: Iterable[str] = (), env: dict[str, str] | None = None,
+               cwd: str | None = None) -> Measured:
+        proc = subprocess.Popen(
+            ["prlimit", f"--as={address_space}", "--", sys.executable, "-m", "fscsync",
+             "--server", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=cwd, env={**os.environ, **SERVER_ENV, **(env or {})})
+        return Measured(proc)
+
+    return launch
+
+
 _ZYGOTE = r"""
 import json, os, signal, socket, sys, traceback
 import fscsync.cli, fscsync.session  # everything a server needs, imported once
