@@ -34,6 +34,12 @@ FAILED = 2
 MAX_ENTRIES = 50_000_000
 MAX_IN_FLIGHT = 256
 """Requested files not yet complete before the next file-list batch is decided."""
+MAX_BACKLOG = 64 << 20
+"""Bytes of file-list frames held while requests are in flight (about 6 million
+entries). Past it the oldest frames are decided at once: stopping to read would
+deadlock with the sender, which sends its whole list before it serves a request, and
+a protocol error would refuse a big list; -z made a few bytes on the wire a full frame
+held here."""
 
 
 class Receiver:
@@ -160,6 +166,7 @@ class Receiver:
         gen = Generator(self, tree)
         writer = Writer(self)
         backlog: deque[bytes] = deque()
+        held = 0
         announced = None
         flist_done = gen_acked = done_sent = finished = False
         try:
@@ -167,7 +174,8 @@ class Receiver:
                 # File-list batches wait, still compressed, while enough requests are
                 # in flight: a big initial copy would otherwise hold a request and an
                 # entry for every file at once.
-                while backlog and len(self.pending) < MAX_IN_FLIGHT:
+                while backlog and (len(self.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
+                    held -= len(backlog[0])
                     batch = unpack_batch(backlog.popleft())
                     base = len(self.entries)
                     self._add_entries(batch)
@@ -192,6 +200,7 @@ class Receiver:
                     writer.sigreq(payload)
                 elif ftype == protocol.FLIST and not flist_done:
                     backlog.append(payload)
+                    held += len(payload)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:

@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1171,3 +1171,44 @@ def test_chunks_request_with_a_huge_chunk_is_read_a_piece_at_a_time(tmp_path: Pa
         assert answer is not None and answer[0] == protocol.SIGREQ, result.describe()
     _assert_bounded(peer, result)
 
+
+def _compressed_sender(sb: Sandbox, kind: str) -> tuple[FakeSender, Callable[..., bytes]]:
+    """A measured server past the opening with -z (`kind`), and the function that
+    compresses the frames sent to it, as one stream."""
+    peer = FakeSender(timeout=30, launcher=measured_server())
+    assert peer.setup(sb.dest, compress=kind), peer.finish().describe()
+    if kind == "zstd":
+        import zstandard
+
+        c = zstandard.ZstdCompressor(level=3).compressobj()
+        return peer, lambda data: c.compress(data) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    z = zlib.compressobj(9)
+    return peer, lambda data: z.compress(data) + z.flush(zlib.Z_FULL_FLUSH)
+
+
+IN_FLIGHT = [root(), *(reg(b"f%04d" % j, b"x") for j in range(300))]
+"""More new files than the receiver keeps requests in flight for: what comes after them
+waits in its backlog."""
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) missing")
+def test_file_list_backlog_is_bounded_by_the_bytes_it_holds(sb: Sandbox) -> None:
+    """Finding 6: with -z, 300 unanswered requests, then 400 file-list frames of 4 MiB
+    each (1.6 MB on the wire) grew the receiver's backlog to 1.6 GB. Past its bound in
+    bytes the backlog is decided at once instead of held (these frames are garbage: a
+    protocol error), so the peak RSS stays under MEMORY_BOUND."""
+    peer, z = _compressed_sender(sb, "zlib")
+    start_list = frame(protocol.FLIST_START, b'{"single_file": false}')
+    peer.send_raw(z(start_list + frame(protocol.FLIST, flist_payload(IN_FLIGHT))))
+    junk = z(frame(protocol.FLIST, bytes(protocol.MAX_FRAME)))
+    again = z(frame(protocol.FLIST, bytes(protocol.MAX_FRAME)))
+    bomb = junk + again * 399
+    assert len(bomb) < 2 << 20
+    peer.send_raw(bomb)
+    result = peer.finish()
+    assert result.code == STREAM, result.describe()
+    assert "Traceback" not in result.text and "MemoryError" not in result.text, (
+        result.describe())
+    _assert_bounded(peer, result)
+    sb.assert_nothing_outside()
+    sb.assert_previous_intact()
