@@ -1212,3 +1212,46 @@ def test_file_list_backlog_is_bounded_by_the_bytes_it_holds(sb: Sandbox) -> None
     _assert_bounded(peer, result)
     sb.assert_nothing_outside()
     sb.assert_previous_intact()
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) missing")
+@pytest.mark.skipif("zstd" not in protocol.CAPABILITIES, reason="zstandard not installed")
+def test_zstd_stream_is_inflated_a_step_at_a_time(sb: Sandbox) -> None:
+    """Finding 10: with -z negotiated as zstd, 1 GiB of zeros in a few kB on the wire was
+    inflated at once (zstandard's decompressobj has no output bound). It comes a step at
+    a time, as zlib's does: refused as what it is (zeros are no frame the server expects),
+    the server's peak RSS under MEMORY_BOUND."""
+    peer, z = _compressed_sender(sb, "zstd")
+    zeros = bytes(1 << 20)
+    bomb = b"".join(z(zeros) for _ in range(1024))
+    assert len(bomb) < 1 << 20
+    peer.send_raw(bomb)
+    result = peer.finish()
+    assert result.code == STREAM, result.describe()
+    assert "Traceback" not in result.text and "MemoryError" not in result.text, (
+        result.describe())
+    _assert_bounded(peer, result)
+    sb.assert_nothing_outside()
+    sb.assert_previous_intact()
+
+
+def _server_without_zstd(args=(), env=None, cwd=None):
+    """`fscsync --server` in an interpreter where zstandard cannot be imported."""
+    code = ("import sys; sys.modules['zstandard'] = None; sys.argv[1:1] = ['--server']; "
+            "from fscsync.cli import run; run()")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                            env={**os.environ, **SERVER_ENV, **(env or {})})
+    return _Popened(proc)
+
+
+@pytest.mark.parametrize("kind", ["zstd", "lz4"])
+def test_setup_asking_for_a_compression_this_side_lacks_is_refused(sb: Sandbox, kind: str
+                                                                   ) -> None:
+    """A client asking for a stream compression the server does not offer (zstd where
+    zstandard is missing, or a name nobody knows) is refused at setup: exit 5, not an
+    internal error."""
+    peer = FakeSender(timeout=QUICK, launcher=_server_without_zstd)
+    assert not peer.setup(sb.dest, compress=kind)
+    result = peer.finish()
+    assert_refused(result, sb, "malformed setup", code=5)
