@@ -55,7 +55,9 @@ class Receiver:
         self.stats = Stats()
         self.entries: list[Entry | None] = []
         self.status = bytearray()
-        self.dir_paths: set[bytes] = {b""}
+        self.dir_paths: dict[bytes, tuple[bool, bytes] | None] = {b"": None}
+        """Each directory listed so far, with the last child entry it got (its place in
+        the directory's order)."""
         self.root_fd: int | None = None
         self.single_name: bytes | None = None
         self.abilities = DestAbilities()
@@ -138,10 +140,19 @@ class Receiver:
                 if not is_dir or self.root_seen:
                     raise ProtocolError("misplaced root entry in the file list")
                 self.root_seen = True
-            elif path.rpartition(b"/")[0] not in dir_paths:
+                continue
+            head, _, name = path.rpartition(b"/")
+            if head not in dir_paths:
                 raise ProtocolError(f"entry {path[:100]!r} arrived before its directory")
+            # A directory's entries come in order, non-directories first: a path that
+            # is not past the one before it repeats an entry (or is out of place).
+            place = (is_dir, name)
+            last = dir_paths[head]
+            if last is not None and place <= last:
+                raise ProtocolError(f"entry {path[:100]!r} repeats or is out of order")
+            dir_paths[head] = place
             if is_dir:
-                dir_paths.add(path)
+                dir_paths[path] = None
         for i, e in batch.special.items():
             if e.link < 0:
                 continue

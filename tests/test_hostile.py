@@ -482,26 +482,26 @@ def test_hard_link_from_a_directory_entry_is_refused(sb: Sandbox) -> None:
 @pytest.mark.parametrize("what", ["data-dir", "data-up-to-date", "data-unknown", "end-dir",
                                   "end-twice", "sigreq-unknown"])
 def test_data_for_an_entry_never_requested_is_refused(sb: Sandbox, what: str) -> None:
-    """Index 1 is a directory, 2 is up to date (keep.txt as it is), 3 a new file; 9 does
-    not exist. The receiver asked only for 3."""
-    entries = [root(), Entry(b"sub", DIR, 0, T_OLD), Entry(b"keep.txt", REG, len(KEEP), T_OLD),
-               reg(b"new", b"new")]
+    """Index 1 is up to date (keep.txt as it is), 2 a new file, 3 a directory; 9 does
+    not exist. The receiver asked only for 2."""
+    entries = [root(), Entry(b"keep.txt", REG, len(KEEP), T_OLD), reg(b"new", b"new"),
+               Entry(b"sub", DIR, 0, T_OLD)]
     peer = start(sb)
     peer.send(*flist(*entries))
     peer.send(protocol.FLIST_END, flist_end(len(entries)))
-    assert peer.wait_request(3), peer.finish().describe()
+    assert peer.wait_request(2), peer.finish().describe()
     if what == "data-dir":
-        peer.send(protocol.DATA, lit(1, b"evil"))
+        peer.send(protocol.DATA, lit(3, b"evil"))
     elif what == "data-up-to-date":
-        peer.send(protocol.DATA, lit(2, b"evil"))
+        peer.send(protocol.DATA, lit(1, b"evil"))
     elif what == "data-unknown":
         peer.send(protocol.DATA, lit(9, b"evil"))
     elif what == "end-dir":
-        peer.send(protocol.DATA_END, end(1, b""))
+        peer.send(protocol.DATA_END, end(3, b""))
     elif what == "end-twice":
-        peer.send(protocol.DATA, lit(3, b"new"))
-        peer.send(protocol.DATA_END, end(3, b"new"))
-        peer.send(protocol.DATA_END, end(3, b"new"))
+        peer.send(protocol.DATA, lit(2, b"new"))
+        peer.send(protocol.DATA_END, end(2, b"new"))
+        peer.send(protocol.DATA_END, end(2, b"new"))
     else:
         peer.send(protocol.SIGREQ, delta.encode_sigreq(9, [0]))
     result = peer.finish()
@@ -1255,3 +1255,43 @@ def test_setup_asking_for_a_compression_this_side_lacks_is_refused(sb: Sandbox, 
     assert not peer.setup(sb.dest, compress=kind)
     result = peer.finish()
     assert_refused(result, sb, "malformed setup", code=5)
+
+
+@pytest.mark.parametrize("case", ["dir-twice", "file-twice", "backwards", "dir-then-file",
+                                  "across-frames", "root-child-twice"])
+def test_repeated_or_out_of_order_entry_is_refused(sb: Sandbox, case: str) -> None:
+    """Finding 7: a directory's entries arrive in order (non-directories sorted, then
+    directories sorted), so an entry that is not past the one before it in its directory
+    repeats one (or is out of place): a protocol error, whichever batch it comes in."""
+    d, f = Entry(b"d", DIR, 0, T_NEW), reg(b"d/f", b"f")
+    frames = {
+        "dir-twice": [flist(root(), d, d)],
+        "file-twice": [flist(root(), d, f, f)],
+        "backwards": [flist(root(), d, reg(b"d/g"), reg(b"d/f"))],
+        "dir-then-file": [flist(root(), d, Entry(b"d/e", DIR, 0, T_NEW), reg(b"d/f"))],
+        "across-frames": [flist(root(), d, f), flist(f)],
+        "root-child-twice": [flist(root(), reg(b"x"), d, reg(b"x"))],
+    }[case]
+    result = play(sb, frames)
+    assert_refused(result, sb, "repeats or is out of order")
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) missing")
+@pytest.mark.parametrize("level", [1, 9])
+def test_a_batch_of_one_directory_repeated_is_refused_within_bounds(sb: Sandbox,
+                                                                    level: int) -> None:
+    """Finding 7: 500,000 copies of one directory entry, 16 kB on the wire, cost the
+    receiver 18 s of CPU and 183 MB, and it ended with exit 0. At zlib level 1 (the
+    sender's) the second copy is refused; at level 9 the frame inflates more than a file
+    list does (MAX_INFLATE) and is refused before it is decoded."""
+    raw = encode_entries([root()] + [Entry(b"d", DIR, 0, T_NEW)] * 500_000)
+    payload = zlib.compress(raw, level)
+    assert len(payload) < 80_000
+    peer = FakeSender(timeout=60, launcher=measured_server())
+    assert peer.setup(sb.dest) and peer.start_flist(), peer.finish().describe()
+    peer.send(protocol.FLIST, payload)
+    peer.send(protocol.FLIST_END, flist_end(500_001))
+    _serve(peer, {})
+    result = peer.finish()
+    assert_refused(result, sb, "repeats" if level == 1 else "too large")
+    _assert_bounded(peer, result)
