@@ -49,7 +49,7 @@ class Pending:
 
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update")
+                 "data_end", "differ", "update", "basis_size")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -68,6 +68,7 @@ class Pending:
         self.data_end = 0
         self.differ: int | None = None  # bytes in chunks the sender found different
         self.update: Update | None = None  # set when the file is updated in place
+        self.basis_size = 0  # what the request told the sender it may copy from
 
 
 class Generator:
@@ -626,6 +627,7 @@ class Generator:
             req = delta.Request(idx, delta.WHOLE)
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
         pending.chunk = req.chunk
+        pending.basis_size = req.basis_size
         rx.pending[idx] = pending
         rx.requested += 1
         rx.chan.send(protocol.REQ, req.encode())

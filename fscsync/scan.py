@@ -93,6 +93,7 @@ class Scanner:
         # _walk (what _entry would build), unless the run wants xattrs, links or sums.
         self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
         self._home = -1
+        self._source_of: list[int] | None = None  # by entry, when sources were merged
 
     def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         """The entries of the sources in file-list order, a run at a time (a list of
@@ -100,9 +101,59 @@ class Scanner:
         caller's per-entry work stays in its own loop."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
-            yield from self._scan_sources(sources)
+            if len(sources) > 1:
+                yield from self._in_order(self._scan_sources(sources))
+            else:
+                yield from self._scan_sources(sources)
         finally:
             os.close(self._home)
+
+    def _in_order(self, runs: Iterator[list[Entry] | PlainRun]) -> Iterator[list[Entry]]:
+        """Several sources: their entries as one list in file-list order. Where two
+        give the same path the first source's entry is kept, unless a later one is a
+        directory and it is not (rsync's rule: the directory may have contents). The
+        receiver refuses a path that repeats or comes out of order (a hostile sender's
+        cheap duplicates), so one source's walk order must hold across sources too.
+        The list is held whole, as rsync holds it; a single source streams."""
+        kept: list[tuple[list[tuple[int, bytes]], int, Entry]] = []
+        seen: dict[bytes, int] = {}
+        dirs = {b""}
+        idx = 0
+        for run in runs:
+            for e in run:
+                at = seen.get(e.path)
+                if at is None:
+                    keep = e.path == b"." or e.path.rpartition(b"/")[0] in dirs
+                    if keep:
+                        seen[e.path] = len(kept)
+                        kept.append((_order_key(e), idx, e))
+                else:
+                    keep = e.is_dir and not kept[at][2].is_dir
+                    if keep:
+                        kept[at] = (_order_key(e), idx, e)
+                if keep and e.is_dir:
+                    dirs.add(e.path)
+                idx += 1
+        kept.sort(key=lambda k: k[0])
+        starts = self._root_starts
+        self._source_of = [bisect.bisect_right(starts, i) - 1 for _, i, _ in kept]
+        entries = [e for _, _, e in kept]
+        if self.opts.hard_links:
+            self._relink(entries, [i for _, i, _ in kept])
+        self.count = len(entries)
+        for i in range(0, len(entries), RUN_MAX):
+            yield entries[i : i + RUN_MAX]
+
+    def _relink(self, entries: list[Entry], scanned_as: list[int]) -> None:
+        """Hard links named their leader by its place in the walk: in the merged list the
+        first of each group leads (and carries the checksum -c wants of a leader)."""
+        leaders: dict[int, int] = {}
+        for i, (e, was) in enumerate(zip(entries, scanned_as, strict=True)):
+            group = e.link if e.link >= 0 else was
+            first = leaders.setdefault(group, i)
+            e.link = -1 if first == i else first
+            if first == i and self.opts.checksum and e.is_reg and e.checksum is None:
+                e.checksum = self._checksum(e.src, e)
 
     def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         for src in sources:
@@ -120,7 +171,10 @@ class Scanner:
     def source_path(self, idx: int, rel: bytes) -> bytes:
         """The source path of entry `idx` (the `src` it had when scanned), from its
         transfer-relative path: entries need not be kept to be opened later."""
-        prefix, root = self._roots[bisect.bisect_right(self._root_starts, idx) - 1]
+        if self._source_of is not None:
+            prefix, root = self._roots[self._source_of[idx]]
+        else:
+            prefix, root = self._roots[bisect.bisect_right(self._root_starts, idx) - 1]
         return root if rel == b"." else prefix + rel
 
     def _fail(self, path: bytes, what: str, exc: OSError, code: int = errors.PARTIAL) -> None:
@@ -400,3 +454,12 @@ class Scanner:
         finally:
             reader.close()
             os.close(fd)
+
+
+def _order_key(e: Entry) -> list[tuple[int, bytes]]:
+    """Where an entry goes in file-list order: under each parent directory, its
+    non-directories (sorted) before its directories (sorted, each before its contents)."""
+    if e.path == b".":
+        return []
+    *parents, name = e.path.split(b"/")
+    return [(1, p) for p in parents] + [(int(e.is_dir), name)]

@@ -748,3 +748,26 @@ def test_owner_and_mode_changes_reach_existing_copies(tmp_path: Path) -> None:
     t.run("-a", f"{t.src}/", "@D/dst")
     t.assert_same()
     assert stat.S_IMODE(os.stat(t.f / "dst/sub").st_mode) == 0o750
+
+
+@pytest.mark.parametrize("flags", [["-a"], ["-aH"], ["-aHc"]], ids=" ".join)
+def test_several_sources_merge_as_rsyncs_do(tmp_path: Path, flags: list[str]) -> None:
+    """The receiver refuses an entry that repeats or comes out of order (issue 19), so
+    several sources go as one list in order: the first source's entry where two give the
+    same path, nothing under a path that is no directory there, top names sorted, hard
+    links across sources led by the first in the list. The tree is rsync's, from the
+    same arguments."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for path, data in [(a / "x", b"A"), (b / "x", b"B"), (a / "d/f", b"A"), (b / "d/f", b"B"),
+                       (b / "d/g", b"B"), (a / "n", b"file in a"), (b / "n/under", b"B"),
+                       (b / "m", b"B"), (c / "k/inner", b"C"), (a / "y", b"linked")]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path, data)
+    os.link(a / "y", b / "e")
+    args = [f"{a}/", f"{c}/k", f"{b}/"]
+    run_rsync(*flags, *args, f"{tmp_path}/r/", check=True)
+    run_fscsync(*flags, *args, f"{tmp_path}/f/", check=True)
+    assert_same_tree(tmp_path / "r", tmp_path / "f", ignore_dir_mtime=True)
+    assert (tmp_path / "f/x").read_bytes() == b"A"
+    linked = os.stat(tmp_path / "f/e").st_ino == os.stat(tmp_path / "f/y").st_ino
+    assert linked == ("H" in flags[0]), "hard links across sources"
