@@ -231,7 +231,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             kind = setup.get("compress")
         except (KeyError, TypeError, ValueError):
             raise ProtocolError("malformed setup frame", errors.STARTUP) from None
-        if role not in ("sender", "receiver") or not paths or kind not in (None, "zlib", "zstd"):
+        if (role not in ("sender", "receiver") or not paths
+                or kind not in (None, *protocol.COMPRESSIONS)):
             raise ProtocolError("malformed setup frame", errors.STARTUP)
         if restrict_to is not None:
             _check_restricted(restrict_to, role, paths, opts)
