@@ -494,9 +494,11 @@ def test_signal_to_the_client_ends_the_run_like_rsync(tmp_path: Path, sig: int,
     src, data = _big_source(tmp_path)
     dst = tmp_path / "dst"
     extra = ["--partial"] if partial else []
-    proc = _popen("-a", "--bwlimit", "2M", *extra, f"{src}/", dst)
+    log = tmp_path / "run.log"
+    proc = _popen("-a", "--bwlimit", "2M", f"--log-file={log}", *extra, f"{src}/", dst)
     code, text = _signal_mid_file(proc, dst, sig, "client")
     assert code == 20 and text.strip() == SIGNAL_LINE, f"exit {code}\n{text}"
+    assert log.read_text().splitlines()[-1].endswith("] " + SIGNAL_LINE), log.read_text()
     _assert_ended_like_rsync(dst, data, partial)
     recover(src, dst)
 
