@@ -77,14 +77,14 @@ def control_handler(reporter: Reporter, host: str | None = None):
 def _log_fields(msg: dict) -> tuple[str, str, int | None, int]:
     """(kind, escaped text, length, code) of a LOG frame, or a protocol error."""
     kind, text = msg.get("kind"), msg.get("msg")
-    length, code = msg.get("len"), msg.get("code", errors.PARTIAL)
+    length = msg.get("len")
     valid = (type(kind) is str and kind in KINDS and type(text) is str
              and (length is None or (type(length) is int and 0 <= length < 1 << 63))
-             and (type(code) is int and code in errors.PER_FILE)
              and (kind == "error" or "code" not in msg))
     if not valid:
         raise ProtocolError(f"malformed log frame from the other side: "
                             f"{escape_peer(str(msg)):.100}")
+    code = errors.peer_code(msg.get("code", errors.PARTIAL)) or errors.STREAM
     return kind, escape_peer(text), length, code
 
 

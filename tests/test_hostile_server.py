@@ -96,7 +96,8 @@ MALFORMED = {
     "log kind is a list": [files(), log(["error"], "x")],
     "log text is a number": [files(), log("info0", 7)],
     "log length is a string": [files(), log("item", ">f+++++++++ f.txt", len="5")],
-    "log error code unknown": [files(), log("error", "x", code=0)],
+    "log error code is a string": [files(), log("error", "x", code="23")],
+    "log code on a line that is no error": [files(), log("warning", "x", code=PARTIAL)],
     "finished exit code is a string": [files(), serve("0")],
     "finished counter is a string": [files(), serve(0, files_sent="1")],
     "finished counter is negative": [files(), serve(0, literal=-5)],
@@ -130,17 +131,19 @@ def test_malformed_stats_of_a_receiving_server_are_a_protocol_error(tmp_path: Pa
 
 
 @pytest.mark.parametrize("claim", [256, 512 + PARTIAL, 99, -1, 0])
-@pytest.mark.parametrize("where", ["fatal", "finished", "stats"])
+@pytest.mark.parametrize("where", ["fatal", "error line", "finished", "stats"])
 def test_an_exit_code_fscsync_does_not_know_becomes_12(tmp_path: Path, claim: int,
                                                        where: str) -> None:
     """256 would wrap to exit 0 after a failure: any code fscsync never ends with is 12
-    (and a fatal error claiming 0 is still an error)."""
+    (and a fatal error, or an error line, claiming 0 is still an error)."""
     if where == "stats":
         steps = [{"do": "receive", "stats": {"stats": {}, "exit_code": claim}}]
+    elif where == "error line":
+        steps = [files(), log("error", "x", code=claim), serve(0)]
     else:
         steps = [files(), fatal(code=claim)] if where == "fatal" else [files(), serve(claim)]
     code, _, err, _ = run(steps, pull=where != "stats", tmp_path=tmp_path)
-    if claim == 0 and where != "fatal":
+    if claim == 0 and where in ("finished", "stats"):
         assert code == 0, err
     else:
         assert code == STREAM, err
