@@ -29,9 +29,10 @@ class Stats(Record):
 
     @classmethod
     def from_wire(cls, data: dict) -> Stats:
-        """The peer's counters, each checked: a count is an int from 0 to 2^63-1, a
-        per-kind count is keyed by a kind --stats knows, io_error is a bool. Anything
-        else is a protocol error, never a TypeError in merge() or format_stats()."""
+        """The peer's counters, each checked against its field's type: a count is an
+        int from 0 to 2^63-1, a time a finite number from 0, a per-kind count is keyed
+        by a kind --stats knows, a flag is a bool. Anything else is a protocol error,
+        never a TypeError in merge() or format_stats()."""
         out = cls()
         for name in cls.fields:
             if name not in data:
@@ -42,6 +43,8 @@ class Stats(Record):
             elif isinstance(default, dict):
                 ok = type(value) is dict and all(
                     k in KINDS and _count(v) for k, v in value.items())
+            elif isinstance(default, float):
+                ok = type(value) in (int, float) and 0 <= value <= MAX_COUNT  # NaN: False
             else:
                 ok = _count(value)
             if not ok:

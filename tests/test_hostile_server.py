@@ -225,3 +225,21 @@ def test_the_peers_stderr_reaches_ours_escaped(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [rb"banner \#033]0;owned\#007 \#033[2J",
                                         rb"no newline at the end \#033[5m"], proc.stderr
     assert (tmp_path / "dst/f.txt").read_bytes() == b"data\n"
+
+
+def test_every_kind_of_counter_is_checked_by_its_fields_type() -> None:
+    """Stats.from_wire checks a field by the type of its default, so a time (float) a
+    later Stats gains is accepted as a number and refused as anything else."""
+    from fscsync.errors import ProtocolError
+    from fscsync.stats import Stats
+
+    class Timed(Stats):
+        scan_time: float = 0.0
+
+    got = Timed.from_wire({"scan_time": 1.5, "literal": 7, "files": {"reg": 2},
+                           "io_error": True, "exit_code": 0})
+    assert (got.scan_time, got.literal, got.files, got.io_error) == (1.5, 7, {"reg": 2}, True)
+    for bad in ({"scan_time": float("nan")}, {"scan_time": "1"}, {"scan_time": -1.0},
+                {"literal": 1.5}, {"literal": True}, {"io_error": 1}, {"files": {"reg": -1}}):
+        with pytest.raises(ProtocolError, match="malformed counter"):
+            Timed.from_wire(bad)
