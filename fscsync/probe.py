@@ -66,8 +66,12 @@ def probe_dest(dirfd: int, encdata_name: bytes) -> DestAbilities:
             _probe(fd, encdata_name, ab)
         finally:
             os.close(fd)
-            os.unlink(name, dir_fd=dirfd)
     finally:
+        # By name, also when a signal came between the create and the try above.
+        try:
+            os.unlink(name, dir_fd=dirfd)
+        except FileNotFoundError:
+            pass
         os.utime(dirfd, ns=(before.st_atime_ns, before.st_mtime_ns))
     return ab
 

@@ -921,7 +921,8 @@ def test_protocol_error_while_the_generator_works_leaves_no_temp_entry(sb: Sandb
     for attempt in range(10):
         dest = sb.base / f"busy{attempt}"
         dest.mkdir()
-        peer = FakeSender(timeout=QUICK, launcher=sb.launcher)
+        # 3000 symlinks take seconds on a loaded machine: a generous hang limit.
+        peer = FakeSender(timeout=6 * QUICK, launcher=sb.launcher)
         assert peer.setup(dest) and peer.start_flist()
         peer.send(*flist(root(), *links))
         peer.wait_for(lambda t, p: False, timeout=0.03)
