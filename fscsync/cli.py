@@ -56,10 +56,9 @@ def _server_args(args: list[str]) -> tuple[bool, str | None]:
 def _main(args: list[str]) -> int:
     server, restrict_to = _server_args(args)
     if not server:
-        from fscsync.argv import build_parser, options_from
+        from fscsync.argv import options_from, parse_args
 
-        parser = build_parser()
-        ns = parser.parse_args(args)
+        ns = parse_args(args)
         server, restrict_to = ns.server, ns.restrict_to
     if server:
         from fscsync.session import run_server
@@ -69,7 +68,9 @@ def _main(args: list[str]) -> int:
     from fscsync.progress import ConsoleReporter
 
     if ns.help:
-        parser.print_help()
+        from fscsync.argv import help_text
+
+        print(help_text())
         return 0
     if ns.version:
         print(f"fscsync version {__version__}  protocol version "
@@ -120,19 +121,18 @@ def _main(args: list[str]) -> int:
             log.write(f"fscsync error: {_MEANING.get(outcome.exit_code, 'error')} "
                       f"(code {outcome.exit_code})")
         log.close()
-    if opts.stats:
-        from fscsync.stats import format_stats
+    if opts.stats or (opts.verbose and not ns.quiet):
+        from fscsync.stats import format_stats, summary
 
-        for line in format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,
-                                 outcome.elapsed):
+        if opts.stats:
+            lines = format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,
+                                 outcome.elapsed, ns.human_readable)
+        else:
+            lines = ["", *summary(outcome.bytes_sent, outcome.bytes_received,
+                                  outcome.stats.total_size, outcome.elapsed,
+                                  ns.human_readable)]
+        for line in lines:
             print(line)
-    elif opts.verbose and not ns.quiet:
-        rate = (outcome.bytes_sent + outcome.bytes_received) / max(outcome.elapsed, 1e-6)
-        total = outcome.stats.total_size
-        wire = outcome.bytes_sent + outcome.bytes_received
-        print(f"\nsent {outcome.bytes_sent:,} bytes  received {outcome.bytes_received:,} bytes"
-              f"  {rate:,.2f} bytes/sec")
-        print(f"total size is {total:,}  speedup is {total / wire if wire else 0:,.2f}")
     if outcome.exit_code not in (errors.OK,):
         _final_error(outcome.exit_code)
     return outcome.exit_code

@@ -1,0 +1,157 @@
+"""rsync's command-line grammar: every command line here goes through rsync and fscsync
+on the same tree, and the trees, exit codes, -i lines and messages must agree."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from support import needs_root, run_fscsync, run_rsync
+from support.trees import FOREIGN_GID, FOREIGN_UID, write
+from test_local_sync import ENV, Twin, assert_same_items, items, make_plain_tree, settle
+
+from fscsync.argv import parse_args
+from fscsync.errors import UsageError
+
+
+def _tree(t: Twin) -> None:
+    make_plain_tree(t.src)
+    write(t.src / "keep.log", b"kept\n")
+    write(t.src / "sub/drop.log", b"dropped\n")
+    os.chown(t.src / "a.txt", FOREIGN_UID, FOREIGN_GID)
+    os.chmod(t.src / "sub/b.bin", 0o604)
+    os.mkfifo(t.src / "fifo")
+    settle(t.src)
+
+
+# Each line is run as is by both tools (S = the source with a slash, D = the destination).
+LINES = [
+    "-avh S D",                      # -h is --human-readable here, not --help
+    "S -a -i D",                     # options after the paths
+    "-ai S -- D",
+    "-aiB4096 S D",                  # a bundle ending in an option's value
+    "-aiB 8192 S D",
+    "--block-size=1024 -ai S D",
+    "-ai --no-o --no-g S D",
+    "-ai --no-owner --no-group --no-perms S D",
+    "-ai --no-p --no-t S D",
+    "--no-o -ai S D",                # a negation before -a is undone by it
+    "-ai --no-D S D",
+    "-ai --no-devices S D",
+    "-ai --no-specials S D",
+    "-ai --no-l S D",
+    "-ai --no-links S D",
+    "-ai --no-r -r S D",
+    "-ai --no-recursive -r S D",
+    "-aiHX --no-H --no-X S D",
+    "-aiA --no-A S D",
+    "-ai --no-whole-file --no-W --no-inplace --no-i-r --no-inc-recursive S D",
+    "-ai --i-r --inc-recursive -s --secluded-args --protect-args S D",
+    "-ai --old-args S D",
+    "-ai --no-s --old-args S D",
+    "-avv --no-v -i S D",
+    "-ai --filter=- *.log S D",
+    "-ai -f+ keep.log -f- *.log S D",
+    "-ai --filter=exclude sub S D",
+    "-ai -f- /sub/ -f+ *.txt -f- * S D",
+]
+
+
+def _argv(line: str, t: Twin) -> list[str]:
+    """A LINES entry as argv: '--filter=- *.log' stays one word (as a shell quote would)."""
+    out: list[str] = []
+    for word in re.split(r" (?=-|S$|S |D$|\d)", line):
+        out.append({"S": f"{t.src}/", "D": "@D/dst"}.get(word, word))
+    return out
+
+
+@needs_root
+@pytest.mark.parametrize("line", LINES)
+def test_command_line_like_rsync(tmp_path: Path, line: str) -> None:
+    t = Twin(tmp_path)
+    _tree(t)
+    runs = t.run(*_argv(line, t))
+    if any(w[:1] == "-" and w[1:2] != "-" and "i" in w for w in line.split()):
+        assert_same_items(runs)
+    t.assert_same(ignore=("mtime",) if "--no-t" in line else ())
+    assert (t.f / "dst").is_dir()
+
+
+def test_the_split_is_the_shell_one(tmp_path: Path) -> None:
+    t = Twin(tmp_path)
+    assert _argv("-ai --filter=- *.log S D", t) == ["-ai", "--filter=- *.log", f"{t.src}/",
+                                                     "@D/dst"]
+    assert _argv("-aiB 8192 S D", t) == ["-aiB", "8192", f"{t.src}/", "@D/dst"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--delete-ex", "a/", "b"],
+    ["--stat", "a/", "b"],
+    ["--verb", "a/", "b"],
+    ["-aZ", "a/", "b"],
+    ["--no-bogus", "a/", "b"],
+    ["--no-stats", "a/", "b"],
+    ["--archive=1", "a/", "b"],
+    ["--no-p=1", "a/", "b"],
+    ["-a", "a/", "b", "--rsh"],
+    ["--max-delete=abc", "a/", "b"],
+    ["-s", "--old-args", "a/", "b"],
+    ["-aB", "big", "a/", "b"],
+    ["--bwlimit=fast", "a/", "b"],
+    ["a/", "b", "--frobnicate"],
+])
+def test_refused_like_rsync(tmp_path: Path, argv: list[str]) -> None:
+    """Same exit code, same first line (the option named the way rsync names it), and
+    nothing created."""
+    (tmp_path / "a").mkdir()
+    r = run_rsync(*argv, cwd=tmp_path, env=ENV)
+    f = run_fscsync(*argv, cwd=tmp_path, env=ENV)
+    assert r.returncode == f.returncode == 1
+    first = r.stderr.decode().splitlines()[0].replace("rsync:", "fscsync:", 1)
+    assert f.stderr.decode().splitlines() == [first,
+                                             "fscsync error: syntax or usage error (code 1)"]
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_h_alone_is_help_and_daemon_is_refused() -> None:
+    assert run_fscsync("-h", check=True).stdout.startswith(b"usage: fscsync ")
+    proc = run_fscsync("--daemon", check=1)
+    assert b"--daemon: fscsync has no daemon mode" in proc.stderr
+
+
+def test_grammar() -> None:
+    ns = parse_args(["-aB4096", "-essh -p 22", "src/", "-v", "--", "-dst"])
+    assert (ns.block_size, ns.rsh, ns.verbose, ns.args) == (4096, "ssh -p 22", 1,
+                                                            ["src/", "-dst"])
+    assert parse_args(["-ahh", "x", "y"]).human_readable == 3
+    assert parse_args(["-a", "--no-h", "x", "y"]).human_readable == 0
+    assert parse_args(["--rsh", "ssh -x", "--rsync-path=/opt/f", "a", "b"]).remote_fscsync \
+        == "/opt/f"
+    a_then_no = parse_args(["-a", "--no-D", "x", "y"])
+    assert not a_then_no.devices and not a_then_no.specials and a_then_no.owner
+    assert parse_args(["-", "x"]).args == ["-", "x"]
+    with pytest.raises(UsageError, match="^--max-delete=1x: invalid numeric value$"):
+        parse_args(["--max-delete", "1x", "a", "b"])  # rsync names only "1x"
+
+
+@pytest.mark.parametrize("level", ["--no-h", "", "-h", "-hh", "-hhh"])
+def test_human_readable_levels(tmp_path: Path, level: str) -> None:
+    """The --stats lines whose numbers do not depend on the tool print the same."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "big", os.urandom(1_234_567))
+    for i in range(1100):
+        write(src / f"n{i}", b"")
+    args = [a for a in ("-a", "--stats", level) if a]
+    r = run_rsync(*args, f"{src}/", tmp_path / "r", check=True, env=ENV)
+    f = run_fscsync(*args, f"{src}/", tmp_path / "f", check=True, env=ENV)
+    labels = ("Number of files:", "Number of created files:", "Total file size:",
+              "Number of regular files transferred:", "total size is")
+
+    def same(proc) -> list[str]:
+        return [ln.split("  speedup")[0] for ln in proc.stdout.decode().splitlines()
+                if ln.startswith(labels)]
+    assert same(f) == same(r) and len(same(r)) == len(labels)
+    assert not items(f)
