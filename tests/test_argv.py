@@ -155,3 +155,40 @@ def test_human_readable_levels(tmp_path: Path, level: str) -> None:
                 if ln.startswith(labels)]
     assert same(f) == same(r) and len(same(r)) == len(labels)
     assert not items(f)
+
+
+@pytest.mark.parametrize("where", ["src", "dest"])
+@pytest.mark.parametrize("daemon", ["localhost::mod/", "localhost::mod", "RSYNC://host/mod/",
+                                    "rsync://host:873/mod/x"])
+def test_daemon_syntax_fails_at_once(tmp_path: Path, where: str, daemon: str) -> None:
+    """Exit 5 (client-server start), one clear line, no local directory, no remote shell
+    started (the -e command would create a file in the cwd)."""
+    (tmp_path / "a").mkdir()
+    paths = ["a/", daemon] if where == "dest" else [daemon, "b"]
+    proc = run_fscsync("-a", "-e", "touch started", *paths, cwd=tmp_path, check=5)
+    assert proc.stderr.decode().splitlines() == [
+        f"fscsync: {daemon}: fscsync has no daemon mode (rsync://, HOST::MODULE); "
+        "use HOST:PATH over a remote shell"]
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_local_names_with_double_colons_stay_local(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    write(tmp_path / "a/f", b"x")
+    run_fscsync("-a", "a/", "./b::c", cwd=tmp_path, check=0)
+    assert (tmp_path / "b::c/f").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("dest", ["-oProxyCommand=touch x:dst", "u@-oProxyCommand=touch x:d",
+                                  "[-oProxyCommand=touch x]:dst"])
+def test_host_starting_with_dash_is_refused(tmp_path: Path, dest: str) -> None:
+    """Issue 19 finding 4: rsync's refusal (exit 1) before any remote shell starts."""
+    (tmp_path / "a").mkdir()
+    r = run_rsync("-a", "-e", "touch started", "--", "a/", dest, cwd=tmp_path, env=ENV)
+    f = run_fscsync("-a", "-e", "touch started", "--", "a/", dest, cwd=tmp_path, env=ENV)
+    assert r.returncode == f.returncode == 1
+    assert f.stderr.decode().splitlines()[0] == (
+        "fscsync: Invalid remote host: hostnames may not start with '-'.")
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+    run_fscsync("-a", "-e", "touch started", "a/", dest, cwd=tmp_path, check=1)
+    assert sorted(os.listdir(tmp_path)) == ["a"]
