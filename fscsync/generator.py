@@ -93,7 +93,7 @@ class Generator:
         o = self.opts
         self._quick = tree is not None and rx.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls)
+            or o.acls or o.ignore_times)
         self.sent_nomore = False
         rx.generator = self
 
@@ -195,6 +195,9 @@ class Generator:
             try:
                 pfd, name = rx.locate(tree, e)
             except OSError as exc:
+                if opts.existing and exc.errno == errno.ENOENT:
+                    rx.status[idx] = 1  # below a directory --existing did not create
+                    return
                 if opts.dry_run and exc.errno == errno.ENOENT:
                     pfd, name, st = -1, b"", None
                 else:
@@ -209,7 +212,9 @@ class Generator:
                     else:
                         st = lstat_at(pfd, name)
         try:
-            if fmt == _S_IFREG:
+            if st is None and opts.existing:
+                rx.status[idx] = 1
+            elif fmt == _S_IFREG:
                 self.regular(idx, e, pfd, name, st)
             elif fmt == _S_IFDIR:
                 self.directory(tree, idx, e, pfd, name, st)
@@ -457,7 +462,7 @@ class Generator:
         opts = self.opts
         ids = self.rx.ids
         out = ""
-        if opts.times and st.st_mtime_ns != e.mtime_ns:
+        if opts.times and not self.same_time(st.st_mtime_ns, e.mtime_ns):
             out += "t"
         if opts.perms and (st.st_mode ^ e.mode) & 0o7777 and not e.is_link:
             out += "p"
@@ -492,7 +497,7 @@ class Generator:
             if not self._make_way(idx, e, pfd, name, st):
                 return
             st = None
-        if st is not None and opts.ignore_existing:
+        if (st is not None and opts.ignore_existing) or self._left_alone(e, st):
             rx.status[idx] = 1
             return
         dest_enc = None
@@ -546,7 +551,24 @@ class Generator:
             return self._dest_digest(pfd, name, dest_enc is not None) == e.checksum
         if opts.size_only:
             return True
-        return st.st_mtime_ns == e.mtime_ns
+        return not opts.ignore_times and self.same_time(st.st_mtime_ns, e.mtime_ns)
+
+    def same_time(self, a_ns: int, b_ns: int) -> bool:
+        """rsync's same_time: exact with --modify-window 0, whole seconds when negative,
+        else within that many seconds."""
+        window = self.opts.modify_window
+        if not window:
+            return a_ns == b_ns
+        return abs(a_ns // 10**9 - b_ns // 10**9) <= max(window, 0)
+
+    def _left_alone(self, e: Entry, st) -> bool:
+        """--max-size, --min-size and -u: files the run must not touch at all (rsync's
+        generator checks them before the quick check; -u compares whole seconds)."""
+        opts = self.opts
+        if 0 <= opts.max_size < e.size or e.size < opts.min_size:
+            return True
+        return (opts.update and st is not None and stat.S_ISREG(st.st_mode)
+                and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < opts.modify_window)
 
     @staticmethod
     def _dest_digest(pfd: int, name: bytes, encrypted: bool) -> bytes | None:
@@ -613,7 +635,7 @@ class Generator:
                 self._existing_attrs(idx, e, Target(pfd, name, is_link=True), st)
                 return
             changes = "c"
-            if self.opts.times and st.st_mtime_ns != e.mtime_ns:
+            if self.opts.times and not self.same_time(st.st_mtime_ns, e.mtime_ns):
                 changes += "t"
             self._item("c", e, changes)
         else:

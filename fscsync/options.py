@@ -35,6 +35,12 @@ class Options(Record):
     checksum: bool = False
     size_only: bool = False
     ignore_existing: bool = False
+    existing: bool = False  # --existing: create nothing new, update what is there
+    update: bool = False  # -u: leave files that are newer at the destination
+    ignore_times: bool = False
+    max_size: int = -1
+    min_size: int = 0
+    modify_window: int = 0  # seconds; negative: compare whole seconds only
     whole_file: bool | None = None
     inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None

@@ -192,3 +192,50 @@ def test_host_starting_with_dash_is_refused(tmp_path: Path, dest: str) -> None:
     assert sorted(os.listdir(tmp_path)) == ["a"]
     run_fscsync("-a", "-e", "touch started", "a/", dest, cwd=tmp_path, check=1)
     assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def _stale_dest(t: Twin) -> None:
+    """Both destinations hold an older copy: a missing dir, a file newer than its source
+    (dest/newer), one older (dest/older), one the same size and time, one 1 s off."""
+    write(t.src / "small", b"s")
+    write(t.src / "mid", b"m" * 2000)
+    write(t.src / "big", b"b" * 5000)
+    write(t.src / "newer", b"source\n")
+    write(t.src / "older", b"source\n")
+    write(t.src / "same", b"same\n")
+    write(t.src / "offby1", b"off\n")
+    (t.src / "newdir/deep").mkdir(parents=True)
+    write(t.src / "newdir/deep/f", b"f")
+    settle(t.src)
+    st = {n: os.stat(t.src / n).st_mtime_ns for n in ("newer", "older", "same", "offby1")}
+
+    def populate(area: Path) -> None:
+        d = area / "dst"
+        d.mkdir()
+        write(d / "newer", b"dest!!\n")
+        os.utime(d / "newer", ns=(st["newer"] + 10**10,) * 2)
+        write(d / "older", b"dest!!\n")
+        os.utime(d / "older", ns=(st["older"] - 10**10,) * 2)
+        write(d / "same", b"SAME\n")
+        os.utime(d / "same", ns=(st["same"],) * 2)
+        write(d / "offby1", b"OFF\n")
+        os.utime(d / "offby1", ns=(st["offby1"] + 10**9,) * 2)
+        write(d / "mid", b"old")
+        os.utime(d / "mid", ns=(st["same"],) * 2)
+    t.each(populate)
+
+
+@pytest.mark.parametrize("flags", [
+    ["-u"], ["--update", "--modify-window=20"], ["--existing"], ["--ignore-non-existing"],
+    ["--existing", "-u"], ["-I"], ["--ignore-times", "-u"], ["--max-size=2000"],
+    ["--max-size=1.5K"], ["--min-size=2K"], ["--min-size=1KB"], ["--max-size=4K-1"],
+    ["--max-size=2000", "--min-size=2000"], ["--modify-window=1"], ["-@", "2"],
+    ["--modify-window=-1"], ["--size-only", "-I"],
+])
+def test_selection_options_like_rsync(tmp_path: Path, flags: list[str]) -> None:
+    t = Twin(tmp_path)
+    _stale_dest(t)
+    runs = t.run("-ai", *flags, f"{t.src}/", "@D/dst")
+    assert_same_items(runs)
+    assert items(runs.fscsync), "the scenario itemizes something"
+    t.assert_same()
