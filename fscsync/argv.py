@@ -127,6 +127,10 @@ TABLE: tuple[Opt, ...] = (
     Opt("-D", "same as --devices --specials", {"devices": True, "specials": True},
         neg=("devices", "specials")),
     Opt("--times -t", "preserve modification times", {"times": True}, neg=("times",)),
+    Opt("--omit-dir-times -O", "omit directories from --times", {"omit_dir_times": True},
+        neg=("omit_dir_times",)),
+    Opt("--omit-link-times -J", "omit symlinks from --times", {"omit_link_times": True},
+        neg=("omit_link_times",)),
     Opt("--hard-links -H", "preserve hard links", {"hard_links": True},
         neg=("hard_links",)),
     Opt("--sparse -S", "keep sparse files sparse (always on)", {}),
@@ -206,7 +210,8 @@ TABLE: tuple[Opt, ...] = (
 
 DEFAULTS = dict(help=False, version=False, verbose=0, human_readable=1, info=[],
                 quiet=False, checksum=False,
-                **dict.fromkeys(_ARCHIVE, False), inc_recursive=True, acls=False,
+                **dict.fromkeys(_ARCHIVE, False), inc_recursive=True, omit_dir_times=False,
+                omit_link_times=False, acls=False,
                 xattrs=False, hard_links=False, dry_run=False, whole_file=None, inplace=None,
                 block_size=4096, rsh=None, remote_fscsync=None, secluded=False, old_args=False,
                 ignore_existing=False, update=False, existing=False, max_size=-1,
@@ -332,14 +337,9 @@ def help_text() -> str:
 def options_from(ns: SimpleNamespace) -> Options:
     """The engine's Options from a parsed command line (checks that need all of it)."""
     o = Options()
-    for name in ("recursive", "links", "perms", "times", "group", "owner", "devices",
-                 "specials", "hard_links", "xattrs", "acls", "numeric_ids", "delete",
-                 "delete_after", "delete_excluded", "max_delete", "partial", "dry_run",
-                 "verbose", "checksum", "size_only", "ignore_existing", "update", "existing",
-                 "max_size", "min_size", "ignore_times", "modify_window", "whole_file",
-                 "inplace", "refuse_ino_policies", "bwlimit", "stats"):
-        setattr(o, name, getattr(ns, name))
-    o.itemize = ns.itemize
+    for name in Options.fields:
+        if name in DEFAULTS:
+            setattr(o, name, getattr(ns, name))
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
     b = ns.block_size
     if b < 512 or b & (b - 1) or b > 1 << 24:

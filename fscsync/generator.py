@@ -462,7 +462,7 @@ class Generator:
         opts = self.opts
         ids = self.rx.ids
         out = ""
-        if opts.times and not self.same_time(st.st_mtime_ns, e.mtime_ns):
+        if opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns, e.mtime_ns):
             out += "t"
         if opts.perms and (st.st_mode ^ e.mode) & 0o7777 and not e.is_link:
             out += "p"
@@ -635,7 +635,8 @@ class Generator:
                 self._existing_attrs(idx, e, Target(pfd, name, is_link=True), st)
                 return
             changes = "c"
-            if self.opts.times and not self.same_time(st.st_mtime_ns, e.mtime_ns):
+            if self.opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns,
+                                                                   e.mtime_ns):
                 changes += "t"
             self._item("c", e, changes)
         else:

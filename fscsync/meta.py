@@ -242,7 +242,7 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
             changed += "x"
     if e.enc is not None:
         set_encdata(t, e.enc, encdata_target(opts, e))
-    if opts.times and (new or st.st_mtime_ns != e.mtime_ns):
+    if opts.keeps_time(e.mode) and (new or st.st_mtime_ns != e.mtime_ns):
         t.utime(e.mtime_ns if new else st.st_atime_ns, e.mtime_ns)
         if not new:
             changed += "t"

@@ -6,6 +6,8 @@ on one set of settings; `to_wire`/`from_wire` keep that a plain JSON object.
 
 from __future__ import annotations
 
+import stat
+
 from fscsync.record import Record
 
 DEFAULT_BLOCK = 4096
@@ -16,6 +18,8 @@ class Options(Record):
     links: bool = False
     perms: bool = False
     times: bool = False
+    omit_dir_times: bool = False
+    omit_link_times: bool = False
     group: bool = False
     owner: bool = False
     devices: bool = False
@@ -54,6 +58,14 @@ class Options(Record):
     progress: bool = False
     log_items: bool = False
     list_only: bool = False
+
+    def keeps_time(self, mode: int) -> bool:
+        """Whether an entry of this mode gets its source mtime (-t, less -O and -J)."""
+        if stat.S_ISDIR(mode):
+            return self.times and not self.omit_dir_times
+        if stat.S_ISLNK(mode):
+            return self.times and not self.omit_link_times
+        return self.times
 
     def to_wire(self) -> dict:
         out = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import needs_root, run_fscsync, run_rsync
 from support.trees import FOREIGN_GID, FOREIGN_UID, write
-from test_local_sync import ENV, Twin, assert_same_items, items, make_plain_tree, settle
+from test_local_sync import ENV, T0, Twin, assert_same_items, items, make_plain_tree, settle
 
 from fscsync.argv import parse_args
 from fscsync.errors import UsageError
@@ -239,3 +239,20 @@ def test_selection_options_like_rsync(tmp_path: Path, flags: list[str]) -> None:
     assert_same_items(runs)
     assert items(runs.fscsync), "the scenario itemizes something"
     t.assert_same()
+
+
+@pytest.mark.parametrize("flags", [["-O"], ["-J"], ["-OJ"], ["--omit-dir-times"],
+                                   ["--omit-link-times", "-O", "--no-O"]])
+@pytest.mark.parametrize("fresh", [True, False], ids=["new", "existing"])
+def test_omit_times_like_rsync(tmp_path: Path, flags: list[str], fresh: bool) -> None:
+    """The -i lines carry the difference. Times of omitted kinds are whatever creating
+    or filling them left, each tool's "now", so those are not compared."""
+    t = Twin(tmp_path)
+    make_plain_tree(t.src)
+    if not fresh:
+        t.run("-a", f"{t.src}/", "@D/dst")
+        settle(t.src, base=T0 + 10**6)
+    runs = t.run("-ai", *flags, f"{t.src}/", "@D/dst")
+    assert_same_items(runs)
+    omit_dirs = any("O" in f or f == "--omit-dir-times" for f in flags) and "--no-O" not in flags
+    t.assert_same(ignore=("mtime",) if fresh else (), ignore_dir_mtime=omit_dirs)
