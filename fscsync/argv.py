@@ -115,6 +115,7 @@ TABLE: tuple[Opt, ...] = (
     Opt("--inc-recursive --i-r", "accepted: the file list always streams, as with "
         "rsync's incremental recursion", {}, neg=("inc_recursive",)),
     Opt("--links -l", "copy symlinks as symlinks", {"links": True}, neg=("links",)),
+    Opt("--safe-links", "ignore symlinks that point outside the tree", {"safe_links": True}),
     Opt("--perms -p", "preserve permissions", {"perms": True}, neg=("perms",)),
     Opt("--acls -A", "preserve ACLs (implies --perms)", {"acls": True, "perms": True},
         neg=("acls",)),
@@ -208,20 +209,12 @@ TABLE: tuple[Opt, ...] = (
     Opt("--restrict-to", "", dest="restrict_to", metavar="PATH", hidden=True),
 )
 
-DEFAULTS = dict(help=False, version=False, verbose=0, human_readable=1, info=[],
-                quiet=False, checksum=False,
-                **dict.fromkeys(_ARCHIVE, False), inc_recursive=True, omit_dir_times=False,
-                omit_link_times=False, acls=False,
-                xattrs=False, hard_links=False, dry_run=False, whole_file=None, inplace=None,
-                block_size=4096, rsh=None, remote_fscsync=None, secluded=False, old_args=False,
-                ignore_existing=False, update=False, existing=False, max_size=-1,
-                min_size=0, ignore_times=False, modify_window=0, delete=False,
-                delete_after=False,
-                delete_excluded=False, max_delete=-1, partial=False, numeric_ids=False,
-                size_only=False, temp_dir=None, compress=False, filter_rules=[],
-                stats=False, progress=False, itemize=0, log_file=None, log_file_format=None,
-                list_only=False, bwlimit=0, encdata_xattr="security.encdata",
-                refuse_ino_policies=False, server=False, restrict_to=None)
+_CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=False,
+                 inc_recursive=True, rsh=None, remote_fscsync=None, secluded=False,
+                 old_args=False, log_file=None, log_file_format=None, server=False,
+                 restrict_to=None, compress=False, encdata_xattr="security.encdata")
+DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
+"""Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
 _COUNTS = ("verbose", "itemize", "human_readable")
 _NOT_HERE = {"--daemon": "fscsync has no daemon mode (use a remote shell: HOST:PATH)"}
@@ -338,8 +331,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     """The engine's Options from a parsed command line (checks that need all of it)."""
     o = Options()
     for name in Options.fields:
-        if name in DEFAULTS:
-            setattr(o, name, getattr(ns, name))
+        setattr(o, name, getattr(ns, name))
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
     b = ns.block_size
     if b < 512 or b & (b - 1) or b > 1 << 24:

@@ -625,6 +625,11 @@ class Generator:
 
     def symlink(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
+        if self.opts.safe_links and unsafe_link(e.target, e.path):
+            rx.reporter.info(f'ignoring unsafe symlink "{escape(e.path)}" -> '
+                             f'"{escape(e.target)}"', 1)
+            rx.status[idx] = 1
+            return
         if st is not None and stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
                 return
@@ -693,6 +698,25 @@ class Generator:
                 pass
             raise
         rx.status[idx] = 1
+
+
+def unsafe_link(target: bytes, path: bytes) -> bool:
+    """rsync's unsafe_symlink: an absolute target, a '..' after any other component,
+    even '.' or an empty one (rsync 3.4's rule: `sub/../..`, `./..` and `..//..` are
+    unsafe however deep the link sits), or leading '..' steps that climb above the
+    transfer's top from the link's directory (`path` is transfer-relative)."""
+    if not target or target.startswith(b"/"):
+        return True
+    depth = path.count(b"/")
+    named = False
+    for part in target.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if named or depth < 0:
+                return True
+        else:
+            named = True
+    return False
 
 
 def _cleartext_size(enc: bytes | None, plain_size: int) -> int:

@@ -16,6 +16,7 @@ DEFAULT_BLOCK = 4096
 class Options(Record):
     recursive: bool = False
     links: bool = False
+    safe_links: bool = False
     perms: bool = False
     times: bool = False
     omit_dir_times: bool = False

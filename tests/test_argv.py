@@ -256,3 +256,25 @@ def test_omit_times_like_rsync(tmp_path: Path, flags: list[str], fresh: bool) ->
     assert_same_items(runs)
     omit_dirs = any("O" in f or f == "--omit-dir-times" for f in flags) and "--no-O" not in flags
     t.assert_same(ignore=("mtime",) if fresh else (), ignore_dir_mtime=omit_dirs)
+
+
+@pytest.mark.parametrize("top", ["contents", "dir"])
+def test_safe_links_like_rsync(tmp_path: Path, top: str) -> None:
+    """Which links are unsafe depends on where the transfer's top is (src/ or src)."""
+    t = Twin(tmp_path)
+    (t.src / "sub").mkdir()
+    for name, target in (("abs", "/etc/passwd"), ("up", "../x"), ("sub/ok", "../a"),
+                         ("sub/bad", "../../a"), ("dot", "."), ("tricky", "sub/../../q"),
+                         ("fine", "sub/./ok"), ("dotup", "./../x"), ("up2", "..//.."),
+                         ("sub/up2", "..//.."), ("sub/dd", "./.")):
+        os.symlink(target, t.src / name)
+    settle(t.src)
+    src = f"{t.src}/" if top == "contents" else str(t.src)
+    runs = t.run("-aiv", "--safe-links", src, "@D/dst/")
+    assert_same_items(runs)
+
+    def ignored(proc) -> list[str]:
+        return sorted(ln for ln in proc.stdout.decode().splitlines()
+                      if ln.startswith("ignoring unsafe symlink"))
+    assert ignored(runs.fscsync) == ignored(runs.rsync) and ignored(runs.rsync)
+    t.assert_same(made=("dst",))
