@@ -16,6 +16,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import NamedTuple
 
+from fscsync import chmod
 from fscsync.errors import UsageError
 from fscsync.filters import EXCLUDE, INCLUDE, read_rule_file
 from fscsync.options import Options
@@ -70,6 +71,12 @@ def _bwlimit(text: str) -> int:
     return _size(text)
 
 
+def _chmod(text: str) -> list[str]:
+    """--chmod values join in order; each is checked here, before anything runs."""
+    chmod.parse(text, umask=0)
+    return [text]
+
+
 def _rule(kind: str) -> Callable[[str], list]:
     return lambda text: [(kind, os.fsencode(text))]
 
@@ -117,6 +124,8 @@ TABLE: tuple[Opt, ...] = (
     Opt("--links -l", "copy symlinks as symlinks", {"links": True}, neg=("links",)),
     Opt("--safe-links", "ignore symlinks that point outside the tree", {"safe_links": True}),
     Opt("--perms -p", "preserve permissions", {"perms": True}, neg=("perms",)),
+    Opt("--chmod", "affect file and/or directory permissions", dest="chmod",
+        convert=_chmod, metavar="CHMOD"),
     Opt("--acls -A", "preserve ACLs (implies --perms)", {"acls": True, "perms": True},
         neg=("acls",)),
     Opt("--xattrs -X", "preserve extended attributes", {"xattrs": True}, neg=("xattrs",)),
@@ -211,7 +220,7 @@ TABLE: tuple[Opt, ...] = (
 
 _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=False,
                  inc_recursive=True, rsh=None, remote_fscsync=None, secluded=False,
-                 old_args=False, log_file=None, log_file_format=None, server=False,
+                 old_args=False, chmod=[], log_file=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata")
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
@@ -332,6 +341,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     o = Options()
     for name in Options.fields:
         setattr(o, name, getattr(ns, name))
+    o.chmod = ",".join(ns.chmod)
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
     b = ns.block_size
     if b < 512 or b & (b - 1) or b > 1 << 24:

@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 
-from fscsync import cipher, delta, itemize, meta, protocol
+from fscsync import chmod, cipher, delta, itemize, meta, protocol
 from fscsync.destfs import (
     TEMP_MARK,
     DestTree,
@@ -93,7 +93,8 @@ class Generator:
         o = self.opts
         self._quick = tree is not None and rx.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls or o.ignore_times)
+            or o.acls or o.ignore_times or o.chmod)
+        self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
         rx.generator = self
 
@@ -175,6 +176,8 @@ class Generator:
         rx = self.rx
         opts = self.opts
         fmt = e.mode & _S_IFMT
+        if self._chmod is not None:
+            e.mode = chmod.apply(self._chmod, e.mode)
         self._count(fmt, e)
         if opts.list_only:
             rx.reporter.info(itemize.listing(e, show_target=opts.links), 0)

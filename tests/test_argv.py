@@ -278,3 +278,32 @@ def test_safe_links_like_rsync(tmp_path: Path, top: str) -> None:
                       if ln.startswith("ignoring unsafe symlink"))
     assert ignored(runs.fscsync) == ignored(runs.rsync) and ignored(runs.rsync)
     t.assert_same(made=("dst",))
+
+
+CHMODS = ["+w", "o+r", "go=", "Dg+s,Fu+x", "a-x", "ug=rwX", "F600,D700", "u=rw,go=r", "=r",
+          "D+X", "Fo+X", "u+st", "D2775,F0664", "a+rX"]
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["new", "existing"])
+@pytest.mark.parametrize("spec", CHMODS)
+def test_chmod_like_rsync(tmp_path: Path, spec: str, fresh: bool) -> None:
+    t = Twin(tmp_path)
+    make_plain_tree(t.src)
+    os.chmod(t.src / "a.txt", 0o640)
+    os.chmod(t.src / "sub", 0o750)
+    if not fresh:
+        t.run("-a", f"{t.src}/", "@D/dst")
+    runs = t.run("-ai", "--chmod", spec, "--chmod=o-w", f"{t.src}/", "@D/dst")
+    assert_same_items(runs)
+    t.assert_same()
+
+
+@pytest.mark.parametrize("spec", ["bogus", "u+q", "9", "u+rwx-x", "Du+x,Q"])
+def test_chmod_refused_like_rsync(tmp_path: Path, spec: str) -> None:
+    (tmp_path / "a").mkdir()
+    r = run_rsync("-a", f"--chmod={spec}", "a/", "b", cwd=tmp_path)
+    f = run_fscsync("-a", f"--chmod={spec}", "a/", "b", cwd=tmp_path)
+    assert r.returncode == f.returncode == 1
+    assert f.stderr.decode().splitlines()[0] == r.stderr.decode().splitlines()[0].replace(
+        "rsync:", "fscsync:", 1)
+    assert sorted(os.listdir(tmp_path)) == ["a"]
