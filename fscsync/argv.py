@@ -355,5 +355,6 @@ def options_from(ns: SimpleNamespace) -> Options:
             if flag not in ("progress2", "progress1", "progress0", "stats", "name", "name0",
                             "name1", "none"):
                 raise UsageError(f"unknown --info flag {flag!r}")
-    o.progress = ns.progress or "progress1" in ",".join(ns.info)
+    flags = ",".join(ns.info).split(",")
+    o.progress = ns.progress or "progress1" in flags or "progress2" in flags
     return o

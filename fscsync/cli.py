@@ -96,7 +96,8 @@ def _main(args: list[str]) -> int:
         log = LogFile(ns.log_file, ns.log_file_format)
         opts.log_items = True
     reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
-                               log=log, itemize=bool(opts.itemize))
+                               log=log, itemize=bool(opts.itemize),
+                               human=ns.human_readable)
     peer = None
     if p.peer is not None:  # connecting takes longest: start it before the imports below
         from fscsync.transport import remote_command, spawn

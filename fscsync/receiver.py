@@ -193,6 +193,8 @@ class Receiver:
                 elif ftype == protocol.FLIST_END and not flist_done:
                     info = protocol.load_json(payload)
                     announced = info.get("count")
+                    if isinstance(announced, int):
+                        self.reporter.listed(announced, self.stats.total_size)
                     self.io_error = bool(info.get("io_error"))
                     flist_done = True
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:

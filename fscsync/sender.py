@@ -53,6 +53,7 @@ class Sender:
         self.on_control = on_control
         self._parked: dict[int, _Parked] = {}
         self._ahead = None  # the scan-ahead queue, when a thread scans (scan_ahead)
+        self._listed_size = 0  # sizes of the listed files and links, for progress only
 
     def run(self) -> Stats:
         self.send_flist()
@@ -104,6 +105,7 @@ class Sender:
         protocol.send_json(chan, protocol.FLIST_END,
                            {"io_error": self.scanner.io_error, "count": self.sent.count})
         chan.flush()
+        self.reporter.listed(self.sent.count, self._listed_size)
 
     def _send_frame(self, ftype: int, payload: bytes) -> None:
         """File-list batches go out at once (not when the output buffer fills), so the
@@ -132,6 +134,9 @@ class Sender:
                 for gid in ids.difference(groups):
                     groups.add(gid)
                     self._name(emit, b"g", gid)
+            if self.opts.progress:
+                self._listed_size += (sum(st.st_size for st in run.stats) if plain else
+                                      sum(e.size for e in run if e.is_reg or e.is_link))
             if plain:
                 batch.add_stats(run.paths(), run.stats)
                 batch = self._ship(batch, emit, FLIST_BATCH)
@@ -231,7 +236,7 @@ class Sender:
                 if len(small) != size:
                     raise OSError(errno.EIO, "file shrank while reading it")
                 digest = xxhash.xxh3_128_digest(small)
-                self.reporter.progress(e.path, size, size)
+                self.reporter.progress(e.path, size, size, req.idx)
             else:
                 out = delta.OpWriter(req.idx, lambda *p: self.chan.send(protocol.DATA, *p))
                 if req.kind == delta.CHUNKS:
@@ -240,7 +245,7 @@ class Sender:
                 if req.kind == delta.BLOCKS:
                     digest = self._send_blocks(req, e, reader, out, size)
                 else:
-                    digest = self._send_whole(e, fd, reader, out, size, direct)
+                    digest = self._send_whole(req.idx, e, fd, reader, out, size, direct)
         except OSError as exc:
             self._read_failed(req.idx, e, exc, fd, reader)
             return
@@ -282,7 +287,8 @@ class Sender:
                             f"({exc.errno})")
         self.chan.send(protocol.DATA_END, delta.encode_end(idx, delta.END_FAILED, 0, bytes(16)))
 
-    def _send_whole(self, e: Entry, fd: int, reader: BlockReader, out: delta.OpWriter,
+    def _send_whole(self, idx: int, e: Entry, fd: int, reader: BlockReader,
+                    out: delta.OpWriter,
                     size: int, direct: bool) -> bytes:
         h = xxhash.xxh3_128()
         # Holes are looked for only past one read: for a small file the two lseeks
@@ -300,7 +306,7 @@ class Sender:
                 h.update(data)
                 out.literal_data(off, data)
                 off += len(data)
-                self.reporter.progress(e.path, off, size)
+                self.reporter.progress(e.path, off, size, idx)
             pos = end
         _hash_zeros(h, size - pos)
         return h.digest()
@@ -318,7 +324,7 @@ class Sender:
             theirs = req.hashes[off // req.block * 8 :]
             delta.diff_blocks(out, off, data, theirs, req.block, req.basis_size)
             off += len(data)
-            self.reporter.progress(e.path, off, size)
+            self.reporter.progress(e.path, off, size, req.idx)
         return h.digest()
 
     def _chunks_pass(self, req: delta.Request, e: Entry, fd: int, reader: BlockReader,
@@ -345,7 +351,7 @@ class Sender:
             else:
                 out.literal_data(off, data)
             off += len(data)
-            self.reporter.progress(e.path, off, size)
+            self.reporter.progress(e.path, off, size, req.idx)
         if not differ:
             self._finish(req.idx, e, fd, reader, out, h.digest(), size, st)
             return

@@ -262,7 +262,7 @@ class Writer:
             return
         if e.enc is not None:
             rx.stats.encrypted_bytes += size
-        rx.reporter.progress(e.path, size, size)
+        rx.reporter.progress(e.path, size, size, idx)
         self._complete(idx, ok=True)
 
     def _digest_result(self, p: Pending, size: int) -> bytes:

@@ -307,3 +307,83 @@ def test_chmod_refused_like_rsync(tmp_path: Path, spec: str) -> None:
     assert f.stderr.decode().splitlines()[0] == r.stderr.decode().splitlines()[0].replace(
         "rsync:", "fscsync:", 1)
     assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+PROGRESS_RE = re.compile(r"^ *([\d,.]+[KMGTP]?) +(\d{1,3})% +\d+\.\d\d[kMG]B/s +\d+:\d\d:\d\d"
+                         r"(?:( \(xfr#\d+, to-chk=\d+/\d+\))|  )$")
+
+
+def _progress_lines(out: bytes) -> list[str]:
+    """The progress lines of an output, split at \\r and \\n as a terminal shows them."""
+    return [p for p in re.split(r"[\r\n]", out.decode()) if PROGRESS_RE.match(p)]
+
+
+def _finals(out: bytes) -> list[tuple[str, str, str]]:
+    """(bytes, %, xfr/to-chk) of each file's final line, repeats of one line dropped."""
+    seen: list[tuple[str, str, str]] = []
+    for line in _progress_lines(out):
+        m = PROGRESS_RE.match(line)
+        if m.group(3) and (not seen or seen[-1] != m.groups()):
+            seen.append(m.groups())
+    return seen
+
+
+def _progress_tree(src: Path) -> None:
+    (src / "d/e").mkdir(parents=True)
+    write(src / "big", os.urandom(3_000_000))
+    write(src / "d/small", b"hi\n")
+    write(src / "d/e/mid", os.urandom(70_000))
+    write(src / "empty", b"")
+
+
+@pytest.mark.parametrize("flags", [["--progress"], ["-P"], ["--info=progress2"],
+                                   ["--progress", "-hh"], ["--info=progress2", "--no-h"],
+                                   ["-v", "--progress"], ["-i", "--progress"]])
+def test_progress_lines_like_rsync(tmp_path: Path, flags: list[str]) -> None:
+    """Off a terminal: every progress line has rsync's shape, and the final lines carry
+    the same bytes, % and (xfr#N, to-chk=M/T) as rsync's; the names printed too."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _progress_tree(src)
+    r = run_rsync("-a", "--no-i-r", *flags, f"{src}/", tmp_path / "r", check=0, env=ENV)
+    f = run_fscsync("-a", *flags, f"{src}/", tmp_path / "f", check=0, env=ENV)
+    assert _finals(f.stdout) == _finals(r.stdout) and _finals(r.stdout)
+    lines = f.stdout.decode().splitlines()
+    assert all(PROGRESS_RE.match(ln) for ln in lines if "%" in ln)
+    assert "\r" not in f.stdout.decode()
+    if "--info=progress2" not in flags:
+        files = ("big", "d/small", "d/e/mid", "empty")
+        names = [ln for ln in lines if ln.split(" ")[-1] in files]
+        assert sorted(ln.split(" ")[-1] for ln in names) == sorted(files)
+
+
+def test_progress_on_a_terminal_stays(tmp_path: Path) -> None:
+    """On a TTY the line is rewritten in place with \\r and the last one is left on
+    the screen, ended by a newline."""
+    import pty
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _progress_tree(src)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "fscsync", "-a", "--info=progress2",
+                             f"{src}/", str(tmp_path / "f")], stdout=follower,
+                            stderr=subprocess.PIPE, env=ENV)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    text = out.decode().replace("\r\n", "\n")
+    assert text.endswith("(xfr#4, to-chk=0/7)\n"), repr(text)
+    assert text.startswith("\r") and "\n" not in text[:-1], repr(text)
+    assert all(PROGRESS_RE.match(p) for p in text.strip("\r\n").split("\r"))
