@@ -161,6 +161,8 @@ TABLE: tuple[Opt, ...] = (
     Opt("--update -u", "skip files that are newer on the receiver", {"update": True}),
     Opt("--existing --ignore-non-existing", "skip creating new files on receiver",
         {"existing": True}),
+    Opt("--mkpath", "create destination's missing path components", {"mkpath": True},
+        neg=("mkpath",)),
     Opt("--ignore-existing", "skip updating files that exist on receiver",
         {"ignore_existing": True}),
     Opt("--max-size", "don't transfer any file larger than SIZE", dest="max_size",

@@ -36,6 +36,7 @@ class Options(Record):
     max_delete: int = -1
     partial: bool = False
     dry_run: bool = False
+    mkpath: bool = False
     itemize: int = 0
     verbose: int = 0
     checksum: bool = False

@@ -387,3 +387,29 @@ def test_progress_on_a_terminal_stays(tmp_path: Path) -> None:
     assert text.endswith("(xfr#4, to-chk=0/7)\n"), repr(text)
     assert text.startswith("\r") and "\n" not in text[:-1], repr(text)
     assert all(PROGRESS_RE.match(p) for p in text.strip("\r\n").split("\r"))
+
+
+@pytest.mark.parametrize("args", [
+    ["--mkpath", "S/", "D/a/b/c/"], ["--mkpath", "S/big", "D/x/y/file"],
+    ["--mkpath", "S/big", "D/x/z/"], ["--mkpath", "S/big", "S/d", "D/q/r/"],
+    ["--mkpath", "S/", "D/one"], ["--mkpath", "-n", "S/", "D/a/b"], ["S/", "D/a/b/c/"],
+    ["S/big", "D/x/y/file"], ["--mkpath", "--no-mkpath", "S/", "D/a/b"],
+    ["S/", "D/regf/sub/"], ["S/big", "D/regf/sub"], ["--mkpath", "S/", "D/regf/sub/"],
+])
+def test_mkpath_like_rsync(tmp_path: Path, args: list[str]) -> None:
+    """Trees, exit codes and "created" lines; D/regf is a regular file (a destination
+    below it is rsync's code 3)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _progress_tree(src)
+    out = {}
+    for tool, run in (("r", run_rsync), ("f", run_fscsync)):
+        (tmp_path / tool).mkdir()
+        write(tmp_path / tool / "regf", b"")
+        argv = [a.replace("S/", f"{src}/").replace("D/", f"{tool}/") for a in args]
+        proc = run("-av", *argv, cwd=tmp_path, env=ENV)
+        made = [ln.replace(f"{tool}/", "D/") for ln in proc.stdout.decode().splitlines()
+                if ln.startswith("created ")]
+        tree = sorted(str(p.relative_to(tmp_path / tool)) for p in (tmp_path / tool).rglob("*"))
+        out[tool] = (proc.returncode, made, tree)
+    assert out["f"] == out["r"]
