@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import struct
+import time
 
 import xxhash
 
@@ -92,7 +93,10 @@ class Sender:
         threading.Thread(target=scan, name="scan-ahead", daemon=True).start()
 
     def send_flist(self) -> None:
+        """Send the file list; --stats splits its time into generation (scanning) and
+        transfer (sending the frames)."""
         chan = self.chan
+        started = time.monotonic()
         protocol.send_json(chan, protocol.FLIST_START, {"single_file": self._single_file()})
         if self._ahead is None:
             self._scan(self._send_frame)
@@ -105,14 +109,17 @@ class Sender:
         protocol.send_json(chan, protocol.FLIST_END,
                            {"io_error": self.scanner.io_error, "count": self.sent.count})
         chan.flush()
+        self.stats.flist_gen_time = time.monotonic() - started - self.stats.flist_xfer_time
         self.reporter.listed(self.sent.count, self._listed_size)
 
     def _send_frame(self, ftype: int, payload: bytes) -> None:
         """File-list batches go out at once (not when the output buffer fills), so the
         receiver compares each while the scan goes on."""
+        started = time.monotonic()
         self.chan.send(ftype, payload)
         if ftype == protocol.FLIST:
             self.chan.flush()
+        self.stats.flist_xfer_time += time.monotonic() - started
 
     def _scan(self, emit) -> None:
         """Scan the sources into file-list frames (batches and owner names, in the

@@ -15,6 +15,8 @@ class Stats(Record):
     literal: int = 0
     matched: int = 0
     flist_size: int = 0
+    flist_gen_time: float = 0.0  # seconds, the sender's
+    flist_xfer_time: float = 0.0
     encrypted_files: int = 0
     encrypted_bytes: int = 0
     io_error: bool = False
@@ -89,6 +91,8 @@ def format_stats(s: Stats, sent: int, received: int, elapsed: float,
         f"Literal data: {human(s.literal, level)} bytes",
         f"Matched data: {human(s.matched, level)} bytes",
         f"File list size: {human(s.flist_size, level)}",
+        f"File list generation time: {s.flist_gen_time:.3f} seconds",
+        f"File list transfer time: {s.flist_xfer_time:.3f} seconds",
         f"Total bytes sent: {human(sent, level)}",
         f"Total bytes received: {human(received, level)}",
         "",

@@ -413,3 +413,22 @@ def test_mkpath_like_rsync(tmp_path: Path, args: list[str]) -> None:
         tree = sorted(str(p.relative_to(tmp_path / tool)) for p in (tmp_path / tool).rglob("*"))
         out[tool] = (proc.returncode, made, tree)
     assert out["f"] == out["r"]
+
+
+def test_stats_labels_like_rsync(tmp_path: Path) -> None:
+    """Every line rsync's --stats prints has its label in fscsync's, in rsync's order
+    (fscsync adds its encrypted-data lines between them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _progress_tree(src)
+
+    def labels(proc) -> list[str]:
+        return [ln.split(":")[0] if ":" in ln else ln.split(" ")[0]
+                for ln in proc.stdout.decode().splitlines() if ln.strip()]
+    r = labels(run_rsync("-a", "--stats", f"{src}/", tmp_path / "r", check=0, env=ENV))
+    f = labels(run_fscsync("-a", "--stats", f"{src}/", tmp_path / "f", check=0, env=ENV))
+    assert "File list generation time" in r
+    assert [x for x in f if x in r] == r
+    timing = run_fscsync("-a", "--stats", f"{src}/", tmp_path / "g", check=0).stdout.decode()
+    assert re.search(r"^File list generation time: \d+\.\d{3} seconds$", timing, re.M)
+    assert re.search(r"^File list transfer time: \d+\.\d{3} seconds$", timing, re.M)
