@@ -174,6 +174,8 @@ TABLE: tuple[Opt, ...] = (
     Opt("--modify-window -@", "set the accuracy for mod-time comparisons (seconds)",
         dest="modify_window", convert=_int, metavar="NUM"),
     Opt("--delete", "delete extraneous files from dest dirs", {"delete": True}),
+    Opt("--delete-delay", "find deletions during, delete after (fscsync's --delete)",
+        {"delete": True}),
     Opt("--delete-after", "receiver deletes after transfer (implies --delete)",
         {"delete": True, "delete_after": True}),
     Opt("--delete-excluded", "also delete excluded files from dest dirs (implies --delete)",

@@ -432,3 +432,31 @@ def test_stats_labels_like_rsync(tmp_path: Path) -> None:
     timing = run_fscsync("-a", "--stats", f"{src}/", tmp_path / "g", check=0).stdout.decode()
     assert re.search(r"^File list generation time: \d+\.\d{3} seconds$", timing, re.M)
     assert re.search(r"^File list transfer time: \d+\.\d{3} seconds$", timing, re.M)
+
+
+@pytest.mark.parametrize("mode", ["--delete-delay", "--delete-after"])
+def test_delete_delay_like_rsync(tmp_path: Path, mode: str) -> None:
+    """fscsync finds deletions while it compares and makes them at the end: rsync's
+    --delete-delay, whose -i lines (deep ones too) come in the same order."""
+    t = Twin(tmp_path)
+    (t.src / "a").mkdir()
+    (t.src / "b").mkdir()
+    write(t.src / "a/f", b"1")
+    write(t.src / "b/g", b"2")
+    write(t.src / "new", b"n")
+    settle(t.src)
+
+    def stale(area: Path) -> None:
+        d = area / "dst"
+        for sub in ("a/old/deep", "c/x", "b"):
+            (d / sub).mkdir(parents=True)
+        for name in ("a/old/deep/q", "a/zz", "c/x/y", "oldf", "b/h"):
+            write(d / name, b"z")
+        settle(d, base=T0 + 10**6)
+    t.each(stale)
+    runs = t.run("-ai", mode, f"{t.src}/", "@D/dst")
+    deleted = [ln for ln in items(runs.rsync) if ln.startswith("*deleting")]
+    assert len(deleted) == 9
+    assert [ln for ln in items(runs.fscsync) if ln.startswith("*deleting")] == deleted
+    assert_same_items(runs)
+    t.assert_same()
