@@ -165,6 +165,8 @@ TABLE: tuple[Opt, ...] = (
         neg=("mkpath",)),
     Opt("--ignore-existing", "skip updating files that exist on receiver",
         {"ignore_existing": True}),
+    Opt("--ignore-missing-args", "ignore missing source arguments without error",
+        {"ignore_missing_args": True}),
     Opt("--max-size", "don't transfer any file larger than SIZE", dest="max_size",
         convert=_size, metavar="SIZE"),
     Opt("--min-size", "don't transfer any file smaller than SIZE", dest="min_size",

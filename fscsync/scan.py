@@ -148,7 +148,8 @@ class Scanner:
         try:
             st = os.lstat(full)
         except OSError as exc:
-            self._fail(src, "link_stat", exc)
+            if not (exc.errno == errno.ENOENT and self.opts.ignore_missing_args):
+                self._fail(src, "link_stat", exc)  # (rsync ignores no missing `dir/`)
             return
         if stat.S_ISDIR(st.st_mode) and not self.opts.recursive and not self.opts.list_only:
             self.reporter.info(f"skipping directory {escape(name)}", 0)

@@ -460,3 +460,17 @@ def test_delete_delay_like_rsync(tmp_path: Path, mode: str) -> None:
     assert [ln for ln in items(runs.fscsync) if ln.startswith("*deleting")] == deleted
     assert_same_items(runs)
     t.assert_same()
+
+
+@pytest.mark.parametrize("extra", [[], ["--delete", "-r"]])
+def test_ignore_missing_args_like_rsync(tmp_path: Path, extra: list[str]) -> None:
+    """A missing `name` is skipped silently (exit 0); a missing `dir/` still fails."""
+    t = Twin(tmp_path)
+    make_plain_tree(t.src)
+    runs = t.run("-ai", "--ignore-missing-args", *extra, t.src / "a.txt", t.src / "nope",
+                 t.src / "sub", "@D/dst/")
+    assert_same_items(runs)
+    assert runs.fscsync.stderr == b""
+    t.assert_same(made=("dst",))
+    t.run("-a", "--ignore-missing-args", t.src / "a.txt", f"{t.src}/gone/", "@D/dst2/",
+          code=23)
