@@ -124,6 +124,7 @@ TABLE: tuple[Opt, ...] = (
     Opt("--links -l", "copy symlinks as symlinks", {"links": True}, neg=("links",)),
     Opt("--safe-links", "ignore symlinks that point outside the tree", {"safe_links": True}),
     Opt("--perms -p", "preserve permissions", {"perms": True}, neg=("perms",)),
+    Opt("--executability -E", "preserve executability", {"executability": True}),
     Opt("--chmod", "affect file and/or directory permissions", dest="chmod",
         convert=_chmod, metavar="CHMOD"),
     Opt("--acls -A", "preserve ACLs (implies --perms)", {"acls": True, "perms": True},

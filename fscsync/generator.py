@@ -47,7 +47,7 @@ class Pending:
 
     __slots__ = ("idx", "encrypted_basis", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update")
+                 "data_end", "differ", "update", "replaced_mode")
 
     def __init__(self, idx: int, encrypted_basis: bool, has_basis: bool):
         self.idx = idx
@@ -66,6 +66,7 @@ class Pending:
         self.data_end = 0
         self.differ: int | None = None  # bytes in chunks the sender found different
         self.update: Update | None = None  # set when the file is updated in place
+        self.replaced_mode: int | None = None  # the file it replaces: its mode stays
 
 
 class Generator:
@@ -93,7 +94,7 @@ class Generator:
         o = self.opts
         self._quick = tree is not None and rx.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls or o.ignore_times or o.chmod)
+            or o.acls or o.ignore_times or o.chmod or o.executability)
         self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
         rx.generator = self
@@ -467,8 +468,10 @@ class Generator:
         out = ""
         if opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns, e.mtime_ns):
             out += "t"
-        if opts.perms and (st.st_mode ^ e.mode) & 0o7777 and not e.is_link:
-            out += "p"
+        if (opts.perms or opts.executability) and not e.is_link:
+            want = meta.wanted_mode(opts, e.mode, st.st_mode, new=False)
+            if want is not None and want != stat.S_IMODE(st.st_mode):
+                out += "p"
         if opts.owner and meta.IS_ROOT and ids.uid(e.uid) != st.st_uid:
             out += "o"
         if opts.group and ids.gid(e.gid) != st.st_gid:
@@ -620,6 +623,8 @@ class Generator:
             req = delta.Request(idx, delta.WHOLE)
         pending = Pending(idx, encrypted_basis, req.kind != delta.WHOLE)
         pending.chunk = req.chunk
+        if not new:
+            pending.replaced_mode = st.st_mode
         rx.pending[idx] = pending
         rx.requested += 1
         rx.chan.send(protocol.REQ, req.encode())

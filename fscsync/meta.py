@@ -197,8 +197,29 @@ class Target:
             os.utime(self.name, ns=ns, dir_fd=self.dirfd, follow_symlinks=False)
 
 
+def wanted_mode(opts: Options, mode: int, dest_mode: int, new: bool,
+                replaced: int | None = None) -> int | None:
+    """The permission bits a non-link entry gets (rsync's dest_mode), or None to leave
+    them. -p copies the source's; a new entry gets them less the umask, but a file
+    that replaces one (`replaced`, its mode) keeps that one's; with -E a regular
+    file's execute bits follow the source's (for whoever can read it)."""
+    if opts.perms:
+        return stat.S_IMODE(mode)
+    if new and replaced is None:
+        return stat.S_IMODE(mode) & ~UMASK
+    have = stat.S_IMODE(dest_mode if replaced is None else replaced)
+    if opts.executability and stat.S_ISREG(mode):
+        if not mode & 0o111:
+            have &= ~0o111
+        elif not have & 0o111:
+            have |= (have & 0o444) >> 2
+    elif replaced is None:
+        return None
+    return have
+
+
 def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
-                new: bool) -> str:
+                new: bool, replaced: int | None = None) -> str:
     """Bring owner, mode, xattrs, encdata and mtime of t in line with entry e, in the
     order the encrypted interface needs (encdata after everything but times).
     Returns the itemize letters of what changed (o g p x a t)."""
@@ -215,12 +236,7 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
             changed += "o" if do_uid else ""
             changed += "g" if do_gid else ""
     if not t.is_link:
-        if opts.perms:
-            want = stat.S_IMODE(e.mode)
-        elif new:
-            want = stat.S_IMODE(e.mode) & ~UMASK
-        else:
-            want = None
+        want = wanted_mode(opts, e.mode, st.st_mode, new, replaced)
         if want is not None and (want != stat.S_IMODE(st.st_mode) or
                                  (chowned and want & 0o6000)):
             t.chmod(want)

@@ -18,6 +18,7 @@ class Options(Record):
     links: bool = False
     safe_links: bool = False
     perms: bool = False
+    executability: bool = False
     chmod: str = ""  # --chmod clauses, comma-joined in command-line order
     times: bool = False
     omit_dir_times: bool = False

@@ -285,7 +285,8 @@ class Writer:
         e = rx.entries[p.idx]
         self._close_basis(p)
         t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
-        meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname))
+        meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname),
+                         replaced=p.replaced_mode if p.tmpname else None)
         os.close(p.fd)
         p.fd = None
         if p.update is not None:

@@ -474,3 +474,29 @@ def test_ignore_missing_args_like_rsync(tmp_path: Path, extra: list[str]) -> Non
     t.assert_same(made=("dst",))
     t.run("-a", "--ignore-missing-args", t.src / "a.txt", f"{t.src}/gone/", "@D/dst2/",
           code=23)
+
+
+@pytest.mark.parametrize("flags", [["-rtiE"], ["-rtiE", "--size-only"], ["-rti"],
+                                   ["-rtipE"]])
+def test_executability_like_rsync(tmp_path: Path, flags: list[str]) -> None:
+    """Existing files keep their modes but for execute bits, which follow the source's
+    (for whoever can read); unchanged and changed files both."""
+    t = Twin(tmp_path)
+    modes = {"x_to_plain": 0o644, "plain_to_x": 0o755, "x_to_x": 0o700, "ro_to_x": 0o750,
+             "new_x": 0o755}
+    for name, mode in modes.items():
+        write(t.src / name, b"same\n", mode)
+    write(t.src / "changed_x", b"longer content\n", 0o711)
+    settle(t.src)
+
+    def old(area: Path) -> None:
+        d = area / "dst"
+        d.mkdir()
+        for name, mode in (("x_to_plain", 0o775), ("plain_to_x", 0o640), ("x_to_x", 0o710),
+                           ("ro_to_x", 0o400), ("changed_x", 0o604)):
+            write(d / name, b"same\n" if name != "changed_x" else b"old\n", mode)
+            os.utime(d / name, ns=(os.stat(t.src / name).st_mtime_ns,) * 2)
+    t.each(old)
+    runs = t.run(*flags, f"{t.src}/", "@D/dst")
+    assert_same_items(runs)
+    t.assert_same(ignore_dir_mtime=True)
