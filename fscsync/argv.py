@@ -348,6 +348,8 @@ def options_from(ns: SimpleNamespace) -> Options:
     o = Options()
     for name in Options.fields:
         setattr(o, name, getattr(ns, name))
+    if o.delete and not o.recursive:
+        raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
     b = ns.block_size

@@ -101,6 +101,8 @@ def test_the_split_is_the_shell_one(tmp_path: Path) -> None:
     ["-aB", "big", "a/", "b"],
     ["--bwlimit=fast", "a/", "b"],
     ["a/", "b", "--frobnicate"],
+    ["--delete", "-lpt", "a/", "b"],
+    ["-a", "--no-r", "--delete-excluded", "a/", "b"],
 ])
 def test_refused_like_rsync(tmp_path: Path, argv: list[str]) -> None:
     """Same exit code, same first line (the option named the way rsync names it), and
