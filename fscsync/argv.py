@@ -137,6 +137,8 @@ TABLE: tuple[Opt, ...] = (
     Opt("--specials", "preserve special files", {"specials": True}, neg=("specials",)),
     Opt("-D", "same as --devices --specials", {"devices": True, "specials": True},
         neg=("devices", "specials")),
+    Opt("--open-noatime", "avoid changing the atime on opened files",
+        {"open_noatime": True}, neg=("open_noatime",)),
     Opt("--times -t", "preserve modification times", {"times": True}, neg=("times",)),
     Opt("--omit-dir-times -O", "omit directories from --times", {"omit_dir_times": True},
         neg=("omit_dir_times",)),

@@ -148,21 +148,30 @@ def padded_size(size: int) -> int:
     return -(-size // UNIT) * UNIT
 
 
-def open_data(path: bytes, encrypted: bool, dir_fd: int | None = None) -> tuple[int, bool]:
+def open_data(path: bytes, encrypted: bool, dir_fd: int | None = None,
+              extra: int = 0) -> tuple[int, bool]:
     """Open a regular file for reading its data: ciphertext when encrypted, plain
-    bytes otherwise; returns (fd, direct)."""
-    if encrypted:
-        return open_ciphertext(path, dir_fd)
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), False
+    bytes otherwise; returns (fd, direct). `extra`: more open flags (O_NOATIME, which
+    only the file's owner may ask for: anyone else reads it without)."""
+    try:
+        if encrypted:
+            return open_ciphertext(path, dir_fd, extra)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | extra,
+                       dir_fd=dir_fd), False
+    except PermissionError:
+        if not extra:
+            raise
+        return open_data(path, encrypted, dir_fd)
 
 
-def open_ciphertext(path: bytes, dir_fd: int | None = None) -> tuple[int, bool]:
+def open_ciphertext(path: bytes, dir_fd: int | None = None,
+                    extra: int = 0) -> tuple[int, bool]:
     """Open an encrypted file for raw ciphertext reads; returns (fd, direct).
 
     O_DIRECT is asked for first (Lustre needs it); filesystems refusing it
     with EINVAL get buffered ciphertext reads instead.
     """
-    flags = os.O_RDONLY | O_CIPHERTEXT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDONLY | O_CIPHERTEXT | os.O_NOFOLLOW | os.O_CLOEXEC | extra
     try:
         return os.open(path, flags | os.O_DIRECT, dir_fd=dir_fd), True
     except OSError as exc:

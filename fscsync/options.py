@@ -43,6 +43,7 @@ class Options(Record):
     checksum: bool = False
     size_only: bool = False
     ignore_existing: bool = False
+    open_noatime: bool = False
     ignore_missing_args: bool = False
     existing: bool = False  # --existing: create nothing new, update what is there
     update: bool = False  # -u: leave files that are newer at the destination

@@ -92,6 +92,7 @@ class Scanner:
         # _walk (what _entry would build), unless the run wants xattrs, links or sums.
         self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
         self._home = -1
+        self.open_flags = os.O_NOATIME if opts.open_noatime else 0
 
     def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         """The entries of the sources in file-list order, a run at a time (a list of
@@ -356,7 +357,7 @@ class Scanner:
 
     def _checksum(self, path: bytes, e: Entry) -> bytes | None:
         try:
-            fd, direct = cipher.open_data(path, e.enc is not None)
+            fd, direct = cipher.open_data(path, e.enc is not None, extra=self.open_flags)
         except OSError as exc:
             self._fail(path, "open", exc)
             return None

@@ -202,7 +202,7 @@ class Sender:
 
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
-            return cipher.open_data(e.src, e.enc is not None)
+            return cipher.open_data(e.src, e.enc is not None, extra=self.scanner.open_flags)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None

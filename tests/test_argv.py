@@ -502,3 +502,21 @@ def test_executability_like_rsync(tmp_path: Path, flags: list[str]) -> None:
     runs = t.run(*flags, f"{t.src}/", "@D/dst")
     assert_same_items(runs)
     t.assert_same(ignore_dir_mtime=True)
+
+
+@pytest.mark.parametrize("flags", [["--open-noatime"], ["--open-noatime", "-c"], []])
+def test_open_noatime_like_rsync(tmp_path: Path, flags: list[str]) -> None:
+    """Source atimes older than their mtimes (so relatime updates them on a read) stay
+    put with --open-noatime, and move without it, in both tools."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b"):
+        write(src / name, os.urandom(5000))
+        os.utime(src / name, ns=(T0 * 10**9, (T0 + 100) * 10**9))
+    kept = {}
+    for tool, run in (("r", run_rsync), ("f", run_fscsync)):
+        for name in ("a", "b"):
+            os.utime(src / name, ns=(T0 * 10**9, (T0 + 100) * 10**9))
+        run("-a", *flags, f"{src}/", tmp_path / tool, check=0, env=ENV)
+        kept[tool] = [os.stat(src / n).st_atime_ns == T0 * 10**9 for n in ("a", "b")]
+    assert kept["f"] == kept["r"] == [bool(flags)] * 2
