@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from fscsync import chmod
+from fscsync import chmod, idmap
 from fscsync.errors import UsageError
 from fscsync.filters import EXCLUDE, INCLUDE, read_rule_file
 from fscsync.options import Options
@@ -189,6 +189,12 @@ TABLE: tuple[Opt, ...] = (
         convert=_int, metavar="NUM"),
     Opt("--partial", "keep partially transferred files", {"partial": True},
         neg=("partial",)),
+    Opt("--usermap", "custom username mapping (implies --owner)", dest="usermap",
+        convert=lambda t: [t], metavar="STRING"),
+    Opt("--groupmap", "custom groupname mapping (implies --group)", dest="groupmap",
+        convert=lambda t: [t], metavar="STRING"),
+    Opt("--chown", "simple username/groupname mapping", dest="chown",
+        convert=lambda t: [t], metavar="USER:GROUP"),
     Opt("--numeric-ids", "don't map uid/gid values by user/group name",
         {"numeric_ids": True}, neg=("numeric_ids",)),
     Opt("--size-only", "skip files that match in size", {"size_only": True}),
@@ -229,7 +235,8 @@ TABLE: tuple[Opt, ...] = (
 
 _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=False,
                  inc_recursive=True, rsh=None, remote_fscsync=None, secluded=False,
-                 old_args=False, chmod=[], log_file=None, log_file_format=None, server=False,
+                 old_args=False, chmod=[], usermap=[], groupmap=[], chown=[],
+                 log_file=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata")
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
@@ -326,6 +333,29 @@ def _apply(state: dict, opt: Opt, value: str) -> None:
         state[opt.dest] = v
 
 
+def _owner_maps(ns: SimpleNamespace, o: Options) -> None:
+    """--usermap/--groupmap (each once) or --chown, rsync's way: --chown U:G is
+    --usermap=*:U --groupmap=*:G; a map implies preserving what it maps."""
+    for name in ("usermap", "groupmap", "chown"):
+        if len(getattr(ns, name)) > 1:
+            raise UsageError(f"You can only specify --{name} once.")
+    usermap, groupmap = ns.usermap[:1], ns.groupmap[:1]
+    if ns.chown:
+        if usermap or groupmap:
+            raise UsageError(f"--{'usermap' if usermap else 'groupmap'} conflicts with "
+                             "prior --chown.")
+        user, _, group = ns.chown[0].partition(":")
+        usermap = [f"*:{user}"] if user else []
+        groupmap = [f"*:{group}"] if group else []
+    o.usermap = usermap[0] if usermap else ""
+    o.groupmap = groupmap[0] if groupmap else ""
+    for text, option in ((o.usermap, "--usermap"), (o.groupmap, "--groupmap")):
+        if text:
+            idmap.parse(text, option)
+    o.owner = o.owner or bool(o.usermap)
+    o.group = o.group or bool(o.groupmap)
+
+
 def help_text() -> str:
     """--help, from the table: rsync's layout (long name first, then its short one)."""
     lines = [f"usage: {USAGE}", "",
@@ -353,6 +383,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     if o.delete and not o.recursive:
         raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)
+    _owner_maps(ns, o)
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
     b = ns.block_size
     if b < 512 or b & (b - 1) or b > 1 << 24:

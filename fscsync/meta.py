@@ -73,30 +73,39 @@ def split_xattrs(items: list[tuple[bytes, bytes]], opts: Options
 class IdMapper:
     """Receiver side: the sender's uids/gids by name, mapped to local ids."""
 
-    def __init__(self, numeric: bool):
+    def __init__(self, numeric: bool, user_rules: list | None = None,
+                 group_rules: list | None = None):
         self.numeric = numeric
         self.user_names: dict[int, bytes] = {}
         self.group_names: dict[int, bytes] = {}
         self._uid_cache: dict[int, int] = {}
         self._gid_cache: dict[int, int] = {}
+        self._user_rules = user_rules or []  # --usermap/--chown (fscsync.idmap)
+        self._group_rules = group_rules or []
 
     def uid(self, remote: int) -> int:
         local = self._uid_cache.get(remote)
         if local is not None:
             return local
         return self._map(remote, self.user_names, self._uid_cache,
-                         lambda n: pwd.getpwnam(n).pw_uid)
+                         lambda n: pwd.getpwnam(n).pw_uid, self._user_rules)
 
     def gid(self, remote: int) -> int:
         local = self._gid_cache.get(remote)
         if local is not None:
             return local
         return self._map(remote, self.group_names, self._gid_cache,
-                         lambda n: grp.getgrnam(n).gr_gid)
+                         lambda n: grp.getgrnam(n).gr_gid, self._group_rules)
 
-    def _map(self, remote: int, names: dict[int, bytes], cache: dict[int, int], lookup) -> int:
-        """Local id for a remote one, remembered: by name unless --numeric-ids; id 0
-        never maps."""
+    def _map(self, remote: int, names: dict[int, bytes], cache: dict[int, int], lookup,
+             rules: list) -> int:
+        """Local id for a remote one, remembered: the first mapping rule that matches,
+        else by name unless --numeric-ids; id 0 never maps by name."""
+        name = None if self.numeric else names.get(remote)
+        for matches, target in rules:
+            if matches(remote, name):
+                cache[remote] = target
+                return target
         local = remote
         if not self.numeric and remote != 0:
             name = names.get(remote)

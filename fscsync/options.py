@@ -31,6 +31,8 @@ class Options(Record):
     xattrs: bool = False
     acls: bool = False
     numeric_ids: bool = False
+    usermap: str = ""  # --usermap (or --chown's user), rules for fscsync.idmap
+    groupmap: str = ""
     delete: bool = False
     delete_excluded: bool = False
     delete_after: bool = False

@@ -15,7 +15,7 @@ import stat
 import struct
 from collections import deque
 
-from fscsync import errors, protocol
+from fscsync import errors, idmap, protocol
 from fscsync.destfs import DestTree, check_paths
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.finalize import Finalizer
@@ -45,7 +45,9 @@ class Receiver:
         self.dest = dest
         self.item_dir = item_dir
         self.on_control = on_control
-        self.ids = IdMapper(opts.numeric_ids)
+        self.ids = IdMapper(opts.numeric_ids,
+                            idmap.rules(opts.usermap, "--usermap", reporter.warning),
+                            idmap.rules(opts.groupmap, "--groupmap", reporter.warning))
         self.stats = Stats()
         self.entries: list[Entry | None] = []
         self.status = bytearray()

@@ -520,3 +520,44 @@ def test_open_noatime_like_rsync(tmp_path: Path, flags: list[str]) -> None:
         run("-a", *flags, f"{src}/", tmp_path / tool, check=0, env=ENV)
         kept[tool] = [os.stat(src / n).st_atime_ns == T0 * 10**9 for n in ("a", "b")]
     assert kept["f"] == kept["r"] == [bool(flags)] * 2
+
+
+OWNER_MAPS = [
+    ["-r", "--chown=daemon:daemon"], ["-a", "--chown=daemon:"], ["-r", "--chown=:daemon"],
+    ["-a", "--usermap=nobody:bin,1000-2000:sys"], ["-a", "--usermap=no*:5", "--groupmap=*:7"],
+    ["-r", "--usermap=*:daemon"], ["-a", "--numeric-ids", "--usermap=nobody:bin"],
+    ["-a", "--usermap=nobody:nosuchuser,*:bin"], ["-a", "--groupmap=1234:daemon"],
+    ["-a", "--chown=a:b:c"],
+]
+
+
+@needs_root
+@pytest.mark.parametrize("flags", OWNER_MAPS)
+def test_owner_maps_like_rsync(tmp_path: Path, flags: list[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "f", b"a")
+    write(src / "g", b"b")
+    os.chown(src / "f", 65534, 65534)
+    os.chown(src / "g", FOREIGN_UID, FOREIGN_GID)
+    owners = {}
+    for tool, run in (("r", run_rsync), ("f", run_fscsync)):
+        proc = run(*flags, f"{src}/", tmp_path / tool, env=ENV)
+        owners[tool] = (proc.returncode, [(os.stat(tmp_path / tool / n).st_uid,
+                                           os.stat(tmp_path / tool / n).st_gid)
+                                          for n in ("f", "g")])
+    assert owners["f"] == owners["r"]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--chown=daemon", "--usermap=x:y"], ["--usermap=*:daemon", "--usermap=*:bin"],
+    ["--usermap=nobody"], ["--usermap=nobody:"], ["--groupmap=,"],
+])
+def test_owner_maps_refused_like_rsync(tmp_path: Path, flags: list[str]) -> None:
+    (tmp_path / "a").mkdir()
+    r = run_rsync("-a", *flags, "a/", "b", cwd=tmp_path)
+    f = run_fscsync("-a", *flags, "a/", "b", cwd=tmp_path)
+    assert r.returncode == f.returncode == 1
+    said = r.stderr.decode().splitlines()[0].removeprefix("rsync: ")
+    assert f.stderr.decode().splitlines()[0] == f"fscsync: {said}"
+    assert not (tmp_path / "b").exists()
