@@ -218,6 +218,8 @@ TABLE: tuple[Opt, ...] = (
     Opt("-P", "same as --partial --progress", {"partial": True, "progress": True}),
     Opt("--itemize-changes -i", "output a change-summary for all updates",
         {"itemize": INC}, neg=("itemize",)),
+    Opt("--out-format --log-format", "output updates using the specified FORMAT",
+        dest="out_format", metavar="FORMAT"),
     Opt("--log-file", "log what we're doing to the specified FILE", dest="log_file",
         metavar="FILE"),
     Opt("--log-file-format", "log updates using the specified FMT",
@@ -236,7 +238,7 @@ TABLE: tuple[Opt, ...] = (
 _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=False,
                  inc_recursive=True, rsh=None, remote_fscsync=None, secluded=False,
                  old_args=False, chmod=[], usermap=[], groupmap=[], chown=[],
-                 log_file=None, log_file_format=None, server=False,
+                 log_file=None, out_format=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata")
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""

@@ -95,9 +95,20 @@ def _main(args: list[str]) -> int:
 
         log = LogFile(ns.log_file, ns.log_file_format)
         opts.log_items = True
+    out_format = None
+    if ns.out_format is not None:  # -i is --out-format='%i %n%L', in rsync's words
+        from fscsync.logfile import ItemFormat
+
+        out_format = ItemFormat(ns.out_format, "--out-format", every=True,
+                                op="send" if p.client_sends else None,
+                                prefix=_sender_prefix(p, "%f" in ns.out_format))
+        if "%i" in ns.out_format:
+            opts.itemize = max(opts.itemize, 1)
+        else:
+            opts.log_items = True
     reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
                                log=log, itemize=bool(opts.itemize),
-                               human=ns.human_readable)
+                               human=ns.human_readable, out_format=out_format)
     peer = None
     if p.peer is not None:  # connecting takes longest: start it before the imports below
         from fscsync.transport import remote_command, spawn
@@ -137,6 +148,21 @@ def _main(args: list[str]) -> int:
     if outcome.exit_code not in (errors.OK,):
         _final_error(outcome.exit_code)
     return outcome.exit_code
+
+
+def _sender_prefix(p, wanted: bool) -> str | None:
+    """--out-format's %f: the sender's path of an entry is its source's directory (the
+    source itself when it ends in '/') plus its name; known here for one source the
+    client sends. rsync prints it without a leading '/'."""
+    if not wanted:
+        return None
+    if not p.client_sends or len(p.sources) != 1:
+        raise UsageError("--out-format's %f needs a single source sent from this side")
+    src = os.fsdecode(p.sources[0]).lstrip("/")
+    if src.endswith("/"):
+        return src
+    head = src.rpartition("/")[0]
+    return head + "/" if head else ""
 
 
 _MEANING = {

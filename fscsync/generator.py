@@ -285,8 +285,7 @@ class Generator:
               suffix: str = "") -> None:
         rx = self.rx
         if self.opts.itemize or self.opts.log_items:
-            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix),
-                                e.size if e.is_reg else None)
+            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix), e.size)
         if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
             rx.reporter.info(itemize.display_name(e), 1)
 

@@ -13,8 +13,10 @@ class ConsoleReporter(Reporter):
     """Prints engine events the way rsync does: data lines on stdout, errors on stderr."""
 
     def __init__(self, verbose: int = 0, quiet: bool = False, progress: str | None = None,
-                 prefix: str = "fscsync", log=None, itemize: bool = True, human: int = 1):
+                 prefix: str = "fscsync", log=None, itemize: bool = True, human: int = 1,
+                 out_format=None):
         super().__init__()
+        self.out_format = out_format  # --out-format's ItemFormat: item lines through it
         self.itemize_lines = itemize
         self.verbose = verbose
         self.quiet = quiet
@@ -37,7 +39,13 @@ class ConsoleReporter(Reporter):
             if not self.quiet:
                 self._write(self.err, f"{self.prefix}: warning: {message}")
         elif kind == "item":
-            if not self.quiet and self.itemize_lines:
+            if self.quiet:
+                return
+            if self.out_format is not None:
+                text = self.out_format.line(message, length or 0, 0)
+                if text is not None:
+                    self._write(self.out, text)
+            elif self.itemize_lines:
                 self._write(self.out, message)
         elif kind.startswith("info"):
             level = int(kind[4:] or 0)

@@ -561,3 +561,33 @@ def test_owner_maps_refused_like_rsync(tmp_path: Path, flags: list[str]) -> None
     said = r.stderr.decode().splitlines()[0].removeprefix("rsync: ")
     assert f.stderr.decode().splitlines()[0] == f"fscsync: {said}"
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("fmt", ["%o %n %l|", "%i|%n", "[%n]", "%n%L", "%i %n%L", "%f %l",
+                                 "%o %i %f", "%'l %-12n.", "%%%n%%"])
+@pytest.mark.parametrize("top", ["contents", "dir"])
+@pytest.mark.parametrize("again", [False, True], ids=["new", "changed"])
+def test_out_format_like_rsync(tmp_path: Path, fmt: str, top: str, again: bool) -> None:
+    """Same lines as rsync's, for a new tree and for one with changes and deletions."""
+    t = Twin(tmp_path)
+    make_plain_tree(t.src)
+    src = f"{t.src}/" if top == "contents" else str(t.src)
+    if again:
+        t.run("-a", src, "@D/dst/")
+        write(t.src / "sub/b.bin", b"changed")
+        os.unlink(t.src / "a.txt")
+        settle(t.src, base=T0 + 10**6)
+    runs = t.run("-a", "--delete-delay", f"--out-format={fmt}", src, "@D/dst/")
+    def lines(proc, area: Path) -> list[str]:
+        return proc.stdout.decode().replace(str(area), "AREA").splitlines()
+    assert lines(runs.fscsync, t.f) == lines(runs.rsync, t.r)
+    assert runs.rsync.stdout
+
+
+@pytest.mark.parametrize("fmt", ["%b", "%f"])
+def test_out_format_refuses_what_it_cannot_fill(tmp_path: Path, fmt: str) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    proc = run_fscsync("-a", f"--out-format={fmt}", "a/", "b/", "c", cwd=tmp_path, check=1)
+    assert b"%" + fmt[1:].encode() in proc.stderr
+    assert not (tmp_path / "c").exists()
