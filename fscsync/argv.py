@@ -1,194 +1,404 @@
-"""The option table: rsync's options, parsed with argparse and mapped onto the
-engine's Options. Apart from cli.py so that `fscsync --server`, which every remote
-run starts, does not import argparse or build the table (about 15 ms)."""
+"""The command line, with rsync's grammar: one option table, read left to right.
+
+rsync users paste their command lines, so the grammar is rsync's (popt's), which
+argparse cannot express: short options bundle with a value at the end (`-aB4096`,
+`-e'ssh -p 22'`), options come anywhere before `--`, long names are exact (no
+abbreviations, only rsync's own aliases), `--no-OPTION` turns a boolean off at its
+place in the line, and `-h` is --help only when it is the only argument. Apart from
+cli.py so that `fscsync --server`, which every remote run starts, builds no table.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import NamedTuple
 
+from fscsync import chmod, idmap
 from fscsync.errors import UsageError
 from fscsync.filters import EXCLUDE, INCLUDE, read_rule_file
 from fscsync.options import Options
 
 USAGE = "fscsync [OPTION]... SRC [SRC]... DEST"
+INC = object()
+"""A `sets` value: add one (-v, -i, -h), cleared to 0 by the negation."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        # argparse builds a formatter for every option it adds, and without a width
-        # each one imports shutil to ask the terminal: 5 ms of every run.
-        return self.formatter_class(prog=self.prog, width=_terminal_width() - 2)
+class BadValue(ValueError):
+    """A value an option cannot take; the parser names the option."""
 
 
-def _terminal_width() -> int:
-    """shutil.get_terminal_size's answer: $COLUMNS, else the terminal, else 80."""
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns
-    except (AttributeError, ValueError, OSError):
-        return 80
+class Opt(NamedTuple):
+    """One row of the table.
+
+    names: the spellings ("-a --archive"); sets: what a flag does (dest -> value, INC
+    to count); dest/convert: where a value goes and how it is read (a list dest
+    extends); neg: the dests `--no-NAME` clears, for every NAME in names."""
+
+    names: str
+    help: str
+    sets: dict | None = None
+    dest: str = ""
+    convert: Callable | None = None
+    metavar: str = ""
+    neg: tuple[str, ...] = ()
+    hidden: bool = False
 
 
-class _Rule(argparse.Action):
-    """Keeps --exclude/--include/--*-from in command-line order (first match wins)."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        rules = getattr(namespace, "filter_rules", None) or []
-        kind = EXCLUDE if "exclude" in self.dest else INCLUDE
-        if self.dest.endswith("_from"):
-            rules.extend(read_rule_file(value, kind))
-        else:
-            rules.append((kind, os.fsencode(value)))
-        namespace.filter_rules = rules
+def _int(text: str) -> int:
+    if not re.fullmatch(r"-?\d+", text):
+        raise BadValue("invalid numeric value")
+    return int(text)
 
 
 def _size(text: str) -> int:
-    """rsync-style sizes: 100, 100K, 1.5M, 1G (KiB units for --bwlimit)."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGkmg]?)(i?[Bb]?)?", text)
+    """rsync's sizes: 100, 100K, 1.5M, 1G (powers of 1024), 1KB (of 1000), 1K+1 / 1K-1."""
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(?:([KMGTPkmgtp])(i?[Bb])?|[Bb])?([+-]1)?", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
+        raise BadValue("is invalid")
+    unit = m.group(2) or ""
+    base = 1000 if (m.group(3) or "").lower() == "b" else 1024
+    mult = base ** " kmgtp".index(unit.lower()) if unit else 1
+    return int(float(m.group(1)) * mult) + int(m.group(4) or 0)
 
 
 def _bwlimit(text: str) -> int:
+    """--bwlimit: a bare number is KiB/s, as in rsync."""
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return int(float(text) * 1024)
     return _size(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fscsync", usage=USAGE, add_help=False,
-                description="Mirror directory trees like rsync -a; fscrypt-encrypted trees "
-                            "are copied as ciphertext without their keys.")
-    a = p.add_argument
-    a("-h", "--help", action="store_true", help="show this help")
-    a("--version", action="store_true", help="print the version and exit")
-    a("-v", "--verbose", action="count", default=0, help="increase verbosity")
-    a("-q", "--quiet", action="store_true", help="suppress non-error messages")
-    a("-a", "--archive", action="store_true", help="archive mode: -rlptgoD")
-    a("-r", "--recursive", action="store_true", help="recurse into directories")
-    a("-l", "--links", action="store_true", help="copy symlinks as symlinks")
-    a("-p", "--perms", action="store_true", help="preserve permissions")
-    a("-t", "--times", action="store_true", help="preserve modification times")
-    a("-g", "--group", action="store_true", help="preserve group")
-    a("-o", "--owner", action="store_true", help="preserve owner (root only)")
-    a("-D", dest="devspec", action="store_true", help="same as --devices --specials")
-    a("--devices", action="store_true", help="preserve device files (root only)")
-    a("--specials", action="store_true", help="preserve special files")
-    a("-H", "--hard-links", action="store_true", help="preserve hard links")
-    a("-X", "--xattrs", action="store_true", help="preserve extended attributes")
-    a("-A", "--acls", action="store_true", help="preserve ACLs (implies -p)")
-    a("-S", "--sparse", action="store_true", help="keep sparse files sparse (always on)")
-    a("--numeric-ids", action="store_true", help="don't map uid/gid values by user/group name")
-    a("--delete", action="store_true", help="delete extraneous files from dest dirs")
-    a("--delete-after", action="store_true", help="delete after transferring (implies --delete)")
-    a("--delete-excluded", action="store_true",
-      help="also delete excluded files from dest dirs (implies --delete)")
-    a("--max-delete", type=int, default=-1, metavar="NUM",
-      help="don't delete more than NUM files (exit 25 when the limit stops deletions)")
-    a("--partial", action="store_true", help="keep partially transferred files")
-    a("--exclude", dest="rule_exclude", action=_Rule, metavar="PATTERN",
-      help="exclude files matching PATTERN")
-    a("--include", dest="rule_include", action=_Rule, metavar="PATTERN",
-      help="don't exclude files matching PATTERN")
-    a("--exclude-from", dest="rule_exclude_from", action=_Rule, metavar="FILE",
-      help="read exclude patterns from FILE")
-    a("--include-from", dest="rule_include_from", action=_Rule, metavar="FILE",
-      help="read include patterns from FILE")
-    a("-n", "--dry-run", action="store_true", help="perform a trial run with no changes made")
-    a("-i", "--itemize-changes", action="count", default=0,
-      help="output a change-summary for all updates")
-    a("--stats", action="store_true", help="give some file-transfer stats")
-    a("--progress", action="store_true", help="show progress during transfer")
-    a("-P", dest="partial_progress", action="store_true", help="same as --partial --progress")
-    a("--info", action="append", default=[], metavar="FLAGS",
-      help="fine-grained informational verbosity (progress2 supported)")
-    a("-c", "--checksum", action="store_true", help="skip based on checksum, not mod-time & size")
-    a("--size-only", action="store_true", help="skip files that match in size")
-    a("--ignore-existing", action="store_true", help="skip updating files that exist on receiver")
-    a("-W", "--whole-file", dest="whole_file", action="store_true", default=None,
-      help="copy files whole (without delta-xfer algorithm)")
-    a("--no-whole-file", dest="whole_file", action="store_false",
-      help="always use the delta-transfer algorithm")
-    a("--inplace", action="store_true", default=None,
-      help="update destination files in-place, unjournaled (plain files)")
-    a("--no-inplace", dest="inplace", action="store_false",
-      help="always build a new copy and rename it, big files too")
-    a("-B", "--block-size", type=_size, default=4096, metavar="SIZE",
-      help="delta block size, a power of two (default 4096, the encryption unit)")
-    a("-T", "--temp-dir", metavar="DIR", help="create temporary files in directory DIR")
-    a("-e", "--rsh", default=None, metavar="COMMAND", help="specify the remote shell to use")
-    a("--remote-fscsync", metavar="PROGRAM",
-      help="the fscsync program to run on the remote machine")
-    a("-z", "--compress", action="store_true", help="compress file data during the transfer")
-    a("--bwlimit", type=_bwlimit, default=0, metavar="RATE",
-      help="limit socket I/O bandwidth (KiB/s, or with a K/M/G suffix)")
-    a("--encdata-xattr", default="security.encdata", metavar="NAME",
-      help="xattr that holds encdata on this run's plain-filesystem side")
-    a("--refuse-ino-policies", action="store_true",
-      help="fail files whose policy uses inode-number based IVs instead of warning")
-    a("--log-file", metavar="FILE", help="log what we're doing to the specified FILE")
-    a("--log-file-format", metavar="FMT", help="log updates using the specified FMT")
-    a("--list-only", action="store_true", help="list the files instead of copying them")
-    a("--server", action="store_true", help=argparse.SUPPRESS)
-    a("--restrict-to", metavar="PATH", help=argparse.SUPPRESS)
-    a("args", nargs="*", help=argparse.SUPPRESS)
-    return p
+def _chmod(text: str) -> list[str]:
+    """--chmod values join in order; each is checked here, before anything runs."""
+    chmod.parse(text, umask=0)
+    return [text]
 
 
-def options_from(ns: argparse.Namespace) -> Options:
+def _rule(kind: str) -> Callable[[str], list]:
+    return lambda text: [(kind, os.fsencode(text))]
+
+
+def _rule_file(kind: str) -> Callable[[str], list]:
+    return lambda text: read_rule_file(text, kind)
+
+
+_FILTER_WORDS = {"-": EXCLUDE, "+": INCLUDE, "exclude": EXCLUDE, "include": INCLUDE}
+
+
+def _filter(text: str) -> list:
+    """-f RULE: the include/exclude rules ('- PAT', '+ PAT', 'exclude PAT', '-,PAT' is
+    not rsync's); merge files, modifiers and the other rule kinds are refused, never
+    ignored."""
+    word, sep, pattern = text.partition(" ")
+    if word in _FILTER_WORDS and sep and pattern:
+        return [(_FILTER_WORDS[word], os.fsencode(pattern))]
+    if word[:1] in "+-" and word[1:2] == "_" and not sep:
+        return [(_FILTER_WORDS[word[:1]], os.fsencode(word[2:]))]
+    raise BadValue("is not supported: fscsync's filters are '+ PATTERN' and "
+                   "'- PATTERN' rules")
+
+
+_ARCHIVE = dict(recursive=True, links=True, perms=True, times=True, group=True,
+                owner=True, devices=True, specials=True)
+
+TABLE: tuple[Opt, ...] = (
+    Opt("--help", "show this help (-h is help only on its own)", {"help": True}),
+    Opt("--version -V", "print the version and exit", {"version": True}),
+    Opt("--verbose -v", "increase verbosity", {"verbose": INC}, neg=("verbose",)),
+    Opt("--human-readable -h", "output numbers in a human-readable format (-hh: units of "
+        "1000, -hhh: of 1024)", {"human_readable": INC}, neg=("human_readable",)),
+    Opt("--info", "fine-grained informational verbosity (progress2 supported)",
+        dest="info", convert=lambda t: [t], metavar="FLAGS"),
+    Opt("--quiet -q", "suppress non-error messages", {"quiet": True}),
+    Opt("--checksum -c", "skip based on checksum, not mod-time & size",
+        {"checksum": True}, neg=("checksum",)),
+    Opt("--archive -a", "archive mode is -rlptgoD (no -A,-X,-H)", _ARCHIVE),
+    Opt("--no-OPTION", "turn off an implied OPTION (e.g. --no-D)", {}),
+    Opt("--recursive -r", "recurse into directories", {"recursive": True},
+        neg=("recursive",)),
+    Opt("--inc-recursive --i-r", "accepted: the file list always streams, as with "
+        "rsync's incremental recursion", {}, neg=("inc_recursive",)),
+    Opt("--links -l", "copy symlinks as symlinks", {"links": True}, neg=("links",)),
+    Opt("--safe-links", "ignore symlinks that point outside the tree", {"safe_links": True}),
+    Opt("--perms -p", "preserve permissions", {"perms": True}, neg=("perms",)),
+    Opt("--executability -E", "preserve executability", {"executability": True}),
+    Opt("--chmod", "affect file and/or directory permissions", dest="chmod",
+        convert=_chmod, metavar="CHMOD"),
+    Opt("--acls -A", "preserve ACLs (implies --perms)", {"acls": True, "perms": True},
+        neg=("acls",)),
+    Opt("--xattrs -X", "preserve extended attributes", {"xattrs": True}, neg=("xattrs",)),
+    Opt("--owner -o", "preserve owner (super-user only)", {"owner": True}, neg=("owner",)),
+    Opt("--group -g", "preserve group", {"group": True}, neg=("group",)),
+    Opt("--devices", "preserve device files (super-user only)", {"devices": True},
+        neg=("devices",)),
+    Opt("--specials", "preserve special files", {"specials": True}, neg=("specials",)),
+    Opt("-D", "same as --devices --specials", {"devices": True, "specials": True},
+        neg=("devices", "specials")),
+    Opt("--open-noatime", "avoid changing the atime on opened files",
+        {"open_noatime": True}, neg=("open_noatime",)),
+    Opt("--times -t", "preserve modification times", {"times": True}, neg=("times",)),
+    Opt("--omit-dir-times -O", "omit directories from --times", {"omit_dir_times": True},
+        neg=("omit_dir_times",)),
+    Opt("--omit-link-times -J", "omit symlinks from --times", {"omit_link_times": True},
+        neg=("omit_link_times",)),
+    Opt("--hard-links -H", "preserve hard links", {"hard_links": True},
+        neg=("hard_links",)),
+    Opt("--sparse -S", "keep sparse files sparse (always on)", {}),
+    Opt("--dry-run -n", "perform a trial run with no changes made", {"dry_run": True}),
+    Opt("--whole-file -W", "copy files whole (w/o delta-xfer algorithm)",
+        {"whole_file": True}, neg=("whole_file",)),
+    Opt("--inplace", "update destination files in-place, unjournaled (plain files)",
+        {"inplace": True}, neg=("inplace",)),
+    Opt("--block-size -B", "delta block size, a power of two (default 4096)",
+        dest="block_size", convert=_size, metavar="SIZE"),
+    Opt("--rsh -e", "specify the remote shell to use", dest="rsh", metavar="COMMAND"),
+    Opt("--remote-fscsync --rsync-path", "the fscsync program to run on the remote machine",
+        dest="remote_fscsync", metavar="PROGRAM"),
+    Opt("--secluded-args -s --protect-args", "accepted: paths always travel inside the "
+        "protocol, never through the remote shell", {"secluded": True}, neg=("secluded",)),
+    Opt("--old-args", "accepted: paths never pass through the remote shell",
+        {"old_args": True}),
+    Opt("--update -u", "skip files that are newer on the receiver", {"update": True}),
+    Opt("--existing --ignore-non-existing", "skip creating new files on receiver",
+        {"existing": True}),
+    Opt("--mkpath", "create destination's missing path components", {"mkpath": True},
+        neg=("mkpath",)),
+    Opt("--ignore-existing", "skip updating files that exist on receiver",
+        {"ignore_existing": True}),
+    Opt("--ignore-missing-args", "ignore missing source arguments without error",
+        {"ignore_missing_args": True}),
+    Opt("--max-size", "don't transfer any file larger than SIZE", dest="max_size",
+        convert=_size, metavar="SIZE"),
+    Opt("--min-size", "don't transfer any file smaller than SIZE", dest="min_size",
+        convert=_size, metavar="SIZE"),
+    Opt("--ignore-times -I", "don't skip files that match size and time",
+        {"ignore_times": True}),
+    Opt("--modify-window -@", "set the accuracy for mod-time comparisons (seconds)",
+        dest="modify_window", convert=_int, metavar="NUM"),
+    Opt("--delete", "delete extraneous files from dest dirs", {"delete": True}),
+    Opt("--delete-delay", "find deletions during, delete after (fscsync's --delete)",
+        {"delete": True}),
+    Opt("--delete-after", "receiver deletes after transfer (implies --delete)",
+        {"delete": True, "delete_after": True}),
+    Opt("--delete-excluded", "also delete excluded files from dest dirs (implies --delete)",
+        {"delete": True, "delete_excluded": True}),
+    Opt("--max-delete", "don't delete more than NUM files", dest="max_delete",
+        convert=_int, metavar="NUM"),
+    Opt("--partial", "keep partially transferred files", {"partial": True},
+        neg=("partial",)),
+    Opt("--usermap", "custom username mapping (implies --owner)", dest="usermap",
+        convert=lambda t: [t], metavar="STRING"),
+    Opt("--groupmap", "custom groupname mapping (implies --group)", dest="groupmap",
+        convert=lambda t: [t], metavar="STRING"),
+    Opt("--chown", "simple username/groupname mapping", dest="chown",
+        convert=lambda t: [t], metavar="USER:GROUP"),
+    Opt("--numeric-ids", "don't map uid/gid values by user/group name",
+        {"numeric_ids": True}, neg=("numeric_ids",)),
+    Opt("--size-only", "skip files that match in size", {"size_only": True}),
+    Opt("--temp-dir -T", "create temporary files in directory DIR", dest="temp_dir",
+        metavar="DIR"),
+    Opt("--compress -z", "compress file data during the transfer", {"compress": True},
+        neg=("compress",)),
+    Opt("--filter -f", "add a file-filtering RULE ('+ PATTERN' or '- PATTERN')",
+        dest="filter_rules", convert=_filter, metavar="RULE"),
+    Opt("--exclude", "exclude files matching PATTERN", dest="filter_rules",
+        convert=_rule(EXCLUDE), metavar="PATTERN"),
+    Opt("--exclude-from", "read exclude patterns from FILE", dest="filter_rules",
+        convert=_rule_file(EXCLUDE), metavar="FILE"),
+    Opt("--include", "don't exclude files matching PATTERN", dest="filter_rules",
+        convert=_rule(INCLUDE), metavar="PATTERN"),
+    Opt("--include-from", "read include patterns from FILE", dest="filter_rules",
+        convert=_rule_file(INCLUDE), metavar="FILE"),
+    Opt("--stats", "give some file-transfer stats", {"stats": True}),
+    Opt("--progress", "show progress during transfer", {"progress": True},
+        neg=("progress",)),
+    Opt("-P", "same as --partial --progress", {"partial": True, "progress": True}),
+    Opt("--itemize-changes -i", "output a change-summary for all updates",
+        {"itemize": INC}, neg=("itemize",)),
+    Opt("--out-format --log-format", "output updates using the specified FORMAT",
+        dest="out_format", metavar="FORMAT"),
+    Opt("--log-file", "log what we're doing to the specified FILE", dest="log_file",
+        metavar="FILE"),
+    Opt("--log-file-format", "log updates using the specified FMT",
+        dest="log_file_format", metavar="FMT"),
+    Opt("--list-only", "list the files instead of copying them", {"list_only": True}),
+    Opt("--bwlimit", "limit socket I/O bandwidth (KiB/s, or with a K/M/G suffix)",
+        dest="bwlimit", convert=_bwlimit, metavar="RATE"),
+    Opt("--encdata-xattr", "xattr that holds encdata on this run's plain-filesystem side",
+        dest="encdata_xattr", metavar="NAME"),
+    Opt("--refuse-ino-policies", "fail files whose policy uses inode-number based IVs "
+        "instead of warning", {"refuse_ino_policies": True}),
+    Opt("--server", "", {"server": True}, hidden=True),
+    Opt("--restrict-to", "", dest="restrict_to", metavar="PATH", hidden=True),
+)
+
+_CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=False,
+                 inc_recursive=True, rsh=None, remote_fscsync=None, secluded=False,
+                 old_args=False, chmod=[], usermap=[], groupmap=[], chown=[],
+                 log_file=None, out_format=None, log_file_format=None, server=False,
+                 restrict_to=None, compress=False, encdata_xattr="security.encdata")
+DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
+"""Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
+
+_COUNTS = ("verbose", "itemize", "human_readable")
+_NOT_HERE = {"--daemon": "fscsync has no daemon mode (use a remote shell: HOST:PATH)"}
+
+
+def _index() -> tuple[dict[str, Opt], dict[str, tuple[str, ...]]]:
+    """Every spelling -> its row, and every `--no-` spelling -> the dests it clears."""
+    names: dict[str, Opt] = {}
+    negations: dict[str, tuple[str, ...]] = {}
+    for opt in TABLE:
+        if opt.names == "--no-OPTION":
+            continue
+        for name in opt.names.split():
+            names[name] = opt
+            if opt.neg:
+                negations["--no-" + name.lstrip("-")] = opt.neg
+    return names, negations
+
+
+def parse_args(args: list[str]) -> SimpleNamespace:
+    """The options and paths of a command line, applied left to right; UsageError,
+    naming the option, for anything rsync would refuse."""
+    state = {k: list(v) if isinstance(v, list) else v for k, v in DEFAULTS.items()}
+    paths: list[str] = []
+    if args == ["-h"]:
+        state["help"] = True
+        args = []
+    names, negations = _index()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            paths.extend(args[i:])
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name in negations:
+                if eq:
+                    raise UsageError(f"{arg}: option does not take an argument")
+                for dest in negations[name]:
+                    state[dest] = 0 if dest in _COUNTS else False
+                continue
+            opt = names.get(name)
+            if opt is None:
+                raise UsageError(f"{name}: {_NOT_HERE.get(name, 'unknown option')}")
+            if opt.dest and not eq:
+                if i >= len(args):
+                    raise UsageError(f"{name}: missing argument")
+                value, i = args[i], i + 1
+            elif eq and not opt.dest:
+                raise UsageError(f"{arg}: option does not take an argument")
+            _apply(state, opt, value)
+        elif arg.startswith("-") and arg != "-":
+            for pos in range(1, len(arg)):
+                name = "-" + arg[pos]
+                opt = names.get(name)
+                if opt is None:
+                    raise UsageError(f"{arg}: unknown option")
+                if opt.dest:
+                    value = arg[pos + 1:]
+                    if not value:
+                        if i >= len(args):
+                            raise UsageError(f"{name}: missing argument")
+                        value, i = args[i], i + 1
+                    _apply(state, opt, value)
+                    break
+                _apply(state, opt, "")
+        else:
+            paths.append(arg)
+    if state["secluded"] and state["old_args"]:
+        raise UsageError("--secluded-args conflicts with --old-args.")
+    state["args"] = paths
+    return SimpleNamespace(**state)
+
+
+def _apply(state: dict, opt: Opt, value: str) -> None:
+    """One option's effect; a bad value is named by the option's long name, as in rsync."""
+    if not opt.dest:
+        for dest, v in (opt.sets or {}).items():
+            state[dest] = state[dest] + 1 if v is INC else v
+        return
+    try:
+        v = opt.convert(value) if opt.convert else value
+    except BadValue as exc:
+        sep = ": " if str(exc).startswith("invalid") else " "
+        raise UsageError(f"{opt.names.split()[0]}={value}{sep}{exc}") from None
+    if isinstance(state[opt.dest], list):
+        state[opt.dest].extend(v)
+    else:
+        state[opt.dest] = v
+
+
+def _owner_maps(ns: SimpleNamespace, o: Options) -> None:
+    """--usermap/--groupmap (each once) or --chown, rsync's way: --chown U:G is
+    --usermap=*:U --groupmap=*:G; a map implies preserving what it maps."""
+    for name in ("usermap", "groupmap", "chown"):
+        if len(getattr(ns, name)) > 1:
+            raise UsageError(f"You can only specify --{name} once.")
+    usermap, groupmap = ns.usermap[:1], ns.groupmap[:1]
+    if ns.chown:
+        if usermap or groupmap:
+            raise UsageError(f"--{'usermap' if usermap else 'groupmap'} conflicts with "
+                             "prior --chown.")
+        user, _, group = ns.chown[0].partition(":")
+        usermap = [f"*:{user}"] if user else []
+        groupmap = [f"*:{group}"] if group else []
+    o.usermap = usermap[0] if usermap else ""
+    o.groupmap = groupmap[0] if groupmap else ""
+    for text, option in ((o.usermap, "--usermap"), (o.groupmap, "--groupmap")):
+        if text:
+            idmap.parse(text, option)
+    o.owner = o.owner or bool(o.usermap)
+    o.group = o.group or bool(o.groupmap)
+
+
+def help_text() -> str:
+    """--help, from the table: rsync's layout (long name first, then its short one)."""
+    lines = [f"usage: {USAGE}", "",
+             "Mirror directory trees like rsync -a; fscrypt-encrypted trees are copied "
+             "as ciphertext without their keys.", "", "Options"]
+    for opt in TABLE:
+        if opt.hidden:
+            continue
+        names = opt.names.split()
+        if opt.metavar:
+            names[0] += f"={opt.metavar}"
+        tag = ", ".join(names)
+        if opt.names == "--help":
+            tag = "--help, -h (*)"
+        lines.append(f"  {tag:<27} {opt.help}" if len(tag) < 28 else f"  {tag}\n"
+                     f"  {'':<27} {opt.help}")
+    return "\n".join(lines)
+
+
+def options_from(ns: SimpleNamespace) -> Options:
+    """The engine's Options from a parsed command line (checks that need all of it)."""
     o = Options()
-    arch = ns.archive
-    o.recursive = ns.recursive or arch
-    o.links = ns.links or arch
-    o.perms = ns.perms or arch or ns.acls
-    o.times = ns.times or arch
-    o.group = ns.group or arch
-    o.owner = ns.owner or arch
-    o.devices = ns.devices or ns.devspec or arch
-    o.specials = ns.specials or ns.devspec or arch
-    o.hard_links = ns.hard_links
-    o.xattrs = ns.xattrs
-    o.acls = ns.acls
-    o.numeric_ids = ns.numeric_ids
-    o.delete = ns.delete or ns.delete_after or ns.delete_excluded
-    o.delete_after = ns.delete_after
-    o.delete_excluded = ns.delete_excluded
-    o.max_delete = ns.max_delete
-    o.partial = ns.partial or ns.partial_progress
-    o.dry_run = ns.dry_run
-    o.itemize = ns.itemize_changes
-    o.verbose = ns.verbose
-    o.checksum = ns.checksum
-    o.size_only = ns.size_only
-    o.ignore_existing = ns.ignore_existing
-    o.whole_file = ns.whole_file
-    o.inplace = ns.inplace
+    for name in Options.fields:
+        setattr(o, name, getattr(ns, name))
+    if o.delete and not o.recursive:
+        raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
+    o.chmod = ",".join(ns.chmod)
+    _owner_maps(ns, o)
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
-    if ns.block_size < 512 or ns.block_size & (ns.block_size - 1) or ns.block_size > 1 << 24:
-        raise UsageError(f"--block-size must be a power of two from 512 to 16M, "
-                         f"not {ns.block_size}")
-    o.block_size = ns.block_size
-    o.filter_rules = list(getattr(ns, "filter_rules", None) or [])
+    b = ns.block_size
+    if b < 512 or b & (b - 1) or b > 1 << 24:
+        raise UsageError(f"--block-size must be a power of two from 512 to 16M, not {b}")
+    o.block_size = b
+    o.filter_rules = list(ns.filter_rules)
     o.encdata_xattr = os.fsencode(ns.encdata_xattr)
-    o.refuse_ino_policies = ns.refuse_ino_policies
     o.compress = "auto" if ns.compress else None
-    o.bwlimit = ns.bwlimit
-    o.stats = ns.stats
     for info in ns.info:
         for flag in info.split(","):
             if flag not in ("progress2", "progress1", "progress0", "stats", "name", "name0",
                             "name1", "none"):
                 raise UsageError(f"unknown --info flag {flag!r}")
-    o.progress = ns.progress or ns.partial_progress or "progress1" in ",".join(ns.info)
+    flags = ",".join(ns.info).split(",")
+    o.progress = ns.progress or "progress1" in flags or "progress2" in flags
     return o

@@ -292,28 +292,38 @@ def padded_size(size: int) -> int:
     return -(-size // UNIT) * UNIT
 
 
-def open_data(path: bytes, layout: int, dir_fd: int | None = None) -> tuple[int, bool]:
+def open_data(path: bytes, layout: int, dir_fd: int | None = None,
+              extra: int = 0) -> tuple[int, bool]:
     """Open a regular file for reading its data; returns (fd, direct). Only the
     encdata interface needs O_CIPHERTEXT: stored ciphertext is ordinary data. Stored
     encdata on a file the kernel will not read without its key (ENOKEY: an interface
-    that lists encdata after all) is read as the interface's ciphertext."""
-    if layout == VIRTUAL:
-        return open_ciphertext(path, dir_fd)
+    that lists encdata after all) is read as the interface's ciphertext. `extra`: more
+    open flags (O_NOATIME, which only the file's owner may ask for: anyone else reads
+    it without)."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), False
-    except OSError as exc:
-        if layout != STORED or exc.errno != errno.ENOKEY:
+        if layout == VIRTUAL:
+            return open_ciphertext(path, dir_fd, extra)
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | extra,
+                           dir_fd=dir_fd), False
+        except OSError as exc:
+            if layout != STORED or exc.errno != errno.ENOKEY:
+                raise
+        return open_ciphertext(path, dir_fd, extra)
+    except PermissionError:
+        if not extra:
             raise
-    return open_ciphertext(path, dir_fd)
+        return open_data(path, layout, dir_fd)
 
 
-def open_ciphertext(path: bytes, dir_fd: int | None = None) -> tuple[int, bool]:
+def open_ciphertext(path: bytes, dir_fd: int | None = None,
+                    extra: int = 0) -> tuple[int, bool]:
     """Open an encrypted file for raw ciphertext reads; returns (fd, direct).
 
     O_DIRECT is asked for first (Lustre needs it); filesystems refusing it
     with EINVAL get buffered ciphertext reads instead.
     """
-    flags = os.O_RDONLY | O_CIPHERTEXT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDONLY | O_CIPHERTEXT | os.O_NOFOLLOW | os.O_CLOEXEC | extra
     try:
         return os.open(path, flags | os.O_DIRECT, dir_fd=dir_fd), True
     except OSError as exc:

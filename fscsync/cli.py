@@ -92,10 +92,9 @@ def _server_args(args: list[str]) -> tuple[bool, str | None]:
 def _main(args: list[str]) -> int:
     server, restrict_to = _server_args(args)
     if not server:
-        from fscsync.argv import build_parser, options_from
+        from fscsync.argv import options_from, parse_args
 
-        parser = build_parser()
-        ns = parser.parse_args(args)
+        ns = parse_args(args)
         server, restrict_to = ns.server, ns.restrict_to
     if server:
         from fscsync.session import run_server
@@ -105,7 +104,9 @@ def _main(args: list[str]) -> int:
     from fscsync.progress import ConsoleReporter
 
     if ns.help:
-        _say(sys.stdout, parser.format_help().rstrip("\n"))
+        from fscsync.argv import help_text
+
+        _say(sys.stdout, help_text().rstrip("\n"))
         return 0
     if ns.version:
         _say(sys.stdout, f"fscsync version {__version__}  protocol version "
@@ -130,8 +131,20 @@ def _main(args: list[str]) -> int:
 
         log = LogFile(ns.log_file, ns.log_file_format)
         opts.log_items = True
+    out_format = None
+    if ns.out_format is not None:  # -i is --out-format='%i %n%L', in rsync's words
+        from fscsync.logfile import ItemFormat
+
+        out_format = ItemFormat(ns.out_format, "--out-format", every=True,
+                                op="send" if p.client_sends else None,
+                                prefix=_sender_prefix(p, "%f" in ns.out_format))
+        if "%i" in ns.out_format:
+            opts.itemize = max(opts.itemize, 1)
+        else:
+            opts.log_items = True
     reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
-                               log=log, itemize=bool(opts.itemize))
+                               log=log, itemize=bool(opts.itemize),
+                               human=ns.human_readable, out_format=out_format)
     peer = None
     if p.peer is not None:  # connecting takes longest: start it before the imports below
         from fscsync.transport import remote_command, spawn
@@ -158,21 +171,36 @@ def _main(args: list[str]) -> int:
             log.write(f"fscsync error: {_MEANING.get(outcome.exit_code, 'error')} "
                       f"(code {outcome.exit_code})")
         log.close()
-    if opts.stats:
-        from fscsync.stats import format_stats
+    if opts.stats or (opts.verbose and not ns.quiet):
+        from fscsync.stats import format_stats, summary
 
-        _say(sys.stdout, "\n".join(format_stats(outcome.stats, outcome.bytes_sent,
-                                               outcome.bytes_received, outcome.elapsed)))
-    elif opts.verbose and not ns.quiet:
-        rate = (outcome.bytes_sent + outcome.bytes_received) / max(outcome.elapsed, 1e-6)
-        total = outcome.stats.total_size
-        wire = outcome.bytes_sent + outcome.bytes_received
-        _say(sys.stdout, f"\nsent {outcome.bytes_sent:,} bytes  received "
-                         f"{outcome.bytes_received:,} bytes  {rate:,.2f} bytes/sec")
-        _say(sys.stdout, f"total size is {total:,}  speedup is {total / wire if wire else 0:,.2f}")
+        if opts.stats:
+            lines = format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,
+                                 outcome.elapsed, ns.human_readable)
+        else:
+            lines = ["", *summary(outcome.bytes_sent, outcome.bytes_received,
+                                  outcome.stats.total_size, outcome.elapsed,
+                                  ns.human_readable)]
+        for line in lines:
+            _say(sys.stdout, line)
     if outcome.exit_code not in (errors.OK,):
         _final_error(outcome.exit_code)
     return outcome.exit_code
+
+
+def _sender_prefix(p, wanted: bool) -> str | None:
+    """--out-format's %f: the sender's path of an entry is its source's directory (the
+    source itself when it ends in '/') plus its name; known here for one source the
+    client sends. rsync prints it without a leading '/'."""
+    if not wanted:
+        return None
+    if not p.client_sends or len(p.sources) != 1:
+        raise UsageError("--out-format's %f needs a single source sent from this side")
+    src = os.fsdecode(p.sources[0]).lstrip("/")
+    if src.endswith("/"):
+        return src
+    head = src.rpartition("/")[0]
+    return head + "/" if head else ""
 
 
 _MEANING = {

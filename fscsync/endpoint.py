@@ -28,9 +28,16 @@ class Endpoint(namedtuple("Endpoint", "path host user", defaults=(None, None))):
 
 
 def parse_endpoint(arg: bytes) -> Endpoint:
+    """The endpoint an argument names. rsync's daemon forms (`host::module`,
+    `rsync://host/module`) fail at once (exit 5: fscsync has no daemon to connect to),
+    as does a host that the remote shell would read as an option (`-oProxyCommand=...`)."""
     colon = arg.find(b":")
     slash = arg.find(b"/")
-    if colon <= 0 or (0 <= slash < colon) or arg.startswith(b"::") or b"::" in arg[:colon + 2]:
+    if arg[:8].lower() == b"rsync://" or (colon > 0 and arg[colon + 1:colon + 2] == b":"
+                                           and not 0 <= slash < colon):
+        raise FscsyncError(f"{escape(arg)}: fscsync has no daemon mode (rsync://, "
+                           "HOST::MODULE); use HOST:PATH over a remote shell", errors.STARTUP)
+    if colon <= 0 or (0 <= slash < colon):
         return Endpoint(arg)
     where = arg[:colon].decode("utf-8", "surrogateescape")
     path = arg[colon + 1 :]
@@ -39,6 +46,9 @@ def parse_endpoint(arg: bytes) -> Endpoint:
         user, _, where = where.rpartition("@")
     if where.startswith("[") and where.endswith("]"):
         where = where[1:-1]
+    if where.startswith("-"):
+        raise FscsyncError("Invalid remote host: hostnames may not start with '-'.",
+                           errors.SYNTAX)
     return Endpoint(path if path else b".", host=where, user=user or None)
 
 

@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 
-from fscsync import cipher, delta, itemize, meta, protocol
+from fscsync import chmod, cipher, delta, itemize, meta, protocol
 from fscsync.destfs import (
     TEMP_MARK,
     DestTree,
@@ -49,7 +49,7 @@ class Pending:
 
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update", "basis_size")
+                 "data_end", "differ", "update", "basis_size", "replaced_mode")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -69,6 +69,7 @@ class Pending:
         self.differ: int | None = None  # bytes in chunks the sender found different
         self.update: Update | None = None  # set when the file is updated in place
         self.basis_size = 0  # what the request told the sender it may copy from
+        self.replaced_mode: int | None = None  # the file it replaces: its mode stays
 
 
 class Generator:
@@ -96,7 +97,8 @@ class Generator:
         o = self.opts
         self._quick = tree is not None and rx.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls)
+            or o.acls or o.ignore_times or o.chmod or o.executability)
+        self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
         rx.generator = self
 
@@ -178,6 +180,8 @@ class Generator:
         rx = self.rx
         opts = self.opts
         fmt = e.mode & _S_IFMT
+        if self._chmod is not None:
+            e.mode = chmod.apply(self._chmod, e.mode)
         self._count(fmt, e)
         if opts.list_only:
             rx.reporter.info(itemize.listing(e, show_target=opts.links), 0)
@@ -198,6 +202,9 @@ class Generator:
             try:
                 pfd, name = rx.locate(tree, e)
             except OSError as exc:
+                if opts.existing and exc.errno == errno.ENOENT:
+                    rx.status[idx] = 1  # below a directory --existing did not create
+                    return
                 if opts.dry_run and exc.errno == errno.ENOENT:
                     pfd, name, st = -1, b"", None
                 else:
@@ -212,7 +219,9 @@ class Generator:
                     else:
                         st = lstat_at(pfd, name)
         try:
-            if fmt == _S_IFREG:
+            if st is None and opts.existing:
+                rx.status[idx] = 1
+            elif fmt == _S_IFREG:
                 self.regular(idx, e, pfd, name, st)
             elif fmt == _S_IFDIR:
                 self.directory(tree, idx, e, pfd, name, st)
@@ -301,8 +310,7 @@ class Generator:
               suffix: str = "") -> None:
         rx = self.rx
         if self.opts.itemize or self.opts.log_items:
-            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix),
-                                e.size if e.is_reg else None)
+            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix), e.size)
         if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
             rx.reporter.info(itemize.display_name(e), 1)
 
@@ -486,10 +494,12 @@ class Generator:
         opts = self.opts
         ids = self.rx.ids
         out = ""
-        if opts.times and st.st_mtime_ns != e.mtime_ns:
+        if opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns, e.mtime_ns):
             out += "t"
-        if opts.perms and (st.st_mode ^ e.mode) & 0o7777 and not e.is_link:
-            out += "p"
+        if (opts.perms or opts.executability) and not e.is_link:
+            want = meta.wanted_mode(opts, e.mode, st.st_mode, new=False)
+            if want is not None and want != stat.S_IMODE(st.st_mode):
+                out += "p"
         if opts.owner and meta.IS_ROOT and ids.uid(e.uid) != st.st_uid:
             out += "o"
         if opts.group and ids.gid(e.gid) != st.st_gid:
@@ -521,7 +531,7 @@ class Generator:
             if not self._make_way(idx, e, pfd, name, st):
                 return
             st = None
-        if st is not None and opts.ignore_existing:
+        if (st is not None and opts.ignore_existing) or self._left_alone(e, st):
             rx.status[idx] = 1
             return
         dest_enc = None
@@ -578,7 +588,24 @@ class Generator:
             return self._dest_digest(pfd, name, layout) == e.checksum
         if opts.size_only:
             return True
-        return st.st_mtime_ns == e.mtime_ns
+        return not opts.ignore_times and self.same_time(st.st_mtime_ns, e.mtime_ns)
+
+    def same_time(self, a_ns: int, b_ns: int) -> bool:
+        """rsync's same_time: exact with --modify-window 0, whole seconds when negative,
+        else within that many seconds."""
+        window = self.opts.modify_window
+        if not window:
+            return a_ns == b_ns
+        return abs(a_ns // 10**9 - b_ns // 10**9) <= max(window, 0)
+
+    def _left_alone(self, e: Entry, st) -> bool:
+        """--max-size, --min-size and -u: files the run must not touch at all (rsync's
+        generator checks them before the quick check; -u compares whole seconds)."""
+        opts = self.opts
+        if 0 <= opts.max_size < e.size or e.size < opts.min_size:
+            return True
+        return (opts.update and st is not None and stat.S_ISREG(st.st_mode)
+                and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < opts.modify_window)
 
     @staticmethod
     def _dest_digest(pfd: int, name: bytes, layout: int) -> bytes | None:
@@ -628,6 +655,8 @@ class Generator:
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
         pending.chunk = req.chunk
         pending.basis_size = req.basis_size
+        if not new:
+            pending.replaced_mode = st.st_mode
         rx.pending[idx] = pending
         rx.requested += 1
         rx.chan.send(protocol.REQ, req.encode())
@@ -636,6 +665,11 @@ class Generator:
 
     def symlink(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
+        if self.opts.safe_links and unsafe_link(e.target, e.path):
+            rx.reporter.info(f'ignoring unsafe symlink "{escape(e.path)}" -> '
+                             f'"{escape(e.target)}"', 1)
+            rx.status[idx] = 1
+            return
         if st is not None and stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
                 return
@@ -648,7 +682,8 @@ class Generator:
             if not self._writable_encrypted(idx, e):
                 return
             changes = "c"
-            if self.opts.times and st.st_mtime_ns != e.mtime_ns:
+            if self.opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns,
+                                                                   e.mtime_ns):
                 changes += "t"
             self._item("c", e, changes)
         else:
@@ -709,6 +744,25 @@ class Generator:
                 pass
             raise
         rx.status[idx] = 1
+
+
+def unsafe_link(target: bytes, path: bytes) -> bool:
+    """rsync's unsafe_symlink: an absolute target, a '..' after any other component,
+    even '.' or an empty one (rsync 3.4's rule: `sub/../..`, `./..` and `..//..` are
+    unsafe however deep the link sits), or leading '..' steps that climb above the
+    transfer's top from the link's directory (`path` is transfer-relative)."""
+    if not target or target.startswith(b"/"):
+        return True
+    depth = path.count(b"/")
+    named = False
+    for part in target.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if named or depth < 0:
+                return True
+        else:
+            named = True
+    return False
 
 
 def _cleartext_size(enc: bytes | None, plain_size: int) -> int:

@@ -86,8 +86,10 @@ def parse_item(line: str) -> Item | None:
     return Item(flags, rest, link, "send" if flags[0] == "<" else "recv")
 
 
-def compile_format(fmt: str) -> list[tuple[str, str, int, bool]]:
-    """Parse a --log-file-format into (literal, escape, width, group-digits) pieces.
+def compile_format(fmt: str, option: str = "--log-file-format"
+                   ) -> list[tuple[str, str, int, bool]]:
+    """Parse a --log-file-format (or --out-format, `option`) into (literal, escape,
+    width, group-digits) pieces.
 
     Raises ValueError naming the first escape fscsync cannot fill.
     """
@@ -103,11 +105,11 @@ def compile_format(fmt: str) -> list[tuple[str, str, int, bool]]:
             pieces.append(("%", "", 0, False))
             continue
         if esc in _UNSUPPORTED:
-            raise ValueError(f"--log-file-format escape %{esc} ({_UNSUPPORTED[esc]}) "
+            raise ValueError(f"{option} escape %{esc} ({_UNSUPPORTED[esc]}) "
                              "is not supported")
         if not esc or esc not in ESCAPES:
             shown = f"%{esc}" if esc else "a lone % at the end"
-            raise ValueError(f"unknown --log-file-format escape {shown!r} (use %% for a %)")
+            raise ValueError(f"unknown {option} escape {shown!r} (use %% for a %)")
         size = int(width or 0)
         pieces.append(("", esc, -size if left else size, bool(quotes)))
     if pos < len(fmt):
@@ -119,8 +121,99 @@ def _has(pieces: list[tuple[str, str, int, bool]], escape: str) -> bool:
     return any(esc == escape for _, esc, _, _ in pieces)
 
 
+def _named(it: Item) -> bool:
+    """Would -v name this entry: anything created, and directories (rsync lists a
+    directory it has looked into)."""
+    return "+" in it.itemize or it.itemize[1] == "d"
+
+
 def timestamp(now: float) -> str:
     return time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now))
+
+
+class ItemFormat:
+    """Itemize lines through a format's escapes: --log-file-format's, and
+    --out-format's on stdout. `every`: which entries a format without %i shows
+    (the log: transferred files and deletions; --out-format: every entry -v names,
+    directories and new entries too, as rsync prints them)."""
+
+    def __init__(self, fmt: str, option: str = "--log-file-format", *,
+                 root: str | None = None, clock: Callable[[], float] = time.time,
+                 every: bool = False, op: str | None = None, prefix: str | None = None):
+        """op: what %o says of a transfer (rsync's stdout speaks for the sender when
+        the client sends); prefix: %f is prefix + name (the sender's path) when given."""
+        try:
+            self.pieces = compile_format(fmt, option)
+        except ValueError as exc:
+            raise FscsyncError(str(exc), errors.SYNTAX) from None
+        if option == "--out-format" and _has(self.pieces, "b"):
+            raise FscsyncError("--out-format escape %b (bytes on the wire per file) is not "
+                               "supported", errors.SYNTAX)
+        self.fmt = fmt
+        self.root = root
+        self.clock = clock
+        self.every = every
+        self.op = op
+        self.prefix = prefix
+        # rsync: without %i only transferred files are logged; without %i and %o a
+        # deletion is logged as "deleting NAME".
+        self.all_items = _has(self.pieces, "i")
+        self.delete_pieces = (self.pieces if self.all_items or _has(self.pieces, "o")
+                              else compile_format("deleting %n"))
+
+    def line(self, line: str, length: int, transferred: int) -> str | None:
+        """The formatted line for one itemize line, or None when the format skips it."""
+        it = parse_item(line)
+        if it is None:
+            return line
+        if it.deleted:
+            pieces = self.delete_pieces
+        elif self.all_items or it.transferred or (self.every and _named(it)):
+            pieces = self.pieces
+        else:
+            return None
+        return self.render(pieces, it, length, transferred)
+
+    def render(self, pieces: list[tuple[str, str, int, bool]], it: Item, length: int,
+               transferred: int) -> str:
+        out = []
+        for literal, esc, width, group in pieces:
+            if not esc:
+                out.append(literal)
+                continue
+            value = self._value(esc, it, length, transferred)
+            if isinstance(value, int):
+                value = f"{value:,}" if group else str(value)
+            out.append(value.ljust(-width) if width < 0 else value.rjust(width))
+        return "".join(out)
+
+    def _value(self, esc: str, it: Item, length: int, transferred: int) -> str | int:
+        if esc == "t":
+            return timestamp(self.clock())
+        if esc == "p":
+            return os.getpid()
+        if esc == "o":
+            return self.op if self.op and not it.deleted else it.op
+        if esc == "n":
+            return it.name
+        if esc == "L":
+            return it.link
+        if esc == "i":
+            return it.itemize
+        if esc == "l":
+            return length
+        if esc == "b":
+            return transferred if it.transferred else 0
+        # "f": the path without the trailing "/", under the root when one was given.
+        if self.prefix is not None and not it.deleted:  # a deletion: the receiver's name
+            return self.prefix + (it.name.rstrip("/") or ".")
+        name = it.name.rstrip("/") or "."
+        if name.startswith("./"):
+            name = name[2:]
+        if self.root:
+            root = self.root.rstrip("/") or "/"
+            return root if name == "." else f"{root.rstrip('/')}/{name}"
+        return name
 
 
 class LogFile:
@@ -134,21 +227,10 @@ class LogFile:
     def __init__(self, path: str, fmt: str | None = None, *, root: str | None = None,
                  header: str | None = "building file list",
                  clock: Callable[[], float] = time.time):
-        if fmt is None:
-            fmt = DEFAULT_FORMAT
-        try:
-            self.pieces = compile_format(fmt)
-        except ValueError as exc:
-            raise FscsyncError(str(exc), errors.SYNTAX) from None
-        self.fmt = fmt
+        self.format = ItemFormat(DEFAULT_FORMAT if fmt is None else fmt, root=root,
+                                 clock=clock)
         self.path = path
-        self.root = root
         self.clock = clock
-        # rsync: without %i only transferred files are logged; without %i and %o a
-        # deletion is logged as "deleting NAME".
-        self.all_items = _has(self.pieces, "i")
-        self.delete_pieces = (self.pieces if self.all_items or _has(self.pieces, "o")
-                              else compile_format("deleting %n"))
         self._lock = threading.Lock()
         try:
             self._fp = open(path, "a", encoding="utf-8", errors="backslashreplace",
@@ -176,19 +258,11 @@ class LogFile:
 
     def item(self, line: str, *, length: int | None = None,
              transferred: int | None = None) -> None:
-        if not self.fmt:
+        if not self.format.fmt:
             return
-        it = parse_item(line)
-        if it is None:
-            self.write(line)
-            return
-        if it.deleted:
-            pieces = self.delete_pieces
-        elif self.all_items or it.transferred:
-            pieces = self.pieces
-        else:
-            return
-        self.write(self.render(pieces, it, length or 0, transferred or 0))
+        text = self.format.line(line, length or 0, transferred or 0)
+        if text is not None:
+            self.write(text)
 
     def summary(self, sent: int, received: int, total: int) -> None:
         self.write(f"sent {sent:,} bytes  received {received:,} bytes  total size {total:,}")
@@ -213,44 +287,3 @@ class LogFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # -- formatting ---------------------------------------------------------------------
-
-    def render(self, pieces: list[tuple[str, str, int, bool]], it: Item, length: int,
-               transferred: int) -> str:
-        out = []
-        for literal, esc, width, group in pieces:
-            if not esc:
-                out.append(literal)
-                continue
-            value = self._value(esc, it, length, transferred)
-            if isinstance(value, int):
-                value = f"{value:,}" if group else str(value)
-            out.append(value.ljust(-width) if width < 0 else value.rjust(width))
-        return "".join(out)
-
-    def _value(self, esc: str, it: Item, length: int, transferred: int) -> str | int:
-        if esc == "t":
-            return timestamp(self.clock())
-        if esc == "p":
-            return os.getpid()
-        if esc == "o":
-            return it.op
-        if esc == "n":
-            return it.name
-        if esc == "L":
-            return it.link
-        if esc == "i":
-            return it.itemize
-        if esc == "l":
-            return length
-        if esc == "b":
-            return transferred if it.transferred else 0
-        # "f": the path without the trailing "/", under the root when one was given.
-        name = it.name.rstrip("/") or "."
-        if name.startswith("./"):
-            name = name[2:]
-        if self.root:
-            root = self.root.rstrip("/") or "/"
-            return root if name == "." else f"{root.rstrip('/')}/{name}"
-        return name

@@ -73,30 +73,39 @@ def split_xattrs(items: list[tuple[bytes, bytes]], opts: Options
 class IdMapper:
     """Receiver side: the sender's uids/gids by name, mapped to local ids."""
 
-    def __init__(self, numeric: bool):
+    def __init__(self, numeric: bool, user_rules: list | None = None,
+                 group_rules: list | None = None):
         self.numeric = numeric
         self.user_names: dict[int, bytes] = {}
         self.group_names: dict[int, bytes] = {}
         self._uid_cache: dict[int, int] = {}
         self._gid_cache: dict[int, int] = {}
+        self._user_rules = user_rules or []  # --usermap/--chown (fscsync.idmap)
+        self._group_rules = group_rules or []
 
     def uid(self, remote: int) -> int:
         local = self._uid_cache.get(remote)
         if local is not None:
             return local
         return self._map(remote, self.user_names, self._uid_cache,
-                         lambda n: pwd.getpwnam(n).pw_uid)
+                         lambda n: pwd.getpwnam(n).pw_uid, self._user_rules)
 
     def gid(self, remote: int) -> int:
         local = self._gid_cache.get(remote)
         if local is not None:
             return local
         return self._map(remote, self.group_names, self._gid_cache,
-                         lambda n: grp.getgrnam(n).gr_gid)
+                         lambda n: grp.getgrnam(n).gr_gid, self._group_rules)
 
-    def _map(self, remote: int, names: dict[int, bytes], cache: dict[int, int], lookup) -> int:
-        """Local id for a remote one, remembered: by name unless --numeric-ids; id 0
-        never maps."""
+    def _map(self, remote: int, names: dict[int, bytes], cache: dict[int, int], lookup,
+             rules: list) -> int:
+        """Local id for a remote one, remembered: the first mapping rule that matches,
+        else by name unless --numeric-ids; id 0 never maps by name."""
+        name = None if self.numeric else names.get(remote)
+        for matches, target in rules:
+            if matches(remote, name):
+                cache[remote] = target
+                return target
         local = remote
         if not self.numeric and remote != 0:
             name = names.get(remote)
@@ -197,8 +206,29 @@ class Target:
             os.utime(self.name, ns=ns, dir_fd=self.dirfd, follow_symlinks=False)
 
 
+def wanted_mode(opts: Options, mode: int, dest_mode: int, new: bool,
+                replaced: int | None = None) -> int | None:
+    """The permission bits a non-link entry gets (rsync's dest_mode), or None to leave
+    them. -p copies the source's; a new entry gets them less the umask, but a file
+    that replaces one (`replaced`, its mode) keeps that one's; with -E a regular
+    file's execute bits follow the source's (for whoever can read it)."""
+    if opts.perms:
+        return stat.S_IMODE(mode)
+    if new and replaced is None:
+        return stat.S_IMODE(mode) & ~UMASK
+    have = stat.S_IMODE(dest_mode if replaced is None else replaced)
+    if opts.executability and stat.S_ISREG(mode):
+        if not mode & 0o111:
+            have &= ~0o111
+        elif not have & 0o111:
+            have |= (have & 0o444) >> 2
+    elif replaced is None:
+        return None
+    return have
+
+
 def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
-                new: bool) -> str:
+                new: bool, replaced: int | None = None) -> str:
     """Bring owner, mode, xattrs, encdata and mtime of t in line with entry e, in the
     order the encrypted interface needs (encdata after everything but times).
     Returns the itemize letters of what changed (o g p x a t)."""
@@ -215,12 +245,7 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
             changed += "o" if do_uid else ""
             changed += "g" if do_gid else ""
     if not t.is_link:
-        if opts.perms:
-            want = stat.S_IMODE(e.mode)
-        elif new:
-            want = stat.S_IMODE(e.mode) & ~UMASK
-        else:
-            want = None
+        want = wanted_mode(opts, e.mode, st.st_mode, new, replaced)
         if want is not None and (want != stat.S_IMODE(st.st_mode) or
                                  (chowned and want & 0o6000)):
             t.chmod(want)
@@ -242,7 +267,7 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
             changed += "x"
     if e.enc is not None:
         set_encdata(t, e.enc, encdata_target(opts, e))
-    if opts.times and (new or st.st_mtime_ns != e.mtime_ns):
+    if opts.keeps_time(e.mode) and (new or st.st_mtime_ns != e.mtime_ns):
         t.utime(e.mtime_ns if new else st.st_atime_ns, e.mtime_ns)
         if not new:
             changed += "t"

@@ -6,6 +6,8 @@ on one set of settings; `to_wire`/`from_wire` keep that a plain JSON object.
 
 from __future__ import annotations
 
+import stat
+
 from fscsync.record import Record
 
 DEFAULT_BLOCK = 4096
@@ -14,8 +16,13 @@ DEFAULT_BLOCK = 4096
 class Options(Record):
     recursive: bool = False
     links: bool = False
+    safe_links: bool = False
     perms: bool = False
+    executability: bool = False
+    chmod: str = ""  # --chmod clauses, comma-joined in command-line order
     times: bool = False
+    omit_dir_times: bool = False
+    omit_link_times: bool = False
     group: bool = False
     owner: bool = False
     devices: bool = False
@@ -24,17 +31,28 @@ class Options(Record):
     xattrs: bool = False
     acls: bool = False
     numeric_ids: bool = False
+    usermap: str = ""  # --usermap (or --chown's user), rules for fscsync.idmap
+    groupmap: str = ""
     delete: bool = False
     delete_excluded: bool = False
     delete_after: bool = False
     max_delete: int = -1
     partial: bool = False
     dry_run: bool = False
+    mkpath: bool = False
     itemize: int = 0
     verbose: int = 0
     checksum: bool = False
     size_only: bool = False
     ignore_existing: bool = False
+    open_noatime: bool = False
+    ignore_missing_args: bool = False
+    existing: bool = False  # --existing: create nothing new, update what is there
+    update: bool = False  # -u: leave files that are newer at the destination
+    ignore_times: bool = False
+    max_size: int = -1
+    min_size: int = 0
+    modify_window: int = 0  # seconds; negative: compare whole seconds only
     whole_file: bool | None = None
     inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None
@@ -48,6 +66,14 @@ class Options(Record):
     progress: bool = False
     log_items: bool = False
     list_only: bool = False
+
+    def keeps_time(self, mode: int) -> bool:
+        """Whether an entry of this mode gets its source mtime (-t, less -O and -J)."""
+        if stat.S_ISDIR(mode):
+            return self.times and not self.omit_dir_times
+        if stat.S_ISLNK(mode):
+            return self.times and not self.omit_link_times
+        return self.times
 
     def to_wire(self) -> dict:
         out = {}

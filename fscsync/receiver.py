@@ -15,7 +15,7 @@ import stat
 import struct
 from collections import deque
 
-from fscsync import errors, protocol
+from fscsync import errors, idmap, protocol
 from fscsync.destfs import DestTree, check_paths
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.finalize import Finalizer
@@ -51,7 +51,9 @@ class Receiver:
         self.dest = dest
         self.item_dir = item_dir
         self.on_control = on_control
-        self.ids = IdMapper(opts.numeric_ids)
+        self.ids = IdMapper(opts.numeric_ids,
+                            idmap.rules(opts.usermap, "--usermap", reporter.warning),
+                            idmap.rules(opts.groupmap, "--groupmap", reporter.warning))
         self.stats = Stats()
         self.entries: list[Entry | None] = []
         self.status = bytearray()
@@ -84,27 +86,34 @@ class Receiver:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
-        except OSError as exc:
-            raise FscsyncError(f'stat "{escape(dest)}" failed: {exc.strerror} ({exc.errno})',
-                               errors.FILE_IO) from None
+        except OSError as exc:  # below a regular file, say: rsync's code 3 ...
+            if not (self.opts.mkpath and exc.errno == errno.ENOTDIR):
+                raise FscsyncError(f'cannot stat destination "{escape(dest)}": '
+                                   f"{exc.strerror} ({exc.errno})", errors.FILE_SELECT) from None
+            st = None  # ... unless --mkpath's mkdir is to fail on it, with rsync's 11
         if single_file and not trailing and (st is None or not stat.S_ISDIR(st.st_mode)):
             head, _, name = path.rpartition(b"/")
             self.single_name = name
             path = head or (b"/" if path.startswith(b"/") else b".")
+            if st is None and self.opts.mkpath:
+                self._report_made(path, self._make_path(path))
         elif st is None:
+            made = self._make_path(path) if self.opts.mkpath else 1
             if self.opts.dry_run:
                 self.root_created = True
-                self.reporter.info(f"created directory {escape(path)}",
-                                   0 if self.opts.itemize else 1)
+                self._report_made(path, made)
+                if self.opts.mkpath:  # rsync 3.5 says both in a dry run
+                    self.reporter.info(f"created directory {escape(path)}",
+                                       0 if self.opts.itemize else 1)
                 return
-            try:
-                os.mkdir(path, 0o777)
-            except OSError as exc:
-                raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
-                                   f"({exc.errno})", errors.FILE_IO) from None
+            if not self.opts.mkpath:
+                try:
+                    os.mkdir(path, 0o777)
+                except OSError as exc:
+                    raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
+                                       f"({exc.errno})", errors.FILE_IO) from None
             self.root_created = True
-            self.reporter.info(f"created directory {escape(path)}",
-                               0 if self.opts.itemize else 1)
+            self._report_made(path, made)
         elif not stat.S_ISDIR(st.st_mode):
             raise FscsyncError(f'destination "{escape(dest)}" is not a directory',
                                errors.FILE_SELECT)
@@ -112,7 +121,7 @@ class Receiver:
             self.root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
-                               f"({exc.errno})", errors.FILE_IO) from None
+                               f"({exc.errno})", errors.FILE_SELECT) from None
 
     def abilities(self) -> DestAbilities:
         """What the destination can store, probed the first time an encrypted entry is
@@ -128,6 +137,30 @@ class Receiver:
             for line in self._abilities.lines():
                 self.reporter.info(line, 1)
         return self._abilities
+
+    def _make_path(self, path: bytes) -> int:
+        """--mkpath: make the missing directories of `path` (none in a dry run), as
+        rsync does for the destination; how many were missing."""
+        missing = []
+        while path not in (b"", b"/", b".") and not os.path.lexists(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        if not self.opts.dry_run:
+            for path in reversed(missing):
+                try:
+                    os.mkdir(path, 0o777)
+                except OSError as exc:
+                    raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
+                                       f"({exc.errno})", errors.FILE_IO) from None
+        return len(missing)
+
+    def _report_made(self, path: bytes, made: int) -> None:
+        """rsync's line for a destination it made (counted with --mkpath)."""
+        if not made:
+            return
+        what = "directory" if not self.opts.mkpath else (
+            f"{made} {'directory' if made == 1 else 'directories'} for")
+        self.reporter.info(f"created {what} {escape(path)}", 0 if self.opts.itemize else 1)
 
     def tree(self) -> DestTree | None:
         return DestTree(self.root_fd) if self.root_fd is not None else None
@@ -229,6 +262,8 @@ class Receiver:
                         raise ProtocolError("malformed end of the file list")
                     if self.io_error:  # the sender could not read all it was asked to
                         self.reporter.note_code(errors.PARTIAL)
+                    if isinstance(announced, int):
+                        self.reporter.listed(announced, self.stats.total_size)
                     flist_done = True
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
                     gen_acked = True

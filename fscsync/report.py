@@ -41,8 +41,13 @@ class Reporter(ABC):
         """An itemize line; `length` (the file's size) feeds --log-file-format's %l."""
         self.emit("item", line, length)
 
-    def progress(self, path: bytes, done: int, total: int) -> None:  # noqa: B027 (optional hook)
-        """Bytes of one file handled so far; the default ignores it."""
+    def progress(self, path: bytes, done: int, total: int,  # noqa: B027 (optional hook)
+                 idx: int = -1) -> None:
+        """Bytes of file-list entry `idx` handled so far; the default ignores it."""
+
+    def listed(self, count: int, size: int) -> None:  # noqa: B027 (optional hook)
+        """The file list is complete: `count` entries, `size` bytes of files and links
+        (what progress counts its to-chk and whole-transfer % against)."""
 
     @abstractmethod
     def emit(self, kind: str, message: str, length: int | None = None) -> None:

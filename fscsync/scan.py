@@ -94,6 +94,7 @@ class Scanner:
         self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
         self._home = -1
         self._source_of: list[int] | None = None  # by entry, when sources were merged
+        self.open_flags = os.O_NOATIME if opts.open_noatime else 0
 
     def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         """The entries of the sources in file-list order, a run at a time (a list of
@@ -206,7 +207,8 @@ class Scanner:
         try:
             st = os.lstat(full)
         except OSError as exc:
-            self._fail(src, "link_stat", exc)
+            if not (exc.errno == errno.ENOENT and self.opts.ignore_missing_args):
+                self._fail(src, "link_stat", exc)  # (rsync ignores no missing `dir/`)
             return
         if stat.S_ISDIR(st.st_mode) and not self.opts.recursive and not self.opts.list_only:
             self.reporter.info(f"skipping directory {escape(name)}", 0)
@@ -441,7 +443,7 @@ class Scanner:
 
     def _checksum(self, path: bytes, layout: int) -> bytes | None:
         try:
-            fd, direct = cipher.open_data(path, layout)
+            fd, direct = cipher.open_data(path, layout, extra=self.open_flags)
         except OSError as exc:
             self._fail(path, "open", exc)
             return None

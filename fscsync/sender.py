@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import struct
+import time
 
 import xxhash
 
@@ -53,6 +54,7 @@ class Sender:
         self.on_control = on_control
         self._parked: dict[int, _Parked] = {}
         self._ahead = None  # the scan-ahead queue, when a thread scans (scan_ahead)
+        self._listed_size = 0  # sizes of the listed files and links, for progress only
 
     def run(self) -> Stats:
         self.send_flist()
@@ -91,7 +93,10 @@ class Sender:
         threading.Thread(target=scan, name="scan-ahead", daemon=True).start()
 
     def send_flist(self) -> None:
+        """Send the file list; --stats splits its time into generation (scanning) and
+        transfer (sending the frames)."""
         chan = self.chan
+        started = time.monotonic()
         protocol.send_json(chan, protocol.FLIST_START, {"single_file": self._single_file()})
         if self._ahead is None:
             self._scan(self._send_frame)
@@ -104,13 +109,17 @@ class Sender:
         protocol.send_json(chan, protocol.FLIST_END,
                            {"io_error": self.scanner.io_error, "count": self.sent.count})
         chan.flush()
+        self.stats.flist_gen_time = time.monotonic() - started - self.stats.flist_xfer_time
+        self.reporter.listed(self.sent.count, self._listed_size)
 
     def _send_frame(self, ftype: int, payload: bytes) -> None:
         """File-list batches go out at once (not when the output buffer fills), so the
         receiver compares each while the scan goes on."""
+        started = time.monotonic()
         self.chan.send(ftype, payload)
         if ftype == protocol.FLIST:
             self.chan.flush()
+        self.stats.flist_xfer_time += time.monotonic() - started
 
     def _scan(self, emit) -> None:
         """Scan the sources into file-list frames (batches and owner names, in the
@@ -132,6 +141,9 @@ class Sender:
                 for gid in ids.difference(groups):
                     groups.add(gid)
                     self._name(emit, b"g", gid)
+            if self.opts.progress:
+                self._listed_size += (sum(st.st_size for st in run.stats) if plain else
+                                      sum(e.size for e in run if e.is_reg or e.is_link))
             if plain:
                 batch.add_stats(run.paths(), run.stats)
                 batch = self._ship(batch, emit, FLIST_BATCH)
@@ -191,7 +203,7 @@ class Sender:
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
             layout = self.scanner.finder.layout(e.src, e.enc is not None, e.enc_alt)
-            return cipher.open_data(e.src, layout)
+            return cipher.open_data(e.src, layout, extra=self.scanner.open_flags)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None
@@ -232,7 +244,7 @@ class Sender:
                 if len(small) != size:
                     raise OSError(errno.EIO, "file shrank while reading it")
                 digest = xxhash.xxh3_128_digest(small)
-                self.reporter.progress(e.path, size, size)
+                self.reporter.progress(e.path, size, size, req.idx)
             else:
                 out = delta.OpWriter(req.idx, lambda *p: self.chan.send(protocol.DATA, *p))
                 if req.kind == delta.CHUNKS:
@@ -241,7 +253,7 @@ class Sender:
                 if req.kind == delta.BLOCKS:
                     digest = self._send_blocks(req, e, reader, out, size)
                 else:
-                    digest = self._send_whole(e, fd, reader, out, size, direct)
+                    digest = self._send_whole(req.idx, e, fd, reader, out, size, direct)
         except OSError as exc:
             self._read_failed(req.idx, e, exc, fd, reader)
             return
@@ -283,7 +295,8 @@ class Sender:
                             f"({exc.errno})")
         self.chan.send(protocol.DATA_END, delta.encode_end(idx, delta.END_FAILED, 0, bytes(16)))
 
-    def _send_whole(self, e: Entry, fd: int, reader: BlockReader, out: delta.OpWriter,
+    def _send_whole(self, idx: int, e: Entry, fd: int, reader: BlockReader,
+                    out: delta.OpWriter,
                     size: int, direct: bool) -> bytes:
         h = xxhash.xxh3_128()
         # Holes are looked for only past one read: for a small file the two lseeks
@@ -303,7 +316,7 @@ class Sender:
                 h.update(data)
                 out.literal_data(off, data)
                 off += len(data)
-                self.reporter.progress(e.path, off, size)
+                self.reporter.progress(e.path, off, size, idx)
             pos = end
         _hash_zeros(h, size - pos)
         return h.digest()
@@ -321,7 +334,7 @@ class Sender:
             theirs = req.hashes[off // req.block * 8 :]
             delta.diff_blocks(out, off, data, theirs, req.block, req.basis_size)
             off += len(data)
-            self.reporter.progress(e.path, off, size)
+            self.reporter.progress(e.path, off, size, req.idx)
         return h.digest()
 
     def _chunks_pass(self, req: delta.Request, e: Entry, fd: int, reader: BlockReader,
@@ -349,7 +362,7 @@ class Sender:
                 else:
                     differ.append(ci)
             off = end
-            self.reporter.progress(e.path, off, size)
+            self.reporter.progress(e.path, off, size, req.idx)
         if not differ:
             self._finish(req.idx, e, fd, reader, out, h.digest(), size, st)
             return

@@ -19,6 +19,8 @@ class Stats(Record):
     literal: int = 0
     matched: int = 0
     flist_size: int = 0
+    flist_gen_time: float = 0.0  # seconds, the sender's
+    flist_xfer_time: float = 0.0
     encrypted_files: int = 0
     encrypted_bytes: int = 0
     io_error: bool = False
@@ -69,33 +71,59 @@ def _count(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_COUNT
 
 
-def _kinds(counts: dict[str, int]) -> str:
+def human(n: float, level: int = 1, decimals: int = 0) -> str:
+    """A number as rsync prints it at -h level `level`: 0 plain digits, 1 digits grouped
+    by three, 2 units of 1000 and 3 of 1024 with two decimals ('1.24M')."""
+    if level > 1:
+        mult = 1000 if level == 2 else 1024
+        if abs(n) >= mult:
+            for unit in "KMGTPE":
+                n /= mult
+                if abs(n) < mult or unit == "E":
+                    return f"{n:.2f}{unit}"
+    grouping = "," if level else ""
+    return f"{n:{grouping}.{decimals}f}"
+
+
+def _kinds(counts: dict[str, int], level: int) -> str:
     total = sum(counts.values())
     order = ["reg", "dir", "link", "dev", "special"]
-    parts = [f"{k}: {counts[k]:,}" for k in order if counts.get(k)]
-    return f"{total:,}" + (f" ({', '.join(parts)})" if parts else "")
+    c = min(level, 1)
+    parts = [f"{k}: {human(counts[k], c)}" for k in order if counts.get(k)]
+    return human(total, c) + (f" ({', '.join(parts)})" if parts else "")
 
 
-def format_stats(s: Stats, sent: int, received: int, elapsed: float) -> list[str]:
-    """rsync's --stats block, plus fscsync's encrypted-file counters."""
+def summary(sent: int, received: int, total_size: int, elapsed: float,
+            level: int = 1) -> list[str]:
+    """The two lines -v and --stats end with, numbers at -h level `level`."""
     rate = (sent + received) / elapsed if elapsed > 0 else 0.0
-    speedup = s.total_size / (sent + received) if sent + received else 0.0
+    speedup = total_size / (sent + received) if sent + received else 0.0
+    return [f"sent {human(sent, level)} bytes  received {human(received, level)} bytes  "
+            f"{human(rate, level, 2)} bytes/sec",
+            f"total size is {human(total_size, level)}  speedup is {speedup:,.2f}"]
+
+
+def format_stats(s: Stats, sent: int, received: int, elapsed: float,
+                 level: int = 1) -> list[str]:
+    """rsync's --stats block, plus fscsync's encrypted-file counters."""
+    c = min(level, 1)
     return [
         "",
-        f"Number of files: {_kinds(s.files)}",
-        f"Number of created files: {_kinds(s.created)}",
-        f"Number of deleted files: {_kinds(s.deleted)}",
-        f"Number of regular files transferred: {s.files_sent:,}",
-        f"Number of encrypted files: {s.encrypted_files:,}",
-        f"Total file size: {s.total_size:,} bytes",
-        f"Total transferred file size: {s.transferred_size:,} bytes",
-        f"Encrypted data transferred: {s.encrypted_bytes:,} bytes",
-        f"Literal data: {s.literal:,} bytes",
-        f"Matched data: {s.matched:,} bytes",
-        f"File list size: {s.flist_size:,}",
-        f"Total bytes sent: {sent:,}",
-        f"Total bytes received: {received:,}",
+        f"Number of files: {_kinds(s.files, level)}",
+        f"Number of created files: {_kinds(s.created, level)}",
+        f"Number of deleted files: {_kinds(s.deleted, level)}",
+        f"Number of regular files transferred: {human(s.files_sent, c)}",
+        f"Number of encrypted files: {human(s.encrypted_files, c)}",
+        f"Total file size: {human(s.total_size, level)} bytes",
+        f"Total transferred file size: {human(s.transferred_size, level)} bytes",
+        f"Encrypted data transferred: {human(s.encrypted_bytes, level)} bytes",
+        f"Literal data: {human(s.literal, level)} bytes",
+        f"Matched data: {human(s.matched, level)} bytes",
+        f"File list size: {human(s.flist_size, level)}",
+        f"File list generation time: {s.flist_gen_time:.3f} seconds",
+        f"File list transfer time: {s.flist_xfer_time:.3f} seconds",
+        f"Total bytes sent: {human(sent, level)}",
+        f"Total bytes received: {human(received, level)}",
         "",
-        f"sent {sent:,} bytes  received {received:,} bytes  {rate:,.2f} bytes/sec",
-        f"total size is {s.total_size:,}  speedup is {speedup:,.2f}",
+        *summary(sent, received, s.total_size, elapsed, level),
     ]

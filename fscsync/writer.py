@@ -281,7 +281,7 @@ class Writer:
             return
         if e.enc is not None:
             rx.stats.encrypted_bytes += size
-        rx.reporter.progress(e.path, size, size)
+        rx.reporter.progress(e.path, size, size, idx)
         self._complete(idx, ok=True)
 
     def _digest_result(self, p: Pending, size: int) -> bytes:
@@ -304,7 +304,8 @@ class Writer:
         e = rx.entries[p.idx]
         self._close_basis(p)
         t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
-        meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname))
+        meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname),
+                         replaced=p.replaced_mode if p.tmpname else None)
         os.close(p.fd)
         p.fd = None
         if p.update is not None:

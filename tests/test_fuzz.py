@@ -55,6 +55,7 @@ from fscsync.errors import ProtocolError
 from fscsync.flist import BatchBuilder, Entry
 from fscsync.options import Options
 from fscsync.receiver import Receiver
+from fscsync.report import Reporter
 
 EXAMPLES = int(os.environ.get("FSCSYNC_FUZZ_EXAMPLES", "150"))
 TIMEOUT = 6.0
@@ -690,6 +691,13 @@ def _listings(draw) -> list[list[tuple[bytes, bool]]]:
     return [rows[a:b] for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
 
 
+class _Silent(Reporter):
+    """A reporter for a receiver that is fed batches and never prints."""
+
+    def emit(self, kind: str, message: str, length: int | None = None) -> None:
+        pass
+
+
 @_DECODERS
 @given(batches=_listings())
 def test_receiver_accepts_no_repeated_path(batches) -> None:
@@ -698,7 +706,7 @@ def test_receiver_accepts_no_repeated_path(batches) -> None:
     directory twice and no other entry twice (a name may be listed once as a
     non-directory, then once as a directory: the generator makes way for the second);
     anything else is a ProtocolError."""
-    rx = Receiver(None, Options(), None, b"")
+    rx = Receiver(None, Options(), _Silent(), b"")
     accepted: list[tuple[bytes, bool]] = []
     try:
         for n, rows in enumerate(batches):
