@@ -1,0 +1,105 @@
+"""A local user racing the receiver at the destination, and names that look like
+fscsync's own litter (issue 19: findings 1, 9, 15 and 17).
+
+The races are made deterministic with strace: the receiver's attribute call is held
+at its entry (delay_enter) while the test swaps the destination entry, so the swap
+always lands inside the window the attacker would have to hit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import REPO
+
+NS = 1_600_000_000 * 10**9
+HOLD_US = 3_000_000
+"""How long strace holds the receiver at the call: only the room for the swap."""
+
+
+def _strace() -> str:
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed")
+    return strace
+
+
+def _put(path: Path, data: bytes, mode: int) -> None:
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    os.utime(path, ns=(NS, NS))
+
+
+def held_run(args: list[str], calls: str, log: Path, at_hold: Callable[[], None]
+             ) -> subprocess.CompletedProcess[bytes]:
+    """Run fscsync under strace with every `calls` syscall held at entry; `at_hold`
+    runs once, as soon as the first of them is held (strace has printed its entry)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [_strace(), "-f", "-qq", "-e", "signal=none", "-o", str(log), "-e", f"trace={calls}",
+         "-e", f"inject={calls}:delay_enter={HOLD_US}",
+         sys.executable, "-m", "fscsync", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    held = False
+    deadline = time.monotonic() + 60
+    while not held and proc.poll() is None and time.monotonic() < deadline:
+        if log.exists() and any(f"{c}(" in line for line in log.read_text().splitlines()
+                                for c in calls.split(",")):
+            at_hold()
+            held = True
+        else:
+            time.sleep(0.002)
+    out, err = proc.communicate(timeout=120)
+    assert held, f"the receiver never made the held call:\n{err.decode(errors='replace')}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _swap_for_link(entry: Path, victim: Path) -> None:
+    """What the local user does: rename a symlink over the destination entry."""
+    planted = entry.with_name(".planted")
+    planted.symlink_to(victim)
+    os.rename(planted, entry)
+
+
+@pytest.mark.parametrize("kind", ["up-to-date-file", "existing-fifo", "new-fifo"])
+def test_swapped_symlink_never_redirects_a_chmod(tmp_path: Path, kind: str) -> None:
+    """Finding 1: while the receiver is about to change a mode (of an up-to-date file,
+    an existing FIFO, or the temp node of a new one), the entry is swapped for a
+    symlink to a file outside the destination. The victim must keep its mode: the
+    change goes to the inode that was compared, through a pinned fd, or not at all."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    victim = tmp_path / "victim"
+    _put(victim, b"secret\n", 0o600)
+    if kind == "up-to-date-file":
+        _put(src / "f", b"same\n", 0o4755)
+        _put(dst / "f", b"same\n", 0o644)
+    else:
+        os.mkfifo(src / "f", 0o4755)
+        os.chmod(src / "f", 0o4755)
+        if kind == "existing-fifo":
+            os.mkfifo(dst / "f", 0o644)
+
+    def swap() -> None:
+        if kind == "new-fifo":
+            temp = [n for n in os.listdir(dst) if ".~fscsync~" in n]
+            assert len(temp) == 1, temp
+            _swap_for_link(dst / temp[0], victim)
+        else:
+            _swap_for_link(dst / "f", victim)
+
+    proc = held_run(["-rlpt", "--specials", f"{src}/", f"{dst}/"], "chmod,fchmodat",
+                    tmp_path / "strace.log", swap)
+    err = proc.stderr.decode(errors="replace")
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600, \
+        f"root changed the mode of a file outside the destination:\n{err}"
+    assert victim.read_bytes() == b"secret\n"
+    assert proc.returncode in (0, 23), err
