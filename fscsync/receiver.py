@@ -16,7 +16,7 @@ import struct
 from collections import deque
 
 from fscsync import errors, protocol
-from fscsync.destfs import DestTree, check_paths
+from fscsync.destfs import Confined, DestTree, check_paths
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.finalize import Finalizer
 from fscsync.flist import Batch, Entry, unpack_batch
@@ -38,8 +38,9 @@ MAX_IN_FLIGHT = 256
 
 class Receiver:
     def __init__(self, chan: Channel, opts: Options, reporter: Reporter, dest: bytes,
-                 item_dir: str = ">", on_control=None):
+                 item_dir: str = ">", on_control=None, confined: Confined | None = None):
         self.chan = chan
+        self.confined = confined
         self.opts = opts
         self.reporter = reporter
         self.dest = dest
@@ -52,6 +53,7 @@ class Receiver:
         self.dir_paths: set[bytes] = {b""}
         self.root_fd: int | None = None
         self.single_name: bytes | None = None
+        self.root_path = b""  # the destination directory's path, for -T DIR relative to it
         self.abilities = DestAbilities()
         self.root_created = False
         self.root_seen = False
@@ -72,8 +74,9 @@ class Receiver:
         dest = self.dest
         trailing = dest.endswith(b"/")
         path = dest.rstrip(b"/") or b"/"
+        fs = self.confined
         try:
-            st = os.stat(path)
+            st = os.stat(path) if fs is None else fs.stat(path)
         except FileNotFoundError:
             st = None
         except OSError as exc:
@@ -90,7 +93,10 @@ class Receiver:
                                    0 if self.opts.itemize else 1)
                 return
             try:
-                os.mkdir(path, 0o777)
+                if fs is None:
+                    os.mkdir(path, 0o777)
+                else:
+                    fs.mkdir(path, 0o777)
             except OSError as exc:
                 raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
                                    f"({exc.errno})", errors.FILE_IO) from None
@@ -100,8 +106,10 @@ class Receiver:
         elif not stat.S_ISDIR(st.st_mode):
             raise FscsyncError(f'destination "{escape(dest)}" is not a directory',
                                errors.FILE_SELECT)
+        self.root_path = path
         try:
-            self.root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            self.root_fd = os.open(path, flags) if fs is None else fs.open(path, flags)
         except OSError as exc:
             raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
                                f"({exc.errno})", errors.FILE_IO) from None

@@ -12,7 +12,7 @@ import os
 import xxhash
 
 from fscsync import cipher, delta, errors, inplace, meta, protocol
-from fscsync.destfs import DestTree, proc_path, temp_name
+from fscsync.destfs import DestTree, proc_path, temp_dir_path, temp_name
 from fscsync.errors import escape
 from fscsync.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
 
@@ -36,12 +36,19 @@ class Writer:
         self._temp_dir_fd: int | None = None
         if self.opts.temp_dir and self.tree is not None and not self.opts.dry_run:
             try:
-                self._temp_dir_fd = os.open(self.opts.temp_dir, os.O_RDONLY | os.O_DIRECTORY,
-                                            dir_fd=self.tree.root_fd)
+                self._temp_dir_fd = self._open_temp_dir()
             except OSError as exc:
                 raise errors.FscsyncError(
                     f'cannot use --temp-dir "{escape(self.opts.temp_dir)}": {exc.strerror}',
                     errors.FILE_IO) from None
+
+    def _open_temp_dir(self) -> int:
+        """-T DIR, from the destination directory; within --restrict-to's tree only."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if self.rx.confined is not None:
+            return self.rx.confined.open(temp_dir_path(self.rx.root_path, self.opts.temp_dir),
+                                         flags)
+        return os.open(self.opts.temp_dir, flags, dir_fd=self.tree.root_fd)
 
     def close(self) -> None:
         if self.tree is not None:
