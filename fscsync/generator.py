@@ -86,6 +86,8 @@ class Generator:
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
+        self.litter: dict[bytes, list[bytes]] = {}  # names like our temp files, per directory
+        self.incoming: dict[bytes, set[bytes]] = {}  # the names the list brings there
         self._warned_policies: set[bytes] = set()
         self._enc_dir_key: tuple[int, bytes] | None = None
         self._enc_dir = False
@@ -150,6 +152,8 @@ class Generator:
                             total += size
                             if children is not None:
                                 children.setdefault(head, set()).add(name)
+                            if self.incoming and head in self.incoming:
+                                self.incoming[head].add(name)
                             status[idx] = 1
                             if keep:
                                 all_entries[idx] = batch.entry(idx - base)
@@ -184,9 +188,12 @@ class Generator:
             rx.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
                          "file")
             return
-        if opts.delete and e.path != b"." and rx.single_name is None:
+        if (opts.delete or self.incoming) and e.path != b"." and rx.single_name is None:
             head, _, name = e.path.rpartition(b"/")
-            self.children.setdefault(head, set()).add(name)
+            if opts.delete:
+                self.children.setdefault(head, set()).add(name)
+            if head in self.incoming:
+                self.incoming[head].add(name)
         if e.enc is not None and not self._encryption_ok(idx, e):
             return
         if tree is None:
@@ -424,32 +431,34 @@ class Generator:
                 self.existing[rel] = names
             return
         keep = []
+        litter = []
         for n in names:
-            if is_temp_name(n):
-                if not self.opts.dry_run:
-                    try:
-                        remove_tree(fd, n)
-                    except OSError:
-                        pass
+            if is_journal_name(n) and not self.opts.dry_run and self._recover(fd, rel, n):
                 continue
-            if is_journal_name(n):
-                if not self.opts.dry_run:
-                    self._recover(fd, rel, n)
+            if is_temp_name(n) or is_journal_name(n):
+                litter.append(n)
                 continue
             keep.append(n)
+        if litter:
+            self.litter[rel] = litter
+            self.incoming.setdefault(rel, set())
         if self.opts.delete:
             self.existing[rel] = keep
 
-    def _recover(self, fd: int, rel: bytes, jname: bytes) -> None:
-        """Finish an in-place update a killed run committed (or drop one it did not),
-        before any entry of this directory is compared."""
+    def _recover(self, fd: int, rel: bytes, jname: bytes) -> bool:
+        """Finish an in-place update a killed run committed, before any entry of this
+        directory is compared; True when the journal is gone. Anything else of that name
+        is litter for the final pass, unless the file list brings that name."""
         path = rel + b"/" + jname if rel else jname
         try:
-            if recover(fd, jname):
-                self.rx.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
+            applied = recover(fd, jname, drop_invalid=False)
         except OSError as exc:
             self.rx.reporter.error(f'cannot recover "{escape(path)}": {exc.strerror} '
                                    f"({exc.errno})")
+            return True
+        if applied:
+            self.rx.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
+        return applied is not None
 
     def _attr_changes(self, e: Entry, st, t: Target | None) -> str:
         """Letters of attributes that differ (for itemize on existing entries); `t` is

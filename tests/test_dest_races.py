@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import REPO, run_fscsync
 
 NS = 1_600_000_000 * 10**9
 HOLD_US = 3_000_000
@@ -103,3 +103,29 @@ def test_swapped_symlink_never_redirects_a_chmod(tmp_path: Path, kind: str) -> N
         f"root changed the mode of a file outside the destination:\n{err}"
     assert victim.read_bytes() == b"secret\n"
     assert proc.returncode in (0, 23), err
+
+
+def test_real_names_like_litter_are_kept_and_not_sent_again(tmp_path: Path) -> None:
+    """Finding 17: a real directory named like a temp file and a real file named like a
+    redo journal are in the source. A second run (with --delete, so the directory is
+    listed) must leave them as they are, same inodes, nothing sent; real litter of a
+    killed run (a temp file, an uncommitted journal) is still removed."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d/.cache.~fscsync~AAAAAA").mkdir(parents=True)
+    _put(src / "d/.cache.~fscsync~AAAAAA/inner", b"cached\n", 0o644)
+    _put(src / "d/.notes.~fscsync~redo", b"my notes\n", 0o644)
+    _put(src / "d/plain", b"plain\n", 0o644)
+    run_fscsync("-a", "--delete", f"{src}/", f"{dst}/", check=True)
+    real = [dst / "d/.cache.~fscsync~AAAAAA", dst / "d/.cache.~fscsync~AAAAAA/inner",
+            dst / "d/.notes.~fscsync~redo"]
+    inodes = [p.lstat().st_ino for p in real]
+    _put(dst / "d/.plain.~fscsync~Zz09Qx", b"half a copy", 0o600)
+    _put(dst / "d/.gone.~fscsync~redo", b"not a committed journal", 0o600)
+    again = run_fscsync("-ai", "--delete", f"{src}/", f"{dst}/", check=True)
+    out = again.stdout.decode(errors="replace")
+    assert "fscsync~" not in out, f"real entries were sent or deleted again:\n{out}"
+    assert [p.lstat().st_ino for p in real] == inodes
+    assert (dst / "d/.notes.~fscsync~redo").read_bytes() == b"my notes\n"
+    assert (dst / "d/.cache.~fscsync~AAAAAA/inner").read_bytes() == b"cached\n"
+    assert sorted(os.listdir(dst / "d")) == [".cache.~fscsync~AAAAAA",
+                                             ".notes.~fscsync~redo", "plain"]
