@@ -357,11 +357,28 @@ class Generator:
             return
         self.dirs.append((idx, False))
         rx.status[idx] = 1
+        self._narrow_dir(e, pfd, name, st)
         changes = self._attr_changes(e, st, Target(pfd, name))
         if changes:
             self._item(".", e, changes)
         if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
             self._scan_existing(tree, e)
+
+    def _narrow_dir(self, e: Entry, pfd: int, name: bytes, st) -> None:
+        """An existing directory loses at once the group and other bits the source's
+        lacks, so files landing in it are never more exposed than in the source; bits
+        are only added (and the exact mode set) in the final pass."""
+        if not self.opts.perms or self.opts.dry_run:
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        narrow = mode & (stat.S_IMODE(e.mode) | 0o7700)
+        if narrow != mode:
+            t = Target(pfd, name)
+            t.pin(st)
+            try:
+                t.chmod(narrow)
+            finally:
+                t.unpin()
 
     def _new_dir(self, idx: int, e: Entry, pfd: int, name: bytes, make: bool) -> None:
         """A directory that is new at the destination (made here unless it exists

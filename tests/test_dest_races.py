@@ -129,3 +129,28 @@ def test_real_names_like_litter_are_kept_and_not_sent_again(tmp_path: Path) -> N
     assert (dst / "d/.cache.~fscsync~AAAAAA/inner").read_bytes() == b"cached\n"
     assert sorted(os.listdir(dst / "d")) == [".cache.~fscsync~AAAAAA",
                                              ".notes.~fscsync~redo", "plain"]
+
+
+@pytest.mark.parametrize(("source", "dest", "during"), [
+    (0o700, 0o777, 0o700), (0o755, 0o700, 0o700), (0o750, 0o705, 0o700)],
+    ids=["narrowed", "not-widened", "both"])
+def test_an_existing_directory_is_narrowed_before_files_land(
+        tmp_path: Path, source: int, dest: int, during: int) -> None:
+    """Finding 9: an existing destination directory with bits the source's lacks loses
+    them when the generator first reaches it (never gaining any then), so a 0700
+    tree's files never sit in a 0777 directory; the exact mode comes at the end. The
+    check is made while the receiver is held at its first fchmod: the attributes of
+    the directory's first new file, before that file is renamed into place."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    _put(src / "d/f", b"private\n", 0o644)
+    os.chmod(src / "d", source)
+    (dst / "d").mkdir(parents=True)
+    os.chmod(dst / "d", dest)
+    seen = []
+    proc = held_run(["-a", f"{src}/", f"{dst}/"], "fchmod", tmp_path / "strace.log",
+                    lambda: seen.append(stat.S_IMODE((dst / "d").stat().st_mode)))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert seen == [during], f"mode while files landed: {oct(seen[0])}"
+    assert stat.S_IMODE((dst / "d").stat().st_mode) == source
+    assert (dst / "d/f").read_bytes() == b"private\n"
