@@ -154,3 +154,52 @@ def test_an_existing_directory_is_narrowed_before_files_land(
     assert seen == [during], f"mode while files landed: {oct(seen[0])}"
     assert stat.S_IMODE((dst / "d").stat().st_mode) == source
     assert (dst / "d/f").read_bytes() == b"private\n"
+
+
+@pytest.fixture
+def other_fs(tmp_path: Path):
+    """A tmpfs mounted for the test: a -T DIR on another filesystem than the destination."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_temp_dir_on_another_filesystem_is_copied_beside_the_target(
+        tmp_path: Path, other_fs: Path) -> None:
+    """Finding 15: with -T DIR on another filesystem, rename cannot cross it (EXDEV).
+    As rsync does, the finished file is copied beside the target and renamed: every
+    file arrives with its attributes, exit 0, and neither DIR nor the destination
+    keeps a temp file. rsync on the same tree and DIR, for comparison."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    _put(src / "new", b"new file\n", 0o640)
+    _put(src / "sub/changed", os.urandom(300_000), 0o600)
+    results = {}
+    for tool in ("fscsync", "rsync"):
+        dst = tmp_path / f"dst-{tool}"
+        (dst / "sub").mkdir(parents=True)
+        _put(dst / "sub/changed", (src / "sub/changed").read_bytes()[:200_000], 0o644)
+        os.utime(dst / "sub/changed", ns=(NS - 10**9, NS - 10**9))
+        args = ["-a", "--no-whole-file", "-T", str(other_fs), f"{src}/", f"{dst}/"]
+        if tool == "fscsync":
+            proc = run_fscsync(*args)
+        else:
+            proc = subprocess.run(["rsync", *args], capture_output=True)
+        results[tool] = proc.returncode, proc.stderr.decode(errors="replace")
+        for rel in ("new", "sub/changed"):
+            a, b = os.lstat(src / rel), os.lstat(dst / rel)
+            assert (dst / rel).read_bytes() == (src / rel).read_bytes(), (tool, rel)
+            assert (a.st_mode, a.st_mtime_ns) == (b.st_mode, b.st_mtime_ns), (tool, rel)
+        assert os.listdir(other_fs) == [], tool
+        assert sorted(os.listdir(dst)) == ["new", "sub"], tool
+        assert os.listdir(dst / "sub") == ["changed"], tool
+    assert results == {"fscsync": (0, ""), "rsync": (0, "")}
