@@ -1034,14 +1034,35 @@ def _plant_link_out(area: Path, rel: str) -> None:
     os.symlink(area / "other", area / "allowed" / rel)
 
 
-def test_restrict_to_push_cannot_follow_a_symlink_planted_after_setup(area: Path,
-                                                                      launcher) -> None:
+def _without_openat2(args: Iterable[str] = (), env: dict[str, str] | None = None,
+                     cwd: str | None = None) -> _Popened:
+    """A server whose kernel seems to lack openat2 (strace makes it fail with ENOSYS), so
+    --restrict-to falls back to its walk of O_NOFOLLOW opens."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed")
+    proc = subprocess.Popen(
+        [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=openat2",
+         "-e", "inject=openat2:error=ENOSYS", sys.executable, "-m", "fscsync", "--server",
+         *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=cwd, env={**os.environ, **SERVER_ENV, **(env or {})})
+    return _Popened(proc)
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def confined_launcher(request, launcher):
+    """The restricted server as it runs where openat2 exists, and where it does not."""
+    return launcher if request.param == "openat2" else _without_openat2
+
+
+def test_restrict_to_push_cannot_follow_a_symlink_planted_after_setup(
+        area: Path, confined_launcher) -> None:
     """Finding 2: the destination passes the check at SETUP, then its parent becomes a
     symlink to AREA/other before the file list arrives. The receiver reaches the
     destination from the allowed tree's fd with no symlink followed: nothing is
     written outside, and the run fails instead."""
     peer = FakeSender(["--restrict-to", str(area / "allowed")], timeout=QUICK,
-                      launcher=launcher)
+                      launcher=confined_launcher)
     dest = os.fsencode(area / "allowed/tree/sub")
     assert peer.setup(dest, role="receiver"), peer.finish().describe()
     _plant_link_out(area, "tree")
@@ -1059,14 +1080,14 @@ def test_restrict_to_push_cannot_follow_a_symlink_planted_after_setup(area: Path
 
 
 def test_restrict_to_pull_cannot_follow_a_symlink_planted_after_the_file_list(
-        area: Path, launcher) -> None:
+        area: Path, confined_launcher) -> None:
     """Finding 2, the sender role: a restricted pull lists AREA/allowed/tree, then the
     tree is swapped for a symlink to AREA/other, which has a file of the same name.
     The request for tree/f must not read AREA/other/f: the sender opens the file from
     the allowed tree's fd with no symlink followed."""
     (area / "other/f").write_bytes(b"secret of other\n")
     peer = FakeSender(["--restrict-to", str(area / "allowed")], timeout=QUICK,
-                      launcher=launcher)
+                      launcher=confined_launcher)
     assert peer.setup(b"", role="sender", paths=[os.fsencode(f"{area}/allowed/tree/")]), \
         peer.finish().describe()
     assert peer.wait_type(protocol.FLIST_END) is not None, peer.finish().describe()
