@@ -282,17 +282,42 @@ class Scanner:
                 os.fchdir(self._home)
         return names, stats, plain
 
-    def _entry(self, rel: bytes, path: bytes, st: os.stat_result) -> Entry | None:
-        """Build one entry, or None when this run skips that kind of file."""
+    def _confined_entry(self, rel: bytes, path: bytes, st: os.stat_result) -> Entry | None:
+        """_entry under --restrict-to: the entry is pinned from the allowed tree's fd (no
+        symlink followed on the way) and must still be what lstat saw; its xattrs and
+        link target are read through that fd."""
+        try:
+            pin = self.confined.open(path, os.O_PATH | os.O_NOFOLLOW)
+        except OSError as exc:
+            self._fail(path, "open", exc)
+            return None
+        try:
+            now = os.fstat(pin)
+            if (now.st_dev, now.st_ino, now.st_mode & _S_IFMT) != (
+                    st.st_dev, st.st_ino, st.st_mode & _S_IFMT):
+                self._fail(path, "open", OSError(errno.ESTALE, "replaced during the scan"))
+                return None
+            return self._entry(rel, path, st, pin)
+        finally:
+            os.close(pin)
+
+    def _entry(self, rel: bytes, path: bytes, st: os.stat_result,
+               at: int | None = None) -> Entry | None:
+        """Build one entry, or None when this run skips that kind of file; `at` is an
+        O_PATH fd of it to read through (else it is read by path)."""
+        if self.confined is not None and at is None:
+            return self._confined_entry(rel, path, st)
         opts = self.opts
         mode = st.st_mode
         fmt = mode & _S_IFMT
         e = Entry(rel, mode, 0, st.st_mtime_ns, st.st_uid, st.st_gid, src=path)
+        look, follow = (path, False) if at is None else (b"/proc/self/fd/%d" % at, True)
         try:
             if self._want_xattrs:
-                e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path), opts)
+                e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(
+                    meta.read_xattrs(look, follow), opts)
             else:
-                e.enc, found = cipher.find_encdata(path, self._encdata_names, follow=False)
+                e.enc, found = cipher.find_encdata(look, self._encdata_names, follow=follow)
                 e.enc_alt = found is not None and found != cipher.ENCDATA_XATTR
         except OSError as exc:
             self._fail(path, "read xattrs of", exc)
@@ -308,7 +333,7 @@ class Scanner:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
                 return None
             try:
-                e.target = os.readlink(path)
+                e.target = os.readlink(path) if at is None else os.readlink(b"", dir_fd=at)
             except OSError as exc:
                 self._fail(path, "readlink", exc)
                 return None
