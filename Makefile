@@ -17,12 +17,12 @@ LINT_DIRS := $(wildcard fscsync tests benchmarks examples)
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help install test lint demo demo-encrypted bench bench-quick clean
+.PHONY: help install test fuzz lint demo demo-encrypted bench bench-quick clean
 
 help:
 	@echo "make demo     set everything up and sync a small example tree"
 	@echo "make test     run the test suite"
-	@echo "make install | lint | demo-encrypted | bench | bench-quick | clean"
+	@echo "make install | fuzz | lint | demo-encrypted | bench | bench-quick | clean"
 
 # Redoes everything when asked explicitly; apt is skipped when nothing is missing.
 install:
@@ -59,6 +59,16 @@ test: $(STAMP)
 	@rc=0; $(BIN)/pytest -q tests || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
+
+# The hostile-peer fuzzers with random seeds (make test runs them derandomized, with
+# fewer examples): mutated peer streams against a real server, the frame decoders, the
+# channel and the receiver's file-list rules. Bounded by examples: about 45 s alone.
+FUZZ_EXAMPLES ?= 400
+FUZZ_DECODER_EXAMPLES ?= 1500
+
+fuzz: $(STAMP)
+	FSCSYNC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FSCSYNC_FUZZ_DECODER_EXAMPLES=$(FUZZ_DECODER_EXAMPLES) \
+		$(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_flist.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)

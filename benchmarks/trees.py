@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -30,8 +29,6 @@ NEWER_NS = 3600 * 10**9
 SMALL_MIN, SMALL_MAX = 100, 8 << 10
 
 ENCDATA_XATTR = "security.encdata"
-ENC_CONTENTS_MODE = 1  # FSCRYPT_MODE_AES_256_XTS
-ENC_FILENAMES_MODE = 4  # FSCRYPT_MODE_AES_256_CTS
 ENC_FLAGS = 0x03  # FSCRYPT_POLICY_FLAGS_PAD_32
 ENC_RAW_NAME_LEN = 32  # a 1..32-byte name encrypts to 32 bytes with PAD_32
 
@@ -251,28 +248,14 @@ def build_big_changed(root: str, big: int, changed: int, side: str) -> dict:
 
 # --------------------------------------------------------------------------- encrypted backup
 
-_ESCAPED = b"\0\n\r/\x7f="
-_SHOW = [bytes([0x3D, b + 64]) if b in _ESCAPED else bytes([b]) for b in range(256)]
-
-
-def escape_name(raw: bytes) -> bytes:
-    """The name a locked view shows for a raw encrypted name (Lustre ldiskfs's escape)."""
-    return b"".join(_SHOW[b] for b in raw)
-
-
-def make_context(key_id: bytes, nonce: bytes) -> bytes:
-    """A 40-byte fscrypt v2 context: AES-256-XTS/CTS, 32-byte name padding."""
-    return struct.pack("<BBBBB3x16s16s", 2, ENC_CONTENTS_MODE, ENC_FILENAMES_MODE, ENC_FLAGS,
-                       0, key_id, nonce)
-
-
 class _Encryptor:
     """Stores encdata the way the backup layout does: as the ordinary xattr security.encdata."""
 
     def __init__(self, seed: str):
-        from fscsync.cipher import EncData, format_encdata  # after bench.py set sys.path
+        from fscsync import cipher  # after bench.py set sys.path
 
-        self._encdata, self._format = EncData, format_encdata
+        self._cipher = cipher
+        self.escape = cipher.escape_name  # the name a locked view shows for a raw name
         self.rng = random.Random(f"enc/{seed}")
         self.key_id = self.rng.randbytes(16)
 
@@ -280,8 +263,9 @@ class _Encryptor:
         return self.rng.randbytes(ENC_RAW_NAME_LEN)
 
     def store(self, path: bytes, size: int, raw_name: bytes) -> None:
-        ctx = make_context(self.key_id, self.rng.randbytes(16))
-        text = self._format(self._encdata(size, ctx, raw_name))
+        c = self._cipher
+        ctx = c.pack_context(self.key_id, self.rng.randbytes(16), ENC_FLAGS)
+        text = c.format_encdata(c.EncData(size, ctx, raw_name))
         os.setxattr(path, ENCDATA_XATTR, text, follow_symlinks=False)
 
 
@@ -302,18 +286,18 @@ def build_encrypted(root: str, big: int, files: int, dirs: int, changed: int,
     stored = 0
     for d in range(dirs):
         raw = enc.raw_name()
-        dpath = os.path.join(vault, escape_name(raw))
+        dpath = os.path.join(vault, enc.escape(raw))
         os.mkdir(dpath)
         for i in range(d * per_dir, min(files, (d + 1) * per_dir)):
             fraw = enc.raw_name()
-            fpath = os.path.join(dpath, escape_name(fraw))
+            fpath = os.path.join(dpath, enc.escape(fraw))
             padded = -(-sizes[i] // BLOCK) * BLOCK
             write_file(fpath, random_bytes(padded, f"s5/{i}"))
             enc.store(fpath, sizes[i], fraw)
             stored += padded
         enc.store(dpath, 0, raw)
     big_raw = enc.raw_name()
-    big_path = os.path.join(vault, escape_name(big_raw))
+    big_path = os.path.join(vault, enc.escape(big_raw))
     write_random_file(os.fsdecode(big_path), big, "s5/big")
     enc.store(big_path, big - 100, big_raw)
     enc.store(vault, 0, b"")

@@ -91,7 +91,8 @@ class Request:
                 raise ProtocolError(f"bad block size {block}")
             unit = block if kind == BLOCKS else chunk
             width = 8 if kind == BLOCKS else 16
-            if unit < block or unit % block:
+            if unit < block or unit % block or (
+                    kind == CHUNKS and chunk != chunk_size_for(basis, block)):
                 raise ProtocolError(f"bad chunk size {chunk}")
             if len(req.hashes) != width * -(-basis // unit):
                 raise ProtocolError("signature length does not match the basis size")

@@ -38,6 +38,9 @@ MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16
 MAX_ENCDATA_WIRE = 1024
 MAX_BATCH = 16 << 20
+MAX_INFLATE = 256
+"""How many times its size a file-list frame may inflate to: zlib's level 1, which
+the sender packs with, stays under 230 even for zeros; a hostile level 9 reaches 1000."""
 
 
 class Entry:
@@ -210,7 +213,7 @@ def _binary_encdata(text: bytes) -> bytes | None:
         enc = parse_encdata(text)
     except EncdataError:
         return None
-    if format_encdata(enc) != text:
+    if not enc.is_v2 or format_encdata(enc) != text:
         return None
     return _ENC_BIN.pack(enc.size, len(enc.enc_name)) + enc.enc_ctx + enc.enc_name
 
@@ -302,10 +305,10 @@ class Batch:
 
 
 def unpack_batch(payload: bytes) -> Batch:
-    """Inverse of pack_batch, refusing to inflate past MAX_BATCH."""
+    """Inverse of pack_batch, refusing to inflate past MAX_BATCH or MAX_INFLATE times."""
     d = zlib.decompressobj()
     try:
-        raw = d.decompress(payload, MAX_BATCH)
+        raw = d.decompress(payload, min(MAX_BATCH, MAX_INFLATE * len(payload)))
     except zlib.error as exc:
         raise ProtocolError(f"corrupt file-list frame: {exc}") from None
     if d.unconsumed_tail or not d.eof or d.unused_data:

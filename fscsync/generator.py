@@ -38,6 +38,8 @@ _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
 _S_IFDIR = stat.S_IFDIR
 _S_IFLNK = stat.S_IFLNK
+_INO_IV_MEANS = ("its ciphertext is bound to the inode numbers of the source, so a copy on "
+                 "another inode or filesystem cannot be decrypted, even with the key")
 _LOOK = object()
 """process()'s "no one has looked at the destination entry yet"."""
 
@@ -45,13 +47,13 @@ _LOOK = object()
 class Pending:
     """A requested file, shared with the writer until it is renamed into place."""
 
-    __slots__ = ("idx", "encrypted_basis", "has_basis", "chunk", "retried", "fd", "tmpdir",
+    __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update")
+                 "data_end", "differ", "update", "basis_size")
 
-    def __init__(self, idx: int, encrypted_basis: bool, has_basis: bool):
+    def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
-        self.encrypted_basis = encrypted_basis
+        self.basis_layout = basis_layout  # cipher.PLAIN, STORED or VIRTUAL
         self.has_basis = has_basis
         self.chunk = 0
         self.retried = False
@@ -66,6 +68,7 @@ class Pending:
         self.data_end = 0
         self.differ: int | None = None  # bytes in chunks the sender found different
         self.update: Update | None = None  # set when the file is updated in place
+        self.basis_size = 0  # what the request told the sender it may copy from
 
 
 class Generator:
@@ -91,7 +94,7 @@ class Generator:
         self._warned_policies: set[bytes] = set()
         self._enc_dir_key: tuple[int, bytes] | None = None
         self._enc_dir = False
-        self._encdata_names = cipher.encdata_names(self.opts.encdata_xattr)
+        self.finder = cipher.EncdataFinder(self.opts.encdata_xattr)
         o = self.opts
         self._quick = tree is not None and rx.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
@@ -260,23 +263,45 @@ class Generator:
         except cipher.EncdataError as exc:
             rx.fail(idx, f'malformed encdata for "{escape(e.path)}" from the sender: {exc}')
             return False
-        if not rx.abilities.encdata:
-            rx.fail(idx, f'cannot store "{escape(e.path)}" encrypted: '
-                         f"{rx.abilities.encdata_why}")
-            return False
         if enc.ino_based_iv:
             if self.opts.refuse_ino_policies:
-                rx.fail(idx, f'"{escape(e.path)}" uses an IV_INO_LBLK policy '
-                             "(--refuse-ino-policies)")
+                rx.fail(idx, f'"{escape(e.path)}" uses a policy with {enc.ino_policy_flag()} '
+                             f"(flags 0x{enc.flags:02x}): {_INO_IV_MEANS} (--refuse-ino-policies)")
                 return False
-            if enc.policy not in self._warned_policies:
-                self._warned_policies.add(enc.policy)
-                rx.reporter.warning(
-                    f"policy with key {enc.master_key_id.hex()} uses inode-number based IVs "
-                    f"(flags 0x{enc.flags:02x}): files restored to new inodes cannot be "
-                    "decrypted, even with the key; the copy is only a backup of the ciphertext")
+            self._warn_once(enc, f"policy with key {enc.master_key_id.hex()} sets "
+                                 f"{enc.ino_policy_flag()} (flags 0x{enc.flags:02x}): "
+                                 f"{_INO_IV_MEANS}; the copy is only a backup of the ciphertext")
         if e.is_reg:
             rx.stats.encrypted_files += 1
+        return True
+
+    def _warn_once(self, enc: cipher.EncData, text: str) -> None:
+        """One warning per policy, however many of its entries the run meets."""
+        if enc.policy not in self._warned_policies:
+            self._warned_policies.add(enc.policy)
+            self.rx.reporter.warning(text)
+
+    def _writable_encrypted(self, idx: int, e: Entry) -> bool:
+        """Can the destination take entry `e`'s encdata? Asked only just before an
+        encrypted entry is written, so a run that writes none probes nothing."""
+        if e.enc is None or self.opts.dry_run:
+            return True
+        rx = self.rx
+        ab = rx.abilities()
+        if not ab.encdata:
+            rx.fail(idx, f'cannot store "{escape(e.path)}" encrypted: {ab.encdata_why}')
+            return False
+        enc = cipher.parse_encdata(e.enc)  # _encryption_ok has parsed it already
+        if enc.is_v2:
+            return True
+        if ab.encdata_virtual and not e.enc_alt:
+            rx.fail(idx, f'cannot restore "{escape(e.path)}" key-less: its fscrypt context '
+                         f"is v{enc.enc_ctx[0]} ({len(enc.enc_ctx)} bytes), and security.encdata "
+                         f"installs only {cipher.CTX_V2_LEN}-byte v2 contexts")
+            return False
+        self._warn_once(enc, f"policy with key descriptor {enc.master_key_id.hex()} is "
+                             "fscrypt v1: its entries are stored as they are on this plain "
+                             "backup, but no encdata interface can restore them key-less")
         return True
 
     def _item(self, update: str, e: Entry, changes: str = "", new: bool = False,
@@ -341,16 +366,22 @@ class Generator:
                 return
             st = None
         if st is None:
-            self._new_dir(idx, e, pfd, name, make=True)
+            if self._writable_encrypted(idx, e):
+                self._new_dir(idx, e, pfd, name, make=True)
             return
-        if e.enc is not None and not self._same_dir_context(idx, e, pfd, name):
+        have = self._dest_encdata(pfd, name, e) if e.enc is not None else None
+        if have is not None and meta.ctx_of(have) != meta.ctx_of(e.enc):
             if not opts.delete:
                 rx.fail(idx, f'directory "{escape(e.path)}" was recreated with a new encryption '
                              "context; use --delete to replace the old one")
                 return
+            if not self._writable_encrypted(idx, e):
+                return
             if not opts.dry_run:
                 self._remove_tree(pfd, name, e.path)
             self._new_dir(idx, e, pfd, name, make=True)
+            return
+        if e.enc is not None and have is None and not self._writable_encrypted(idx, e):
             return
         if e.path == b"." and rx.root_created:
             self._new_dir(idx, e, pfd, name, make=False)
@@ -391,14 +422,6 @@ class Generator:
         self.dirs.append((idx, True))
         self.rx.status[idx] = 1
 
-    def _same_dir_context(self, idx: int, e: Entry, pfd: int, name: bytes) -> bool:
-        """Does the existing destination directory carry this entry's encryption
-        context (or none yet, so it can still take it)?"""
-        have = self._dest_encdata(pfd, name, e)
-        if have is None:
-            return True
-        return meta.ctx_of(have) == meta.ctx_of(e.enc)
-
     def _may_hold_encdata(self, e: Entry, pfd: int, st) -> bool:
         """Can the regular destination file in the way of entry `e` be encrypted?
 
@@ -421,9 +444,15 @@ class Generator:
         """The destination entry's encdata, under the name this entry's would be stored
         (for a plain source entry: under either name)."""
         path = proc_path(pfd, name) if name else pfd
-        if e.enc is not None:
-            return cipher.read_encdata(path, meta.encdata_target(self.opts, e), False)
-        return cipher.find_encdata(path, self._encdata_names, False)[0]
+        names = (meta.encdata_target(self.opts, e),) if e.enc is not None else None
+        return self.finder.ask(path, names)[0]
+
+    def _dest_layout(self, pfd: int, name: bytes, st, e: Entry, dest_enc: bytes | None) -> int:
+        """How to read the destination file as a basis or for -c: as this entry's kind
+        of data (a plain basis is never used for an encrypted entry, nor the reverse)."""
+        if dest_enc is None or e.enc is None:
+            return cipher.PLAIN
+        return self.finder.learn(proc_path(pfd, name), st.st_dev, meta.encdata_target(self.opts, e))
 
     def _scan_existing(self, tree: DestTree, e: Entry) -> None:
         """List an existing destination directory once: clean up temp files a killed
@@ -534,6 +563,8 @@ class Generator:
                 if not opts.dry_run:
                     meta.apply_attrs(opts, rx.ids, e, t, st, new=False)
             return
+        if not self._writable_encrypted(idx, e):
+            return
         new = st is None or not stat.S_ISREG(st.st_mode)
         if new:
             self._count_created(e)
@@ -569,15 +600,16 @@ class Generator:
         elif dest_enc is not None or st.st_size != e.size:
             return False
         if opts.checksum:
-            return self._dest_digest(pfd, name, dest_enc is not None) == e.checksum
+            layout = self._dest_layout(pfd, name, st, e, dest_enc)
+            return self._dest_digest(pfd, name, layout) == e.checksum
         if opts.size_only:
             return True
         return st.st_mtime_ns == e.mtime_ns
 
     @staticmethod
-    def _dest_digest(pfd: int, name: bytes, encrypted: bool) -> bytes | None:
+    def _dest_digest(pfd: int, name: bytes, layout: int) -> bytes | None:
         try:
-            fd, direct = cipher.open_data(name, encrypted, dir_fd=pfd)
+            fd, direct = cipher.open_data(name, layout, dir_fd=pfd)
         except OSError:
             return None
         reader = BlockReader(fd, direct)
@@ -591,7 +623,6 @@ class Generator:
         rx = self.rx
         opts = self.opts
         use_basis = not new and not opts.whole_file
-        encrypted_basis = dest_enc is not None
         if use_basis and (e.enc is None) != (dest_enc is None):
             use_basis = False
         if use_basis and e.enc is not None:
@@ -601,10 +632,11 @@ class Generator:
             except cipher.EncdataError:
                 same_ctx = False
             use_basis = same_ctx
+        layout = self._dest_layout(pfd, name, st, e, dest_enc) if use_basis else cipher.PLAIN
         req = None
         if use_basis:
             try:
-                fd, direct = cipher.open_data(name, encrypted_basis, dir_fd=pfd)
+                fd, direct = cipher.open_data(name, layout, dir_fd=pfd)
             except OSError:
                 fd = None
             if fd is not None:
@@ -619,8 +651,9 @@ class Generator:
                     os.close(fd)
         if req is None:
             req = delta.Request(idx, delta.WHOLE)
-        pending = Pending(idx, encrypted_basis, req.kind != delta.WHOLE)
+        pending = Pending(idx, layout, req.kind != delta.WHOLE)
         pending.chunk = req.chunk
+        pending.basis_size = req.basis_size
         rx.pending[idx] = pending
         rx.requested += 1
         rx.chan.send(protocol.REQ, req.encode())
@@ -638,11 +671,15 @@ class Generator:
             if os.readlink(name, dir_fd=pfd) == e.target and same_enc:
                 self._existing_attrs(idx, e, Target(pfd, name, is_link=True), st)
                 return
+            if not self._writable_encrypted(idx, e):
+                return
             changes = "c"
             if self.opts.times and st.st_mtime_ns != e.mtime_ns:
                 changes += "t"
             self._item("c", e, changes)
         else:
+            if not self._writable_encrypted(idx, e):
+                return
             self._count_created(e)
             self._item("c", e, new=True)
         if self.opts.dry_run:

@@ -69,6 +69,8 @@ try:
 except ImportError:  # zstd is optional: zlib is always there
     zstandard = None
     _CODEC_ERRORS = (zlib.error,)
+COMPRESSIONS = [c for c in ("zlib", "zstd") if c in CAPABILITIES]
+"""The stream compressions this side can speak."""
 
 
 class PeerClosed(ProtocolError):
@@ -90,30 +92,63 @@ class _Codec:
         return self._c.compress(data) + self._flush()
 
 
+class _Source:
+    """The compressed bytes of one direction: what was read past the switch to
+    compression first, then the fd (waiting at most `timeout`)."""
+
+    def __init__(self, rfd: int, rest: bytes):
+        self.rfd = rfd
+        self.rest = rest
+        self.received = 0
+        self.eof = False
+        self.timeout: float | None = None
+
+    def read(self, n: int) -> bytes:
+        if self.rest:
+            data, self.rest = self.rest[:n], self.rest[n:]
+            return data
+        if self.timeout is not None:
+            ready, _, _ = select.select([self.rfd], [], [], self.timeout)
+            if not ready:
+                raise ProtocolError(f"no answer from the other side in {self.timeout:.0f} s",
+                                    STARTUP)
+        data = os.read(self.rfd, n)
+        self.received += len(data)
+        self.eof = not data
+        return data
+
+
 class _Decodec:
-    """Stream decompression for the other direction. zlib output comes at most
-    _INFLATE_STEP bytes a call: a few compressed bytes from an untrusted peer must not
-    inflate into gigabytes at once. (zstandard's decompressobj has no output bound.)"""
+    """Stream decompression for the other direction, reading its input itself. Output
+    comes at most _INFLATE_STEP bytes a call, zlib and zstd alike: a few compressed bytes
+    from an untrusted peer must not inflate into gigabytes at once. (zstandard's
+    decompressobj has no output bound; its stream reader's read1 has.)"""
 
-    def __init__(self, kind: str):
-        self._zlib = kind != "zstd"
-        if self._zlib:
-            self._d = zlib.decompressobj()
+    def __init__(self, kind: str, rfd: int, rest: bytes):
+        self.source = _Source(rfd, rest)
+        self._zstd = None
+        if kind == "zstd":
+            self._zstd = zstandard.ZstdDecompressor().stream_reader(
+                self.source, read_size=_READ_CHUNK, read_across_frames=True)
         else:
-            self._d = zstandard.ZstdDecompressor().decompressobj()
+            self._d = zlib.decompressobj()
         self._tail = b""
-        self.pending = False
-        """More output may come without reading more input."""
+        self._more = False
 
-    def decompress(self, data: bytes) -> bytes:
+    def pull(self, timeout: float | None) -> bytes:
+        """Some output (possibly none), reading the input at most once; source.eof tells
+        the end of the stream."""
+        self.source.timeout = timeout
         try:
-            if not self._zlib:
-                return self._d.decompress(data)
-            out = self._d.decompress(self._tail + data, _INFLATE_STEP)
+            if self._zstd is not None:
+                return self._zstd.read1(_INFLATE_STEP)
+            if not self._tail and not self._more:
+                self._tail = self.source.read(_READ_CHUNK)
+            out = self._d.decompress(self._tail, _INFLATE_STEP)
         except _CODEC_ERRORS as exc:
             raise ProtocolError(f"corrupt compressed stream: {exc}") from None
         self._tail = self._d.unconsumed_tail
-        self.pending = bool(self._tail) or len(out) == _INFLATE_STEP
+        self._more = len(out) == _INFLATE_STEP
         return out
 
 
@@ -193,11 +228,8 @@ class Channel:
         """Switch both directions to a compressed stream from here on."""
         if kind:
             self._codec = _Codec(kind)
-            self._decodec = _Decodec(kind)
-            rest = bytes(self._in[self._pos : self._end])
+            self._decodec = _Decodec(kind, self.rfd, bytes(self._in[self._pos : self._end]))
             self._pos = self._end = 0
-            if rest:
-                self._append(self._decodec.decompress(rest))
 
     def set_bwlimit(self, bytes_per_second: int) -> None:
         self._bwlimit = bytes_per_second
@@ -264,29 +296,34 @@ class Channel:
             time.sleep(delay)
 
     def _fill(self, timeout: float | None = None) -> None:
-        if self._decodec is not None and self._decodec.pending:
-            self._append(self._decodec.decompress(b""))
-            return
         if self._eof:
             raise PeerClosed("connection closed by the other side")
+        if self._decodec is not None:
+            self._fill_decompressed(timeout)
+            return
         if timeout is not None:
             ready, _, _ = select.select([self.rfd], [], [], timeout)
             if not ready:
                 raise ProtocolError(f"no answer from the other side in {timeout:.0f} s", STARTUP)
-        if self._decodec is not None:
-            data = os.read(self.rfd, _READ_CHUNK)
-            got = len(data)
-            if got:
-                self._append(self._decodec.decompress(data))
-        else:
-            # Straight into the buffer: no new 1 MiB object per read, no copy after it.
-            self._room(_DIRECT_READ + _HDR.size)
-            got = os.readv(self.rfd, [memoryview(self._in)[self._end :]])
-            self._end += got
+        # Straight into the buffer: no new 1 MiB object per read, no copy after it.
+        self._room(_DIRECT_READ + _HDR.size)
+        got = os.readv(self.rfd, [memoryview(self._in)[self._end :]])
+        self._end += got
         if not got:
             self._eof = True
             raise PeerClosed("connection closed by the other side")
         self.bytes_received += got
+
+    def _fill_decompressed(self, timeout: float | None) -> None:
+        source = self._decodec.source
+        before = source.received
+        out = self._decodec.pull(timeout)
+        self.bytes_received += source.received - before
+        if out:
+            self._append(out)
+        elif source.eof:
+            self._eof = True
+            raise PeerClosed("connection closed by the other side")
 
     def _room(self, n: int) -> None:
         """At least n free bytes after the buffered data: move it to the front, and

@@ -34,6 +34,12 @@ FAILED = 2
 MAX_ENTRIES = 50_000_000
 MAX_IN_FLIGHT = 256
 """Requested files not yet complete before the next file-list batch is decided."""
+MAX_BACKLOG = 64 << 20
+"""Bytes of file-list frames held while requests are in flight (about 6 million
+entries). Past it the oldest frames are decided at once: stopping to read would
+deadlock with the sender, which sends its whole list before it serves a request, and
+a protocol error would refuse a big list; -z made a few bytes on the wire a full frame
+held here."""
 
 
 class Receiver:
@@ -50,11 +56,13 @@ class Receiver:
         self.stats = Stats()
         self.entries: list[Entry | None] = []
         self.status = bytearray()
-        self.dir_paths: set[bytes] = {b""}
+        self.dir_paths: dict[bytes, tuple[bool, bytes] | None] = {b"": None}
+        """Each directory listed so far, with the last child entry it got (its place in
+        the directory's order)."""
         self.root_fd: int | None = None
         self.single_name: bytes | None = None
         self.root_path = b""  # the destination directory's path, for -T DIR relative to it
-        self.abilities = DestAbilities()
+        self._abilities: DestAbilities | None = None
         self.root_created = False
         self.root_seen = False
         self.io_error = False
@@ -113,14 +121,21 @@ class Receiver:
         except OSError as exc:
             raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
                                f"({exc.errno})", errors.FILE_IO) from None
-        if not self.opts.dry_run:
+
+    def abilities(self) -> DestAbilities:
+        """What the destination can store, probed the first time an encrypted entry is
+        about to be written: a run that writes none (a no-change run into a read-only
+        mirror, --dry-run) probes nothing."""
+        if self._abilities is None:
             try:
-                self.abilities = probe_dest(self.root_fd, self.opts.encdata_xattr)
+                self._abilities = probe_dest(self.root_fd, self.opts.encdata_xattr)
             except OSError as exc:
-                raise FscsyncError(f'destination "{escape(path)}" is not writable: '
-                                   f"{exc.strerror} ({exc.errno})", errors.FILE_IO) from None
-            for line in self.abilities.lines():
+                self._abilities = DestAbilities(
+                    encdata=False, encdata_why=f"the destination is not writable: "
+                    f"{exc.strerror} ({exc.errno})")
+            for line in self._abilities.lines():
                 self.reporter.info(line, 1)
+        return self._abilities
 
     def tree(self) -> DestTree | None:
         return DestTree(self.root_fd) if self.root_fd is not None else None
@@ -140,12 +155,25 @@ class Receiver:
                 if not is_dir or self.root_seen:
                     raise ProtocolError("misplaced root entry in the file list")
                 self.root_seen = True
-            elif path.rpartition(b"/")[0] not in dir_paths:
+                continue
+            head, _, name = path.rpartition(b"/")
+            if head not in dir_paths:
                 raise ProtocolError(f"entry {path[:100]!r} arrived before its directory")
+            # A directory's entries come in order, non-directories first: a path that
+            # is not past the one before it repeats an entry (or is out of place).
+            place = (is_dir, name)
+            last = dir_paths[head]
+            if last is not None and place <= last:
+                raise ProtocolError(f"entry {path[:100]!r} repeats or is out of order")
+            dir_paths[head] = place
             if is_dir:
-                dir_paths.add(path)
+                dir_paths[path] = None
         for i, e in batch.special.items():
-            if e.link >= 0 and (e.link >= base + i or not e.is_reg):
+            if e.link < 0:
+                continue
+            if not self.opts.hard_links:
+                raise ProtocolError(f"hard link entry {e.path[:100]!r} in a run without -H")
+            if e.link >= base + i or not e.is_reg:
                 raise ProtocolError("hard link to an entry that does not precede it")
         self.entries += [None] * len(paths)
         self.status.extend(bytes(len(paths)))
@@ -164,6 +192,7 @@ class Receiver:
         gen = Generator(self, tree)
         writer = Writer(self)
         backlog: deque[bytes] = deque()
+        held = 0
         announced = None
         flist_done = gen_acked = done_sent = finished = False
         try:
@@ -171,7 +200,8 @@ class Receiver:
                 # File-list batches wait, still compressed, while enough requests are
                 # in flight: a big initial copy would otherwise hold a request and an
                 # entry for every file at once.
-                while backlog and len(self.pending) < MAX_IN_FLIGHT:
+                while backlog and (len(self.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
+                    held -= len(backlog[0])
                     batch = unpack_batch(backlog.popleft())
                     base = len(self.entries)
                     self._add_entries(batch)
@@ -196,6 +226,7 @@ class Receiver:
                     writer.sigreq(payload)
                 elif ftype == protocol.FLIST and not flist_done:
                     backlog.append(payload)
+                    held += len(payload)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:

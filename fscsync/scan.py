@@ -89,14 +89,16 @@ class Scanner:
         self._links: dict[tuple[int, int], int] = {}
         self._seen: set[bytes] = set()
         self._want_xattrs = opts.xattrs or opts.acls
-        self._encdata_names = cipher.encdata_names(opts.encdata_xattr)
-        self._keyless: bool | None = None
+        self.finder = cipher.EncdataFinder(opts.encdata_xattr)
+        self._keyless: bool | None = None  # of encdata-interface files
+        self._stored_seen = False
         self._root_starts: list[int] = []
         self._roots: list[tuple[bytes, bytes]] = []
         # A regular file without xattrs is the common entry: built in few steps in
         # _walk (what _entry would build), unless the run wants xattrs, links or sums.
         self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
         self._home = -1
+        self._source_of: list[int] | None = None  # by entry, when sources were merged
 
     def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         """The entries of the sources in file-list order, a run at a time (a list of
@@ -104,9 +106,59 @@ class Scanner:
         caller's per-entry work stays in its own loop."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
-            yield from self._scan_sources(sources)
+            if len(sources) > 1:
+                yield from self._in_order(self._scan_sources(sources))
+            else:
+                yield from self._scan_sources(sources)
         finally:
             os.close(self._home)
+
+    def _in_order(self, runs: Iterator[list[Entry] | PlainRun]) -> Iterator[list[Entry]]:
+        """Several sources: their entries as one list in file-list order. Where two
+        give the same path the first source's entry is kept, unless a later one is a
+        directory and it is not (rsync's rule: the directory may have contents). The
+        receiver refuses a path that repeats or comes out of order (a hostile sender's
+        cheap duplicates), so one source's walk order must hold across sources too.
+        The list is held whole, as rsync holds it; a single source streams."""
+        kept: list[tuple[list[tuple[int, bytes]], int, Entry]] = []
+        seen: dict[bytes, int] = {}
+        dirs = {b""}
+        idx = 0
+        for run in runs:
+            for e in run:
+                at = seen.get(e.path)
+                if at is None:
+                    keep = e.path == b"." or e.path.rpartition(b"/")[0] in dirs
+                    if keep:
+                        seen[e.path] = len(kept)
+                        kept.append((_order_key(e), idx, e))
+                else:
+                    keep = e.is_dir and not kept[at][2].is_dir
+                    if keep:
+                        kept[at] = (_order_key(e), idx, e)
+                if keep and e.is_dir:
+                    dirs.add(e.path)
+                idx += 1
+        kept.sort(key=lambda k: k[0])
+        starts = self._root_starts
+        self._source_of = [bisect.bisect_right(starts, i) - 1 for _, i, _ in kept]
+        entries = [e for _, _, e in kept]
+        if self.opts.hard_links:
+            self._relink(entries, [i for _, i, _ in kept])
+        self.count = len(entries)
+        for i in range(0, len(entries), RUN_MAX):
+            yield entries[i : i + RUN_MAX]
+
+    def _relink(self, entries: list[Entry], scanned_as: list[int]) -> None:
+        """Hard links named their leader by its place in the walk: in the merged list the
+        first of each group leads (and carries the checksum -c wants of a leader)."""
+        leaders: dict[int, int] = {}
+        for i, (e, was) in enumerate(zip(entries, scanned_as, strict=True)):
+            group = e.link if e.link >= 0 else was
+            first = leaders.setdefault(group, i)
+            e.link = -1 if first == i else first
+            if first == i and self.opts.checksum and e.is_reg and e.checksum is None:
+                e.checksum = self._checksum(e.src, e)
 
     def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         for src in sources:
@@ -124,7 +176,10 @@ class Scanner:
     def source_path(self, idx: int, rel: bytes) -> bytes:
         """The source path of entry `idx` (the `src` it had when scanned), from its
         transfer-relative path: entries need not be kept to be opened later."""
-        prefix, root = self._roots[bisect.bisect_right(self._root_starts, idx) - 1]
+        if self._source_of is not None:
+            prefix, root = self._roots[self._source_of[idx]]
+        else:
+            prefix, root = self._roots[bisect.bisect_right(self._root_starts, idx) - 1]
         return root if rel == b"." else prefix + rel
 
     def _fail(self, path: bytes, what: str, exc: OSError, code: int = errors.PARTIAL) -> None:
@@ -143,10 +198,13 @@ class Scanner:
         if not self.opts.recursive and not self.opts.list_only:
             self.reporter.info("skipping directory .", 0)
             return
-        root = self._entry(b".", base, st) if self._first(b".") else None
+        root = self._entry(b".", base, st, True) if self._first(b".") else None
         if root is not None:
             yield [root]
-        yield from self._walk(base, b"")
+            encrypted = root.enc is not None
+        else:
+            encrypted = self.finder.ask(base)[0] is not None
+        yield from self._walk(base, b"", encrypted)
 
     def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry] | PlainRun]:
         full = src.rstrip(b"/")
@@ -162,12 +220,12 @@ class Scanner:
             return
         if not self._first(name):
             return
-        entry = self._entry(name, full, st)
+        entry = self._entry(name, full, st, True)
         if entry is None:
             return
         yield [entry]
         if entry.is_dir and self.opts.recursive:
-            yield from self._walk(full, name + b"/")
+            yield from self._walk(full, name + b"/", entry.enc is not None)
 
     def _first(self, path: bytes) -> bool:
         if path in self._seen:
@@ -175,10 +233,13 @@ class Scanner:
         self._seen.add(path)
         return True
 
-    def _walk(self, dirpath: bytes, prefix: bytes) -> Iterator[list[Entry] | PlainRun]:
+    def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool
+              ) -> Iterator[list[Entry] | PlainRun]:
+        """The entries below one directory; `encrypted`: it carries encdata, so every
+        entry in it is asked for its own."""
         base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
         try:
-            names, stats, plain = self._list(base)
+            names, stats, plain = self._list(base, encrypted)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
             return
@@ -217,7 +278,7 @@ class Scanner:
             if bare_names:
                 yield self._plain_run(base, prefix, bare_names, bare_stats)
                 bare_names, bare_stats = [], []
-            e = entry(rel, path, st)
+            e = entry(rel, path, st, encrypted)
             if e is not None:
                 files.append(e)
                 if len(files) >= RUN_MAX:
@@ -228,22 +289,23 @@ class Scanner:
         if bare_names:
             yield self._plain_run(base, prefix, bare_names, bare_stats)
         for rel, path, st in subdirs:
-            e = entry(rel, path, st)
+            e = entry(rel, path, st, encrypted)
             if e is None:
                 continue
             yield [e]
             if self.opts.recursive:
-                yield from self._walk(path, rel + b"/")
+                yield from self._walk(path, rel + b"/", e.enc is not None)
 
     def _plain_run(self, base: bytes, prefix: bytes, names: list[bytes],
                    stats: list[os.stat_result]) -> PlainRun:
         self.count += len(names)
         return PlainRun(base, prefix, names, stats)
 
-    def _list(self, base: bytes) -> tuple[list[bytes], list, list[bool]]:
+    def _list(self, base: bytes, encrypted: bool) -> tuple[list[bytes], list, list[bool]]:
         """The sorted names in directory `base` (its path, ending in "/"), the lstat of
-        each (or the OSError it gave), and whether each is a regular file with no xattrs
-        at all (asked only on the quick path; such a file cannot be encrypted).
+        each (or the OSError it gave), and whether each is a regular file that needs
+        no more than its lstat (the quick path: no xattrs wanted, and a size that rules
+        out encryption, so no xattr call at all).
 
         A process with no other thread makes the calls from inside the directory, with
         bare names, as rsync walks: a lookup of one component instead of the whole
@@ -264,7 +326,7 @@ class Scanner:
             names = sorted(os.listdir(where))
             stats: list = []
             plain = [False] * len(names)
-            lstat, listxattr, quick = os.lstat, os.listxattr, self._quick
+            lstat, quick = os.lstat, self._quick and not encrypted
             for i, name in enumerate(names):
                 try:
                     st = lstat(lead + name)
@@ -273,19 +335,17 @@ class Scanner:
                     continue
                 stats.append(st)
                 if quick and st.st_mode & _S_IFMT == _S_IFREG:
-                    try:
-                        plain[i] = not listxattr(lead + name, follow_symlinks=False)
-                    except OSError:
-                        pass  # _entry looks again and reports it
+                    plain[i] = st.st_size % cipher.UNIT != 0
         finally:
             if alone:
                 os.fchdir(self._home)
         return names, stats, plain
 
-    def _confined_entry(self, rel: bytes, path: bytes, st: os.stat_result) -> Entry | None:
+    def _confined_entry(self, rel: bytes, path: bytes, st: os.stat_result,
+                        in_encrypted_dir: bool) -> Entry | None:
         """_entry under --restrict-to: the entry is pinned from the allowed tree's fd (no
-        symlink followed on the way) and must still be what lstat saw; its xattrs and
-        link target are read through that fd."""
+        symlink followed on the way) and must still be what lstat saw; a link target is
+        read through that fd."""
         try:
             pin = self.confined.open(path, os.O_PATH | os.O_NOFOLLOW)
         except OSError as exc:
@@ -297,35 +357,29 @@ class Scanner:
                     st.st_dev, st.st_ino, st.st_mode & _S_IFMT):
                 self._fail(path, "open", OSError(errno.ESTALE, "replaced during the scan"))
                 return None
-            return self._entry(rel, path, st, pin)
+            return self._entry(rel, path, st, in_encrypted_dir, pin)
         finally:
             os.close(pin)
 
     def _entry(self, rel: bytes, path: bytes, st: os.stat_result,
-               at: int | None = None) -> Entry | None:
+               in_encrypted_dir: bool, at: int | None = None) -> Entry | None:
         """Build one entry, or None when this run skips that kind of file; `at` is an
-        O_PATH fd of it to read through (else it is read by path)."""
+        O_PATH fd of it (under --restrict-to) to read its link target through."""
         if self.confined is not None and at is None:
-            return self._confined_entry(rel, path, st)
+            return self._confined_entry(rel, path, st, in_encrypted_dir)
         opts = self.opts
         mode = st.st_mode
         fmt = mode & _S_IFMT
         e = Entry(rel, mode, 0, st.st_mtime_ns, st.st_uid, st.st_gid, src=path)
-        look, follow = (path, False) if at is None else (b"/proc/self/fd/%d" % at, True)
         try:
-            if self._want_xattrs:
-                e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(
-                    meta.read_xattrs(look, follow), opts)
-            else:
-                e.enc, found = cipher.find_encdata(look, self._encdata_names, follow=follow)
-                e.enc_alt = found is not None and found != cipher.ENCDATA_XATTR
+            layout = self._encdata(e, path, st, in_encrypted_dir)
         except OSError as exc:
             self._fail(path, "read xattrs of", exc)
             return None
         if fmt == _S_IFREG:
             e.size = st.st_size
             if e.enc is not None:
-                e.size = self._cipher_size(e, st)
+                e.size = self._cipher_size(e, layout)
                 if e.size < 0:
                     return None
         elif fmt == stat.S_IFLNK:
@@ -359,13 +413,37 @@ class Scanner:
             else:
                 e.link = leader
         if opts.checksum and fmt == stat.S_IFREG and e.link < 0:
-            e.checksum = self._checksum(path, e)
+            e.checksum = self._checksum(path, layout)
             if e.checksum is None:
                 return None
         self.count += 1
         return e
 
-    def _cipher_size(self, e: Entry, st: os.stat_result) -> int:
+    def _encdata(self, e: Entry, path: bytes, st: os.stat_result, in_encrypted_dir: bool
+                 ) -> int:
+        """Fill in e's xattrs (if wanted) and encdata; returns its data's layout.
+
+        A listing shows stored encdata (a backup); the encdata interface never lists
+        it, so an entry that may be encrypted is also asked by name."""
+        finder = self.finder
+        if self._want_xattrs:
+            e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path), self.opts)
+            if e.enc is not None:
+                name = self.opts.encdata_xattr if e.enc_alt else cipher.ENCDATA_XATTR
+                return finder.learn(path, st.st_dev, name, listed=True)
+            if not cipher.may_be_encrypted(st.st_mode, st.st_size, in_encrypted_dir):
+                return cipher.PLAIN
+            e.enc, found = finder.ask(path, (cipher.ENCDATA_XATTR,))
+        elif cipher.may_be_encrypted(st.st_mode, st.st_size, in_encrypted_dir):
+            e.enc, found = finder.ask(path)
+        else:
+            return cipher.PLAIN
+        if e.enc is None:
+            return cipher.PLAIN
+        e.enc_alt = found != cipher.ENCDATA_XATTR
+        return finder.learn(path, st.st_dev, found)
+
+    def _cipher_size(self, e: Entry, layout: int) -> int:
         """Ciphertext bytes of an encrypted file: its cleartext size padded to the unit."""
         try:
             enc = cipher.parse_encdata(e.enc)
@@ -373,6 +451,12 @@ class Scanner:
             self.io_error = True
             self.reporter.error(f'malformed encdata on "{escape(e.src)}": {exc}')
             return -1
+        if layout != cipher.VIRTUAL:
+            if not self._stored_seen:
+                self._stored_seen = True
+                self.reporter.info("source keeps encdata as an ordinary xattr (a plain "
+                                   "backup): key-less ciphertext reads: yes", 1)
+            return cipher.padded_size(enc.size)
         if self._keyless is None:
             self._keyless, why = keyless_readable(e.src)
             self.reporter.info("source gives key-less ciphertext reads: "
@@ -389,19 +473,19 @@ class Scanner:
             return os.open(path, flags)
         return self.confined.open(path, flags)
 
-    def open_data(self, path: bytes, encrypted: bool) -> tuple[int, bool]:
+    def open_data(self, path: bytes, layout: int) -> tuple[int, bool]:
         """cipher.open_data of a source file, confined like `open`."""
         if self.confined is None:
-            return cipher.open_data(path, encrypted)
+            return cipher.open_data(path, layout)
         pfd, name = self.confined.at(path)
         try:
-            return cipher.open_data(name, encrypted, dir_fd=pfd)
+            return cipher.open_data(name, layout, dir_fd=pfd)
         finally:
             os.close(pfd)
 
-    def _checksum(self, path: bytes, e: Entry) -> bytes | None:
+    def _checksum(self, path: bytes, layout: int) -> bytes | None:
         try:
-            fd, direct = self.open_data(path, e.enc is not None)
+            fd, direct = self.open_data(path, layout)
         except OSError as exc:
             self._fail(path, "open", exc)
             return None
@@ -414,3 +498,12 @@ class Scanner:
         finally:
             reader.close()
             os.close(fd)
+
+
+def _order_key(e: Entry) -> list[tuple[int, bytes]]:
+    """Where an entry goes in file-list order: under each parent directory, its
+    non-directories (sorted) before its directories (sorted, each before its contents)."""
+    if e.path == b".":
+        return []
+    *parents, name = e.path.split(b"/")
+    return [(1, p) for p in parents] + [(int(e.is_dir), name)]

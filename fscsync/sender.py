@@ -195,7 +195,8 @@ class Sender:
 
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
-            return self.scanner.open_data(e.src, e.enc is not None)
+            layout = self.scanner.finder.layout(e.src, e.enc is not None, e.enc_alt)
+            return self.scanner.open_data(e.src, layout)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None
@@ -292,7 +293,9 @@ class Sender:
         h = xxhash.xxh3_128()
         # Holes are looked for only past one read: for a small file the two lseeks
         # cost more than its zeros, which the receiver turns back into holes anyway.
-        whole = direct or e.enc is not None or size <= READ_SIZE
+        # A file grown since its listing goes dense: the receiver takes data past the
+        # listed size only where it follows on from what it has.
+        whole = direct or e.enc is not None or size <= READ_SIZE or size > e.size
         segments = [(0, size)] if whole else data_segments(fd, size)
         pos = 0
         for start, end in segments:
@@ -328,28 +331,29 @@ class Sender:
 
     def _chunks_pass(self, req: delta.Request, e: Entry, fd: int, reader: BlockReader,
                      out: delta.OpWriter, st: os.stat_result, size: int) -> None:
-        """First pass over a big file: copy equal chunks, ask for blocks of the rest."""
+        """First pass over a big file: copy equal chunks, ask for blocks of the rest.
+        A chunk is read a piece at a time: the receiver chooses the chunk size."""
         h = xxhash.xxh3_128()
         chunk = req.chunk
         nbasis = len(req.hashes) // 16
         differ = []
         off = 0
         while off < size:
-            data = reader.read_at(off, min(chunk, size - off))
-            if not data:
-                raise OSError(errno.EIO, "file shrank while reading it")
-            h.update(data)
             ci = off // chunk
-            if ci < nbasis and off + len(data) <= req.basis_size:
-                if req.hashes[ci * 16 : ci * 16 + 16] == delta.chunk_hash(data):
-                    out.copy(off, len(data))
+            end = min(off + chunk, size)
+            mine = xxhash.xxh3_128()
+            for at, data in _pieces(reader, off, end, req.block):
+                h.update(data)
+                if ci < nbasis:
+                    mine.update(data)
+                else:
+                    out.literal_data(at, data)
+            if ci < nbasis:
+                if end <= req.basis_size and req.hashes[ci * 16 : ci * 16 + 16] == mine.digest():
+                    out.copy(off, end - off)
                 else:
                     differ.append(ci)
-            elif ci < nbasis:
-                differ.append(ci)
-            else:
-                out.literal_data(off, data)
-            off += len(data)
+            off = end
             self.reporter.progress(e.path, off, size)
         if not differ:
             self._finish(req.idx, e, fd, reader, out, h.digest(), size, st)
@@ -368,8 +372,9 @@ class Sender:
         p.pending.discard(ci)
         off = ci * p.chunk
         try:
-            data = p.reader.read_at(off, min(p.chunk, p.size - off))
-            delta.diff_blocks(p.out, off, data, hashes, p.block, p.basis_size)
+            for at, data in _pieces(p.reader, off, min(off + p.chunk, p.size), p.block):
+                theirs = hashes[(at - off) // p.block * 8 :]
+                delta.diff_blocks(p.out, at, data, theirs, p.block, p.basis_size)
         except OSError as exc:
             del self._parked[idx]
             self._read_failed(idx, p.entry, exc, p.fd, p.reader)
@@ -377,6 +382,17 @@ class Sender:
         if not p.pending:
             del self._parked[idx]
             self._finish(idx, p.entry, p.fd, p.reader, p.out, p.digest, p.size, p.st)
+
+
+def _pieces(reader: BlockReader, off: int, end: int, block: int):
+    """(offset, data) of [off, end) in reads of about READ_SIZE, whole blocks each."""
+    step = max(READ_SIZE - READ_SIZE % block, block)
+    while off < end:
+        data = reader.read_at(off, min(step, end - off))
+        if not data:
+            raise OSError(errno.EIO, "file shrank while reading it")
+        yield off, data
+        off += len(data)
 
 
 def _hash_zeros(h, n: int) -> None:

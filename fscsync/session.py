@@ -200,7 +200,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             kind = setup.get("compress")
         except (KeyError, TypeError, ValueError):
             raise ProtocolError("malformed setup frame", errors.STARTUP) from None
-        if role not in ("sender", "receiver") or not paths or kind not in (None, "zlib", "zstd"):
+        if (role not in ("sender", "receiver") or not paths
+                or kind not in (None, *protocol.COMPRESSIONS)):
             raise ProtocolError("malformed setup frame", errors.STARTUP)
         confined = None
         if restrict_to is not None:

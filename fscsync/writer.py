@@ -83,7 +83,7 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            p.basis_fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
+            p.basis_fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
     def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
@@ -108,8 +108,12 @@ class Writer:
         try:
             if p.fd is None:
                 self._open_temp(p)
+            limit = self._limit(p)
             for op, off, arg in delta.decode_ops(payload):
                 if op == delta.OP_COPY:
+                    if off + arg > limit:
+                        raise errors.ProtocolError(
+                            f"copy op to {off + arg} past the end of entry {idx} ({limit})")
                     self._hash_gap(p, off, -1)
                     if not p.tmpname:
                         kept = os.fstat(p.fd).st_size
@@ -120,6 +124,9 @@ class Writer:
                     copy_range(p.basis_fd, p.fd, off, arg)
                     p.data_end = max(p.data_end, min(off + arg, os.fstat(p.basis_fd).st_size))
                 else:
+                    if off > max(limit, p.data_end):
+                        raise errors.ProtocolError(
+                            f"literal at offset {off} past the end of entry {idx} ({limit})")
                     arg = self._fault(arg)
                     if p.update is not None:
                         p.update.write(off, arg)
@@ -131,6 +138,18 @@ class Writer:
             self._discard(p)
             p.fd = -1
             self.rx.os_fail(idx, "write of", exc)
+
+    def _limit(self, p: Pending) -> int:
+        """How far a correct sender's ops reach: the listed size (ciphertext padded to
+        whole units), or the basis the request described rounded up to its chunk (a
+        chunk that differs may be answered after the chunks past it). Literals may go on
+        from the data already written (a file that grew since its listing is sent as it
+        is now), never jump past it: an op at 2**40 must not make a terabyte temp file
+        and hash its zeros."""
+        e = self.rx.entries[p.idx]
+        listed = cipher.padded_size(e.size) if e.enc is not None else e.size
+        chunk = p.chunk or 1
+        return max(listed, -(-p.basis_size // chunk) * chunk)
 
     def _fault(self, data: bytes | memoryview) -> bytes | memoryview:
         """The literal as received, or with its first byte flipped under FAULT_ENV (the
@@ -247,7 +266,7 @@ class Writer:
             if not p.retried:
                 rx.reporter.warning(f'"{escape(e.path)}" failed verification -- '
                                     "sending it again whole")
-                fresh = type(p)(idx, p.encrypted_basis, False)
+                fresh = type(p)(idx, p.basis_layout, False)
                 fresh.retried = True
                 rx.pending[idx] = fresh
                 rx.chan.send(protocol.REQ, delta.Request(idx, delta.WHOLE, retry=True).encode())
@@ -398,7 +417,7 @@ class Writer:
         pfd, name = rx.locate(self.tree, e)
         block = self.opts.block_size
         try:
-            fd, direct = cipher.open_data(name, p.encrypted_basis, dir_fd=pfd)
+            fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
         except OSError:
             fd, direct = None, False
         reader = BlockReader(fd, direct) if fd is not None else None

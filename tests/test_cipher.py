@@ -4,7 +4,8 @@ The format (DESIGN.md section 1) is exactly
 `{ encoding: base64url, size: N, enc_ctx: <b64u>, enc_name: <b64u> }`:
 one field order, single spaces, base64url without padding (canonical: the
 unused low bits of the last character are zero), a decimal size without
-leading zeros below 2**63, a 40-byte version-2 context, a name of at most 255
+leading zeros below 2**63, a 40-byte version-2 context (or a 28-byte version-1
+context, which parses so that a plain backup can store it), a name of at most 255
 bytes. Anything else must be rejected with EncdataError, never another
 exception, because the text comes from filesystems and from the peer.
 """
@@ -148,21 +149,62 @@ def test_padded_size() -> None:
         0, 4096, 4096, 4096, 8192, 8192]
 
 
-def test_read_encdata_detection(tmp_path) -> None:
-    """An entry is encrypted iff it has the encdata xattr: None for plain entries."""
+def test_get_encdata_asks_by_name(tmp_path) -> None:
+    """get_encdata asks by name (the real interface never lists encdata): None for a
+    plain entry, the text for a stored one, a symlink not followed unless asked."""
     plain = tmp_path / "plain"
     plain.write_bytes(b"x")
-    assert cipher.read_encdata(os.fsencode(plain)) is None
+    assert cipher.get_encdata(os.fsencode(plain)) is None
     if os.geteuid() != 0:
         pytest.skip("writing security.* needs root")
     enc = tmp_path / "enc"
     enc.write_bytes(bytes(4096))
     xattr.set(os.fsencode(enc), b"security.encdata", DESIGN_TEXT)
-    assert cipher.read_encdata(os.fsencode(enc)) == DESIGN_TEXT
+    assert cipher.get_encdata(os.fsencode(enc)) == DESIGN_TEXT
     link = tmp_path / "link"
     os.symlink("enc", link)
-    assert cipher.read_encdata(os.fsencode(link), follow=False) is None
-    assert cipher.read_encdata(os.fsencode(link), follow=True) == DESIGN_TEXT
+    assert cipher.get_encdata(os.fsencode(link)) is None
+    assert cipher.get_encdata(os.fsencode(link), follow=True) == DESIGN_TEXT
+    fd = os.open(enc, os.O_RDONLY)
+    try:
+        assert cipher.get_encdata(fd) == DESIGN_TEXT
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mode, size, in_enc_dir, asked", [
+    (0o100644, 4097, False, False), (0o100644, 8192, False, True), (0o100644, 0, False, True),
+    (0o100644, 4097, True, True), (0o040755, 17, False, True), (0o120777, 9, False, True),
+    (0o010644, 0, False, False), (0o010644, 0, True, True), (0o020644, 0, False, False)])
+def test_may_be_encrypted(mode: int, size: int, in_enc_dir: bool, asked: bool) -> None:
+    """Outside encrypted directories only what could be a locked or stored encrypted
+    entry is asked: regular files of whole units, directories, symlinks."""
+    assert cipher.may_be_encrypted(mode, size, in_enc_dir) is asked
+
+
+def test_finder_learns_stored_and_virtual_per_device(tmp_path) -> None:
+    """A listed encdata is stored (a plain backup: buffered reads); one found by name
+    only is virtual (the encdata interface: O_CIPHERTEXT | O_DIRECT)."""
+    if os.geteuid() != 0:
+        pytest.skip("writing security.* needs root")
+    enc = tmp_path / "enc"
+    enc.write_bytes(bytes(4096))
+    xattr.set(os.fsencode(enc), b"security.encdata", DESIGN_TEXT)
+    dev = os.lstat(enc).st_dev
+    finder = cipher.EncdataFinder()
+    assert finder.ask(os.fsencode(enc)) == (DESIGN_TEXT, cipher.ENCDATA_XATTR)
+    assert finder.learn(os.fsencode(enc), dev, cipher.ENCDATA_XATTR) == cipher.STORED
+    assert finder.layout(os.fsencode(enc), True) == cipher.STORED
+    assert finder.layout(os.fsencode(enc), False) == cipher.PLAIN
+    other = cipher.EncdataFinder()
+    assert other.learn(os.fsencode(enc), dev + 1, cipher.ENCDATA_XATTR,
+                       listed=False) == cipher.VIRTUAL
+    assert other.layout(os.fsencode(enc), True) == cipher.VIRTUAL
+    assert other.learn(os.fsencode(enc), dev, cipher.ENCDATA_XATTR) == cipher.STORED
+    assert other.layout(os.fsencode(enc), True) == cipher.STORED  # by its device now
+    alt = cipher.EncdataFinder(b"user.fscsync.encdata")
+    assert alt.names == (cipher.ENCDATA_XATTR, b"user.fscsync.encdata")
+    assert alt.layout(os.fsencode(enc), True, alt=True) == cipher.STORED
 
 
 # ---- properties ----------------------------------------------------------------------
@@ -244,7 +286,7 @@ def test_non_canonical_name(size: int, ctx: bytes, name: bytes, data: st.DataObj
     rejected(text_of(size, b64u(ctx), bad))
 
 
-@given(sizes, st.binary(max_size=120).filter(lambda c: len(c) != 40), names)
+@given(sizes, st.binary(max_size=120).filter(lambda c: len(c) not in (28, 40)), names)
 def test_wrong_ctx_length(size: int, ctx: bytes, name: bytes) -> None:
     ctx = b"\x02" + ctx[1:] if ctx else ctx
     rejected(text_of(size, b64u(ctx), b64u(name)))
@@ -254,6 +296,23 @@ def test_wrong_ctx_length(size: int, ctx: bytes, name: bytes) -> None:
        names)
 def test_wrong_ctx_version(size: int, version: int, rest: bytes, name: bytes) -> None:
     rejected(text_of(size, b64u(bytes([version]) + rest), b64u(name)))
+
+
+@given(sizes, st.integers(0, 255).filter(lambda v: v != 1), st.binary(min_size=27, max_size=27),
+       names)
+def test_wrong_v1_ctx_version(size: int, version: int, rest: bytes, name: bytes) -> None:
+    rejected(text_of(size, b64u(bytes([version]) + rest), b64u(name)))
+
+
+def test_v1_context_parses_but_is_not_v2() -> None:
+    """A v1 context (28 bytes: version, modes, flags, 8-byte key descriptor, nonce)
+    parses, so a plain backup can keep it; only v2 can be installed key-less."""
+    ctx = bytes([1, 1, 4, 0]) + bytes(range(8)) + bytes(range(100, 116))
+    enc = parse_encdata(format_encdata(EncData(5, ctx, b"n")))
+    assert not enc.is_v2 and enc.master_key_id == bytes(range(8))
+    assert enc.nonce == bytes(range(100, 116)) and enc.policy == ctx[:12]
+    assert not enc.ino_based_iv
+    assert parse_encdata(DESIGN_TEXT).is_v2
 
 
 @given(sizes, contexts, st.binary(min_size=256, max_size=600))

@@ -227,12 +227,38 @@ def readonly_mount(tmp_path: Path) -> Iterator[Path]:
                          ids=["new-dir", "existing-dir"])
 def test_read_only_destination(tmp_path: Path, readonly_mount: Path, sub: str,
                                codes: set[int]) -> None:
-    """rsync: 11 when it cannot create the destination, 23 when every file fails in it."""
+    """rsync: 11 when it cannot create the destination, 23 when every file fails in it
+    (each file says why: nothing is probed by writing before the first file)."""
     src = tmp_path / "src"
     make_plain_tree(src)
     assert run_rsync("-a", f"{src}/", f"{readonly_mount}/{sub}").returncode in codes
     proc = run_fscsync("-a", f"{src}/", f"{readonly_mount}/{sub}")
     assert proc.returncode in codes
-    assert_one_clear_line(proc, "Read-only file system")
+    if sub:
+        assert_one_clear_line(proc, "Read-only file system")
+    else:
+        assert_clean_stderr(proc)
+        lines = problem_lines(proc)
+        assert lines and "Read-only file system" in lines[0], lines
     assert os.listdir(readonly_mount) == []
+
+
+@needs_root
+def test_no_change_run_into_read_only_mirror(tmp_path: Path) -> None:
+    """A no-change run writes nothing, so a read-only mirror is no error: exit 0 as
+    rsync's (the destination used to be probed by writing first: exit 11)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_plain_tree(src)
+    run_fscsync("-a", f"{src}/", f"{dst}/", check=True)
+    bound = subprocess.run(["mount", "--bind", dst, dst], capture_output=True)
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount: {bound.stderr!r}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", dst], check=True, capture_output=True)
+        assert run_rsync("-a", f"{src}/", f"{dst}/").returncode == 0
+        proc = run_fscsync("-a", f"{src}/", f"{dst}/")
+        assert proc.returncode == 0, proc.stderr
+        assert_clean_stderr(proc)
+    finally:
+        subprocess.run(["umount", dst], check=True)
 

@@ -33,6 +33,7 @@ from support import REPO, run_fscsync
 from support.e2e import (
     BIG_SIZE,
     KEY,
+    MIB_SIZE,
     UNIT,
     VAULT,
     World,
@@ -51,10 +52,17 @@ from support.treecmp import assert_same_tree
 from support.trees import pattern, set_times, set_tree_times
 from testfs_fixtures import encdata_of, needs_fuse, read_ciphertext
 
-from fscsync.cipher import ENCDATA_XATTR, O_CIPHERTEXT, parse_encdata
+from fscsync.cipher import (
+    ENCDATA_XATTR,
+    O_CIPHERTEXT,
+    EncData,
+    escape_name,
+    format_encdata,
+    parse_encdata,
+    unescape_name,
+)
 from fscsync.errors import escape
 from fscsync.testfs import model
-from fscsync.testfs.names import escape_name
 
 pytestmark = needs_fuse
 join = os.path.join
@@ -73,9 +81,11 @@ class Source:
     locked: bytes
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
+@pytest.fixture(params=[False], ids=["faithful"])
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    """Views as the real interface behaves; a test parametrized indirectly with True
+    also runs against the kinder stand-in that lists encdata."""
+    w = World(tmp_path, list_encdata=request.param)
     try:
         yield w
     finally:
@@ -124,6 +134,7 @@ def change_both(source: Source, change: Callable[[bytes], None]) -> None:
 # ---- 1. locked A -> locked B --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("world", [False, True], ids=["faithful", "listed"], indirect=True)
 def test_locked_to_locked_round_trip(world: World, source: Source) -> None:
     """Plaintext -> unlocked A; locked A -> fscsync -aH -> locked B; unlocked B == original."""
     assert_same_tree(source.orig, source.unlocked, xattrs=False)  # the stand-in holds it
@@ -418,3 +429,151 @@ def test_engine_reads_ciphertext_with_o_ciphertext(world: World, source: Source)
         flags = [f for p in paths for f in opens.get(p, [])]
         assert flags, f"{paths[0]!r} never opened"
         assert all(ciphertext <= f for f in flags), (paths[0], flags)
+
+
+# ---- 8. the real interface: encdata answered by name, never listed ---------------------------
+
+
+def trace_opens(world: World, args: list[bytes | str], under: bytes) -> dict[bytes, list[set[str]]]:
+    """Run fscsync under `strace -e openat`: the flag sets of every open below `under`."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed")
+    trace = world.base / f"trace-{len(list(world.base.glob('trace-*')))}"
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(["strace", "-f", "-qq", "-xx", "-y", "-e", "trace=openat",
+                           "-o", str(trace), sys.executable, "-m", "fscsync", *args],
+                          capture_output=True, env=env, timeout=60, check=False)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.decode().strip()}")
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    opens: dict[bytes, list[set[str]]] = {}
+    for m in map(OPENAT_RE.search, trace.read_text().splitlines()):
+        if m:
+            path = join(unhex(m.group("dir") or ""), unhex(m.group("name")))
+            if path.startswith(under + b"/"):
+                opens.setdefault(path, []).append(set(m.group("flags").split("|")))
+    return opens
+
+
+def test_faithful_view_lists_no_encdata(source: Source) -> None:
+    """The stand-in is no kinder than the real interface: no encrypted entry of locked A
+    lists security.encdata, each answers it by name, and every encrypted inode's size
+    is a whole number of units."""
+    kinds = set()
+    for dirpath, dirnames, filenames in os.walk(join(source.locked, VAULT)):
+        for name in dirnames + filenames:
+            path = join(dirpath, name)
+            st = os.lstat(path)
+            assert ENCDATA_XATTR not in xattr.list(path, nofollow=True), path
+            if stat.S_ISFIFO(st.st_mode):
+                continue  # the kernel encrypts no FIFO's contents: name only
+            assert xattr.get(path, ENCDATA_XATTR, nofollow=True), path
+            assert st.st_size % UNIT == 0, (path, st.st_size)
+            kinds.add(stat.S_IFMT(st.st_mode))
+    assert kinds == {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK}
+
+
+def test_locked_to_locked_with_xattrs(world: World, source: Source) -> None:
+    """-X lists every xattr: encdata, which no listing shows, is still asked by name."""
+    b = world.backing("B")
+    with world.mounted_view(b) as locked_b:
+        fscsync("-aHX", slash(source.locked), slash(locked_b))
+    assert_round_trip(source, b, world)
+
+
+def test_encrypted_entries_in_a_plain_directory(world: World, source: Source) -> None:
+    """fscrypt lets an encrypted file or symlink move into an unencrypted directory:
+    there, with nothing listed and no encrypted parent, fscsync still finds them (a
+    locked file's size is whole units; symlinks are always asked) and mirrors them as
+    ciphertext with their encdata; the unlocked copy reads the plaintext back."""
+    def change(root: bytes) -> None:
+        os.rename(join(root, VAULT, b"files", b"mib"), join(root, b"plain", b"moved"))
+        os.rename(join(root, VAULT, b"links", b"rel"), join(root, b"plain", b"moved-link"))
+
+    change_both(source, change)
+    same_times(source.orig, source.unlocked)
+    moved = join(source.locked, b"plain", b"moved")
+    assert parse_encdata(encdata_of(moved)).size == MIB_SIZE
+    assert ENCDATA_XATTR not in xattr.list(moved)
+    b = world.backing("B")
+    with world.mounted_view(b) as locked_b:
+        fscsync("-aH", slash(source.locked), slash(locked_b))
+    for name in (b"moved", b"moved-link"):
+        stored = parse_encdata(xattr.get(join(b, b"plain", name), ENCDATA_XATTR, nofollow=True))
+        assert stored == parse_encdata(encdata_of(join(source.locked, b"plain", name)))
+    assert_round_trip(source, b, world)
+
+
+def test_symlink_encdata_size_is_its_on_disk_length(source: Source) -> None:
+    """A symlink's encdata size is i_size, 2 + the ciphertext length, and travels as is."""
+    link = locked_twin(source.unlocked, source.locked, join(VAULT, b"links", b"abs"))
+    enc = parse_encdata(encdata_of(link))
+    assert enc.size == 2 + len(unescape_name(os.readlink(link)))
+    assert os.lstat(link).st_size == UNIT
+
+
+def test_virtual_encdata_is_read_with_o_ciphertext_o_direct_both_ends(
+        world: World, source: Source) -> None:
+    """An incremental run between locked views: the sender's reads of A and the
+    receiver's basis reads of B both open O_CIPHERTEXT | O_DIRECT."""
+    b, locked_b = initial_copy(world, source)
+    change_both(source, lambda root: write_at(join(root, BIG), UNIT, b"x" * 10))
+    same_times(source.orig, source.unlocked)
+    opens = trace_opens(world, ["-aH", "--no-whole-file", slash(source.locked),
+                                slash(locked_b)], locked_b)
+    ciphertext = {"O_RDONLY", "O_NOCTTY", "O_NONBLOCK", "O_DSYNC", "O_DIRECT"}
+    big_b = join(locked_b, os.path.relpath(locked_twin(source.unlocked, source.locked, BIG),
+                                           source.locked))
+    basis = [f for f in opens.get(big_b, []) if "O_RDONLY" in f]
+    assert basis, sorted(opens)
+    assert all(ciphertext <= f for f in basis), basis
+    assert_round_trip(source, b, world)
+
+
+def write_at(path: bytes, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def test_probes_leave_no_trace(world: World, source: Source, tmp_path: Path) -> None:
+    """The destination is probed only when an encrypted entry must be written, never
+    under --dry-run or in a no-change run, and on a filesystem with O_TMPFILE (here the
+    plain backup directory) through an unnamed inode: no probe entry is ever created."""
+    backup = tmp_path / "backup"
+    created = trace_creates(world, ["-aH", "-v", slash(source.locked), slash(backup)], backup)
+    assert created and not [n for n in created if b"probe" in os.path.basename(n)], created
+    for args in (["-aH", "-n"], ["-aH"]):
+        created = trace_creates(world, [*args, slash(source.locked), slash(backup)], backup,
+                                tmpfile=True)
+        assert created == [], (args, created)
+
+
+def trace_creates(world: World, args: list, under: Path, tmpfile: bool = False) -> list[bytes]:
+    """Names fscsync creates below `under` (O_CREAT opens, mknod, mkdir), plus the
+    O_TMPFILE opens when asked."""
+    opens = trace_opens(world, args, os.fsencode(under))
+    return [path for path, flags in opens.items()
+            if any("O_CREAT" in f or (tmpfile and "O_TMPFILE" in f) for f in flags)]
+
+
+def test_v1_context_fails_alone_on_the_encdata_interface(world: World, tmp_path: Path) -> None:
+    """A v1-encrypted entry of a plain backup cannot be restored key-less (the interface
+    installs only 40-byte v2 contexts): it fails alone, naming why, exit 23; its
+    neighbours arrive."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "old-v1").write_bytes(os.urandom(UNIT))
+    v1_ctx = bytes([1, 1, 4, 0]) + bytes(8) + os.urandom(16)
+    xattr.set(bytes(src / "old-v1"), ENCDATA_XATTR, format_encdata(EncData(100, v1_ctx, b"")))
+    (src / "plain").write_bytes(b"plain\n")
+    b = world.backing("B")
+    with world.mounted_view(b) as locked_b:
+        proc = fscsync("-a", slash(src), slash(locked_b), check=23)
+        assert read(join(locked_b, b"plain")) == b"plain\n"
+        assert not os.path.lexists(join(locked_b, b"old-v1"))
+    err = proc.stderr.decode(errors="replace")
+    (line,) = [line for line in err.splitlines() if "old-v1" in line]
+    assert "v1" in line and "40-byte v2" in line and "key-less" in line, err

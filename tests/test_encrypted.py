@@ -28,6 +28,7 @@ from support.enctree import (
     FLAG_IV_INO_LBLK_32,
     FLAG_IV_INO_LBLK_64,
     FLAG_PAD_32,
+    UNIT,
     USER_ENCDATA,
     EncTree,
     build_standard,
@@ -498,11 +499,44 @@ def test_refuse_ino_policies(tmp_path: Path) -> None:
     err = proc.stderr.decode(errors="replace")
     refused = (b"ino64", b"ino32", b"normal/other-key")
     for rel in refused:
-        assert escape(rel) in err
+        (line,) = [line for line in err.splitlines() if f'"{escape(rel)}"' in line]
+        assert re.search(r"IV_INO_LBLK_(64|32) \(flags 0x[0-9a-f]{2}\)", line), line
+        assert "inode numbers" in line and "cannot be decrypted" in line, line
         assert not (dst / os.fsdecode(rel)).exists()
     for rel in (b"normal/f", b"plain"):
         assert (dst / os.fsdecode(rel)).read_bytes() == (src / os.fsdecode(rel)).read_bytes()
     assert read_encdata(dst / "normal/f") == read_encdata(src / "normal/f")
+
+
+V1_CTX = bytes([1, 1, 4, 0]) + bytes(range(0x50, 0x58)) + bytes(range(16))
+"""A v1 context: version, modes, flags, an 8-byte key descriptor, the nonce."""
+
+
+def v1_tree(root: Path) -> EncTree:
+    """A plain-backup tree with one v1-encrypted file beside v2 and plain files."""
+    t = EncTree(os.fsencode(root), seed="v1")
+    t.dir(b"enc")
+    t.file(b"enc/v2", 5000)
+    t.file(b"plain", 10, encrypted=False)
+    v1 = t.path(b"old-v1")
+    with open(v1, "wb") as f:
+        f.write(os.urandom(UNIT))
+    xattr.set(v1, ENCDATA, encdata_text(300, V1_CTX, b"r" * 16))
+    t.finish()
+    return t
+
+
+def test_v1_context_is_stored_on_a_plain_backup_with_a_warning(tmp_path: Path) -> None:
+    """The encdata interface installs only v2 contexts; on a plain backup a v1 entry is
+    stored as it is (it is ordinary data there), with a warning that says so."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    v1_tree(src)
+    proc, _ = sync(src, dst, "-aHX")
+    err = proc.stderr.decode(errors="replace")
+    (line,) = [line for line in err.splitlines() if "v1" in line]
+    assert "warning" in line.lower() and "plain backup" in line and "key-less" in line, err
+    assert read_encdata(dst / "old-v1") == read_encdata(src / "old-v1")
+    assert_same_tree(src, dst)
 
 
 @pytest.fixture
@@ -629,8 +663,9 @@ def test_probe_findings_are_shown_with_v(tree: EncTree, tmp_path: Path) -> None:
     src, dst = Path(os.fsdecode(tree.root)), tmp_path / "dst"
     proc, _ = sync(src, dst, "-aHX", "-v")
     out = proc.stdout.decode(errors="replace")
-    for what in ("encdata", "xattrs", "owners", "device nodes"):
+    for what in ("encdata", "xattrs", "owners"):
         assert re.search(rf"^destination .*{what}: yes", out, re.M), (what, out)
+    assert re.search(r"^destination stores encdata: yes \(as an ordinary xattr", out, re.M), out
     assert re.search(r"^source .*key-?less.*: yes", out, re.M | re.I), out
 
 
@@ -663,16 +698,18 @@ def _openat_flags(trace: str, path: str) -> list[set[str]]:
             if m.group(1) == path]
 
 
-def test_ciphertext_open_flags(tree: EncTree, tmp_path: Path) -> None:
-    """The sender opens encrypted files with O_CIPHERTEXT (O_NOCTTY|O_NDELAY|O_DSYNC;
-    strace shows O_NDELAY as O_NONBLOCK) plus O_DIRECT; plain files without them. On
-    an incremental run the receiver reads its old copy, the basis, the same way."""
+def test_stored_ciphertext_is_read_as_ordinary_data(tree: EncTree, tmp_path: Path) -> None:
+    """On a plain backup the ciphertext is ordinary data and its encdata an ordinary
+    xattr: the sender reads it buffered, without O_CIPHERTEXT or O_DIRECT, and so does
+    the receiver reading its old copy as the basis of an incremental run. (The encdata
+    interface's O_CIPHERTEXT | O_DIRECT reads are checked on the faithful test
+    filesystem in test_e2e_testfs.py.)"""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace not installed")
     src, dst = Path(os.fsdecode(tree.root)), tmp_path / "dst"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cipher_flags = {"O_NOCTTY", "O_NONBLOCK", "O_DSYNC", "O_DIRECT"}
+    special = {"O_NOCTTY", "O_NONBLOCK", "O_DSYNC", "O_DIRECT"}
     big = os.fsdecode(tree.paths["file-3145733"]).rsplit("/", 1)[1]
 
     def traced(log: Path) -> str:
@@ -687,15 +724,15 @@ def test_ciphertext_open_flags(tree: EncTree, tmp_path: Path) -> None:
     opens = _openat_flags(trace, f"{src}/enc/{big}")
     assert opens, "the sender never opened the encrypted file"
     for flags in opens:
-        assert cipher_flags <= flags, f"opened with {sorted(flags)}"
+        assert not flags & special, f"opened with {sorted(flags)}"
         assert "O_RDONLY" in flags
     plain = _openat_flags(trace, f"{src}/plain/readme.txt")
-    assert plain and all(not flags & {"O_NOCTTY", "O_NONBLOCK", "O_DSYNC"} for flags in plain)
+    assert plain and all(not flags & special for flags in plain)
 
     tree.rewrite_blocks(tree.paths["file-3145733"], [5])
     trace = traced(tmp_path / "second.trace")
     basis = [f for f in _openat_flags(trace, big) if "O_RDONLY" in f]
     assert basis, "the receiver never read its old copy"
     for flags in basis:
-        assert cipher_flags <= flags, f"basis opened with {sorted(flags)}"
+        assert not flags & special, f"basis opened with {sorted(flags)}"
     assert_same_tree(src, dst)

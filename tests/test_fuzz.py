@@ -50,9 +50,11 @@ from support.peer import (
 from support.treecmp import assert_same_tree
 
 from fscsync import delta, protocol
+from fscsync import flist as flist_module
 from fscsync.errors import ProtocolError
-from fscsync.flist import Entry
+from fscsync.flist import BatchBuilder, Entry
 from fscsync.options import Options
+from fscsync.receiver import Receiver
 
 EXAMPLES = int(os.environ.get("FSCSYNC_FUZZ_EXAMPLES", "150"))
 TIMEOUT = 6.0
@@ -549,3 +551,165 @@ def test_mutated_streams_never_escape_or_corrupt(recording: Recording, launcher,
         check(result, box, recording, before, f"mutations: {targeted}")
     finally:
         shutil.rmtree(box.base, ignore_errors=True)
+
+
+# ---- the frame decoders and the file-list rules, in process ------------------------------
+
+DECODER_EXAMPLES = int(os.environ.get("FSCSYNC_FUZZ_DECODER_EXAMPLES", "200"))
+_DECODERS = settings(
+    max_examples=DECODER_EXAMPLES, deadline=None, derandomize=DECODER_EXAMPLES <= 200,
+    database=None if DECODER_EXAMPLES <= 200 else settings.default.database,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
+
+_EXTREMES = st.sampled_from([0, 1, 0xFF, 0xFFFF, 0xFFFFFFFF, 1 << 40, 1 << 63, (1 << 64) - 1])
+
+
+def _samples() -> dict[str, tuple[bytes, object]]:
+    """A valid payload of each frame kind a peer sends, and its decoder."""
+    req_chunk = delta.chunk_size_for(5 << 20, 4096)
+    entries = [Entry(b".", stat.S_IFDIR | 0o755), Entry(b"f", stat.S_IFREG | 0o644, 3, T_NEW),
+               Entry(b"h", stat.S_IFREG | 0o644, 3, T_NEW, link=1),
+               Entry(b"l", stat.S_IFLNK | 0o777, 2, T_NEW, target=b"../x",
+                     xattrs=[(b"user.a", b"v")])]
+    ops = (struct.pack(">IBQI", 1, delta.OP_LIT, 0, 3) + b"abc"
+           + struct.pack(">BQQ", delta.OP_COPY, 4096, 4096))
+    return {
+        "req-whole": (delta.Request(1, delta.WHOLE).encode(), delta.Request.decode),
+        "req-blocks": (delta.Request(1, delta.BLOCKS, block=4096, chunk=4096, basis_size=8192,
+                                     hashes=bytes(16)).encode(), delta.Request.decode),
+        "req-chunks": (delta.Request(1, delta.CHUNKS, block=4096, chunk=req_chunk,
+                                     basis_size=5 << 20, hashes=bytes(16 * 5)).encode(),
+                       delta.Request.decode),
+        "ops": (ops, lambda p: (delta.data_index(p), list(delta.decode_ops(p)))),
+        "end": (delta.encode_end(1, delta.END_OK, 3, bytes(16)), delta.decode_end),
+        "file": (delta.encode_end(1, delta.END_OK, 3, bytes(16)) + b"abc", delta.decode_file),
+        "sigreq": (delta.encode_sigreq(1, [0, 2]), delta.decode_sigreq),
+        "sigblocks": (delta.encode_sigblocks(1, 2, bytes(16)), delta.decode_sigblocks),
+        "flist": (flist_payload(entries), lambda p: flist_module.unpack_batch(p).entries()),
+        "flist-raw": (flist_module.encode_entries(entries),
+                      lambda p: flist_module.decode_batch(p).entries()),
+        "control": (b'{"exit_code": 0, "count": 3}', protocol.load_json),
+    }
+
+
+SAMPLES = _samples()
+DAMAGE = st.lists(st.one_of(
+    st.tuples(st.just("flip"), _pos, st.integers(1, 255)),
+    st.tuples(st.just("cut"), _pos),
+    st.tuples(st.just("insert"), _pos, st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("number"), _pos, st.sampled_from([">I", ">Q", ">H"]), _EXTREMES),
+), min_size=1, max_size=4)
+
+
+def _damage(payload: bytes, damage: list[tuple]) -> bytes:
+    out = bytearray(payload)
+    for kind, pos, *arg in damage:
+        at = pos % (len(out) + 1)
+        if kind == "flip" and out:
+            out[at % len(out)] ^= arg[0]
+        elif kind == "cut":
+            del out[at:]
+        elif kind == "insert":
+            out[at:at] = arg[0]
+        elif kind == "number":
+            fmt, value = arg
+            packed = struct.pack(fmt, value % (1 << (8 * struct.calcsize(fmt))))
+            out[at : at + len(packed)] = packed
+    return bytes(out)
+
+
+@_DECODERS
+@given(kind=st.sampled_from(sorted(SAMPLES)), damage=DAMAGE)
+def test_frame_decoders_decode_or_refuse(kind: str, damage: list[tuple]) -> None:
+    """Every decoder of a peer's frame, given a valid payload damaged (bytes flipped, cut,
+    inserted, numbers made extreme), either decodes it or raises ProtocolError: never
+    another exception, which would end a run as an internal error."""
+    payload, decode = SAMPLES[kind]
+    decode(payload)
+    damaged = _damage(payload, damage)
+    try:
+        decode(damaged)
+    except ProtocolError:
+        event(f"{kind}: refused")
+    else:
+        event(f"{kind}: decoded")
+
+
+def _channel_over(data: bytes, kind: str | None) -> protocol.Channel:
+    r, w = os.pipe()
+    protocol._widen_pipe(w)
+    os.write(w, data)
+    os.close(w)
+    chan = protocol.Channel(r, os.open(os.devnull, os.O_WRONLY))
+    chan.set_compression(kind)
+    return chan
+
+
+@_DECODERS
+@given(frames=st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=200)), max_size=6),
+       damage=DAMAGE, kind=st.sampled_from([None, *protocol.COMPRESSIONS]))
+def test_channel_reads_frames_or_refuses_the_stream(frames, damage, kind) -> None:
+    """A stream of frames (compressed as -z sends it, or not), damaged: the channel hands
+    out frames until a ProtocolError (PeerClosed at its end), nothing else."""
+    raw = b"".join(struct.pack(">BI", t, len(p)) + p for t, p in frames)
+    if kind is not None:
+        raw = protocol._Codec(kind).compress(raw)
+    chan = _channel_over(_damage(raw, damage) if raw else raw, kind)
+    try:
+        for _ in range(len(frames) + 8):
+            ftype, payload = chan.recv()
+            assert len(payload) <= protocol.MAX_FRAME
+    except ProtocolError:
+        pass
+    finally:
+        os.close(chan.rfd)
+        os.close(chan.wfd)
+
+
+_NAMES = st.sampled_from([b"a", b"b", b"c"])
+_LISTED = st.tuples(st.lists(_NAMES, min_size=1, max_size=3).map(b"/".join), st.booleans())
+
+
+def _in_order(row: tuple[bytes, bool]) -> list[tuple[int, bytes]]:
+    *parents, name = row[0].split(b"/")
+    return [(1, p) for p in parents] + [(int(row[1]), name)]
+
+
+@st.composite
+def _listings(draw) -> list[list[tuple[bytes, bool]]]:
+    """Rows in file-list order with their directories (acceptable), then a few
+    repeated somewhere, cut into batches."""
+    drawn = set(draw(st.lists(_LISTED, max_size=14)))
+    drawn |= {(p[:i], True) for p, _ in drawn for i in range(len(p)) if p[i : i + 1] == b"/"}
+    rows = sorted(drawn, key=_in_order)
+    for _ in range(draw(st.integers(0, 2))):
+        if rows:
+            row = rows[draw(st.integers(0, len(rows) - 1))]
+            rows.insert(draw(st.integers(0, len(rows))), row)
+    cuts = sorted(draw(st.lists(st.integers(0, len(rows)), max_size=3)))
+    return [rows[a:b] for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
+
+
+@_DECODERS
+@given(batches=_listings())
+def test_receiver_accepts_no_repeated_path(batches) -> None:
+    """The receiver's file-list rules (issue 19), over lists a hostile sender may send in
+    any number of batches: what it accepts has every entry after its directory, no
+    directory twice and no other entry twice (a name may be listed once as a
+    non-directory, then once as a directory: the generator makes way for the second);
+    anything else is a ProtocolError."""
+    rx = Receiver(None, Options(), None, b"")
+    accepted: list[tuple[bytes, bool]] = []
+    try:
+        for n, rows in enumerate(batches):
+            listed = [(b".", True)] * (n == 0) + rows
+            batch = BatchBuilder.of([Entry(p, (stat.S_IFDIR | 0o755) if d else
+                                           (stat.S_IFREG | 0o644)) for p, d in listed])
+            rx._add_entries(flist_module.decode_batch(batch.encode()))
+            accepted += listed
+    except ProtocolError:
+        event("refused")
+    dirs = {b""} | {p for p, d in accepted if d}
+    for path, _ in accepted:
+        assert path == b"." or path.rpartition(b"/")[0] in dirs
+    assert len(set(accepted)) == len(accepted), accepted

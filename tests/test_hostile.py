@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from support.peer import (
     flist_payload,
     flist_payload_raw,
     frame,
+    measured_server,
     server_launcher,
     spawn_server,
 )
@@ -482,26 +483,26 @@ def test_hard_link_from_a_directory_entry_is_refused(sb: Sandbox) -> None:
 @pytest.mark.parametrize("what", ["data-dir", "data-up-to-date", "data-unknown", "end-dir",
                                   "end-twice", "sigreq-unknown"])
 def test_data_for_an_entry_never_requested_is_refused(sb: Sandbox, what: str) -> None:
-    """Index 1 is a directory, 2 is up to date (keep.txt as it is), 3 a new file; 9 does
-    not exist. The receiver asked only for 3."""
-    entries = [root(), Entry(b"sub", DIR, 0, T_OLD), Entry(b"keep.txt", REG, len(KEEP), T_OLD),
-               reg(b"new", b"new")]
+    """Index 1 is up to date (keep.txt as it is), 2 a new file, 3 a directory; 9 does
+    not exist. The receiver asked only for 2."""
+    entries = [root(), Entry(b"keep.txt", REG, len(KEEP), T_OLD), reg(b"new", b"new"),
+               Entry(b"sub", DIR, 0, T_OLD)]
     peer = start(sb)
     peer.send(*flist(*entries))
     peer.send(protocol.FLIST_END, flist_end(len(entries)))
-    assert peer.wait_request(3), peer.finish().describe()
+    assert peer.wait_request(2), peer.finish().describe()
     if what == "data-dir":
-        peer.send(protocol.DATA, lit(1, b"evil"))
+        peer.send(protocol.DATA, lit(3, b"evil"))
     elif what == "data-up-to-date":
-        peer.send(protocol.DATA, lit(2, b"evil"))
+        peer.send(protocol.DATA, lit(1, b"evil"))
     elif what == "data-unknown":
         peer.send(protocol.DATA, lit(9, b"evil"))
     elif what == "end-dir":
-        peer.send(protocol.DATA_END, end(1, b""))
+        peer.send(protocol.DATA_END, end(3, b""))
     elif what == "end-twice":
-        peer.send(protocol.DATA, lit(3, b"new"))
-        peer.send(protocol.DATA_END, end(3, b"new"))
-        peer.send(protocol.DATA_END, end(3, b"new"))
+        peer.send(protocol.DATA, lit(2, b"new"))
+        peer.send(protocol.DATA_END, end(2, b"new"))
+        peer.send(protocol.DATA_END, end(2, b"new"))
     else:
         peer.send(protocol.SIGREQ, delta.encode_sigreq(9, [0]))
     result = peer.finish()
@@ -1161,3 +1162,207 @@ def test_restrict_to_as_an_authorized_keys_forced_command(sshd, area: Path,
     finally:
         keys.write_bytes(saved)
     shutil.rmtree(area / "allowed/pushed")
+
+
+# ---- issue 19: a hostile peer's numbers --------------------------------------------------
+
+
+def test_hard_link_entry_without_hard_links_is_refused(sb: Sandbox) -> None:
+    """Finding 11: an entry naming a hard-link leader in a run without -H is no list a
+    sender of that run makes: a protocol error (exit 12, a message), not an
+    AttributeError from deep inside the generator."""
+    peer = start(sb, default_options(hard_links=False))
+    peer.send(*flist(root(), reg(b"a", b"a"), reg(b"h", link=1)))
+    peer.send(protocol.FLIST_END, flist_end(3))
+    _serve(peer, {1: b"a"})
+    result = peer.finish()
+    assert_refused(result, sb, "hard link")
+    assert not (sb.dest / "h").exists()
+
+
+@pytest.mark.parametrize("op", ["literal", "copy"])
+def test_op_past_the_end_of_the_entry_is_refused_before_writing(sb: Sandbox, op: str
+                                                                 ) -> None:
+    """Finding 3: the list says `f` has 6 bytes. A literal at offset 2**40 (a 1 TiB sparse
+    temp file, a terabyte of zeros to hash) or a copy op reaching 2**40 (keep.txt's old
+    copy is the basis) is refused at once: exit 12 within seconds, and no temp file."""
+    peer = start(sb)
+    name = b"f" if op == "literal" else b"keep.txt"
+    peer.send(*flist(root(), Entry(name, REG, 6, T_NEW)))
+    peer.send(protocol.FLIST_END, flist_end(2))
+    assert peer.wait_request(1), peer.finish().describe()
+    if op == "literal":
+        peer.send(protocol.DATA, lit(1, b"x", offset=1 << 40))
+    else:
+        peer.send(protocol.DATA, copy_op(1, 0, 1 << 40))
+    peer.send(protocol.DATA_END, end(1, b"x"))
+    peer.wait_for(lambda t, p: t == protocol.FATAL, timeout=QUICK)
+    result = peer.finish()
+    assert_refused(result, sb, "past the end")
+    assert sb.new_entries() == [], "the temp file was left behind"
+
+
+MEMORY_BOUND = 200 << 20
+"""Peak RSS a hostile peer may cost the victim (an idle server takes about 30 MB)."""
+CPU_BOUND = 30.0
+"""CPU seconds it may cost (the runs below take one or two)."""
+
+
+def _assert_bounded(peer: FakeSender, result: Result) -> None:
+    proc = peer.proc
+    assert proc.peak_rss is not None, result.describe()
+    assert proc.peak_rss < MEMORY_BOUND, (
+        f"peak RSS {proc.peak_rss >> 20} MiB\n{result.describe()}")
+    assert proc.cpu < CPU_BOUND, f"{proc.cpu:.1f} s of CPU\n{result.describe()}"
+
+
+@pytest.mark.parametrize("basis", [1, 1 << 56], ids=["one-chunk", "the-chunk-of-its-basis"])
+def test_chunks_request_with_a_huge_chunk_is_read_a_piece_at_a_time(tmp_path: Path,
+                                                                     basis: int) -> None:
+    """Finding 13, a hostile receiver: a CHUNKS request for a 384 MiB file with chunks of
+    2**40 bytes made the sender read the whole file into one buffer. A chunk size the
+    protocol never asks for that basis is refused (exit 12); the one it does ask for a
+    basis of 2**56 bytes (2**40) is honoured, read a piece at a time: the sender's peak
+    RSS stays under MEMORY_BOUND either way."""
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(384 << 20)
+    peer = FakeSender(timeout=30, launcher=measured_server())
+    assert peer.setup(b"", role="sender", paths=[bytes(big)]), peer.finish().describe()
+    assert peer.wait_type(protocol.FLIST_END) is not None, peer.finish().describe()
+    chunk = 1 << 40
+    hashes = os.urandom(16 * -(-basis // chunk))
+    peer.send(protocol.REQ, delta.Request(0, delta.CHUNKS, block=4096, chunk=chunk,
+                                          basis_size=basis, hashes=hashes).encode())
+    answer = peer.wait_for(lambda t, p: t in (protocol.SIGREQ, protocol.FATAL))
+    result = peer.finish()
+    assert "Traceback" not in result.text, result.describe()
+    if basis == 1:
+        assert result.code == STREAM, result.describe()
+        assert "bad chunk size" in " ".join(str(m.get("msg")) for m in result.fatal()), (
+            result.describe())
+    else:
+        assert answer is not None and answer[0] == protocol.SIGREQ, result.describe()
+    _assert_bounded(peer, result)
+
+
+def _compressed_sender(sb: Sandbox, kind: str) -> tuple[FakeSender, Callable[..., bytes]]:
+    """A measured server past the opening with -z (`kind`), and the function that
+    compresses the frames sent to it, as one stream."""
+    peer = FakeSender(timeout=30, launcher=measured_server())
+    assert peer.setup(sb.dest, compress=kind), peer.finish().describe()
+    if kind == "zstd":
+        import zstandard
+
+        c = zstandard.ZstdCompressor(level=3).compressobj()
+        return peer, lambda data: c.compress(data) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    z = zlib.compressobj(9)
+    return peer, lambda data: z.compress(data) + z.flush(zlib.Z_FULL_FLUSH)
+
+
+IN_FLIGHT = [root(), *(reg(b"f%04d" % j, b"x") for j in range(300))]
+"""More new files than the receiver keeps requests in flight for: what comes after them
+waits in its backlog."""
+
+
+def test_file_list_backlog_is_bounded_by_the_bytes_it_holds(sb: Sandbox) -> None:
+    """Finding 6: with -z, 300 unanswered requests, then 400 file-list frames of 4 MiB
+    each (1.6 MB on the wire) grew the receiver's backlog to 1.6 GB. Past its bound in
+    bytes the backlog is decided at once instead of held (these frames are garbage: a
+    protocol error), so the peak RSS stays under MEMORY_BOUND."""
+    peer, z = _compressed_sender(sb, "zlib")
+    start_list = frame(protocol.FLIST_START, b'{"single_file": false}')
+    peer.send_raw(z(start_list + frame(protocol.FLIST, flist_payload(IN_FLIGHT))))
+    junk = z(frame(protocol.FLIST, bytes(protocol.MAX_FRAME)))
+    again = z(frame(protocol.FLIST, bytes(protocol.MAX_FRAME)))
+    bomb = junk + again * 399
+    assert len(bomb) < 2 << 20
+    peer.send_raw(bomb)
+    result = peer.finish()
+    assert result.code == STREAM, result.describe()
+    assert "Traceback" not in result.text and "MemoryError" not in result.text, (
+        result.describe())
+    _assert_bounded(peer, result)
+    sb.assert_nothing_outside()
+    sb.assert_previous_intact()
+
+
+@pytest.mark.skipif("zstd" not in protocol.CAPABILITIES, reason="zstandard not installed")
+def test_zstd_stream_is_inflated_a_step_at_a_time(sb: Sandbox) -> None:
+    """Finding 10: with -z negotiated as zstd, 1 GiB of zeros in a few kB on the wire was
+    inflated at once (zstandard's decompressobj has no output bound). It comes a step at
+    a time, as zlib's does: refused as what it is (zeros are no frame the server expects),
+    the server's peak RSS under MEMORY_BOUND."""
+    peer, z = _compressed_sender(sb, "zstd")
+    zeros = bytes(1 << 20)
+    bomb = b"".join(z(zeros) for _ in range(1024))
+    assert len(bomb) < 1 << 20
+    peer.send_raw(bomb)
+    result = peer.finish()
+    assert result.code == STREAM, result.describe()
+    assert "Traceback" not in result.text and "MemoryError" not in result.text, (
+        result.describe())
+    _assert_bounded(peer, result)
+    sb.assert_nothing_outside()
+    sb.assert_previous_intact()
+
+
+def _server_without_zstd(args=(), env=None, cwd=None):
+    """`fscsync --server` in an interpreter where zstandard cannot be imported."""
+    code = ("import sys; sys.modules['zstandard'] = None; sys.argv[1:1] = ['--server']; "
+            "from fscsync.cli import run; run()")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                            env={**os.environ, **SERVER_ENV, **(env or {})})
+    return _Popened(proc)
+
+
+@pytest.mark.parametrize("kind", ["zstd", "lz4"])
+def test_setup_asking_for_a_compression_this_side_lacks_is_refused(sb: Sandbox, kind: str
+                                                                   ) -> None:
+    """A client asking for a stream compression the server does not offer (zstd where
+    zstandard is missing, or a name nobody knows) is refused at setup: exit 5, not an
+    internal error."""
+    peer = FakeSender(timeout=QUICK, launcher=_server_without_zstd)
+    assert not peer.setup(sb.dest, compress=kind)
+    result = peer.finish()
+    assert_refused(result, sb, "malformed setup", code=5)
+
+
+@pytest.mark.parametrize("case", ["dir-twice", "file-twice", "backwards", "dir-then-file",
+                                  "across-frames", "root-child-twice"])
+def test_repeated_or_out_of_order_entry_is_refused(sb: Sandbox, case: str) -> None:
+    """Finding 7: a directory's entries arrive in order (non-directories sorted, then
+    directories sorted), so an entry that is not past the one before it in its directory
+    repeats one (or is out of place): a protocol error, whichever batch it comes in."""
+    d, f = Entry(b"d", DIR, 0, T_NEW), reg(b"d/f", b"f")
+    frames = {
+        "dir-twice": [flist(root(), d, d)],
+        "file-twice": [flist(root(), d, f, f)],
+        "backwards": [flist(root(), d, reg(b"d/g"), reg(b"d/f"))],
+        "dir-then-file": [flist(root(), d, Entry(b"d/e", DIR, 0, T_NEW), reg(b"d/f"))],
+        "across-frames": [flist(root(), d, f), flist(f)],
+        "root-child-twice": [flist(root(), reg(b"x"), d, reg(b"x"))],
+    }[case]
+    result = play(sb, frames)
+    assert_refused(result, sb, "repeats or is out of order")
+
+
+@pytest.mark.parametrize("level", [1, 9])
+def test_a_batch_of_one_directory_repeated_is_refused_within_bounds(sb: Sandbox,
+                                                                    level: int) -> None:
+    """Finding 7: 500,000 copies of one directory entry, 16 kB on the wire, cost the
+    receiver 18 s of CPU and 183 MB, and it ended with exit 0. At zlib level 1 (the
+    sender's) the second copy is refused; at level 9 the frame inflates more than a file
+    list does (MAX_INFLATE) and is refused before it is decoded."""
+    raw = encode_entries([root()] + [Entry(b"d", DIR, 0, T_NEW)] * 500_000)
+    payload = zlib.compress(raw, level)
+    assert len(payload) < 80_000
+    peer = FakeSender(timeout=60, launcher=measured_server())
+    assert peer.setup(sb.dest) and peer.start_flist(), peer.finish().describe()
+    peer.send(protocol.FLIST, payload)
+    peer.send(protocol.FLIST_END, flist_end(500_001))
+    _serve(peer, {})
+    result = peer.finish()
+    assert_refused(result, sb, "repeats" if level == 1 else "too large")
+    _assert_bounded(peer, result)

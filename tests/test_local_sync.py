@@ -547,15 +547,16 @@ def test_scan_hands_out_a_big_directory_in_bounded_runs(tmp_path: Path) -> None:
 
 
 def test_scan_keeps_name_order_across_plain_runs_and_other_entries(tmp_path: Path) -> None:
-    """Files without xattrs come as PlainRuns (lstat results, no Entry objects), the
+    """Files that cannot be encrypted (a size of no whole number of 4096-byte units)
+    come as PlainRuns (lstat results, no Entry objects) when no xattrs are wanted, the
     rest as entries; between them the directory's name order holds, each file's fields
-    are what lstat says, and a PlainRun packs as its entries would."""
+    are what lstat says, and a PlainRun packs as its entries would. An xattr does not
+    matter without -X."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(12):
-        write(src / f"f{i:02d}", b"x" * i)
-    for i in (3, 4, 9):
-        os.setxattr(src / f"f{i:02d}", "user.k", b"v")
+        write(src / f"f{i:02d}", b"x" * (8192 if i in (3, 4, 9) else i + 1))
+    os.setxattr(src / "f05", "user.k", b"v")
     os.symlink("f00", src / "f06b")
     runs = list(Scanner(EVERY_KIND, _Collect()).scan([bytes(src) + b"/"]))
     kinds = [(type(run) is PlainRun, [e.path for e in run]) for run in runs[1:]]
@@ -747,3 +748,26 @@ def test_owner_and_mode_changes_reach_existing_copies(tmp_path: Path) -> None:
     t.run("-a", f"{t.src}/", "@D/dst")
     t.assert_same()
     assert stat.S_IMODE(os.stat(t.f / "dst/sub").st_mode) == 0o750
+
+
+@pytest.mark.parametrize("flags", [["-a"], ["-aH"], ["-aHc"]], ids=" ".join)
+def test_several_sources_merge_as_rsyncs_do(tmp_path: Path, flags: list[str]) -> None:
+    """The receiver refuses an entry that repeats or comes out of order (issue 19), so
+    several sources go as one list in order: the first source's entry where two give the
+    same path, nothing under a path that is no directory there, top names sorted, hard
+    links across sources led by the first in the list. The tree is rsync's, from the
+    same arguments."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for path, data in [(a / "x", b"A"), (b / "x", b"B"), (a / "d/f", b"A"), (b / "d/f", b"B"),
+                       (b / "d/g", b"B"), (a / "n", b"file in a"), (b / "n/under", b"B"),
+                       (b / "m", b"B"), (c / "k/inner", b"C"), (a / "y", b"linked")]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path, data)
+    os.link(a / "y", b / "e")
+    args = [f"{a}/", f"{c}/k", f"{b}/"]
+    run_rsync(*flags, *args, f"{tmp_path}/r/", check=True)
+    run_fscsync(*flags, *args, f"{tmp_path}/f/", check=True)
+    assert_same_tree(tmp_path / "r", tmp_path / "f", ignore_dir_mtime=True)
+    assert (tmp_path / "f/x").read_bytes() == b"A"
+    linked = os.stat(tmp_path / "f/e").st_ino == os.stat(tmp_path / "f/y").st_ino
+    assert linked == ("H" in flags[0]), "hard links across sources"

@@ -159,6 +159,17 @@ def test_sparse_only_compared_when_asked(tmp_path: Path) -> None:
         "files/sparse: sparse True != False"]
 
 
+def test_content_skipped_when_asked(tmp_path: Path) -> None:
+    a, b = _twin_trees(tmp_path)
+    one = b / "files/one"
+    data = bytearray(one.read_bytes())
+    data[0] ^= 0xFF
+    _keep_mtime(one, lambda: write(one, bytes(data)))
+    assert diff(snapshot(a, content=False), snapshot(b, content=False)) == []
+    assert [d.split(" ", 2)[:2] for d in diff(snapshot(a), snapshot(b))] == [
+        ["files/one:", "sha256"]]
+
+
 def test_paths_are_escaped(tmp_bytes: bytes) -> None:
     assert isinstance(tmp_bytes, bytes)
     a, b = os.path.join(tmp_bytes, b"a"), os.path.join(tmp_bytes, b"b")

@@ -38,12 +38,13 @@ from fscsync.cipher import (
     O_CIPHERTEXT,
     UNIT,
     EncData,
+    escape_name,
     format_encdata,
     padded_size,
     parse_encdata,
+    unescape_name,
 )
 from fscsync.testfs import MountError, make_encrypted_dir, model, start
-from fscsync.testfs.names import escape_name, unescape_name
 
 pytestmark = needs_fuse
 join = os.path.join
@@ -185,16 +186,38 @@ def test_virtual_encdata_on_every_encrypted_kind(views: Views, area: tuple[bytes
     os.symlink(b"target/path", join(u, b"l"))
     for name in (b"f", b"d", b"l"):
         lpath = twin(views, join(u, name))
-        assert ENCDATA_XATTR in xattr.list(lpath, nofollow=True)
-        assert ENCDATA_XATTR in xattr.list(join(u, name), nofollow=True)
+        # As on Lustre's ldiskfs patch: answered by name, never listed, in either view.
+        assert ENCDATA_XATTR not in xattr.list(lpath, nofollow=True)
+        assert ENCDATA_XATTR not in xattr.list(join(u, name), nofollow=True)
         enc = encdata(lpath)
         assert enc.policy == encdata(locked).policy
+        assert encdata(join(u, name)) == enc
+        # Without the key every encrypted inode's size is rounded up to the unit.
+        assert os.lstat(lpath).st_size == UNIT
     assert encdata(twin(views, join(u, b"f"))).size == 3
     assert encdata(twin(views, join(u, b"d"))).size == 0
+    assert os.lstat(join(u, b"f")).st_size == 3
+    assert os.lstat(join(u, b"l")).st_size == len(b"target/path")
     plain = join(views.locked, b"plain", b"virtual-encdata")
     write(plain, b"")
     assert errno_of(xattr.get, plain, ENCDATA_XATTR) == errno.ENODATA
     assert ENCDATA_XATTR not in xattr.list(plain)
+
+
+def test_list_encdata_option_lists_it(tmp_path: Path) -> None:
+    """The kinder behaviour some stand-ins have, kept as a mount option so fscsync is
+    tested against both: listxattr shows encdata on encrypted inodes only."""
+    backing = encrypted_backing(tmp_path / "backing")
+    (tmp_path / "u").mkdir()
+    (tmp_path / "l").mkdir()
+    with mounted(backing, tmp_path / "u", KEY) as unlocked:
+        write(join(unlocked, b"enc", b"f"), b"abc")
+        write(join(unlocked, b"plain", b"p"), b"abc")
+    with mounted(backing, tmp_path / "l", list_encdata=True) as locked:
+        (name,) = os.listdir(join(locked, b"enc"))
+        assert ENCDATA_XATTR in xattr.list(join(locked, b"enc", name), nofollow=True)
+        assert ENCDATA_XATTR in xattr.list(join(locked, b"enc"), nofollow=True)
+        assert ENCDATA_XATTR not in xattr.list(join(locked, b"plain", b"p"), nofollow=True)
 
 
 def test_symlinks_locked_and_unlocked(views: Views, area: tuple[bytes, bytes]) -> None:
@@ -207,9 +230,11 @@ def test_symlinks_locked_and_unlocked(views: Views, area: tuple[bytes, bytes]) -
         lpath = twin(views, link)
         enc = encdata(lpath)
         cipher = unescape_name(os.readlink(lpath))
-        assert len(cipher) == enc.size == model.name_ciphertext_len(len(target), enc.flags, 4093)
+        # encdata's size is i_size: ext4's 2-byte length prefix + the ciphertext.
+        assert enc.size == 2 + len(cipher)
+        assert len(cipher) == model.name_ciphertext_len(len(target), enc.flags, 4093)
         assert model.decrypt_name(model.file_key(KEY, enc.nonce), cipher) == target
-        assert os.lstat(lpath).st_size == len(os.readlink(lpath))
+        assert os.lstat(lpath).st_size == UNIT
 
 
 def _install(path: bytes, enc: EncData, flags: int = 0) -> None:
@@ -229,6 +254,8 @@ def test_setxattr_encdata_rules(views: Views, area: tuple[bytes, bytes]) -> None
                 format_encdata(good).replace(b"base64url", b"base32")):
         assert errno_of(xattr.set, target, ENCDATA_XATTR, bad) == errno.EINVAL
     assert encdata_of(target) is None
+    v1 = EncData(100, bytes([1, 1, 4, 0]) + good.enc_ctx[8:16] + good.nonce, good.enc_name)
+    assert errno_of(_install, target, v1) == errno.EINVAL  # the patch installs v2 only
     os.mkfifo(join(locked, b"fifo"))
     assert errno_of(_install, join(locked, b"fifo"), good) == errno.EINVAL
     os.symlink(b"not=escaped", join(locked, b"badlink"))

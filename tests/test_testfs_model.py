@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fscsync.cipher import UNIT
+from fscsync.cipher import UNIT, escape_name, unescape_name
 from fscsync.testfs import backing, model
 from fscsync.testfs.contents import read_plain, truncate_plain, write_plain
-from fscsync.testfs.names import escape_name, raw_name, unescape_name
+from fscsync.testfs.names import raw_name
 
 MASTER = bytes(range(64))
 NONCE = bytes.fromhex("bf5bfb4f559184a56d5fb250225fb4f3")

@@ -1,6 +1,7 @@
 """Command line: `python -m fscsync.testfs {mount,umount,mkpolicy} ...`.
 
-mount [--key FILE] BACKING MOUNTPOINT   mount in the background, return once mounted
+mount [--key FILE] [--list-encdata] BACKING MOUNTPOINT
+                                        mount in the background, return once mounted
 umount MOUNTPOINT                       unmount (the daemon then exits)
 mkpolicy --key FILE [--padding N] DIR   make an empty plain backing dir encrypted
 
@@ -41,11 +42,11 @@ def _mount(args: argparse.Namespace) -> None:
         from fscsync.testfs.fusefs import serve  # loads libfuse: only the daemon needs it
 
         serve(os.fsencode(args.backing), os.fsencode(args.mountpoint),
-              None if key is None else MasterKey(key), args.ready_fd)
+              None if key is None else MasterKey(key), args.ready_fd, args.list_encdata)
         return
     log = open(args.log, "ab") if args.log else None
     try:
-        start(args.backing, args.mountpoint, key, log)
+        start(args.backing, args.mountpoint, key, log, args.list_encdata)
     except MountError as exc:
         raise SystemExit(f"testfs: {exc}") from None
 
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     mount = sub.add_parser("mount", help="serve BACKING on MOUNTPOINT")
     mount.add_argument("--key", help="64-byte master key file (omit for the locked view)")
     mount.add_argument("--foreground", action="store_true", help="serve until unmounted")
+    mount.add_argument("--list-encdata", action="store_true",
+                       help="list security.encdata in listxattr (the real interface never "
+                            "does; for testing both behaviours)")
     mount.add_argument("--log", help="append the daemon's messages to this file")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.add_argument("backing")

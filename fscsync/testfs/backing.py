@@ -5,7 +5,8 @@
   security.encdata (size = cleartext size, enc_ctx, enc_name = raw name).
 - Encrypted regular files hold their ciphertext padded to whole 4096-byte
   units; encrypted symlinks point at the escaped ciphertext target
-  (names.escape_name) and their encdata size is the raw ciphertext length.
+  (names.escape_name) and their encdata size is the on-disk length ext4 gives
+  it: 2 + the raw ciphertext length.
 - Names inside encrypted directories are the escaped raw names, i.e. the very
   names the locked view shows; so a key-less copy of a locked view onto a plain
   filesystem is itself a valid backing directory.
@@ -25,13 +26,14 @@ import xattr
 
 from fscsync.cipher import (
     ENCDATA_XATTR,
+    NONCE_LEN,
     EncData,
     b64u_encode,
     format_encdata,
+    get_encdata,
     parse_encdata,
-    read_encdata,
 )
-from fscsync.testfs.model import NONCE_LEN, Context, MasterKey
+from fscsync.testfs.model import Context, MasterKey
 
 INTERNAL_XATTR_PREFIX = b"trusted.fscsync."
 NAME_MAX = 255
@@ -44,7 +46,7 @@ _parse = lru_cache(maxsize=1 << 16)(parse_encdata)
 
 def load_encdata(target: int | bytes) -> EncData | None:
     """The stored encdata of a backing path (never followed) or fd; None when plain."""
-    text = read_encdata(target, follow=False)
+    text = get_encdata(target)
     return None if text is None else _parse(text)
 
 

@@ -11,8 +11,14 @@ an encrypted inode fails with EPERM. Unlocked inodes show plaintext and are
 written by re-encrypting the touched units. O_CIPHERTEXT opens of encrypted
 files give ciphertext (read-only) in both views.
 
-`security.encdata` is the stored text. Setting it on a plain inode installs
-it: EINVAL if the inode is encrypted, with XATTR_REPLACE, on malformed text,
+`security.encdata` is the stored text, answered by name only: listxattr never
+shows it, as on Lustre's ldiskfs patch (the mount option list_encdata lists it,
+a kinder behaviour kept so that both can be tested). Without the key, st_size of
+every encrypted inode (files, directories, symlinks) is rounded up to 4096; an
+encrypted symlink's encdata size is its on-disk length, 2 + the ciphertext
+length. Setting encdata on a plain inode installs it, v2 contexts only (the
+patch's sscanf takes a 54-character enc_ctx): EINVAL if the inode is encrypted,
+with XATTR_REPLACE, on malformed text or a v1 context,
 on device nodes, FIFOs and sockets (the kernel never encrypts those: they get
 encrypted names only), or on a symlink whose target is not an escaped
 ciphertext; a symlink's `size` is not interpreted. Removing it fails with
@@ -42,8 +48,10 @@ from fscsync.cipher import (  # noqa: E402
     ENCDATA_XATTR,
     EncData,
     EncdataError,
+    escape_name,
     padded_size,
     parse_encdata,
+    unescape_name,
 )
 from fscsync.testfs.backing import (  # noqa: E402
     INTERNAL_XATTR_PREFIX,
@@ -61,7 +69,7 @@ from fscsync.testfs.model import (  # noqa: E402
     encrypt_name,
     encrypt_symlink,
 )
-from fscsync.testfs.names import escape_name, raw_name, unescape_name  # noqa: E402
+from fscsync.testfs.names import raw_name  # noqa: E402
 
 # The kernel strips O_NOCTTY before a FUSE daemon sees an open, so this is
 # what is left of O_CIPHERTEXT (O_NDELAY == O_NONBLOCK).
@@ -69,6 +77,9 @@ CIPHERTEXT_SEEN = os.O_NONBLOCK | os.O_DSYNC
 RENAME_NOREPLACE = 1
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+# ext4 stores an encrypted symlink as a u16 length, the ciphertext and a NUL; i_size
+# (and so encdata's size) counts the length and the ciphertext.
+SYMLINK_HEADER = 2
 _STAT_KEYS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
               "st_blksize", "st_blocks")
 _STATVFS_KEYS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
@@ -110,9 +121,11 @@ class TestFS(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, backing: bytes, key: MasterKey | None, ready_fd: int | None = None):
+    def __init__(self, backing: bytes, key: MasterKey | None, ready_fd: int | None = None,
+                 list_encdata: bool = False):
         self.root = os.path.abspath(backing)
         self.key = key
+        self.list_encdata = list_encdata
         self.ready_fd = ready_fd
         self.handles: dict[int, _Handle] = {}
         self._fh = count(1)
@@ -183,9 +196,12 @@ class TestFS(mfusepy.Operations):
         enc = load_encdata(target)
         if enc is not None:
             key = self._file_key(enc)
-            if stat.S_ISREG(st.st_mode):
-                attrs["st_size"] = enc.size if key else padded_size(enc.size)
-            elif stat.S_ISLNK(st.st_mode) and key:
+            if key is None:
+                size = enc.size if stat.S_ISREG(st.st_mode) else st.st_size
+                attrs["st_size"] = padded_size(size)
+            elif stat.S_ISREG(st.st_mode):
+                attrs["st_size"] = enc.size
+            elif stat.S_ISLNK(st.st_mode):
                 attrs["st_size"] = len(self._target(os.readlink(target), key))
         return attrs
 
@@ -242,7 +258,8 @@ class TestFS(mfusepy.Operations):
 
     def listxattr(self, path: str) -> list[str]:
         names = xattr.list(self._lookup(path).path, nofollow=True)
-        return [os.fsdecode(n) for n in names if not n.startswith(INTERNAL_XATTR_PREFIX)]
+        return [os.fsdecode(n) for n in names if not n.startswith(INTERNAL_XATTR_PREFIX)
+                and (self.list_encdata or n != ENCDATA_XATTR)]
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0
                  ) -> None:
@@ -270,7 +287,7 @@ class TestFS(mfusepy.Operations):
             enc = parse_encdata(text)
         except EncdataError:
             raise _fail(errno.EINVAL) from None
-        if load_encdata(target) is not None:
+        if not enc.is_v2 or load_encdata(target) is not None:
             raise _fail(errno.EINVAL)
         mode = os.lstat(target).st_mode
         if stat.S_ISREG(mode):
@@ -319,7 +336,7 @@ class TestFS(mfusepy.Operations):
                 cipher = encrypt_symlink(self._file_key(enc), link, flags)
             except ValueError:
                 raise _fail(errno.ENAMETOOLONG) from None
-            link, enc = escape_name(cipher), enc._replace(size=len(cipher))
+            link, enc = escape_name(cipher), enc._replace(size=SYMLINK_HEADER + len(cipher))
         os.symlink(link, entry.path)
         self._created(entry, enc)
 
@@ -464,11 +481,11 @@ class _Fuse(mfusepy.FUSE):
 
 
 def serve(backing: bytes, mountpoint: bytes, key: MasterKey | None,
-          ready_fd: int | None = None) -> None:
+          ready_fd: int | None = None, list_encdata: bool = False) -> None:
     """Mount and serve in the foreground until unmounted."""
     os.umask(0)
     _Fuse(
-        TestFS(backing, key, ready_fd), os.fsdecode(mountpoint),
+        TestFS(backing, key, ready_fd, list_encdata), os.fsdecode(mountpoint),
         foreground=True, nothreads=True, allow_other=True, default_permissions=True,
         use_ino=True, direct_io=True, attr_timeout=0, entry_timeout=0, negative_timeout=0,
         fsname="fscsync-testfs", subtype="fscsync-testfs",

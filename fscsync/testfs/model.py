@@ -16,13 +16,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fscsync.cipher import CTX_V2_LEN, MAX_NAME, UNIT
+from fscsync.cipher import (
+    MAX_NAME,
+    MODE_AES_256_CTS,
+    MODE_AES_256_XTS,
+    UNIT,
+    pack_context,
+    unpack_context,
+)
 
 MASTER_KEY_LEN = 64
-NONCE_LEN = 16
 KEY_ID_LEN = 16
-MODE_AES_256_XTS = 1
-MODE_AES_256_CTS = 4
 PAD_MASK = 0x03
 LOG2_UNIT = UNIT.bit_length() - 1
 # The kernel caps an encrypted symlink target at blocksize - 3 bytes:
@@ -49,16 +53,12 @@ class Context:
     log2_data_unit_size: int = 0
 
     def to_bytes(self) -> bytes:
-        return struct.pack(
-            "<BBBBB3x16s16s", 2, self.contents_mode, self.filenames_mode, self.flags,
-            self.log2_data_unit_size, self.master_key_id, self.nonce,
-        )
+        return pack_context(self.master_key_id, self.nonce, self.flags, self.contents_mode,
+                            self.filenames_mode, self.log2_data_unit_size)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Context:
-        if len(raw) != CTX_V2_LEN or raw[0] != 2:
-            raise ValueError(f"not a v2 context: {raw.hex()}")
-        _, contents, names, flags, log2, key_id, nonce = struct.unpack("<BBBBB3x16s16s", raw)
+        contents, names, flags, log2, key_id, nonce = unpack_context(raw)
         return cls(key_id, nonce, flags, contents, names, log2)
 
     def check_supported(self) -> None:

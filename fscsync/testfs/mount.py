@@ -29,8 +29,11 @@ class MountError(RuntimeError):
 
 
 def start(backing: bytes | str, mountpoint: bytes | str, key: bytes | None = None,
-          log: BinaryIO | None = None) -> subprocess.Popen[bytes]:
+          log: BinaryIO | None = None, list_encdata: bool = False) -> subprocess.Popen[bytes]:
     """Mount `backing` on `mountpoint` (locked view without `key`); returns the daemon.
+
+    `list_encdata` makes listxattr show security.encdata, which the real interface
+    never does: only for testing that fscsync copes with both.
 
     The daemon's stderr goes to `log`, or to an anonymous file that is shown
     in the MountError if the mount fails.
@@ -45,6 +48,8 @@ def start(backing: bytes | str, mountpoint: bytes | str, key: bytes | None = Non
         os.close(key_w)
         pass_fds.append(key_r)
         argv += ["--key", f"/dev/fd/{key_r}"]
+    if list_encdata:
+        argv.append("--list-encdata")
     argv += ["--", os.fsdecode(backing), os.fsdecode(mountpoint)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
@@ -99,10 +104,10 @@ def stop(proc: subprocess.Popen[bytes], mountpoint: bytes | str) -> None:
 
 
 @contextmanager
-def mounted(backing: bytes | str, mountpoint: bytes | str, key: bytes | None = None
-            ) -> Iterator[bytes]:
+def mounted(backing: bytes | str, mountpoint: bytes | str, key: bytes | None = None,
+            list_encdata: bool = False) -> Iterator[bytes]:
     """`with mounted(backing, mnt, key) as root:` a view for the duration of the block."""
-    proc = start(backing, mountpoint, key)
+    proc = start(backing, mountpoint, key, list_encdata=list_encdata)
     try:
         yield os.fsencode(mountpoint)
     finally:

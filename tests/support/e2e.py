@@ -196,9 +196,12 @@ class World:
     `view()` mounts a backing directory (locked without a key) until `close()`;
     `mounted_view()` is the same as a context manager, for a view that must
     go away before the next step (e.g. "unmount B, mount it with the key").
+    Views behave as the real interface does (encdata never listed) unless
+    `list_encdata` asks for the kinder stand-in.
     """
 
     base: Path
+    list_encdata: bool = False
     stack: ExitStack = field(default_factory=ExitStack)
     _n: count = field(default_factory=count)
 
@@ -217,11 +220,11 @@ class World:
         return mp
 
     def view(self, backing: bytes, key: bytes | None = None) -> bytes:
-        return self.stack.enter_context(mounted(backing, self._mountpoint(backing, key), key))
+        return self.stack.enter_context(self.mounted_view(backing, key))
 
     def mounted_view(self, backing: bytes, key: bytes | None = None
                      ) -> AbstractContextManager[bytes]:
-        return mounted(backing, self._mountpoint(backing, key), key)
+        return mounted(backing, self._mountpoint(backing, key), key, self.list_encdata)
 
     def close(self) -> None:
         self.stack.close()

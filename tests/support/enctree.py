@@ -24,15 +24,13 @@ from dataclasses import dataclass, field
 
 import xattr
 
-from fscsync.cipher import EncData, format_encdata, parse_encdata
+from fscsync.cipher import EncData, escape_name, format_encdata, pack_context, parse_encdata
 from support.trees import BASE_NS, set_times, set_tree_times
 
 UNIT = 4096
 ENCDATA = b"security.encdata"
 USER_ENCDATA = b"user.fscsync.encdata"
 
-CONTENTS_AES_256_XTS = 1
-FILENAMES_AES_256_CTS = 4
 FLAG_PAD_32 = 0x03
 FLAG_IV_INO_LBLK_64 = 0x08
 FLAG_IV_INO_LBLK_32 = 0x10
@@ -44,27 +42,12 @@ def padded(size: int) -> int:
 
 
 def make_ctx(key_id: bytes, nonce: bytes, flags: int = 0) -> bytes:
-    """A 40-byte fscrypt v2 context: 02 01 04 FLAGS 00 00 00 00, key id, nonce."""
-    if len(key_id) != 16 or len(nonce) != 16:
-        raise ValueError("key id and nonce are 16 bytes each")
-    return bytes([2, CONTENTS_AES_256_XTS, FILENAMES_AES_256_CTS, flags, 0, 0, 0, 0]) + (
-        key_id + nonce)
+    """A 40-byte fscrypt v2 context (AES-256-XTS contents, AES-256-CTS names)."""
+    return pack_context(key_id, nonce, flags)
 
 
 def encdata_text(size: int, ctx: bytes, enc_name: bytes = b"") -> bytes:
     return format_encdata(EncData(size, ctx, enc_name))
-
-
-def lustre_name(raw: bytes) -> bytes:
-    """The yEnc-like escape ldiskfs shows for raw encrypted names: NUL, LF, CR, '/',
-    DEL and '=' become '=' followed by byte+64. Gives arbitrary non-UTF-8 bytes."""
-    out = bytearray()
-    for b in raw:
-        if b in (0, 10, 13, 0x2F, 0x7F, 0x3D):
-            out += bytes([0x3D, (b + 64) & 0xFF])
-        else:
-            out.append(b)
-    return bytes(out)
 
 
 def read_encdata(path: bytes | str, name: bytes = ENCDATA) -> bytes | None:
@@ -152,7 +135,7 @@ class EncTree:
         """An encrypted symlink: an opaque (non-UTF-8) target, encdata set nofollow."""
         p = self.path(rel)
         if target is None:
-            target = lustre_name(self._rng.randbytes(32)).replace(b"\x00", b"\x01")
+            target = escape_name(self._rng.randbytes(32)).replace(b"\x00", b"\x01")
             target = b"\xff" + target
         os.symlink(target, p)
         self._set(p, encdata_text(len(target), self._ctx(key_id, flags), self._name()))
@@ -237,13 +220,13 @@ def build_standard(root: bytes | str, seed: int | str = 0, *,
         name = b"enc/" + f"AbCd{i}_-xYz{size}".encode()
         t.file(name, size)
         t.paths[f"file-{size}"] = name
-    sub = b"enc/" + lustre_name(b"\x00sub\xe9\xff/\x7f=dir")
+    sub = b"enc/" + escape_name(b"\x00sub\xe9\xff/\x7f=dir")
     t.dir(sub)
     t.paths["subdir"] = sub
-    t.paths["file-10000"] = t.file(sub + b"/" + lustre_name(b"\x80\x81f\n1"), 10000,
+    t.paths["file-10000"] = t.file(sub + b"/" + escape_name(b"\x80\x81f\n1"), 10000,
                                    0o600)[len(t.root) + 1:]
-    t.paths["symlink"] = t.symlink(sub + b"/" + lustre_name(b"\xfelink\r"))[len(t.root) + 1:]
-    t.paths["fifo"] = t.fifo(sub + b"/" + lustre_name(b"\xc3\x28fifo"))[len(t.root) + 1:]
+    t.paths["symlink"] = t.symlink(sub + b"/" + escape_name(b"\xfelink\r"))[len(t.root) + 1:]
+    t.paths["fifo"] = t.fifo(sub + b"/" + escape_name(b"\xc3\x28fifo"))[len(t.root) + 1:]
     t.file(b"enc/hl-a", 9000)
     t.hardlink(b"enc/hl-a", sub + b"/hl-b")
     t.paths["hardlink-a"] = b"enc/hl-a"

@@ -173,6 +173,74 @@ def spawn_server(args: Iterable[str] = (), env: dict[str, str] | None = None,
     return _Popened(proc)
 
 
+_MEASURE = r"""
+import json, os, resource, sys
+report, limit = int(sys.argv[1]), int(sys.argv[2])
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(sys.executable, [sys.executable, *sys.argv[3:]])
+_, status, usage = os.wait4(pid, 0)
+os.write(report, json.dumps([usage.ru_maxrss, usage.ru_utime + usage.ru_stime]).encode())
+os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+"""Runs the server as its child and reports the child's wait4 usage. A process forked
+from pytest and then exec'd would count pytest's own peak in its ru_maxrss; one forked
+from this small launcher starts from the launcher's few MB."""
+
+
+class Measured(_Popened):
+    """A spawned server whose peak RSS and CPU time are known once it exited, for the
+    tests that bound what a hostile peer can make it spend."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], report: int):
+        super().__init__(proc)
+        self._report = report
+        self.peak_rss: int | None = None
+        """Bytes."""
+        self.cpu: float | None = None
+        """Seconds, user and system."""
+
+    def wait(self, timeout: float) -> int | None:
+        code = super().wait(timeout)
+        if code is not None and self.peak_rss is None:
+            data = os.read(self._report, 1 << 12)
+            if data:
+                maxrss, self.cpu = json.loads(data)
+                self.peak_rss = maxrss * 1024
+        return code
+
+    def kill(self) -> None:
+        """The launcher and the server with it (a process group of their own)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def close(self) -> None:
+        super().close()
+        os.close(self._report)
+
+
+def measured_server(address_space: int = 1 << 30) -> Callable[..., Measured]:
+    """A launcher like spawn_server whose servers are Measured and run under an
+    address-space limit: a test of a memory bound must not take the machine's memory
+    when the bound is missing."""
+
+    def launch(args: Iterable[str] = (), env: dict[str, str] | None = None,
+               cwd: str | None = None) -> Measured:
+        report_r, report_w = os.pipe()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, str(report_w), str(address_space), "-m",
+             "fscsync", "--server", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=cwd, env={**os.environ, **SERVER_ENV, **(env or {})},
+            pass_fds=[report_w], start_new_session=True)
+        os.close(report_w)
+        return Measured(proc, report_r)
+
+    return launch
+
+
 _ZYGOTE = r"""
 import json, os, signal, socket, sys, traceback
 import fscsync.cli, fscsync.session  # everything a server needs, imported once

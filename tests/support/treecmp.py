@@ -102,7 +102,8 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
         stack.extend(reversed(subdirs))
 
 
-def _record(path: bytes, st: os.stat_result, *, xattrs: bool, atime: bool, sparse: bool) -> Rec:
+def _record(path: bytes, st: os.stat_result, *, xattrs: bool, atime: bool, sparse: bool,
+            content: bool) -> Rec:
     fmt = stat.S_IFMT(st.st_mode)
     rec = Rec(
         type=_TYPES[fmt],
@@ -115,7 +116,7 @@ def _record(path: bytes, st: os.stat_result, *, xattrs: bool, atime: bool, spars
     )
     if fmt == stat.S_IFREG:
         rec.size = st.st_size
-        rec.sha256 = _file_sha256(path)
+        rec.sha256 = _file_sha256(path) if content else None
         if sparse:
             rec.sparse = st.st_blocks * 512 < st.st_size
     elif fmt == stat.S_IFLNK:
@@ -127,15 +128,19 @@ def _record(path: bytes, st: os.stat_result, *, xattrs: bool, atime: bool, spars
 
 def snapshot(
     root: bytes | str | os.PathLike[str], *, xattrs: bool = True, atime: bool = False,
-    sparse: bool = False,
+    sparse: bool = False, content: bool = True,
 ) -> dict[bytes, Rec]:
-    """Record every entry under root (never following symlinks), keyed by relative path."""
+    """Record every entry under root (never following symlinks), keyed by relative path.
+
+    content=False skips hashing files (sha256 stays None): the benchmark checks a
+    freshly populated gigabyte tree's metadata only."""
     root_b = os.fsencode(root)
     snap: dict[bytes, Rec] = {}
     inodes: dict[tuple[int, int], list[bytes]] = {}
     for rel, st in _walk(root_b):
         path = root_b if rel == b"." else os.path.join(root_b, rel)
-        snap[rel] = _record(path, st, xattrs=xattrs, atime=atime, sparse=sparse)
+        snap[rel] = _record(path, st, xattrs=xattrs, atime=atime, sparse=sparse,
+                            content=content)
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
     for group in inodes.values():
