@@ -724,7 +724,7 @@ class Generator:
         rx = self.rx
         try:
             t = Target(pfd, tmp, is_link=is_link)
-            meta.apply_attrs(self.opts, rx.ids, e, t, os.lstat(proc_path(pfd, tmp)), new=True)
+            meta.apply_attrs(self.opts, rx.ids, e, t, t.hold(), new=True)
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
             try:

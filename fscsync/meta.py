@@ -185,6 +185,13 @@ class Target:
             raise OSError(errno.ESTALE, "replaced during the run; left alone")
         self._path_fd = fd
 
+    def hold(self) -> os.stat_result:
+        """Pin a node this run just made, whatever it is now, and return its stat (the
+        inode the attributes then go to, however the name is swapped)."""
+        fd = os.open(self.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dirfd)
+        self._path_fd = fd
+        return os.fstat(fd)
+
     def unpin(self) -> None:
         if self._path_fd is not None:
             os.close(self._path_fd)
