@@ -344,8 +344,8 @@ class Scanner:
     def _confined_entry(self, rel: bytes, path: bytes, st: os.stat_result,
                         in_encrypted_dir: bool) -> Entry | None:
         """_entry under --restrict-to: the entry is pinned from the allowed tree's fd (no
-        symlink followed on the way) and must still be what lstat saw; a link target is
-        read through that fd."""
+        symlink followed on the way) and must still be what lstat saw; its xattrs,
+        encdata and link target are read through that fd."""
         try:
             pin = self.confined.open(path, os.O_PATH | os.O_NOFOLLOW)
         except OSError as exc:
@@ -364,7 +364,7 @@ class Scanner:
     def _entry(self, rel: bytes, path: bytes, st: os.stat_result,
                in_encrypted_dir: bool, at: int | None = None) -> Entry | None:
         """Build one entry, or None when this run skips that kind of file; `at` is an
-        O_PATH fd of it (under --restrict-to) to read its link target through."""
+        O_PATH fd of it (under --restrict-to) to read it through."""
         if self.confined is not None and at is None:
             return self._confined_entry(rel, path, st, in_encrypted_dir)
         opts = self.opts
@@ -372,7 +372,10 @@ class Scanner:
         fmt = mode & _S_IFMT
         e = Entry(rel, mode, 0, st.st_mtime_ns, st.st_uid, st.st_gid, src=path)
         try:
-            layout = self._encdata(e, path, st, in_encrypted_dir)
+            if at is None:
+                layout = self._encdata(e, path, st, in_encrypted_dir)
+            else:
+                layout = self._encdata(e, b"/proc/self/fd/%d" % at, st, in_encrypted_dir, True)
         except OSError as exc:
             self._fail(path, "read xattrs of", exc)
             return None
@@ -419,29 +422,31 @@ class Scanner:
         self.count += 1
         return e
 
-    def _encdata(self, e: Entry, path: bytes, st: os.stat_result, in_encrypted_dir: bool
-                 ) -> int:
-        """Fill in e's xattrs (if wanted) and encdata; returns its data's layout.
+    def _encdata(self, e: Entry, path: bytes, st: os.stat_result, in_encrypted_dir: bool,
+                 follow: bool = False) -> int:
+        """Fill in e's xattrs (if wanted) and encdata; returns its data's layout (follow:
+        `path` is a /proc/self/fd link to the pinned entry).
 
         A listing shows stored encdata (a backup); the encdata interface never lists
         it, so an entry that may be encrypted is also asked by name."""
         finder = self.finder
         if self._want_xattrs:
-            e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path), self.opts)
+            e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path, follow),
+                                                           self.opts)
             if e.enc is not None:
                 name = self.opts.encdata_xattr if e.enc_alt else cipher.ENCDATA_XATTR
-                return finder.learn(path, st.st_dev, name, listed=True)
+                return finder.learn(path, st.st_dev, name, listed=True, follow=follow)
             if not cipher.may_be_encrypted(st.st_mode, st.st_size, in_encrypted_dir):
                 return cipher.PLAIN
-            e.enc, found = finder.ask(path, (cipher.ENCDATA_XATTR,))
+            e.enc, found = finder.ask(path, (cipher.ENCDATA_XATTR,), follow)
         elif cipher.may_be_encrypted(st.st_mode, st.st_size, in_encrypted_dir):
-            e.enc, found = finder.ask(path)
+            e.enc, found = finder.ask(path, follow=follow)
         else:
             return cipher.PLAIN
         if e.enc is None:
             return cipher.PLAIN
         e.enc_alt = found != cipher.ENCDATA_XATTR
-        return finder.learn(path, st.st_dev, found)
+        return finder.learn(path, st.st_dev, found, follow=follow)
 
     def _cipher_size(self, e: Entry, layout: int) -> int:
         """Ciphertext bytes of an encrypted file: its cleartext size padded to the unit."""
