@@ -207,18 +207,18 @@ class EncdataFinder:
         self._virtual: dict[int, bool] = {}
         self._only: int | None = None  # the layout of every device seen, while one
 
-    def ask(self, target: int | bytes, names: tuple[bytes, ...] | None = None
-            ) -> tuple[bytes | None, bytes | None]:
+    def ask(self, target: int | bytes, names: tuple[bytes, ...] | None = None,
+            follow: bool = False) -> tuple[bytes | None, bytes | None]:
         """(text, the name it was under) for the first of `names` (default: both) the
         entry answers, or (None, None)."""
         for name in names or self.names:
-            text = get_encdata(target, name)
+            text = get_encdata(target, name, follow)
             if text is not None:
                 return text, name
         return None, None
 
     def learn(self, target: int | bytes, st_dev: int, name: bytes,
-              listed: bool | None = None) -> int:
+              listed: bool | None = None, follow: bool = False) -> int:
         """The layout of an entry found to carry encdata under `name`; `listed` says
         whether a listing already made showed it (None: not listed yet; one listxattr
         per device then decides)."""
@@ -229,7 +229,7 @@ class EncdataFinder:
             if listed is None:
                 try:
                     listed = os.fsdecode(name) in os.listxattr(
-                        target, follow_symlinks=isinstance(target, int))
+                        target, follow_symlinks=follow or isinstance(target, int))
                 except OSError:
                     listed = False
             virtual = self._virtual[st_dev] = not listed

@@ -154,3 +154,143 @@ def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"") -> No
             raise
     if on_entry is not None:
         on_entry(rel, True)
+
+
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_SYS_OPENAT2 = 437
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Confined:
+    """--restrict-to's tree, opened once. Every path a client names is walked from that
+    fd with no symlink followed (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or a walk
+    of O_NOFOLLOW opens where the kernel lacks openat2) and never resolved by name again:
+    a symlink planted after the check cannot lead a read or a write outside."""
+
+    def __init__(self, root: bytes):
+        self.root = os.path.abspath(root)
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._openat2 = _openat2_call()
+
+    def rel(self, path: bytes) -> bytes | None:
+        """path relative to the root (b"." for the root), or None if it lies outside;
+        ".." is taken lexically, as the walk below never follows a symlink anyway."""
+        real = os.path.abspath(path)
+        if real == self.root:
+            return b"."
+        base = self.root.rstrip(b"/") + b"/"
+        return real[len(base):] if real.startswith(base) else None
+
+    def inside(self, path: bytes) -> bool:
+        """Under the root, with no symlink on the way through the part that exists (the
+        check at setup, for a clear refusal; every later open is confined itself)."""
+        rel = self.rel(path)
+        if rel is None:
+            return False
+        fd = os.dup(self.fd)
+        try:
+            for name in (rel.split(b"/") if rel != b"." else []):
+                try:
+                    child = os.open(name, _PATH_FLAGS, dir_fd=fd)
+                except OSError:
+                    return True  # the rest does not exist (yet): made under the root
+                os.close(fd)
+                fd = child
+                if stat.S_ISLNK(os.fstat(fd).st_mode):
+                    return False
+            return True
+        finally:
+            os.close(fd)
+
+    def open(self, path: bytes, flags: int, mode: int = 0o777) -> int:
+        """Open a path of the tree; refused (EXDEV) if it lies outside, ELOOP if any
+        component is a symlink (a trailing one is returned with O_PATH|O_NOFOLLOW)."""
+        rel = self.rel(path)
+        if rel is None:
+            raise OSError(errno.EXDEV, "outside the allowed tree (--restrict-to)")
+        flags |= os.O_CLOEXEC
+        if self._openat2 is not None:
+            try:
+                return self._openat2(self.fd, rel, flags, mode)
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+                self._openat2 = None
+        return _walk_open(self.fd, rel, flags, mode)
+
+    def at(self, path: bytes) -> tuple[int, bytes]:
+        """(an fd of path's parent directory, its last component) for *at() calls; the
+        caller closes the fd."""
+        head, _, name = os.path.abspath(path).rpartition(b"/")
+        return self.open(head or b"/", os.O_PATH | os.O_DIRECTORY), name
+
+    def stat(self, path: bytes) -> os.stat_result:
+        """lstat of a path of the tree, reached with no symlink followed."""
+        fd = self.open(path, _PATH_FLAGS)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def mkdir(self, path: bytes, mode: int) -> None:
+        pfd, name = self.at(path)
+        try:
+            os.mkdir(name, mode, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+
+def _walk_open(dirfd: int, rel: bytes, flags: int, mode: int) -> int:
+    """openat2's confinement by hand: one O_NOFOLLOW open per component."""
+    if rel == b".":
+        return os.open(b".", flags, mode, dir_fd=dirfd)
+    names = rel.split(b"/")
+    fd = os.dup(dirfd)
+    try:
+        for name in names[:-1]:
+            child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=fd)
+            os.close(fd)
+            fd = child
+        got = os.open(names[-1], flags | os.O_NOFOLLOW, mode, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not flags & os.O_PATH and stat.S_ISLNK(os.fstat(got).st_mode):
+        os.close(got)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+    return got
+
+
+def _openat2_call():
+    """openat2(dirfd, path, flags, mode) beneath dirfd with no symlinks, through libc's
+    syscall(); None where ctypes or the symbol is missing (the walk then does it)."""
+    try:
+        import ctypes
+    except ImportError:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                    ("resolve", ctypes.c_uint64)]
+
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+
+    def openat2(dirfd: int, rel: bytes, flags: int, mode: int) -> int:
+        how = OpenHow(flags, mode if flags & os.O_CREAT else 0,
+                      _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
+        fd = syscall(_SYS_OPENAT2, ctypes.c_int(dirfd), ctypes.c_char_p(rel),
+                     ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), rel)
+        return fd
+
+    return openat2
+
+
+def temp_dir_path(dest: bytes, temp_dir: bytes) -> bytes:
+    """Where -T DIR lies: a relative DIR is taken from the destination directory."""
+    return temp_dir if temp_dir.startswith(b"/") else os.path.join(dest, temp_dir)

@@ -40,6 +40,7 @@ class Finalizer:
         try:
             self.hard_links(tree)
             self.deletions(tree)
+            self.litter(tree)
             self.directories(tree)
         finally:
             tree.close()
@@ -176,6 +177,27 @@ class Finalizer:
             rx.reporter.info(f"deleting {escape(path)}{'/' if kind == 'dir' else ''}", 1)
         rx.stats.deleted[kind] = rx.stats.deleted.get(kind, 0) + 1
         return count + 1
+
+    # ---- litter -------------------------------------------------------------------
+
+    def litter(self, tree) -> None:
+        """Remove what killed runs left (temp files, uncommitted journals), now that the
+        whole file list is known: a real file or directory that only looks like litter
+        is in the list, and stays."""
+        if self.opts.dry_run:
+            return
+        for rel, names in self.gen.litter.items():
+            keep = self.gen.incoming.get(rel, set())
+            try:
+                dfd = tree.dirfd(rel)
+            except OSError:
+                continue
+            for name in names:
+                if name not in keep:
+                    try:
+                        remove_tree(dfd, name)
+                    except OSError:
+                        pass
 
     # ---- directories ---------------------------------------------------------------
 

@@ -90,6 +90,8 @@ class Generator:
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
+        self.litter: dict[bytes, list[bytes]] = {}  # names like our temp files, per directory
+        self.incoming: dict[bytes, set[bytes]] = {}  # the names the list brings there
         self._warned_policies: set[bytes] = set()
         self._enc_dir_key: tuple[int, bytes] | None = None
         self._enc_dir = False
@@ -155,6 +157,8 @@ class Generator:
                             total += size
                             if children is not None:
                                 children.setdefault(head, set()).add(name)
+                            if self.incoming and head in self.incoming:
+                                self.incoming[head].add(name)
                             status[idx] = 1
                             if keep:
                                 all_entries[idx] = batch.entry(idx - base)
@@ -191,9 +195,12 @@ class Generator:
             rx.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
                          "file")
             return
-        if opts.delete and e.path != b"." and rx.single_name is None:
+        if (opts.delete or self.incoming) and e.path != b"." and rx.single_name is None:
             head, _, name = e.path.rpartition(b"/")
-            self.children.setdefault(head, set()).add(name)
+            if opts.delete:
+                self.children.setdefault(head, set()).add(name)
+            if head in self.incoming:
+                self.incoming[head].add(name)
         if e.enc is not None and not self._encryption_ok(idx, e):
             return
         if tree is None:
@@ -389,11 +396,28 @@ class Generator:
             return
         self.dirs.append((idx, False))
         rx.status[idx] = 1
+        self._narrow_dir(e, pfd, name, st)
         changes = self._attr_changes(e, st, Target(pfd, name))
         if changes:
             self._item(".", e, changes)
         if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
             self._scan_existing(tree, e)
+
+    def _narrow_dir(self, e: Entry, pfd: int, name: bytes, st) -> None:
+        """An existing directory loses at once the group and other bits the source's
+        lacks, so files landing in it are never more exposed than in the source; bits
+        are only added (and the exact mode set) in the final pass."""
+        if not self.opts.perms or self.opts.dry_run:
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        narrow = mode & (stat.S_IMODE(e.mode) | 0o7700)
+        if narrow != mode:
+            t = Target(pfd, name)
+            t.pin(st)
+            try:
+                t.chmod(narrow)
+            finally:
+                t.unpin()
 
     def _new_dir(self, idx: int, e: Entry, pfd: int, name: bytes, make: bool) -> None:
         """A directory that is new at the destination (made here unless it exists
@@ -461,32 +485,34 @@ class Generator:
                 self.existing[rel] = names
             return
         keep = []
+        litter = []
         for n in names:
-            if is_temp_name(n):
-                if not self.opts.dry_run:
-                    try:
-                        remove_tree(fd, n)
-                    except OSError:
-                        pass
+            if is_journal_name(n) and not self.opts.dry_run and self._recover(fd, rel, n):
                 continue
-            if is_journal_name(n):
-                if not self.opts.dry_run:
-                    self._recover(fd, rel, n)
+            if is_temp_name(n) or is_journal_name(n):
+                litter.append(n)
                 continue
             keep.append(n)
+        if litter:
+            self.litter[rel] = litter
+            self.incoming.setdefault(rel, set())
         if self.opts.delete:
             self.existing[rel] = keep
 
-    def _recover(self, fd: int, rel: bytes, jname: bytes) -> None:
-        """Finish an in-place update a killed run committed (or drop one it did not),
-        before any entry of this directory is compared."""
+    def _recover(self, fd: int, rel: bytes, jname: bytes) -> bool:
+        """Finish an in-place update a killed run committed, before any entry of this
+        directory is compared; True when the journal is gone. Anything else of that name
+        is litter for the final pass, unless the file list brings that name."""
         path = rel + b"/" + jname if rel else jname
         try:
-            if recover(fd, jname):
-                self.rx.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
+            applied = recover(fd, jname, drop_invalid=False)
         except OSError as exc:
             self.rx.reporter.error(f'cannot recover "{escape(path)}": {exc.strerror} '
                                    f"({exc.errno})")
+            return True
+        if applied:
+            self.rx.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
+        return applied is not None
 
     def _attr_changes(self, e: Entry, st, t: Target | None) -> str:
         """Letters of attributes that differ (for itemize on existing entries); `t` is
@@ -735,7 +761,7 @@ class Generator:
         try:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
-            meta.apply_attrs(self.opts, rx.ids, e, t, os.lstat(proc_path(pfd, tmp)), new=True)
+            meta.apply_attrs(self.opts, rx.ids, e, t, t.hold(), new=True)
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
             try:

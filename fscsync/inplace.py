@@ -208,12 +208,16 @@ def _write_ranges(jfd: int, fd: int, ranges: list[tuple[int, int, int]], size: i
     os.fdatasync(fd)
 
 
-def recover(dirfd: int, jname: bytes) -> bool:
+def recover(dirfd: int, jname: bytes, drop_invalid: bool = True) -> bool | None:
     """Finish or drop the update a killed run left behind; the journal is removed
-    either way. True when its data was written into the file."""
+    either way. True when its data was written into the file. With drop_invalid
+    False, a file that holds no committed journal stays (it may be a real file of that
+    name, which only the whole file list can tell) and None says so."""
     jfd = os.open(jname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     try:
         found = _read_journal(jfd)
+        if found is None and not drop_invalid:
+            return None
         applied = False
         if found is not None:
             name, ino, size, ranges = found

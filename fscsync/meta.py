@@ -165,20 +165,62 @@ UMASK = _umask()
 
 
 class Target:
-    """One destination inode: an open fd where we have one, else (dirfd, name)."""
+    """One destination inode: an open fd where we have one, else (dirfd, name).
 
-    __slots__ = ("dirfd", "name", "fd", "is_link")
+    A target known only by name is pinned before anything changes (`pin`): an
+    O_PATH|O_NOFOLLOW fd whose fstat must show the inode that was compared, and every
+    change then goes through /proc/self/fd/N, which names that inode however the
+    name is swapped meanwhile (a symlink planted by a local user is never followed).
+    """
+
+    __slots__ = ("dirfd", "name", "fd", "is_link", "_path_fd")
 
     def __init__(self, dirfd: int, name: bytes, fd: int | None = None, is_link: bool = False):
         self.dirfd = dirfd
         self.name = name
         self.fd = fd
         self.is_link = is_link
+        self._path_fd: int | None = None
+
+    def pin(self, st: os.stat_result) -> None:
+        """Hold the inode `st` describes, or fail if the name now holds another."""
+        if self.fd is not None or not self.name or self._path_fd is not None:
+            return
+        fd = os.open(self.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dirfd)
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode)) != (
+                st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)):
+            os.close(fd)
+            raise OSError(errno.ESTALE, "replaced during the run; left alone")
+        self._path_fd = fd
+
+    def hold(self) -> os.stat_result:
+        """Pin a node this run just made, whatever it is now, and return its stat (the
+        inode the attributes then go to, however the name is swapped)."""
+        fd = os.open(self.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dirfd)
+        self._path_fd = fd
+        return os.fstat(fd)
+
+    def unpin(self) -> None:
+        if self._path_fd is not None:
+            os.close(self._path_fd)
+            self._path_fd = None
+
+    def _pinned(self) -> bytes:
+        if self._path_fd is None:
+            raise ValueError("attributes changed on a target that is not pinned")
+        return b"/proc/self/fd/%d" % self._path_fd
 
     def xattr_target(self) -> bytes | int:
         if self.fd is not None:
             return self.fd
+        if self._path_fd is not None:
+            return self._pinned()
         return b"/proc/self/fd/%d/%s" % (self.dirfd, self.name) if self.name else self.dirfd
+
+    def xattr_follow(self) -> bool:
+        """A pinned target's /proc link must be followed (to the inode it holds)."""
+        return self._path_fd is not None
 
     def chown(self, uid: int, gid: int) -> None:
         if self.fd is not None:
@@ -186,7 +228,7 @@ class Target:
         elif not self.name:
             os.fchown(self.dirfd, uid, gid)
         else:
-            os.chown(self.name, uid, gid, dir_fd=self.dirfd, follow_symlinks=False)
+            os.chown(self._pinned(), uid, gid)
 
     def chmod(self, mode: int) -> None:
         if self.fd is not None:
@@ -194,7 +236,7 @@ class Target:
         elif not self.name:
             os.fchmod(self.dirfd, mode)
         else:
-            os.chmod(self.name, mode, dir_fd=self.dirfd)
+            os.chmod(self._pinned(), mode)
 
     def utime(self, atime_ns: int, mtime_ns: int) -> None:
         ns = (atime_ns, mtime_ns)
@@ -203,7 +245,7 @@ class Target:
         elif not self.name:
             os.utime(self.dirfd, ns=ns)
         else:
-            os.utime(self.name, ns=ns, dir_fd=self.dirfd, follow_symlinks=False)
+            os.utime(self._pinned(), ns=ns)
 
 
 def wanted_mode(opts: Options, mode: int, dest_mode: int, new: bool,
@@ -231,7 +273,17 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
                 new: bool, replaced: int | None = None) -> str:
     """Bring owner, mode, xattrs, encdata and mtime of t in line with entry e, in the
     order the encrypted interface needs (encdata after everything but times).
-    Returns the itemize letters of what changed (o g p x a t)."""
+    Returns the itemize letters of what changed (o g p x a t). A target known by name
+    is pinned first, so no change can land on what a swapped-in symlink names."""
+    t.pin(st)
+    try:
+        return _apply_attrs(opts, ids, e, t, st, new, replaced)
+    finally:
+        t.unpin()
+
+
+def _apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
+                 new: bool, replaced: int | None) -> str:
     changed = ""
     chowned = False
     if opts.owner or opts.group:
@@ -253,7 +305,8 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
                 changed += "p"
     if opts.xattrs or opts.acls:
         target = t.xattr_target()
-        have = [(n, v) for n, v in read_xattrs(target)
+        follow = t.xattr_follow()
+        have = [(n, v) for n, v in read_xattrs(target, follow)
                 if n not in (ENCDATA_XATTR, opts.encdata_xattr)]
         want_x = e.xattrs or []
         wanted = xattr_wanted(opts)
@@ -261,9 +314,9 @@ def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
         acl_want = [(n, v) for n, v in want_x if n in ACL_NAMES]
         plain_have = [(n, v) for n, v in have if n not in ACL_NAMES]
         plain_want = [(n, v) for n, v in want_x if n not in ACL_NAMES]
-        if opts.acls and set_xattrs(target, acl_want, acl_have, wanted) and not new:
+        if opts.acls and set_xattrs(target, acl_want, acl_have, wanted, follow) and not new:
             changed += "a"
-        if opts.xattrs and set_xattrs(target, plain_want, plain_have, wanted) and not new:
+        if opts.xattrs and set_xattrs(target, plain_want, plain_have, wanted, follow) and not new:
             changed += "x"
     if e.enc is not None:
         set_encdata(t, e.enc, encdata_target(opts, e))
@@ -281,8 +334,9 @@ class EncdataConflict(OSError):
 def set_encdata(t: Target, text: bytes, name: bytes) -> bool:
     """Install encdata unless the inode already carries exactly this text."""
     target = t.xattr_target()
+    nofollow = not t.xattr_follow()
     try:
-        have = xattr.get(target, name, nofollow=True)
+        have = xattr.get(target, name, nofollow=nofollow)
     except OSError as exc:
         if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
@@ -292,9 +346,9 @@ def set_encdata(t: Target, text: bytes, name: bytes) -> bool:
     if have is not None and ctx_of(have) != ctx_of(text):
         raise EncdataConflict(errno.EEXIST, "already encrypted with another context")
     if have is not None:
-        xattr.set(target, name, text, nofollow=True, flags=xattr.XATTR_REPLACE)
+        xattr.set(target, name, text, nofollow=nofollow, flags=xattr.XATTR_REPLACE)
         return True
-    xattr.set(target, name, text, nofollow=True, flags=xattr.XATTR_CREATE)
+    xattr.set(target, name, text, nofollow=nofollow, flags=xattr.XATTR_CREATE)
     return True
 
 

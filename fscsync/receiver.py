@@ -16,7 +16,7 @@ import struct
 from collections import deque
 
 from fscsync import errors, idmap, protocol
-from fscsync.destfs import DestTree, check_paths
+from fscsync.destfs import Confined, DestTree, check_paths
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.finalize import Finalizer
 from fscsync.flist import Batch, Entry, unpack_batch
@@ -44,8 +44,9 @@ held here."""
 
 class Receiver:
     def __init__(self, chan: Channel, opts: Options, reporter: Reporter, dest: bytes,
-                 item_dir: str = ">", on_control=None):
+                 item_dir: str = ">", on_control=None, confined: Confined | None = None):
         self.chan = chan
+        self.confined = confined
         self.opts = opts
         self.reporter = reporter
         self.dest = dest
@@ -62,6 +63,7 @@ class Receiver:
         the directory's order)."""
         self.root_fd: int | None = None
         self.single_name: bytes | None = None
+        self.root_path = b""  # the destination directory's path, for -T DIR relative to it
         self._abilities: DestAbilities | None = None
         self.root_created = False
         self.root_seen = False
@@ -82,8 +84,9 @@ class Receiver:
         dest = self.dest
         trailing = dest.endswith(b"/")
         path = dest.rstrip(b"/") or b"/"
+        fs = self.confined
         try:
-            st = os.stat(path)
+            st = os.stat(path) if fs is None else fs.stat(path)
         except FileNotFoundError:
             st = None
         except OSError as exc:  # below a regular file, say: rsync's code 3 ...
@@ -108,7 +111,10 @@ class Receiver:
                 return
             if not self.opts.mkpath:
                 try:
-                    os.mkdir(path, 0o777)
+                    if fs is None:
+                        os.mkdir(path, 0o777)
+                    else:
+                        fs.mkdir(path, 0o777)
                 except OSError as exc:
                     raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
                                        f"({exc.errno})", errors.FILE_IO) from None
@@ -117,8 +123,10 @@ class Receiver:
         elif not stat.S_ISDIR(st.st_mode):
             raise FscsyncError(f'destination "{escape(dest)}" is not a directory',
                                errors.FILE_SELECT)
+        self.root_path = path
         try:
-            self.root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            self.root_fd = os.open(path, flags) if fs is None else fs.open(path, flags)
         except OSError as exc:
             raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
                                f"({exc.errno})", errors.FILE_SELECT) from None

@@ -15,7 +15,7 @@ import time
 
 import xxhash
 
-from fscsync import cipher, delta, errors, protocol
+from fscsync import delta, errors, protocol
 from fscsync.errors import ProtocolError, escape
 from fscsync.fileio import READ_SIZE, BlockReader, data_segments
 from fscsync.flist import BatchBuilder, Entry, SentList
@@ -25,6 +25,10 @@ from fscsync.protocol import Channel
 from fscsync.report import Reporter
 from fscsync.scan import PlainRun, Scanner, split_source
 from fscsync.stats import Stats
+
+TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
+if TYPE_CHECKING:
+    from fscsync.destfs import Confined
 
 FLIST_BATCH = 48 << 10
 """Bytes of a file-list batch before compression (about a thousand entries)."""
@@ -43,13 +47,13 @@ class _Parked:
 
 class Sender:
     def __init__(self, chan: Channel, opts: Options, reporter: Reporter, sources: list[bytes],
-                 on_control=None):
+                 on_control=None, confined: Confined | None = None):
         self.chan = chan
         self.opts = opts
         self.reporter = reporter
         self.sources = sources
         self.sent = SentList()
-        self.scanner = Scanner(opts, reporter)
+        self.scanner = Scanner(opts, reporter, confined)
         self.stats = Stats()
         self.on_control = on_control
         self._parked: dict[int, _Parked] = {}
@@ -70,7 +74,8 @@ class Sender:
         if split_source(src)[1] is None:
             return False
         try:
-            return not stat.S_ISDIR(os.lstat(src).st_mode)
+            fs = self.scanner.confined
+            return not stat.S_ISDIR((os.lstat(src) if fs is None else fs.stat(src)).st_mode)
         except OSError:
             return False
 
@@ -203,7 +208,7 @@ class Sender:
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
             layout = self.scanner.finder.layout(e.src, e.enc is not None, e.enc_alt)
-            return cipher.open_data(e.src, layout, extra=self.scanner.open_flags)
+            return self.scanner.open_data(e.src, layout)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None

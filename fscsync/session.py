@@ -10,6 +10,7 @@ import os
 import time
 
 from fscsync import errors, protocol
+from fscsync.destfs import Confined, temp_dir_path
 from fscsync.endpoint import Plan
 from fscsync.errors import FscsyncError, ProtocolError, escape, escape_peer
 from fscsync.options import Options
@@ -203,13 +204,6 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
     return stats, peer_code
 
 
-def _within(path: bytes, root: bytes) -> bool:
-    """Does path (resolved through its existing ancestors) lie under root?"""
-    real = os.path.realpath(path)
-    base = os.path.realpath(root)
-    return real == base or real.startswith(base.rstrip(b"/") + b"/")
-
-
 def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> int:
     from fscsync.receiver import Receiver
     from fscsync.sender import Sender
@@ -234,20 +228,22 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         if (role not in ("sender", "receiver") or not paths
                 or kind not in (None, *protocol.COMPRESSIONS)):
             raise ProtocolError("malformed setup frame", errors.STARTUP)
+        confined = None
         if restrict_to is not None:
-            _check_restricted(restrict_to, role, paths, opts)
+            confined = _confine(restrict_to)
+            _check_restricted(confined, role, paths, opts)
         chan.send(protocol.READY)
         chan.flush()
         chan.set_compression(kind)
         if opts.bwlimit:
             chan.set_bwlimit(opts.bwlimit)
         if role == "receiver":
-            rx = Receiver(chan, opts, reporter, paths[0], item_dir)
+            rx = Receiver(chan, opts, reporter, paths[0], item_dir, confined=confined)
             stats = rx.run()
             protocol.send_json(chan, protocol.STATS,
                                {"stats": stats.to_wire(), "exit_code": reporter.exit_code})
         else:
-            Sender(chan, opts, reporter, paths).run()
+            Sender(chan, opts, reporter, paths, confined=confined).run()
         chan.flush()
         return reporter.exit_code
     except PeerClosed:
@@ -275,14 +271,23 @@ def _fatal(chan: Channel, message: str, code: int) -> int:
     return code
 
 
-def _check_restricted(root: bytes, role: str, paths: list[bytes], opts: Options) -> None:
+def _confine(root: bytes) -> Confined:
+    try:
+        return Confined(root)
+    except OSError as exc:
+        raise FscsyncError(f'cannot open the allowed tree "{escape(root)}": {exc.strerror} '
+                           f"({exc.errno})", errors.FILE_SELECT) from None
+
+
+def _check_restricted(confined: Confined, role: str, paths: list[bytes], opts: Options
+                      ) -> None:
+    """Refuse at once what lies outside; what passes is still opened only through
+    `confined` (Receiver, Sender), so nothing planted after this check can lead out."""
     for path in paths:
-        if not _within(path, root):
+        if not confined.inside(path):
             raise FscsyncError(f'path "{escape(path)}" is outside the allowed tree '
-                               f'"{escape(root)}" (--restrict-to)', errors.FILE_SELECT)
-    if opts.temp_dir is not None and role == "receiver":
-        where = opts.temp_dir if opts.temp_dir.startswith(b"/") else os.path.join(
-            paths[0], opts.temp_dir)
-        if not _within(where, root):
-            raise FscsyncError("--temp-dir outside the allowed tree (--restrict-to)",
-                               errors.FILE_SELECT)
+                               f'"{escape(confined.root)}" (--restrict-to)', errors.FILE_SELECT)
+    if (opts.temp_dir is not None and role == "receiver"
+            and not confined.inside(temp_dir_path(paths[0], opts.temp_dir))):
+        raise FscsyncError("--temp-dir outside the allowed tree (--restrict-to)",
+                           errors.FILE_SELECT)

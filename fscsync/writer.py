@@ -12,7 +12,7 @@ import os
 import xxhash
 
 from fscsync import cipher, delta, errors, inplace, meta, protocol
-from fscsync.destfs import DestTree, proc_path, temp_name
+from fscsync.destfs import DestTree, proc_path, temp_dir_path, temp_name
 from fscsync.errors import escape
 from fscsync.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
 
@@ -36,12 +36,19 @@ class Writer:
         self._temp_dir_fd: int | None = None
         if self.opts.temp_dir and self.tree is not None and not self.opts.dry_run:
             try:
-                self._temp_dir_fd = os.open(self.opts.temp_dir, os.O_RDONLY | os.O_DIRECTORY,
-                                            dir_fd=self.tree.root_fd)
+                self._temp_dir_fd = self._open_temp_dir()
             except OSError as exc:
                 raise errors.FscsyncError(
                     f'cannot use --temp-dir "{escape(self.opts.temp_dir)}": {exc.strerror}',
                     errors.FILE_IO) from None
+
+    def _open_temp_dir(self) -> int:
+        """-T DIR, from the destination directory; within --restrict-to's tree only."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if self.rx.confined is not None:
+            return self.rx.confined.open(temp_dir_path(self.rx.root_path, self.opts.temp_dir),
+                                         flags)
+        return os.open(self.opts.temp_dir, flags, dir_fd=self.tree.root_fd)
 
     def close(self) -> None:
         if self.tree is not None:
@@ -314,13 +321,47 @@ class Writer:
         elif p.tmpname:
             pfd, name = where or rx.locate(self.tree, e)
             try:
-                os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+                self._rename_in(p, pfd, name)
             except OSError as exc:
-                if exc.errno == errno.EISDIR:
-                    os.rmdir(name, dir_fd=pfd)
-                    os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
-                else:
+                if exc.errno != errno.EXDEV:
                     raise
+                self._move_beside(p, pfd, name)
+                self._rename_in(p, pfd, name)
+
+    @staticmethod
+    def _rename_in(p: Pending, pfd: int, name: bytes) -> None:
+        """The temp file over the target (an empty directory in the way goes first)."""
+        try:
+            os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+        except IsADirectoryError:
+            os.rmdir(name, dir_fd=pfd)
+            os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+
+    def _move_beside(self, p: Pending, pfd: int, name: bytes) -> None:
+        """-T DIR on another filesystem, which rename cannot cross: the finished file is
+        copied into a temp file beside the target, as rsync does, and gets its
+        attributes there; the one in DIR goes."""
+        e = self.rx.entries[p.idx]
+        src = os.open(p.tmpname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=p.tmpdir)
+        beside = temp_name(name)
+        try:
+            fd = os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            try:
+                size = os.fstat(src).st_size
+                copy_range(src, fd, 0, size)
+                os.ftruncate(fd, size)
+                meta.apply_attrs(self.opts, self.rx.ids, e, meta.Target(pfd, beside, fd=fd),
+                                 os.fstat(fd), new=True)
+            except BaseException:
+                os.unlink(beside, dir_fd=pfd)
+                raise
+            finally:
+                os.close(fd)
+        finally:
+            os.close(src)
+        os.unlink(p.tmpname, dir_fd=p.tmpdir)
+        p.tmpdir, p.tmpname = pfd, beside
 
     def _close_basis(self, p: Pending) -> None:
         if p.basis_reader is not None:

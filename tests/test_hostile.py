@@ -32,6 +32,7 @@ from support.peer import (
     Result,
     _Popened,
     default_options,
+    flist_entries,
     flist_payload,
     flist_payload_raw,
     frame,
@@ -1026,6 +1027,80 @@ def test_restrict_to_refuses_a_temp_dir_outside(area: Path, launcher, temp_dir: 
     assert_clean(result)
     assert result.code == FILE_SELECT, result.describe()
     assert "temp-dir" in " ".join(str(m.get("msg")) for m in result.fatal())
+
+
+def _plant_link_out(area: Path, rel: str) -> None:
+    """What a second connection (or a local user of the tree) does in the window between
+    the setup check and the use: swap the directory `rel` for a symlink out."""
+    os.rename(area / "allowed" / rel, area / "allowed" / f"{rel}.old")
+    os.symlink(area / "other", area / "allowed" / rel)
+
+
+def _without_openat2(args: Iterable[str] = (), env: dict[str, str] | None = None,
+                     cwd: str | None = None) -> _Popened:
+    """A server whose kernel seems to lack openat2 (strace makes it fail with ENOSYS), so
+    --restrict-to falls back to its walk of O_NOFOLLOW opens."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed")
+    proc = subprocess.Popen(
+        [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=openat2",
+         "-e", "inject=openat2:error=ENOSYS", sys.executable, "-m", "fscsync", "--server",
+         *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=cwd, env={**os.environ, **SERVER_ENV, **(env or {})})
+    return _Popened(proc)
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def confined_launcher(request, launcher):
+    """The restricted server as it runs where openat2 exists, and where it does not."""
+    return launcher if request.param == "openat2" else _without_openat2
+
+
+def test_restrict_to_push_cannot_follow_a_symlink_planted_after_setup(
+        area: Path, confined_launcher) -> None:
+    """Finding 2: the destination passes the check at SETUP, then its parent becomes a
+    symlink to AREA/other before the file list arrives. The receiver reaches the
+    destination from the allowed tree's fd with no symlink followed: nothing is
+    written outside, and the run fails instead."""
+    peer = FakeSender(["--restrict-to", str(area / "allowed")], timeout=QUICK,
+                      launcher=confined_launcher)
+    dest = os.fsencode(area / "allowed/tree/sub")
+    assert peer.setup(dest, role="receiver"), peer.finish().describe()
+    _plant_link_out(area, "tree")
+    (area / "other/sub").mkdir()
+    data = b"#!/bin/sh\nplanted by root\n"
+    peer.start_flist()
+    peer.send(*flist(root(), reg(b"planted", data)))
+    peer.send(protocol.FLIST_END, flist_end(2))
+    if peer.wait_request(1, timeout=QUICK):
+        peer.send(protocol.FILE, end(1, data) + data)
+    result = peer.finish()
+    assert sorted(os.listdir(area / "other")) == ["secret", "sub"]
+    assert os.listdir(area / "other/sub") == [], result.describe()
+    assert result.code != 0, result.describe()
+
+
+def test_restrict_to_pull_cannot_follow_a_symlink_planted_after_the_file_list(
+        area: Path, confined_launcher) -> None:
+    """Finding 2, the sender role: a restricted pull lists AREA/allowed/tree, then the
+    tree is swapped for a symlink to AREA/other, which has a file of the same name.
+    The request for tree/f must not read AREA/other/f: the sender opens the file from
+    the allowed tree's fd with no symlink followed."""
+    (area / "other/f").write_bytes(b"secret of other\n")
+    peer = FakeSender(["--restrict-to", str(area / "allowed")], timeout=QUICK,
+                      launcher=confined_launcher)
+    assert peer.setup(b"", role="sender", paths=[os.fsencode(f"{area}/allowed/tree/")]), \
+        peer.finish().describe()
+    assert peer.wait_type(protocol.FLIST_END) is not None, peer.finish().describe()
+    paths = [e.path for t, p in peer.frames if t == protocol.FLIST for e in flist_entries(p)]
+    _plant_link_out(area, "tree")
+    peer.send(protocol.REQ, delta.Request(paths.index(b"f"), delta.WHOLE).encode())
+    peer.wait_for(lambda t, p: t in (protocol.FILE, protocol.DATA_END), timeout=QUICK)
+    result = peer.finish()
+    sent = b"".join(p for t, p in result.frames if t in (protocol.FILE, protocol.DATA))
+    assert b"secret" not in sent, result.describe()
+    assert b"inside" not in sent, "the planted symlink was followed to the moved tree"
 
 
 def _forced_rsh(tmp_path: Path, allowed: Path) -> str:
