@@ -34,6 +34,7 @@ FAILED = 2
 MAX_ENTRIES = 50_000_000
 MAX_IN_FLIGHT = 256
 """Requested files not yet complete before the next file-list batch is decided."""
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 MAX_BACKLOG = 64 << 20
 """Bytes of file-list frames held while requests are in flight (about 6 million
 entries). Past it the oldest frames are decided at once: stopping to read would
@@ -333,6 +334,9 @@ class Receiver:
         self.reporter.error(message, code)
 
     def os_fail(self, idx: int, what: str, exc: OSError) -> None:
+        """A file failed: 23 at the end, as rsync's, except a full disk or quota, which
+        rsync reports as an error in file I/O (11)."""
         e = self.entries[idx]
         self.fail(idx, f'{what} "{escape(e.path)}" failed: {exc.strerror or exc} '
-                       f"({exc.errno if exc.errno is not None else errno.EIO})")
+                       f"({exc.errno if exc.errno is not None else errno.EIO})",
+                  errors.FILE_IO if exc.errno in _OUT_OF_SPACE else errors.PARTIAL)

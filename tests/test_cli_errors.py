@@ -245,6 +245,31 @@ def test_read_only_destination(tmp_path: Path, readonly_mount: Path, sub: str,
 
 
 @needs_root
+def test_full_disk_is_an_error_in_file_io(tmp_path: Path) -> None:
+    """A destination that fills up: the file fails, its temp file goes, and the run ends
+    with rsync's 11 (error in file I/O), not 23."""
+    src, dst = tmp_path / "src", tmp_path / "small"
+    src.mkdir()
+    dst.mkdir()
+    write(src / "big.bin", os.urandom(3 << 20))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dst],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {mounted.stderr!r}")
+    try:
+        assert run_rsync("-a", f"{src}/", f"{dst}/").returncode == 11
+        for name in os.listdir(dst):
+            os.unlink(dst / name)
+        proc = run_fscsync("-a", f"{src}/", f"{dst}/")
+        assert proc.returncode == 11, proc.stderr
+        assert_clean_stderr(proc)
+        assert "No space left on device" in proc.stderr.decode(), proc.stderr
+        assert os.listdir(dst) == []
+    finally:
+        subprocess.run(["umount", dst], check=True)
+
+
+@needs_root
 def test_no_change_run_into_read_only_mirror(tmp_path: Path) -> None:
     """A no-change run writes nothing, so a read-only mirror is no error: exit 0 as
     rsync's (the destination used to be probed by writing first: exit 11)."""
