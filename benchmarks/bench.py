@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench.py --quick      # make bench-quick: small trees, 1 rep
     .venv/bin/python benchmarks/bench.py --only S3,S5 --reps 5 --keep
 
-Scenarios (fscsync / rsync, medians; targets from issue 7):
+Scenarios (fscsync / rsync, medians; targets from issues 7 and 25):
   S1   initial local copy: one big file + many small files      time <= 1.0
   S2a  no-change rescan of the S1 tree                           time <= 2.0
   S2b  no-change rescan of a 100,000-file tree                   time <= 1.5
@@ -13,6 +13,8 @@ Scenarios (fscsync / rsync, medians; targets from issue 7):
   S4a  S1's small files pushed over ssh to 127.0.0.1, initial    time <= 1.2
   S4b  the same, no change                                       time <= 1.2
   S5   encrypted backup-layout tree, 10 changed blocks           wire <= 0.2
+  S6a  small tree (128 MiB file + 5,000 files), initial          time <= 1.2
+  S6b  the same, no change                                       time <= 1.2
   every scenario: peak memory <= 2x rsync's
 
 Method: for each scenario one untimed warm-up run of each tool, then N timed
@@ -89,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, metavar="S",
                    help="kill a run after S seconds (default 1800, or 300 with --quick)")
     p.add_argument("--settle", type=float, metavar="S",
-                   help="before S1 or S4a, wait until the previous run's deletions are S "
+                   help="before S1, S4a or S6a, wait until the previous run's deletions are S "
                         f"seconds old (default {SETTLE_S:.0f}, or 0 with --quick: ext4 makes "
                         "files slowly for that long after a mass deletion)")
     p.add_argument("--profile", metavar="DIR",

@@ -79,6 +79,12 @@ class Bench:
                             {"files": c.many_files, "dirs": c.many_dirs, "v": 1},
                             lambda root: trees.build_many(root, c.many_files, c.many_dirs))
 
+    def s6_tree(self) -> dict:
+        c = self.cfg
+        return trees.ensure(self.path("s6", "src"),
+                            {"big": c.st_big, "files": c.st_files, "dirs": c.st_dirs, "v": 1},
+                            lambda root: trees.build_s1(root, c.st_big, c.st_files, c.st_dirs))
+
     def s3_tree(self) -> dict:
         c = self.cfg
         side = self.path("s3", "old-blocks.bin")
@@ -247,14 +253,11 @@ class NoChange(Populated):
     """A no-change local rescan."""
 
     which = ""
+    """The tree: Bench's `<which>_tree` builds it in `<which>/src`."""
 
     def setup(self) -> None:
-        if self.which == "s1":
-            self.b.s1_tree()
-            self.src = self.b.path("s1", "src")
-        else:
-            self.b.many_tree()
-            self.src = self.b.path("many", "src")
+        getattr(self.b, f"{self.which}_tree")()
+        self.src = self.b.path(self.which, "src")
         self.populate()
 
     def dest(self, tool: Tool) -> str:
@@ -279,6 +282,32 @@ class S2b(NoChange):
     def title(self) -> str:
         c = self.b.cfg
         return f"no-change rescan of {c.many_files:,} files in {c.many_dirs} dirs"
+
+
+class S6a(S1):
+    """S1's shape at a twentieth of its bytes: what a user syncing a small project feels,
+    start-up included (issue 25)."""
+
+    key, time_target = "S6a", 1.2
+
+    @property
+    def title(self) -> str:
+        c = self.b.cfg
+        return (f"small tree, initial: {human(c.st_big)} file + {c.st_files:,} small files "
+                f"in {c.st_dirs} dirs")
+
+    def setup(self) -> None:
+        self.b.s6_tree()
+        self.src = self.b.path("s6", "src")
+        os.makedirs(self.b.path("s6a"), exist_ok=True)
+
+
+class S6b(NoChange):
+    key, which, time_target = "S6b", "s6", 1.2
+
+    @property
+    def title(self) -> str:
+        return f"small tree, no change ({self.b.cfg.st_files + 1:,} files)"
 
 
 class Delta(Scenario):
@@ -411,7 +440,7 @@ class S4b(Remote, Populated):
         self.populate()
 
 
-SCENARIOS: list[type[Scenario]] = [S1, S2a, S2b, S3, S4a, S4b, S5]
+SCENARIOS: list[type[Scenario]] = [S1, S2a, S2b, S3, S4a, S4b, S5, S6a, S6b]
 
 
 def select(only: str | None) -> list[type[Scenario]]:

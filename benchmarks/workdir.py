@@ -56,7 +56,7 @@ def note_deletion(root: str) -> None:
 
 
 def settle(root: str, wait: float) -> None:
-    """Let ext4 forget the previous bench run's deletions before S1 or S4a is timed: two
+    """Let ext4 forget the previous bench run's deletions before S1, S4a or S6a is timed: two
     runs back to back would otherwise time its walk past the freed inodes, not the tools
     (S1 runs of either tool took 2 to 6 s longer in a run started 4 minutes after another)."""
     try:
@@ -72,7 +72,7 @@ def settle(root: str, wait: float) -> None:
 
 def space_needed(cfg: Config, keys: set[str], reps: dict[str, int]) -> int:
     """A generous estimate of the bytes the scenarios `keys` put on disk (S1 and S4a
-    keep every run's copy until the end, see set_aside)."""
+    and S6a keep every run's copy until the end, see set_aside)."""
     small = cfg.small_files * 8 * KiB + cfg.small_dirs * 4 * KiB
     need = 0
     if keys & {"S1", "S2a", "S4a", "S4b"}:
@@ -87,6 +87,10 @@ def space_needed(cfg: Config, keys: set[str], reps: dict[str, int]) -> int:
         need += 3 * cfg.big
     if "S5" in keys:
         need += 3 * (cfg.enc_big + cfg.enc_files * 8 * KiB)
+    if keys & {"S6a", "S6b"}:
+        tree = cfg.st_big + cfg.st_files * 8 * KiB + cfg.st_dirs * 4 * KiB
+        need += tree * (1 + 2 * (reps["S6a"] + 1 if "S6a" in keys else 0)
+                        + (2 if "S6b" in keys else 0))
     return int(need * 1.05) + 256 * MiB
 
 
@@ -106,7 +110,8 @@ def check_space(cfg: Config, keys: set[str], reps: dict[str, int], work: str) ->
             f"{human(need)} but only {human(usage.free + reusable)} is available. "
             f"Free some space, pick another --workdir, or run --quick.")
     vfs = os.statvfs(parent)
-    files = cfg.small_files * 4 + cfg.many_files * 3 + cfg.enc_files * 3 + 10_000
+    files = (cfg.small_files * 4 + cfg.many_files * 3 + cfg.enc_files * 3 + cfg.st_files * 16
+             + 10_000)
     if vfs.f_favail and vfs.f_favail < files:
         raise SystemExit(f"bench: not enough free inodes in {parent}: need about {files:,}, "
                          f"have {vfs.f_favail:,}")
