@@ -63,12 +63,15 @@ test: $(STAMP)
 # The hostile-peer fuzzers with random seeds (make test runs them derandomized, with
 # fewer examples): mutated peer streams against a real server, the frame decoders, the
 # channel and the receiver's file-list rules. Bounded by examples: about 45 s alone.
+# FUZZ_SEED=N replays one seed (CI does, so that a landing never hangs on a draw).
 FUZZ_EXAMPLES ?= 400
 FUZZ_DECODER_EXAMPLES ?= 1500
+FUZZ_SEED ?=
 
 fuzz: $(STAMP)
 	FSCSYNC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FSCSYNC_FUZZ_DECODER_EXAMPLES=$(FUZZ_DECODER_EXAMPLES) \
-		$(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_flist.py
+		$(BIN)/pytest -q -p no:cacheprovider $(if $(FUZZ_SEED),--hypothesis-seed=$(FUZZ_SEED)) \
+		tests/test_fuzz.py tests/test_flist.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)
