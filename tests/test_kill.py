@@ -323,8 +323,9 @@ def test_sigkill_of_the_ssh_transport(sshd, tmp_path: Path) -> None:
 
 def test_enospc_fails_the_file_and_keeps_the_old_copy(tmp_path: Path) -> None:
     """A 2 MB tmpfs holds an old 100 KB big.bin; the new one (3 MB) cannot fit: it fails
-    with a clear message (exit 23), the old copy stays, no temp file remains, and the small
-    files around it are copied."""
+    with a clear message (exit 11, rsync's error in file I/O for a full disk: see
+    test_cli_errors), the old copy stays, no temp file remains, and the small files around
+    it are copied."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
@@ -342,7 +343,7 @@ def test_enospc_fails_the_file_and_keeps_the_old_copy(tmp_path: Path) -> None:
             _put(src / name, name.encode() * 1000, T_B)
         proc = run_fscsync("-a", f"{src}/", f"{mnt}/", timeout=60)
         text = proc.stderr.decode(errors="replace")
-        assert proc.returncode == 23, text
+        assert proc.returncode == 11, text
         assert "Traceback" not in text
         assert "big.bin" in text and os.strerror(errno.ENOSPC) in text, text
         assert (mnt / "big.bin").read_bytes() == old, "the old copy was damaged"
