@@ -380,6 +380,34 @@ def unhex(text: str) -> bytes:
     return bytes.fromhex(text.replace("\\x", ""))
 
 
+CIPHERTEXT_OPEN = {"O_RDONLY", "O_NOCTTY", "O_NONBLOCK", "O_DSYNC", "O_DIRECT"}
+"""O_CIPHERTEXT | O_DIRECT as strace shows it (O_NDELAY is O_NONBLOCK)."""
+
+
+def trace_opens(world: World, args: list[bytes | str], under: bytes
+                ) -> tuple[dict[bytes, list[set[str]]], str]:
+    """Run fscsync under `strace -e openat`: the flag sets of every open below `under`,
+    and the whole trace."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed")
+    trace = world.base / f"trace-{len(list(world.base.glob('trace-*')))}"
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(["strace", "-f", "-qq", "-xx", "-y", "-e", "trace=openat",
+                           "-o", str(trace), sys.executable, "-m", "fscsync", *args],
+                          capture_output=True, env=env, timeout=60, check=False)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.decode().strip()}")
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    text = trace.read_text()
+    opens: dict[bytes, list[set[str]]] = {}
+    for m in map(OPENAT_RE.search, text.splitlines()):
+        if m:
+            path = join(unhex(m.group("dir") or ""), unhex(m.group("name")))
+            if path.startswith(under + b"/"):
+                opens.setdefault(path, []).append(set(m.group("flags").split("|")))
+    return opens, text
+
+
 def test_engine_reads_ciphertext_with_o_ciphertext(world: World, source: Source) -> None:
     """A plain open of a locked file fails with ENOKEY; strace of a sync from locked A shows
     every encrypted regular file opened O_RDONLY|O_NOCTTY|O_NONBLOCK|O_DSYNC|O_DIRECT
@@ -394,29 +422,11 @@ def test_engine_reads_ciphertext_with_o_ciphertext(world: World, source: Source)
         assert info.value.errno == errno.ENOKEY
     os.close(os.open(locked_big, os.O_RDONLY | O_CIPHERTEXT))
 
-    trace = world.base / "trace"
     dest = world.base / "plain-dest"
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(["strace", "-f", "-qq", "-xx", "-y", "-e", "trace=openat",
-                           "-o", str(trace), sys.executable, "-m", "fscsync", "-aH",
-                           slash(source.locked), slash(dest)],
-                          capture_output=True, env=env, timeout=60, check=False)
-    if proc.returncode != 0 and b"ptrace" in proc.stderr:
-        pytest.skip(f"strace cannot trace here: {proc.stderr.decode().strip()}")
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    opens, text = trace_opens(world, ["-aH", slash(source.locked), slash(dest)], source.locked)
     assert_same_tree(source.backing, dest)
-
-    text = trace.read_text()
     assert "ENOKEY" not in text, [ln for ln in text.splitlines() if "ENOKEY" in ln]
-    opens: dict[bytes, list[set[str]]] = {}  # path below locked A -> flags of each open
-    for m in map(OPENAT_RE.search, text.splitlines()):
-        if m:
-            name = unhex(m.group("name"))
-            path = join(unhex(m.group("dir") or ""), name)
-            if path.startswith(source.locked + b"/"):
-                opens.setdefault(path, []).append(set(m.group("flags").split("|")))
     assert opens, text[:2000]
-    ciphertext = {"O_RDONLY", "O_NOCTTY", "O_NONBLOCK", "O_DSYNC", "O_DIRECT"}
     files = {}  # inode -> paths of the encrypted, non-empty regular files of locked A
     for dirpath, _, filenames in os.walk(source.locked):
         for name in filenames:
@@ -428,31 +438,10 @@ def test_engine_reads_ciphertext_with_o_ciphertext(world: World, source: Source)
     for paths in files.values():
         flags = [f for p in paths for f in opens.get(p, [])]
         assert flags, f"{paths[0]!r} never opened"
-        assert all(ciphertext <= f for f in flags), (paths[0], flags)
+        assert all(f >= CIPHERTEXT_OPEN for f in flags), (paths[0], flags)
 
 
 # ---- 8. the real interface: encdata answered by name, never listed ---------------------------
-
-
-def trace_opens(world: World, args: list[bytes | str], under: bytes) -> dict[bytes, list[set[str]]]:
-    """Run fscsync under `strace -e openat`: the flag sets of every open below `under`."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace not installed")
-    trace = world.base / f"trace-{len(list(world.base.glob('trace-*')))}"
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(["strace", "-f", "-qq", "-xx", "-y", "-e", "trace=openat",
-                           "-o", str(trace), sys.executable, "-m", "fscsync", *args],
-                          capture_output=True, env=env, timeout=60, check=False)
-    if proc.returncode != 0 and b"ptrace" in proc.stderr:
-        pytest.skip(f"strace cannot trace here: {proc.stderr.decode().strip()}")
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    opens: dict[bytes, list[set[str]]] = {}
-    for m in map(OPENAT_RE.search, trace.read_text().splitlines()):
-        if m:
-            path = join(unhex(m.group("dir") or ""), unhex(m.group("name")))
-            if path.startswith(under + b"/"):
-                opens.setdefault(path, []).append(set(m.group("flags").split("|")))
-    return opens
 
 
 def test_faithful_view_lists_no_encdata(source: Source) -> None:
@@ -519,14 +508,13 @@ def test_virtual_encdata_is_read_with_o_ciphertext_o_direct_both_ends(
     b, locked_b = initial_copy(world, source)
     change_both(source, lambda root: write_at(join(root, BIG), UNIT, b"x" * 10))
     same_times(source.orig, source.unlocked)
-    opens = trace_opens(world, ["-aH", "--no-whole-file", slash(source.locked),
-                                slash(locked_b)], locked_b)
-    ciphertext = {"O_RDONLY", "O_NOCTTY", "O_NONBLOCK", "O_DSYNC", "O_DIRECT"}
+    opens, _ = trace_opens(world, ["-aH", "--no-whole-file", slash(source.locked),
+                                   slash(locked_b)], locked_b)
     big_b = join(locked_b, os.path.relpath(locked_twin(source.unlocked, source.locked, BIG),
                                            source.locked))
     basis = [f for f in opens.get(big_b, []) if "O_RDONLY" in f]
     assert basis, sorted(opens)
-    assert all(ciphertext <= f for f in basis), basis
+    assert all(f >= CIPHERTEXT_OPEN for f in basis), basis
     assert_round_trip(source, b, world)
 
 
@@ -554,7 +542,7 @@ def test_probes_leave_no_trace(world: World, source: Source, tmp_path: Path) -> 
 def trace_creates(world: World, args: list, under: Path, tmpfile: bool = False) -> list[bytes]:
     """Names fscsync creates below `under` (O_CREAT opens, mknod, mkdir), plus the
     O_TMPFILE opens when asked."""
-    opens = trace_opens(world, args, os.fsencode(under))
+    opens, _ = trace_opens(world, args, os.fsencode(under))
     return [path for path, flags in opens.items()
             if any("O_CREAT" in f or (tmpfile and "O_TMPFILE" in f) for f in flags)]
 
