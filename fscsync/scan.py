@@ -159,7 +159,8 @@ class Scanner:
             first = leaders.setdefault(group, i)
             e.link = -1 if first == i else first
             if first == i and self.opts.checksum and e.is_reg and e.checksum is None:
-                e.checksum = self._checksum(e.src, e)
+                layout = self.finder.layout(e.src, e.enc is not None, e.enc_alt)
+                e.checksum = self._checksum(e.src, layout)
 
     def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         for src in sources:
