@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # trees.py imports fscsync.cipher for S5
+        sys.path.insert(0, str(REPO))  # trees.py imports fscsync.fs.cipher for S5
     cfg = QUICK if args.quick else FULL
     limits = Limits(args.stall or (10.0 if args.quick else 30.0),
                     args.timeout or (300.0 if args.quick else 1800.0))

@@ -252,7 +252,7 @@ class _Encryptor:
     """Stores encdata the way the backup layout does: as the ordinary xattr security.encdata."""
 
     def __init__(self, seed: str):
-        from fscsync import cipher  # after bench.py set sys.path
+        from fscsync.fs import cipher  # after bench.py set sys.path
 
         self._cipher = cipher
         self.escape = cipher.escape_name  # the name a locked view shows for a raw name

@@ -1,3 +1,3 @@
-from fscsync.cli import run
+from fscsync.cli.main import run
 
 run()

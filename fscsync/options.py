@@ -31,7 +31,7 @@ class Options(Record):
     xattrs: bool = False
     acls: bool = False
     numeric_ids: bool = False
-    usermap: str = ""  # --usermap (or --chown's user), rules for fscsync.idmap
+    usermap: str = ""  # --usermap (or --chown's user), rules for fscsync.engine.idmap
     groupmap: str = ""
     delete: bool = False
     delete_excluded: bool = False

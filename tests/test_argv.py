@@ -12,7 +12,7 @@ from support import needs_root, run_fscsync, run_rsync
 from support.trees import FOREIGN_GID, FOREIGN_UID, write
 from test_local_sync import ENV, T0, Twin, assert_same_items, items, make_plain_tree, settle
 
-from fscsync.argv import parse_args
+from fscsync.cli.argv import parse_args
 from fscsync.errors import UsageError
 
 

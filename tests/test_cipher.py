@@ -22,8 +22,8 @@ import xattr
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from fscsync import cipher
-from fscsync.cipher import EncData, EncdataError, format_encdata, parse_encdata
+from fscsync.fs import cipher
+from fscsync.fs.cipher import EncData, EncdataError, format_encdata, parse_encdata
 
 B64U = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 MAX_SIZE = (1 << 63) - 1

@@ -175,7 +175,7 @@ def test_unusable_destination(tmp_path: Path, dest: str, code: int) -> None:
 
 
 GIVES_UP_AFTER_FLIST_START = """
-from fscsync import protocol
+from fscsync.wire import protocol
 chan = protocol.Channel(0, 1)
 protocol.send_hello(chan, "server")
 protocol.recv_hello(chan, "client")

@@ -377,7 +377,7 @@ def test_corrupted_literals_fail_cleanly(tmp_path: Path, previous: bool) -> None
 
 
 SMALL_FILE = 256 << 10
-"""fscsync.delta.SMALL_FILE: new files up to this size go whole in one FILE frame."""
+"""fscsync.engine.delta.SMALL_FILE: new files up to this size go whole in one FILE frame."""
 
 
 @pytest.mark.parametrize("corrupt", [False, True], ids=["clean", "corrupted"])
@@ -386,7 +386,7 @@ def test_files_either_side_of_the_one_frame_limit(tmp_path: Path, corrupt: bool)
     or DATA frames then DATA_END), one with zero units that must come out as holes:
     copied exactly. With every literal corrupted on the way in, each (but the empty
     one) fails verification, is asked for again, fails again and is not installed."""
-    from fscsync import delta
+    from fscsync.engine import delta
 
     assert delta.SMALL_FILE == SMALL_FILE
     src, dst = tmp_path / "src", tmp_path / "dst"

@@ -52,7 +52,8 @@ from support.treecmp import assert_same_tree
 from support.trees import pattern, set_times, set_tree_times
 from testfs_fixtures import encdata_of, needs_fuse, read_ciphertext
 
-from fscsync.cipher import (
+from fscsync.errors import escape
+from fscsync.fs.cipher import (
     ENCDATA_XATTR,
     O_CIPHERTEXT,
     EncData,
@@ -61,7 +62,6 @@ from fscsync.cipher import (
     parse_encdata,
     unescape_name,
 )
-from fscsync.errors import escape
 from fscsync.testfs import model
 
 pytestmark = needs_fuse

@@ -16,7 +16,7 @@ from support import REPO
 from support.treecmp import assert_same_tree
 from support.trees import make_rich_tree, write
 
-from fscsync.filters import Rule, read_rule_file
+from fscsync.engine.filters import Rule, read_rule_file
 
 EXAMPLES = REPO / "examples"
 SCRIPTS = ("demo.sh", "demo-encrypted.sh", "restore.sh")

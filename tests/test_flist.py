@@ -10,9 +10,7 @@ import stat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fscsync.cipher import EncData, format_encdata
-from fscsync.errors import ProtocolError
-from fscsync.flist import (
+from fscsync.engine.flist import (
     MAX_PATH,
     BatchBuilder,
     Entry,
@@ -22,6 +20,8 @@ from fscsync.flist import (
     pack_batch,
     unpack_batch,
 )
+from fscsync.errors import ProtocolError
+from fscsync.fs.cipher import EncData, format_encdata
 
 paths = st.binary(min_size=1, max_size=60).filter(lambda p: b"\0" not in p)
 u32 = st.integers(0, 2**32 - 1)

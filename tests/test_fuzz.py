@@ -49,13 +49,14 @@ from support.peer import (
 )
 from support.treecmp import assert_same_tree
 
-from fscsync import delta, protocol
-from fscsync import flist as flist_module
+from fscsync.engine import delta
+from fscsync.engine import flist as flist_module
+from fscsync.engine.flist import BatchBuilder, Entry
+from fscsync.engine.receiver import Receiver
+from fscsync.engine.report import Reporter
 from fscsync.errors import ProtocolError
-from fscsync.flist import BatchBuilder, Entry
 from fscsync.options import Options
-from fscsync.receiver import Receiver
-from fscsync.report import Reporter
+from fscsync.wire import protocol
 
 EXAMPLES = int(os.environ.get("FSCSYNC_FUZZ_EXAMPLES", "150"))
 TIMEOUT = 6.0

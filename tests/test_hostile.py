@@ -42,11 +42,12 @@ from support.peer import (
 )
 from support.treecmp import diff, snapshot
 
-from fscsync import delta, protocol
-from fscsync import flist as flist_module
-from fscsync.destfs import check_path, check_paths
+from fscsync.engine import delta
+from fscsync.engine import flist as flist_module
+from fscsync.engine.flist import F_LINK, F_TARGET, F_XATTRS, MAX_XATTRS, Entry, encode_entries
 from fscsync.errors import ProtocolError
-from fscsync.flist import F_LINK, F_TARGET, F_XATTRS, MAX_XATTRS, Entry, encode_entries
+from fscsync.fs.destfs import check_path, check_paths
+from fscsync.wire import protocol
 
 STREAM = 12
 FILE_SELECT = 3
@@ -1311,7 +1312,7 @@ def test_zstd_stream_is_inflated_a_step_at_a_time(sb: Sandbox) -> None:
 def _server_without_zstd(args=(), env=None, cwd=None):
     """`fscsync --server` in an interpreter where zstandard cannot be imported."""
     code = ("import sys; sys.modules['zstandard'] = None; sys.argv[1:1] = ['--server']; "
-            "from fscsync.cli import run; run()")
+            "from fscsync.cli.main import run; run()")
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
                             env={**os.environ, **SERVER_ENV, **(env or {})})

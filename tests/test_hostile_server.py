@@ -181,7 +181,7 @@ def test_a_well_behaved_scripted_server_gives_exit_0(tmp_path: Path) -> None:
 
 HELLO_FROM_ELSEWHERE = """\
 import json, struct, sys
-from fscsync import protocol
+from fscsync.wire import protocol
 role = "server" if sys.argv[1] == "version" else "\\x1b[2Jserver"
 body = json.dumps({"role": role, "program": "fscsync \\x1b]0;owned\\x07\\r\\n",
                    "capabilities": []}).encode()
@@ -230,8 +230,8 @@ def test_the_peers_stderr_reaches_ours_escaped(tmp_path: Path) -> None:
 def test_every_kind_of_counter_is_checked_by_its_fields_type() -> None:
     """Stats.from_wire checks a field by the type of its default, so a time (float) a
     later Stats gains is accepted as a number and refused as anything else."""
+    from fscsync.engine.stats import Stats
     from fscsync.errors import ProtocolError
-    from fscsync.stats import Stats
 
     class Timed(Stats):
         scan_time: float = 0.0

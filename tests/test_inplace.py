@@ -21,8 +21,10 @@ from support import run_fscsync
 from support.peer import FakeSender, default_options, flist_payload, server_launcher
 from test_local_sync import ENV, T0, Twin, assert_clean_stderr, items, settle, temp_files_under
 
-from fscsync import delta, inplace, protocol
-from fscsync.flist import Entry
+from fscsync.engine import delta
+from fscsync.engine.flist import Entry
+from fscsync.fs import inplace
+from fscsync.wire import protocol
 
 BLOCK = 4096
 SIZE = inplace.MIN_SIZE + 3 * BLOCK + 123

@@ -26,11 +26,11 @@ from support import REPO, needs_root, run_fscsync, run_rsync
 from support.treecmp import assert_same_tree, snapshot
 from support.trees import FOREIGN_GID, FOREIGN_UID, make_rich_tree, pattern, set_times, write
 
-from fscsync.flist import BatchBuilder, encode_entries
-from fscsync.inplace import is_journal_name
+from fscsync.engine.flist import BatchBuilder, encode_entries
+from fscsync.engine.report import Reporter
+from fscsync.engine.scan import RUN_MAX, PlainRun, Scanner
+from fscsync.fs.inplace import is_journal_name
 from fscsync.options import Options
-from fscsync.report import Reporter
-from fscsync.scan import RUN_MAX, PlainRun, Scanner
 
 Proc = subprocess.CompletedProcess[bytes]
 

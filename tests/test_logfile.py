@@ -1,4 +1,4 @@
-"""fscsync.logfile: rsync's --log-file lines and --log-file-format escapes."""
+"""fscsync.cli.logfile: rsync's --log-file lines and --log-file-format escapes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fscsync import errors
+from fscsync.cli.logfile import DEFAULT_FORMAT, LogFile, compile_format, parse_item
 from fscsync.errors import FscsyncError
-from fscsync.logfile import DEFAULT_FORMAT, LogFile, compile_format, parse_item
 
 # 2024/03/05 06:07:08 local time, fixed so lines can be compared whole.
 NOW = time.mktime((2024, 3, 5, 6, 7, 8, 0, 0, -1))

@@ -19,8 +19,8 @@ from support.treecmp import assert_same_tree
 from support.trees import pattern, write
 from test_local_sync import ENV, Twin, items, settle
 
-from fscsync import transport
-from fscsync.receiver import MAX_IN_FLIGHT
+from fscsync.engine.receiver import MAX_IN_FLIGHT
+from fscsync.run import transport
 
 
 def _small_files(root: Path, count: int, dirs: int) -> None:

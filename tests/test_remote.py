@@ -144,7 +144,7 @@ import sys
 sys.path.insert(0, {str(REPO)!r})
 import fscsync
 fscsync.PROTOCOL_VERSION += 1   # a peer of another protocol version
-from fscsync.cli import main
+from fscsync.cli.main import main
 sys.exit(main())
 """
 

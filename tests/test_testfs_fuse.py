@@ -33,7 +33,7 @@ from testfs_fixtures import (
     snapshot,
 )
 
-from fscsync.cipher import (
+from fscsync.fs.cipher import (
     ENCDATA_XATTR,
     O_CIPHERTEXT,
     UNIT,

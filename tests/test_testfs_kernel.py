@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fscsync.cipher import UNIT
+from fscsync.fs.cipher import UNIT
 from fscsync.testfs import model
 
 FS_IOC_SET_ENCRYPTION_POLICY = 0x800C6613

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fscsync.cipher import UNIT, escape_name, unescape_name
+from fscsync.fs.cipher import UNIT, escape_name, unescape_name
 from fscsync.testfs import backing, model
 from fscsync.testfs.contents import read_plain, truncate_plain, write_plain
 from fscsync.testfs.names import raw_name

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import xattr
 
-from fscsync.cipher import ENCDATA_XATTR, O_CIPHERTEXT
+from fscsync.fs.cipher import ENCDATA_XATTR, O_CIPHERTEXT
 from fscsync.testfs import make_encrypted_dir, mounted
 
 __all__ = ["KEY", "OTHER_KEY", "encdata_of", "encrypted_backing", "mounted", "needs_fuse",

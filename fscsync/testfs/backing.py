@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import xattr
 
-from fscsync.cipher import (
+from fscsync.fs.cipher import (
     ENCDATA_XATTR,
     NONCE_LEN,
     EncData,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from fscsync.cipher import UNIT, padded_size
+from fscsync.fs.cipher import UNIT, padded_size
 from fscsync.testfs.model import decrypt_unit, encrypt_unit
 
 _HOLE = bytes(UNIT)

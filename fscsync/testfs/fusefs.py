@@ -44,7 +44,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # noqa: E402  (reads FUSE_LIBRARY_NAME at import)
 import xattr  # noqa: E402
 
-from fscsync.cipher import (  # noqa: E402
+from fscsync.fs.cipher import (  # noqa: E402
     ENCDATA_XATTR,
     EncData,
     EncdataError,

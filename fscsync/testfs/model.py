@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fscsync.cipher import (
+from fscsync.fs.cipher import (
     MAX_NAME,
     MODE_AES_256_CTS,
     MODE_AES_256_XTS,

@@ -6,7 +6,7 @@ key-less copy produces on a plain filesystem.
 
 from __future__ import annotations
 
-from fscsync.cipher import MAX_NAME, unescape_name
+from fscsync.fs.cipher import MAX_NAME, unescape_name
 
 _MIN_RAW = 16
 

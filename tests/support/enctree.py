@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import xattr
 
-from fscsync.cipher import EncData, escape_name, format_encdata, pack_context, parse_encdata
+from fscsync.fs.cipher import EncData, escape_name, format_encdata, pack_context, parse_encdata
 from support.trees import BASE_NS, set_times, set_tree_times
 
 UNIT = 4096

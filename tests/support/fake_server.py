@@ -18,7 +18,7 @@ steps run after the opening (HELLO both ways, SETUP, READY):
     {"do": "receive", "stats": {...}}
         a receiver that wants nothing: reads the client's list, ends with STATS
 
-Frames go through fscsync's own codec (fscsync.protocol.Channel). The remote
+Frames go through fscsync's own codec (fscsync.wire.protocol.Channel). The remote
 shell's arguments (host, program, --server) are ignored. When the steps are done
 it waits (a bounded time) for the client to close the connection.
 """
@@ -32,8 +32,9 @@ import sys
 
 import xxhash
 
-from fscsync import delta, flist, protocol
-from fscsync.protocol import Channel, PeerClosed
+from fscsync.engine import delta, flist
+from fscsync.wire import protocol
+from fscsync.wire.protocol import Channel, PeerClosed
 
 SCRIPT_ENV = "FSCSYNC_FAKE_SERVER"
 T_NEW = 1_600_000_000_000_000_000

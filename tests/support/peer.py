@@ -13,7 +13,7 @@ its traceback on stderr, where tests look for it.
 Two ways to start the server:
 - `spawn_server` (the default): `python -m fscsync --server ARGS`, a fresh interpreter;
 - `ForkServer`: a helper process that has imported fscsync once and forks a child per
-  run which calls the same entry point (`fscsync.cli.main(["--server", ...])`); it
+  run which calls the same entry point (`fscsync.cli.main.main(["--server", ...])`); it
   saves the interpreter start-up (~0.25 s) per run, for the fuzz test.
 """
 
@@ -35,8 +35,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from fscsync import flist, protocol
+from fscsync.engine import flist
 from fscsync.options import Options
+from fscsync.wire import protocol
 from support import REPO
 
 HDR = struct.Struct(">BI")
@@ -243,7 +244,7 @@ def measured_server(address_space: int = 1 << 30) -> Callable[..., Measured]:
 
 _ZYGOTE = r"""
 import json, os, signal, socket, sys, traceback
-import fscsync.cli, fscsync.session  # everything a server needs, imported once
+import fscsync.cli.main, fscsync.run.session  # everything a server needs, imported once
 sock = socket.socket(fileno=int(sys.argv[1]))
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
 while True:
@@ -268,7 +269,7 @@ while True:
             os.environ.update(req["env"])
             os.chdir(req["cwd"])
             try:
-                code = fscsync.cli.main(["--server", *req["args"]])
+                code = fscsync.cli.main.main(["--server", *req["args"]])
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from fscsync.engine.report import Reporter
 from fscsync.errors import escape
-from fscsync.report import Reporter
 
 
 class ConsoleReporter(Reporter):
@@ -144,7 +144,7 @@ class Progress:
     def line(self, ofs: int, size: int, elapsed: float, last: bool, idx: int) -> str:
         """One progress line, without its \\r: the rate and time so far while the file
         moves (time left), or its whole time at the end, as rsync shows them."""
-        from fscsync.stats import human
+        from fscsync.engine.stats import human
 
         rate = ofs / elapsed / 1024 if elapsed > 0 else 0.0
         if last:

@@ -8,8 +8,8 @@ import os
 
 import xattr
 
-from fscsync import cipher
-from fscsync.destfs import temp_name
+from fscsync.fs import cipher
+from fscsync.fs.destfs import temp_name
 from fscsync.record import Record
 
 _PROBE_CTX = cipher.pack_context(bytes(16), bytes(16), flags=0x02)

@@ -10,7 +10,7 @@ import stat
 
 import xattr
 
-from fscsync.cipher import ENCDATA_XATTR, EncdataError, parse_encdata
+from fscsync.fs.cipher import ENCDATA_XATTR, EncdataError, parse_encdata
 from fscsync.options import Options
 
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
@@ -80,7 +80,7 @@ class IdMapper:
         self.group_names: dict[int, bytes] = {}
         self._uid_cache: dict[int, int] = {}
         self._gid_cache: dict[int, int] = {}
-        self._user_rules = user_rules or []  # --usermap/--chown (fscsync.idmap)
+        self._user_rules = user_rules or []  # --usermap/--chown (fscsync.engine.idmap)
         self._group_rules = group_rules or []
 
     def uid(self, remote: int) -> int:

@@ -14,18 +14,19 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from fscsync import cipher, errors, meta
+from fscsync import errors
+from fscsync.engine.filters import Filters
+from fscsync.engine.flist import Entry
+from fscsync.engine.report import Reporter
 from fscsync.errors import escape
-from fscsync.fileio import BlockReader, digest_fd
-from fscsync.filters import Filters
-from fscsync.flist import Entry
+from fscsync.fs import cipher, meta
+from fscsync.fs.fileio import BlockReader, digest_fd
+from fscsync.fs.probe import WHY_NO_KEYLESS, keyless_readable
 from fscsync.options import Options
-from fscsync.probe import WHY_NO_KEYLESS, keyless_readable
-from fscsync.report import Reporter
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.destfs import Confined
+    from fscsync.fs.destfs import Confined
 
 
 def split_source(src: bytes) -> tuple[bytes, bytes | None]:

@@ -31,8 +31,8 @@ import struct
 
 import xxhash
 
-from fscsync.destfs import TEMP_MARK
-from fscsync.fileio import READ_SIZE
+from fscsync.fs.destfs import TEMP_MARK
+from fscsync.fs.fileio import READ_SIZE
 
 MIN_SIZE = 64 << 20
 """Smaller files are rebuilt in a temp file: copying them costs less than the syncs."""

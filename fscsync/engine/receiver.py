@@ -15,19 +15,21 @@ import stat
 import struct
 from collections import deque
 
-from fscsync import errors, idmap, protocol
-from fscsync.destfs import Confined, DestTree, check_paths
+from fscsync import errors
+from fscsync.engine import idmap
+from fscsync.engine.finalize import Finalizer
+from fscsync.engine.flist import Batch, Entry, unpack_batch
+from fscsync.engine.generator import Generator
+from fscsync.engine.report import Reporter
+from fscsync.engine.stats import Stats
+from fscsync.engine.writer import Writer
 from fscsync.errors import FscsyncError, ProtocolError, escape
-from fscsync.finalize import Finalizer
-from fscsync.flist import Batch, Entry, unpack_batch
-from fscsync.generator import Generator
-from fscsync.meta import IdMapper
+from fscsync.fs.destfs import Confined, DestTree, check_paths
+from fscsync.fs.meta import IdMapper
+from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
-from fscsync.probe import DestAbilities, probe_dest
-from fscsync.protocol import Channel
-from fscsync.report import Reporter
-from fscsync.stats import Stats
-from fscsync.writer import Writer
+from fscsync.wire import protocol
+from fscsync.wire.protocol import Channel
 
 OK = 1
 FAILED = 2

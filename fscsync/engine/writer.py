@@ -11,15 +11,18 @@ import os
 
 import xxhash
 
-from fscsync import cipher, delta, errors, inplace, meta, protocol
-from fscsync.destfs import DestTree, proc_path, temp_dir_path, temp_name
+from fscsync import errors
+from fscsync.engine import delta
 from fscsync.errors import escape
-from fscsync.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
+from fscsync.fs import cipher, inplace, meta
+from fscsync.fs.destfs import DestTree, proc_path, temp_dir_path, temp_name
+from fscsync.fs.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
+from fscsync.wire import protocol
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.generator import Pending
-    from fscsync.receiver import Receiver
+    from fscsync.engine.generator import Pending
+    from fscsync.engine.receiver import Receiver
 
 _ZEROS = bytes(READ_SIZE)
 UNIT = 4096

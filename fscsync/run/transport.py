@@ -10,8 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from fscsync.endpoint import Endpoint
 from fscsync.errors import SIGNAL, STARTUP, FscsyncError, escape_peer
+from fscsync.run.endpoint import Endpoint
 
 STOP_GRACE_S = 5.0
 """How long a peer told to stop may take to clean up before it is killed."""

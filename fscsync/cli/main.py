@@ -92,19 +92,19 @@ def _server_args(args: list[str]) -> tuple[bool, str | None]:
 def _main(args: list[str]) -> int:
     server, restrict_to = _server_args(args)
     if not server:
-        from fscsync.argv import options_from, parse_args
+        from fscsync.cli.argv import options_from, parse_args
 
         ns = parse_args(args)
         server, restrict_to = ns.server, ns.restrict_to
     if server:
-        from fscsync.session import run_server
+        from fscsync.run.session import run_server
 
         return run_server(restrict_to=os.fsencode(restrict_to) if restrict_to else None)
-    from fscsync.endpoint import parse_endpoint, plan
-    from fscsync.progress import ConsoleReporter
+    from fscsync.cli.progress import ConsoleReporter
+    from fscsync.run.endpoint import parse_endpoint, plan
 
     if ns.help:
-        from fscsync.argv import help_text
+        from fscsync.cli.argv import help_text
 
         _say(sys.stdout, help_text().rstrip("\n"))
         return 0
@@ -127,13 +127,13 @@ def _main(args: list[str]) -> int:
         "progress" if opts.progress else None)
     log = None
     if ns.log_file:
-        from fscsync.logfile import LogFile
+        from fscsync.cli.logfile import LogFile
 
         log = LogFile(ns.log_file, ns.log_file_format)
         opts.log_items = True
     out_format = None
     if ns.out_format is not None:  # -i is --out-format='%i %n%L', in rsync's words
-        from fscsync.logfile import ItemFormat
+        from fscsync.cli.logfile import ItemFormat
 
         out_format = ItemFormat(ns.out_format, "--out-format", every=True,
                                 op="send" if p.client_sends else None,
@@ -147,11 +147,11 @@ def _main(args: list[str]) -> int:
                                human=ns.human_readable, out_format=out_format)
     peer = None
     if p.peer is not None:  # connecting takes longest: start it before the imports below
-        from fscsync.transport import remote_command, spawn
+        from fscsync.run.transport import remote_command, spawn
 
         rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
         peer = spawn(remote_command(p.peer, rsh, ns.remote_fscsync))
-    from fscsync.session import run_client
+    from fscsync.run.session import run_client
 
     try:
         outcome = run_client(opts, p, reporter, peer)
@@ -172,7 +172,7 @@ def _main(args: list[str]) -> int:
                       f"(code {outcome.exit_code})")
         log.close()
     if opts.stats or (opts.verbose and not ns.quiet):
-        from fscsync.stats import format_stats, summary
+        from fscsync.engine.stats import format_stats, summary
 
         if opts.stats:
             lines = format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,

@@ -14,7 +14,7 @@ import struct
 import xxhash
 
 from fscsync.errors import ProtocolError
-from fscsync.fileio import READ_SIZE, BlockReader
+from fscsync.fs.fileio import READ_SIZE, BlockReader
 
 WHOLE = 0
 BLOCKS = 1

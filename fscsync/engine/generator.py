@@ -12,8 +12,11 @@ import errno
 import os
 import stat
 
-from fscsync import chmod, cipher, delta, itemize, meta, protocol
-from fscsync.destfs import (
+from fscsync.engine import chmod, delta, itemize
+from fscsync.engine.flist import Batch, Entry
+from fscsync.errors import escape
+from fscsync.fs import cipher, meta
+from fscsync.fs.destfs import (
     TEMP_MARK,
     DestTree,
     is_temp_name,
@@ -23,16 +26,15 @@ from fscsync.destfs import (
     remove_tree,
     temp_name,
 )
-from fscsync.errors import escape
-from fscsync.fileio import BlockReader, digest_fd
-from fscsync.flist import Batch, Entry
-from fscsync.inplace import is_journal_name, recover
-from fscsync.meta import Target
+from fscsync.fs.fileio import BlockReader, digest_fd
+from fscsync.fs.inplace import is_journal_name, recover
+from fscsync.fs.meta import Target
+from fscsync.wire import protocol
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.inplace import Update
-    from fscsync.receiver import Receiver
+    from fscsync.engine.receiver import Receiver
+    from fscsync.fs.inplace import Update
 
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG

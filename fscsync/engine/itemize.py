@@ -5,8 +5,8 @@ from __future__ import annotations
 import stat
 import time
 
-from fscsync.cipher import EncdataError, parse_encdata
 from fscsync.errors import escape
+from fscsync.fs.cipher import EncdataError, parse_encdata
 
 NEW = "+++++++++"
 

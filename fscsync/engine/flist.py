@@ -13,8 +13,8 @@ import stat
 import struct
 import zlib
 
-from fscsync.cipher import CTX_V2_LEN, EncData, EncdataError, format_encdata, parse_encdata
 from fscsync.errors import ProtocolError
+from fscsync.fs.cipher import CTX_V2_LEN, EncData, EncdataError, format_encdata, parse_encdata
 
 F_TARGET = 1
 F_XATTRS = 2

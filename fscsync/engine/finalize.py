@@ -11,15 +11,17 @@ import errno
 import os
 import stat
 
-from fscsync import errors, itemize, meta
-from fscsync.destfs import listdir, lstat_at, remove_tree, temp_name
+from fscsync import errors
+from fscsync.engine import itemize
+from fscsync.engine.filters import Filters
 from fscsync.errors import escape
-from fscsync.filters import Filters
-from fscsync.meta import Target
+from fscsync.fs import meta
+from fscsync.fs.destfs import listdir, lstat_at, remove_tree, temp_name
+from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.receiver import Receiver
+    from fscsync.engine.receiver import Receiver
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

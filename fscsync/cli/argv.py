@@ -16,9 +16,9 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from fscsync import chmod, idmap
+from fscsync.engine import chmod, idmap
+from fscsync.engine.filters import EXCLUDE, INCLUDE, read_rule_file
 from fscsync.errors import UsageError
-from fscsync.filters import EXCLUDE, INCLUDE, read_rule_file
 from fscsync.options import Options
 
 USAGE = "fscsync [OPTION]... SRC [SRC]... DEST"

@@ -9,23 +9,24 @@ from __future__ import annotations
 import os
 import time
 
-from fscsync import errors, protocol
-from fscsync.destfs import Confined, temp_dir_path
-from fscsync.endpoint import Plan
+from fscsync import errors
+from fscsync.engine.report import KINDS, Reporter
+from fscsync.engine.stats import Stats
 from fscsync.errors import FscsyncError, ProtocolError, escape, escape_peer
+from fscsync.fs.destfs import Confined, temp_dir_path
 from fscsync.options import Options
-from fscsync.protocol import Channel, PeerClosed
 from fscsync.record import Record
-from fscsync.report import KINDS, Reporter
-from fscsync.stats import Stats
-from fscsync.transport import Peer, fork_server
+from fscsync.run.endpoint import Plan
+from fscsync.run.transport import Peer, fork_server
+from fscsync.wire import protocol
+from fscsync.wire.protocol import Channel, PeerClosed
 
 LAST_WORDS_S = 5.0
 """How long a client waits for the reason a peer closed the connection."""
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.sender import Sender
+    from fscsync.engine.sender import Sender
 
 
 class FrameReporter(Reporter):
@@ -103,8 +104,8 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
     (as early as it could: connecting takes longest), or against a local server forked
     here when it is None."""
     started = time.monotonic()
-    from fscsync.receiver import Receiver  # noqa: F401  (before a fork)
-    from fscsync.sender import Sender
+    from fscsync.engine.receiver import Receiver  # noqa: F401  (before a fork)
+    from fscsync.engine.sender import Sender
 
     if peer is None:
         peer = fork_server(run_server)
@@ -193,7 +194,7 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
                 raise ProtocolError("malformed stats frame from the other side")
             stats.merge(Stats.from_wire(peer_stats))
             return stats, errors.peer_code(final.get("exit_code", 0))
-    from fscsync.receiver import Receiver  # imported already by run_client
+    from fscsync.engine.receiver import Receiver  # imported already by run_client
 
     rx = Receiver(chan, opts, reporter, p.dest, item_dir, on_control)
     stats = rx.run()
@@ -205,8 +206,8 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
 
 
 def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> int:
-    from fscsync.receiver import Receiver
-    from fscsync.sender import Sender
+    from fscsync.engine.receiver import Receiver
+    from fscsync.engine.sender import Sender
 
     chan = Channel(rfd, wfd)
     reporter = FrameReporter(chan)

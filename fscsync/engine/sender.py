@@ -15,20 +15,22 @@ import time
 
 import xxhash
 
-from fscsync import delta, errors, protocol
+from fscsync import errors
+from fscsync.engine import delta
+from fscsync.engine.flist import BatchBuilder, Entry, SentList
+from fscsync.engine.report import Reporter
+from fscsync.engine.scan import PlainRun, Scanner, split_source
+from fscsync.engine.stats import Stats
 from fscsync.errors import ProtocolError, escape
-from fscsync.fileio import READ_SIZE, BlockReader, data_segments
-from fscsync.flist import BatchBuilder, Entry, SentList
-from fscsync.meta import group_name, user_name
+from fscsync.fs.fileio import READ_SIZE, BlockReader, data_segments
+from fscsync.fs.meta import group_name, user_name
 from fscsync.options import Options
-from fscsync.protocol import Channel
-from fscsync.report import Reporter
-from fscsync.scan import PlainRun, Scanner, split_source
-from fscsync.stats import Stats
+from fscsync.wire import protocol
+from fscsync.wire.protocol import Channel
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.destfs import Confined
+    from fscsync.fs.destfs import Confined
 
 FLIST_BATCH = 48 << 10
 """Bytes of a file-list batch before compression (about a thousand entries)."""
