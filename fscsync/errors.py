@@ -27,6 +27,9 @@ PER_FILE = frozenset({PARTIAL, VANISHED, MAX_DELETE})
 class FscsyncError(Exception):
     """A fatal error: one line for the user and the exit code to end with."""
 
+    bare = False
+    """Printed without the "fscsync: " in front (where rsync prints its line bare)."""
+
     def __init__(self, message: str, code: int = FILE_IO):
         super().__init__(message)
         self.code = code
@@ -35,6 +38,12 @@ class FscsyncError(Exception):
 class UsageError(FscsyncError):
     def __init__(self, message: str):
         super().__init__(message, SYNTAX)
+
+
+class UnknownOutputWord(UsageError):
+    """An --info or --debug word rsync does not know (rsync's line has no name in front)."""
+
+    bare = True
 
 
 class ProtocolError(FscsyncError):

@@ -17,6 +17,12 @@ class Options(Record):
     recursive: bool = False
     links: bool = False
     safe_links: bool = False
+    copy_links: bool = False  # -L: every symlink sent as what it points to
+    copy_unsafe_links: bool = False  # only those pointing outside the transfer
+    copy_dirlinks: bool = False  # -k: symlinks to directories sent as directories
+    keep_dirlinks: bool = False  # -K: a destination symlink to a directory is that directory
+    dirs: bool = False  # -d: directories named on the command line, without their contents
+    prune_empty_dirs: bool = False  # -m: directories with no files below them are left out
     perms: bool = False
     executability: bool = False
     chmod: str = ""  # --chmod clauses, comma-joined in command-line order

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import NamedTuple
 
+from fscsync.cli import outflags
 from fscsync.engine import chmod, idmap
 from fscsync.engine.filters import EXCLUDE, INCLUDE, read_rule_file
 from fscsync.errors import UsageError
@@ -77,6 +78,12 @@ def _chmod(text: str) -> list[str]:
     return [text]
 
 
+def _words(option: str, text: str) -> list[str]:
+    """--info/--debug: each value is checked as it comes (help prints and exits then)."""
+    outflags.levels(option, [text])
+    return [text]
+
+
 def _rule(kind: str) -> Callable[[str], list]:
     return lambda text: [(kind, os.fsencode(text))]
 
@@ -110,8 +117,8 @@ TABLE: tuple[Opt, ...] = (
     Opt("--verbose -v", "increase verbosity", {"verbose": INC}, neg=("verbose",)),
     Opt("--human-readable -h", "output numbers in a human-readable format (-hh: units of "
         "1000, -hhh: of 1024)", {"human_readable": INC}, neg=("human_readable",)),
-    Opt("--info", "fine-grained informational verbosity (progress2 supported)",
-        dest="info", convert=lambda t: [t], metavar="FLAGS"),
+    Opt("--info", "fine-grained informational verbosity (PROGRESS and STATS act)",
+        dest="info", convert=lambda t: _words("--info", t), metavar="FLAGS"),
     Opt("--quiet -q", "suppress non-error messages", {"quiet": True}),
     Opt("--checksum -c", "skip based on checksum, not mod-time & size",
         {"checksum": True}, neg=("checksum",)),
@@ -231,6 +238,25 @@ TABLE: tuple[Opt, ...] = (
         dest="encdata_xattr", metavar="NAME"),
     Opt("--refuse-ino-policies", "fail files whose policy uses inode-number based IVs "
         "instead of warning", {"refuse_ino_policies": True}),
+    # -- issue 21, second part: links, dirs, -m, -8, --info/--debug words --
+    Opt("--dirs -d", "transfer directories without recursing", {"dirs": True},
+        neg=("dirs",)),
+    Opt("--old-dirs --old-d", "works like --dirs when talking to old rsync (-r with "
+        "--exclude='/*/*')", {"old_dirs": True}),
+    Opt("--prune-empty-dirs -m", "prune empty directory chains from file-list",
+        {"prune_empty_dirs": True}, neg=("prune_empty_dirs",)),
+    Opt("--copy-links -L", "transform symlink into referent file/dir", {"copy_links": True},
+        neg=("copy_links",)),
+    Opt("--copy-unsafe-links", "only \"unsafe\" symlinks are transformed",
+        {"copy_unsafe_links": True}, neg=("copy_unsafe_links",)),
+    Opt("--copy-dirlinks -k", "transform symlink to dir into referent dir",
+        {"copy_dirlinks": True}, neg=("copy_dirlinks",)),
+    Opt("--keep-dirlinks -K", "treat symlinked dir on receiver as dir",
+        {"keep_dirlinks": True}, neg=("keep_dirlinks",)),
+    Opt("--8-bit-output -8", "leave high-bit chars unescaped in output", {"eight_bit": True},
+        neg=("eight_bit",)),
+    Opt("--debug", "fine-grained debug verbosity (rsync's words, accepted)", dest="debug",
+        convert=lambda t: _words("--debug", t), metavar="FLAGS"),
     Opt("--server", "", {"server": True}, hidden=True),
     Opt("--restrict-to", "", dest="restrict_to", metavar="PATH", hidden=True),
 )
@@ -239,7 +265,8 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  inc_recursive=True, rsh=None, remote_fscsync=None, secluded=False,
                  old_args=False, chmod=[], usermap=[], groupmap=[], chown=[],
                  log_file=None, out_format=None, log_file_format=None, server=False,
-                 restrict_to=None, compress=False, encdata_xattr="security.encdata")
+                 restrict_to=None, compress=False, encdata_xattr="security.encdata",
+                 debug=[], old_dirs=False, eight_bit=False)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
@@ -382,7 +409,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     o = Options()
     for name in Options.fields:
         setattr(o, name, getattr(ns, name))
-    if o.delete and not o.recursive:
+    if o.delete and not (o.recursive or o.dirs or ns.old_dirs):
         raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)
     _owner_maps(ns, o)
@@ -394,11 +421,10 @@ def options_from(ns: SimpleNamespace) -> Options:
     o.filter_rules = list(ns.filter_rules)
     o.encdata_xattr = os.fsencode(ns.encdata_xattr)
     o.compress = "auto" if ns.compress else None
-    for info in ns.info:
-        for flag in info.split(","):
-            if flag not in ("progress2", "progress1", "progress0", "stats", "name", "name0",
-                            "name1", "none"):
-                raise UsageError(f"unknown --info flag {flag!r}")
-    flags = ",".join(ns.info).split(",")
-    o.progress = ns.progress or "progress1" in flags or "progress2" in flags
+    info = outflags.levels("--info", ns.info)
+    o.progress = info.get("PROGRESS", int(ns.progress)) > 0
+    o.stats = info.get("STATS", 2 if ns.stats else 0) >= 2
+    if ns.old_dirs:  # rsync's --old-d: -r with --exclude='/*/*'
+        o.recursive = True
+        o.filter_rules.insert(0, (EXCLUDE, b"/*/*"))
     return o

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(args)
     except FscsyncError as exc:
-        _say(sys.stderr, f"fscsync: {exc}")
+        _say(sys.stderr, str(exc) if exc.bare else f"fscsync: {exc}")
         if exc.code == errors.SYNTAX:
             _say(sys.stderr, "fscsync error: syntax or usage error (code 1)")
         return exc.code
@@ -93,8 +93,13 @@ def _main(args: list[str]) -> int:
     server, restrict_to = _server_args(args)
     if not server:
         from fscsync.cli.argv import options_from, parse_args
+        from fscsync.cli.outflags import HelpWanted, levels
 
-        ns = parse_args(args)
+        try:
+            ns = parse_args(args)
+        except HelpWanted as answer:
+            _say(sys.stdout, str(answer))
+            return 0
         server, restrict_to = ns.server, ns.restrict_to
     if server:
         from fscsync.run.session import run_server
@@ -123,8 +128,10 @@ def _main(args: list[str]) -> int:
         raise UsageError("need at least one SRC and a DEST (try --help)")
     endpoints = [parse_endpoint(x) for x in paths]
     p = plan(endpoints[:-1], endpoints[-1])
-    progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
+    info = levels("--info", ns.info)
+    progress_mode = "progress2" if info.get("PROGRESS") == 2 else (
         "progress" if opts.progress else None)
+    stats_level = info.get("STATS", 2 if opts.stats else int(opts.verbose > 0))
     log = None
     if ns.log_file:
         from fscsync.cli.logfile import LogFile
@@ -144,7 +151,8 @@ def _main(args: list[str]) -> int:
             opts.log_items = True
     reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
                                log=log, itemize=bool(opts.itemize),
-                               human=ns.human_readable, out_format=out_format)
+                               human=ns.human_readable, out_format=out_format,
+                               eight_bit=ns.eight_bit)
     peer = None
     if p.peer is not None:  # connecting takes longest: start it before the imports below
         from fscsync.run.transport import remote_command, spawn
@@ -171,10 +179,10 @@ def _main(args: list[str]) -> int:
             log.write(f"fscsync error: {_MEANING.get(outcome.exit_code, 'error')} "
                       f"(code {outcome.exit_code})")
         log.close()
-    if opts.stats or (opts.verbose and not ns.quiet):
+    if stats_level >= 2 or (stats_level and not ns.quiet):
         from fscsync.engine.stats import format_stats, summary
 
-        if opts.stats:
+        if stats_level >= 2:
             lines = format_stats(outcome.stats, outcome.bytes_sent, outcome.bytes_received,
                                  outcome.elapsed, ns.human_readable)
         else:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
 from fscsync.engine.report import Reporter
 from fscsync.errors import escape
+
+_HIGH = re.compile(r"\\#([23][0-7]{2})")
+
+
+def raw_high(text: str) -> str:
+    """-8: the escapes of bytes from 0x80 up (\\#200 to \\#377) back to those bytes, as
+    surrogates the streams write raw; control bytes stay escaped, and a name's own
+    backslash-hash (printed \\#134#...) is never one of them."""
+    return _HIGH.sub(lambda m: chr(0xDC00 + int(m.group(1), 8)), text)
 
 
 class ConsoleReporter(Reporter):
@@ -14,8 +24,9 @@ class ConsoleReporter(Reporter):
 
     def __init__(self, verbose: int = 0, quiet: bool = False, progress: str | None = None,
                  prefix: str = "fscsync", log=None, itemize: bool = True, human: int = 1,
-                 out_format=None):
+                 out_format=None, eight_bit: bool = False):
         super().__init__()
+        self.eight_bit = eight_bit  # -8: bytes from 0x80 up printed as they are
         self.out_format = out_format  # --out-format's ItemFormat: item lines through it
         self.itemize_lines = itemize
         self.verbose = verbose
@@ -28,9 +39,13 @@ class ConsoleReporter(Reporter):
         self._closed: set = {s for s in (self.out, self.err) if s is None}
         """Streams that take no more output: None (started with that descriptor
         closed), or a pipe whose reader went away (`| head -1`)."""
+        if eight_bit:
+            for stream in (self.out, self.err):
+                if stream is not None and hasattr(stream, "reconfigure"):
+                    stream.reconfigure(errors="surrogateescape")
         if progress and self.out is not None:
             self.bar = Progress(progress, self.out, self.out.isatty(), human,
-                                names=not (verbose or itemize))
+                                names=not (verbose or itemize), eight_bit=eight_bit)
 
     def emit(self, kind: str, message: str, length: int | None = None) -> None:
         if self.log is not None:
@@ -60,6 +75,8 @@ class ConsoleReporter(Reporter):
                 self.bar.interrupt()
             if stream in self._closed:
                 return
+            if self.eight_bit:
+                line = raw_high(line)
             try:
                 stream.write(line + "\n")
                 stream.flush()
@@ -91,8 +108,10 @@ class Progress:
     On a terminal the line is redrawn in place (\\r) while data moves and the last
     one stays; off it, only each file's final line is written, one per line."""
 
-    def __init__(self, mode: str, out, tty: bool, human: int = 1, names: bool = True):
+    def __init__(self, mode: str, out, tty: bool, human: int = 1, names: bool = True,
+                 eight_bit: bool = False):
         self.whole = mode == "progress2"
+        self.eight_bit = eight_bit
         self.out = out
         self.tty = tty
         self.human = human
@@ -117,7 +136,8 @@ class Progress:
             self._file_start = self._seen
             if self.names:
                 self._end_line()
-                self.out.write(f"{escape(path)}\n")
+                name = escape(path)
+                self.out.write(f"{raw_high(name) if self.eight_bit else name}\n")
         self._seen = now
         last = done >= total
         if last:
