@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def deletion_order(entries: list[tuple[bytes, os.stat_result]]
+                   ) -> list[tuple[bytes, os.stat_result]]:
+    """The order rsync deletes a directory's extraneous entries in (delete.c walks its
+    sorted list from the end): directories first, then the rest, last name first;
+    a directory's own contents go before it, in the same order."""
+    return sorted(entries, key=lambda e: (stat.S_ISDIR(e[1].st_mode), e[0]), reverse=True)
+
+
 class Finalizer:
     def __init__(self, rx: Receiver):
         self.rx = rx
@@ -123,11 +131,10 @@ class Finalizer:
                 dfd = tree.dirfd(rel)
             except OSError:
                 continue
-            for name in sorted(set(names) - keep):
+            gone = [(name, st) for name in set(names) - keep
+                    if (st := lstat_at(dfd, name)) is not None]
+            for name, st in deletion_order(gone):
                 path = rel + b"/" + name if rel else name
-                st = lstat_at(dfd, name)
-                if st is None:
-                    continue
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if self._protected(path, is_dir):
                     continue
@@ -150,10 +157,11 @@ class Finalizer:
                 rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
                 return 0
             try:
-                for child in sorted(listdir(cfd), reverse=True):
-                    cst = lstat_at(cfd, child)
+                inside = [(child, cst) for child in listdir(cfd)
+                          if (cst := lstat_at(cfd, child)) is not None]
+                for child, cst in deletion_order(inside):
                     cpath = path + b"/" + child
-                    if cst is None or self._protected(cpath, stat.S_ISDIR(cst.st_mode)):
+                    if self._protected(cpath, stat.S_ISDIR(cst.st_mode)):
                         continue
                     count += self._delete(tree, cfd, child, cpath, cst)
             finally:

@@ -482,8 +482,10 @@ class Generator:
             names = listdir(fd)
         except OSError:
             return
+        # -d without -r lists the contents of `src/` only: no other directory's rest goes
+        deletes = self.opts.delete and (self.opts.recursive or e.path == b".")
         if TEMP_MARK not in b"/".join(names):  # one search instead of a match per name
-            if self.opts.delete:
+            if deletes:
                 self.existing[rel] = names
             return
         keep = []
@@ -498,7 +500,7 @@ class Generator:
         if litter:
             self.litter[rel] = litter
             self.incoming.setdefault(rel, set())
-        if self.opts.delete:
+        if deletes:
             self.existing[rel] = keep
 
     def _recover(self, fd: int, rel: bytes, jname: bytes) -> bool:

@@ -101,6 +101,10 @@ class Scanner:
         self._home = -1
         self._source_of: list[int] | None = None  # by entry, when sources were merged
         self.open_flags = os.O_NOATIME if opts.open_noatime else 0
+        self._follows = confined is None and (
+            opts.copy_links or opts.copy_unsafe_links or opts.copy_dirlinks)
+        """-L, -k, --copy-unsafe-links: some symlinks are sent as what they point to (not
+        under --restrict-to, whose tree a followed link would leave)."""
 
     def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         """The entries of the sources in file-list order, a run at a time (a list of
@@ -198,7 +202,7 @@ class Scanner:
         if not stat.S_ISDIR(st.st_mode):
             self._fail(src, "change_dir", OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
             return
-        if not self.opts.recursive and not self.opts.list_only:
+        if not (self.opts.recursive or self.opts.dirs or self.opts.list_only):
             self.reporter.info("skipping directory .", 0)
             return
         root = self._entry(b".", base, st, True) if self._first(b".") else None
@@ -217,7 +221,12 @@ class Scanner:
             if not (exc.errno == errno.ENOENT and self.opts.ignore_missing_args):
                 self._fail(src, "link_stat", exc)  # (rsync ignores no missing `dir/`)
             return
-        if stat.S_ISDIR(st.st_mode) and not self.opts.recursive and not self.opts.list_only:
+        if self._follows and st.st_mode & _S_IFMT == stat.S_IFLNK:
+            st = self._follow(full, name, st)
+            if st is None:
+                return
+        if stat.S_ISDIR(st.st_mode) and not (self.opts.recursive or self.opts.dirs
+                                             or self.opts.list_only):
             self.reporter.info(f"skipping directory {escape(name)}", 0)
             return
         if self.filters and self.filters.excluded(name, stat.S_ISDIR(st.st_mode)):
@@ -261,6 +270,10 @@ class Scanner:
                 else:
                     self._fail(base + name, "readlink_stat", st)
                 continue
+            if self._follows and st.st_mode & _S_IFMT == stat.S_IFLNK:
+                st = self._follow(base + name, prefix + name, st)
+                if st is None:
+                    continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
             if filters is not None and filters.excluded(prefix + name, is_dir):
                 continue
@@ -299,6 +312,43 @@ class Scanner:
             yield [e]
             if self.opts.recursive:
                 yield from self._walk(path, rel + b"/", e.enc is not None)
+
+    def _follow(self, path: bytes, rel: bytes, st: os.stat_result) -> os.stat_result | None:
+        """What the symlink at `path` is sent as, in rsync's order (readlink_stat): -L
+        follows it, -k when it leads to a directory, --copy-unsafe-links when it points
+        out of the transfer (`rel` is its transfer-relative path). None: it points
+        nowhere, reported as rsync reports it."""
+        opts = self.opts
+        if not opts.copy_links:
+            if opts.copy_dirlinks:
+                try:
+                    there = os.stat(path)
+                except OSError:
+                    there = None
+                if there is not None and stat.S_ISDIR(there.st_mode):
+                    return there
+            if not opts.copy_unsafe_links:
+                return st
+            from fscsync.engine.generator import unsafe_link  # only these runs need it
+
+            try:
+                target = os.readlink(path)
+            except OSError as exc:
+                self._fail(path, "readlink", exc)
+                return None
+            if not unsafe_link(target, rel):
+                return st
+            self.reporter.info(f'copying unsafe symlink "{escape(rel)}" -> '
+                               f'"{escape(target)}"', 1)
+        try:
+            return os.stat(path)
+        except OSError as exc:
+            self.io_error = True
+            if exc.errno == errno.ENOENT:
+                self.reporter.error(f'symlink has no referent: "{escape(path)}"')
+            else:
+                self._fail(path, "stat", exc)
+            return None
 
     def _plain_run(self, base: bytes, prefix: bytes, names: list[bytes],
                    stats: list[os.stat_result]) -> PlainRun:
@@ -434,6 +484,7 @@ class Scanner:
         A listing shows stored encdata (a backup); the encdata interface never lists
         it, so an entry that may be encrypted is also asked by name."""
         finder = self.finder
+        follow = follow or (self._follows and not stat.S_ISLNK(st.st_mode))  # its referent
         if self._want_xattrs:
             e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path, follow),
                                                            self.opts)
@@ -485,6 +536,8 @@ class Scanner:
     def open_data(self, path: bytes, layout: int) -> tuple[int, bool]:
         """cipher.open_data of a source file, confined like `open`."""
         if self.confined is None:
+            if self._follows:  # the file a followed symlink points to
+                path = os.path.realpath(path)
             return cipher.open_data(path, layout, extra=self.open_flags)
         pfd, name = self.confined.at(path)
         try:

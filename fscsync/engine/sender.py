@@ -70,16 +70,24 @@ class Sender:
     # ---- file list ------------------------------------------------------------
 
     def _single_file(self) -> bool:
+        """Whether the list holds at most one entry, which rsync then writes under the
+        destination's own name unless that ends in '/' (a file; with -d and no -r, a
+        directory; nothing at all from `src/` without -r or -d)."""
         if len(self.sources) != 1:
             return False
         src = self.sources[0]
+        o = self.opts
+        shallow = not (o.recursive or o.list_only)
         if split_source(src)[1] is None:
-            return False
+            return shallow and not o.dirs
+        fs = self.scanner.confined
         try:
-            fs = self.scanner.confined
-            return not stat.S_ISDIR((os.lstat(src) if fs is None else fs.stat(src)).st_mode)
+            st = os.lstat(src) if fs is None else fs.stat(src)
+            if fs is None and stat.S_ISLNK(st.st_mode) and (o.copy_links or o.copy_dirlinks):
+                st = os.stat(src)
         except OSError:
             return False
+        return not stat.S_ISDIR(st.st_mode) or (shallow and o.dirs)
 
     def scan_ahead(self) -> None:
         """Scan in a thread from now on, while the remote shell still connects: the
