@@ -101,6 +101,11 @@ class Scanner:
         self._home = -1
         self._source_of: list[int] | None = None  # by entry, when sources were merged
         self.open_flags = os.O_NOATIME if opts.open_noatime else 0
+        self._held: list[Entry] = []
+        """-m: directories listed once something other than a directory is found below
+        them (rsync prunes on its receiver, which is where a skipped symlink or special
+        file still counts as something)."""
+        self._nondir = False  # -m: the directory being walked had a non-directory
         self._follows = confined is None and (
             opts.copy_links or opts.copy_unsafe_links or opts.copy_dirlinks)
         """-L, -k, --copy-unsafe-links: some symlinks are sent as what they point to (not
@@ -235,10 +240,13 @@ class Scanner:
             return
         entry = self._entry(name, full, st, True)
         if entry is None:
+            if self._nondir:
+                yield from self._out(None)
             return
-        yield [entry]
-        if entry.is_dir and self.opts.recursive:
-            yield from self._walk(full, name + b"/", entry.enc is not None)
+        if not entry.is_dir:
+            yield from self._out([entry])
+            return
+        yield from self._dir(entry, full)
 
     def _first(self, path: bytes) -> bool:
         if path in self._seen:
@@ -279,12 +287,12 @@ class Scanner:
                 continue
             if bare:
                 if files:
-                    yield files
+                    yield from self._out(files)
                     files = []
                 bare_names.append(name)
                 bare_stats.append(st)
                 if len(bare_names) >= RUN_MAX:
-                    yield self._plain_run(base, prefix, bare_names, bare_stats)
+                    yield from self._out(self._plain_run(base, prefix, bare_names, bare_stats))
                     bare_names, bare_stats = [], []
                 continue
             rel = prefix + name
@@ -293,25 +301,49 @@ class Scanner:
                 subdirs.append((rel, path, st))
                 continue
             if bare_names:
-                yield self._plain_run(base, prefix, bare_names, bare_stats)
+                yield from self._out(self._plain_run(base, prefix, bare_names, bare_stats))
                 bare_names, bare_stats = [], []
             e = entry(rel, path, st, encrypted)
             if e is not None:
                 files.append(e)
                 if len(files) >= RUN_MAX:
-                    yield files
+                    yield from self._out(files)
                     files = []
         if files:
-            yield files
+            yield from self._out(files)
         if bare_names:
-            yield self._plain_run(base, prefix, bare_names, bare_stats)
+            yield from self._out(self._plain_run(base, prefix, bare_names, bare_stats))
+        if self._nondir:
+            yield from self._out(None)
         for rel, path, st in subdirs:
             e = entry(rel, path, st, encrypted)
-            if e is None:
-                continue
+            if e is not None:
+                yield from self._dir(e, path)
+
+    def _dir(self, e: Entry, path: bytes) -> Iterator[list[Entry] | PlainRun]:
+        """A directory entry and (with -r) what is below it; with -m it is held until
+        something other than a directory turns up below it, and left out if nothing
+        does."""
+        if not self.opts.prune_empty_dirs:
             yield [e]
-            if self.opts.recursive:
-                yield from self._walk(path, rel + b"/", e.enc is not None)
+        else:
+            self.count -= 1  # counted when it is listed
+            self._held.append(e)
+        if self.opts.recursive:
+            yield from self._walk(path, e.path + b"/", e.enc is not None)
+        if self._held and self._held[-1] is e:
+            self._held.pop()
+
+    def _out(self, run: list[Entry] | PlainRun | None) -> Iterator[list[Entry] | PlainRun]:
+        """A run of non-directories (None: one was skipped), after the directories -m
+        held above it."""
+        self._nondir = False
+        if self._held:
+            self.count += len(self._held)
+            yield self._held
+            self._held = []
+        if run is not None:
+            yield run
 
     def _follow(self, path: bytes, rel: bytes, st: os.stat_result) -> os.stat_result | None:
         """What the symlink at `path` is sent as, in rsync's order (readlink_stat): -L
@@ -442,6 +474,7 @@ class Scanner:
         elif fmt == stat.S_IFLNK:
             if not opts.links and not opts.list_only:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
+                self._nondir = True
                 return None
             try:
                 e.target = os.readlink(path) if at is None else os.readlink(b"", dir_fd=at)
@@ -452,11 +485,13 @@ class Scanner:
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
             if not opts.devices:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
+                self._nondir = True
                 return None
             e.rdev = st.st_rdev
         elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
             if not opts.specials:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
+                self._nondir = True
                 return None
         elif fmt == stat.S_IFDIR:
             e.size = st.st_size
@@ -466,7 +501,7 @@ class Scanner:
             key = (st.st_dev, st.st_ino)
             leader = self._links.get(key)
             if leader is None:
-                self._links[key] = self.count
+                self._links[key] = self.count + len(self._held)
             else:
                 e.link = leader
         if opts.checksum and fmt == stat.S_IFREG and e.link < 0:
