@@ -371,6 +371,10 @@ class Generator:
     def directory(self, tree, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
         opts = self.opts
+        if opts.keep_dirlinks and st is not None and stat.S_ISLNK(st.st_mode) and _leads_to_dir(
+                pfd, name):
+            rx.status[idx] = 1  # -K: the symlink stays; as in rsync 3.5, nothing is
+            return  # written through it (entries below fail, never land elsewhere)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
                 return
@@ -774,6 +778,13 @@ class Generator:
                 pass
             raise
         rx.status[idx] = 1
+
+
+def _leads_to_dir(pfd: int, name: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=pfd).st_mode)
+    except OSError:
+        return False
 
 
 def unsafe_link(target: bytes, path: bytes) -> bool:
