@@ -138,7 +138,7 @@ class Writer:
                     self._hash_gap(p, off, len(arg), arg)
                     p.data_end = max(p.data_end, off + len(arg))
         except OSError as exc:
-            self._discard(p)
+            self._discard(p, keep_partial=self.opts.partial)
             p.fd = -1
             self.rx.os_fail(idx, "write of", exc)
 
@@ -162,9 +162,10 @@ class Writer:
         return data
 
     def _give_up(self, p: Pending, idx: int, what: str, exc: OSError) -> None:
-        """An OS error ends this file: its temp file goes, the error is reported, and the
-        entry is done (the destination keeps its previous copy)."""
-        self._discard(p)
+        """An OS error ends this file: its temp file goes (with --partial it replaces the
+        previous copy, as rsync keeps what arrived), the error is reported, and the
+        entry is done."""
+        self._discard(p, keep_partial=self.opts.partial)
         self.rx.os_fail(idx, what, exc)
         self._complete(idx, ok=False, quiet=True)
 
@@ -207,7 +208,7 @@ class Writer:
         p = self._pending(idx)
         e = rx.entries[idx]
         if p.fd == -1 or status != delta.END_OK:
-            self._discard(p)
+            self._discard(p, keep_partial=self.opts.partial)
             if status == delta.END_VANISHED:
                 rx.reporter.note_code(errors.VANISHED)
             elif status != delta.END_OK:
@@ -265,7 +266,7 @@ class Writer:
         rx = self.rx
         e = rx.entries[idx]
         if got != digest:
-            self._discard(p)
+            self._discard(p, keep_partial=self.opts.partial)
             if not p.retried:
                 rx.reporter.warning(f'"{escape(e.path)}" failed verification -- '
                                     "sending it again whole")
@@ -392,6 +393,8 @@ class Writer:
             if keep:
                 try:  # as rsync: dated 1970, it looks unfinished, never like a new copy
                     os.utime(p.fd, ns=(0, 0))
+                    if self.opts.perms:  # and with the file's permissions
+                        os.fchmod(p.fd, self.rx.entries[p.idx].mode & 0o7777)
                 except OSError:
                     pass
             os.close(p.fd)

@@ -233,6 +233,12 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         if restrict_to is not None:
             confined = _confine(restrict_to)
             _check_restricted(confined, role, paths, opts)
+        if role == "sender":  # what rsync's remote shell would expand
+            from fscsync.run.wildcards import expand
+
+            paths = [match for word in paths for match in expand(word)]
+            if confined is not None:
+                _check_restricted(confined, role, paths, opts)
         chan.send(protocol.READY)
         chan.flush()
         chan.set_compression(kind)
