@@ -58,7 +58,7 @@ class Options(Record):
     ignore_times: bool = False
     max_size: int = -1
     min_size: int = 0
-    modify_window: int = 0  # seconds; negative: compare whole seconds only
+    modify_window: int = 0  # seconds apart that count as the same time; <0: exact ns
     whole_file: bool | None = None
     inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None

@@ -625,12 +625,12 @@ class Generator:
         return not opts.ignore_times and self.same_time(st.st_mtime_ns, e.mtime_ns)
 
     def same_time(self, a_ns: int, b_ns: int) -> bool:
-        """rsync's same_time: exact with --modify-window 0, whole seconds when negative,
-        else within that many seconds."""
+        """rsync 3.5's same_time: whole seconds with --modify-window 0 (the default),
+        nanoseconds too when negative, else seconds at most that far apart."""
         window = self.opts.modify_window
-        if not window:
+        if window < 0:
             return a_ns == b_ns
-        return abs(a_ns // 10**9 - b_ns // 10**9) <= max(window, 0)
+        return abs(a_ns // 10**9 - b_ns // 10**9) <= window
 
     def _left_alone(self, e: Entry, st) -> bool:
         """--max-size, --min-size and -u: files the run must not touch at all (rsync's
