@@ -275,7 +275,8 @@ class Writer:
                 rx.pending[idx] = fresh
                 rx.chan.send(protocol.REQ, delta.Request(idx, delta.WHOLE, retry=True).encode())
                 return
-            rx.fail(idx, f'ERROR: "{escape(e.path)}" failed verification -- update discarded')
+            kept = "retained" if self.opts.partial else "discarded"
+            rx.fail(idx, f'ERROR: "{escape(e.path)}" failed verification -- update {kept}')
             self._complete(idx, ok=False, quiet=True)
             return
         try:
