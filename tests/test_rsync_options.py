@@ -255,11 +255,12 @@ SAME_SECOND = [("a", 0.2), ("b", -0.6), ("c", 1.0), ("d", 1.5), ("e", -3.0), ("f
 @needs_root
 @pytest.mark.parametrize("flags", [[], ["--modify-window=0"], ["--modify-window=-1"],
                                    ["-@1"], ["-@", "2"], ["-u"], ["-u", "-@-1"],
-                                   ["-u", "-@1"], ["-u", "-@2"]])
+                                   ["-u", "-@1"], ["-u", "-@2"], ["-c"], ["-c", "-@-1"]])
 def test_modify_window_like_rsync(tmp_path: Path, flags: list[str]) -> None:
     """rsync 3.5's time gaps: 0 (the default) compares whole seconds, a negative window
     nanoseconds too, N at most N seconds apart (nanoseconds left out); -u skips a file
-    whose source is not newer by the window."""
+    whose source is not newer by the window; -c, finding the data the same, sets the
+    time to the nanosecond without a line."""
     t = Twin(tmp_path)
     base = T0 * 10**9 + 5 * 10**8
     for name, _ in SAME_SECOND:

@@ -578,8 +578,10 @@ class Generator:
             changes = self._attr_changes(e, st, t)
             if changes:
                 self._item(".", e, changes)
-                if not opts.dry_run:
-                    meta.apply_attrs(opts, rx.ids, e, t, st, new=False)
+            # (-c matched the data: rsync then sets the time to the nanosecond, unlisted)
+            if (changes or opts.checksum and opts.keeps_time(e.mode) and
+                    st.st_mtime_ns != e.mtime_ns) and not opts.dry_run:
+                meta.apply_attrs(opts, rx.ids, e, t, st, new=False)
             return
         if not self._writable_encrypted(idx, e):
             return
