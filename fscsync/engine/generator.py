@@ -371,10 +371,11 @@ class Generator:
     def directory(self, tree, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
         opts = self.opts
-        if opts.keep_dirlinks and st is not None and stat.S_ISLNK(st.st_mode) and _leads_to_dir(
-                pfd, name):
-            rx.status[idx] = 1  # -K: the symlink stays; as in rsync 3.5, nothing is
-            return  # written through it (entries below fail, never land elsewhere)
+        if opts.keep_dirlinks and st is not None and stat.S_ISLNK(st.st_mode):
+            there = _dir_behind(pfd, name)
+            if there is not None:
+                self._kept_dirlink(idx, e, pfd, name, st, there)
+                return
         if st is not None and not stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
                 return
@@ -408,6 +409,17 @@ class Generator:
             self._item(".", e, changes)
         if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
             self._scan_existing(tree, e)
+
+    def _kept_dirlink(self, idx: int, e: Entry, pfd: int, name: bytes, st, there) -> None:
+        """-K: the symlink stays. As in rsync 3.5 nothing is written through it (entries
+        below fail, never land elsewhere); its directory's time is compared with the
+        source's, and a difference listed and set on the symlink itself."""
+        self.rx.status[idx] = 1
+        if self.opts.keeps_time(e.mode) and not self.same_time(there.st_mtime_ns, e.mtime_ns):
+            self._item(".", e, "t")
+            if not self.opts.dry_run:
+                os.utime(name, ns=(st.st_atime_ns, e.mtime_ns), dir_fd=pfd,
+                         follow_symlinks=False)
 
     def _narrow_dir(self, e: Entry, pfd: int, name: bytes, st) -> None:
         """An existing directory loses at once the group and other bits the source's
@@ -782,11 +794,13 @@ class Generator:
         rx.status[idx] = 1
 
 
-def _leads_to_dir(pfd: int, name: bytes) -> bool:
+def _dir_behind(pfd: int, name: bytes) -> os.stat_result | None:
+    """The stat of the directory a symlink leads to, or None."""
     try:
-        return stat.S_ISDIR(os.stat(name, dir_fd=pfd).st_mode)
+        there = os.stat(name, dir_fd=pfd)
     except OSError:
-        return False
+        return None
+    return there if stat.S_ISDIR(there.st_mode) else None
 
 
 def unsafe_link(target: bytes, path: bytes) -> bool:
