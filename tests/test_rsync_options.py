@@ -80,7 +80,8 @@ def _made(line: str) -> tuple[str, ...]:
 
 DIR_LINES = [
     "-di S D", "-di S0 D", "-di S0 @D/dst/", "-ai -d --no-r S D", "-adi --no-r S0 D",
-    "-di --old-d S D", "-ai --no-r --old-dirs S D", "-ai --no-r S D", "-ri --no-r S D",
+    "-di --old-d S D", "-ai --no-r --old-dirs S D", "-ai --old-d --include=/sub/b.bin S D",
+    "-ai --no-r S D", "-ri --no-r S D",
     "-ai --no-r S @D/dst/", "-ai --no-d -r S D",
     "-ai -m S D", "-ri -m S D", "-ai -m S0 D", "-aim --exclude=*.txt --exclude=*.sh S D",
     "-aiH -m S D", "-di -m S D", "-ai -m --no-m S D",

@@ -423,7 +423,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     info = outflags.levels("--info", ns.info)
     o.progress = info.get("PROGRESS", int(ns.progress)) > 0
     o.stats = info.get("STATS", 2 if ns.stats else 0) >= 2
-    if ns.old_dirs:  # rsync's --old-d: -r with --exclude='/*/*'
+    if ns.old_dirs:  # rsync's --old-d: -r with --exclude='/*/*' after the line's rules
         o.recursive = True
-        o.filter_rules.insert(0, (EXCLUDE, b"/*/*"))
+        o.filter_rules.append((EXCLUDE, b"/*/*"))
     return o
