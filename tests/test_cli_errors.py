@@ -53,10 +53,9 @@ def assert_one_clear_line(proc: Proc, *needles: str) -> str:
     ["--bogus-option", "a", "b"],
     ["--max-delete=abc", "a", "b"],
     ["--bwlimit=fast", "a", "b"],
-    ["--info=nonsense", "a", "b"],
     ["-a"],
     [],
-], ids=["unknown", "max-delete", "bwlimit", "info", "no-paths", "nothing"])
+], ids=["unknown", "max-delete", "bwlimit", "no-paths", "nothing"])
 def test_bad_command_line(tmp_path: Path, argv: list[str]) -> None:
     expected = run_rsync(*argv, cwd=tmp_path).returncode
     assert expected == 1

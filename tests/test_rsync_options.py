@@ -199,7 +199,8 @@ def test_flag_help_like_rsync(option: str) -> None:
                                    "--info=stats,", "--debug=all,x", "--info=2",
                                    "--debug=acl,deltasum9,hlink0,zzz"])
 def test_flag_words_refused_like_rsync(tmp_path: Path, value: str) -> None:
-    """An unknown word: rsync's own line (no program name in front) and exit 1, before
+    """An unknown word: rsync's own line (no program name in front, so not in
+    test_cli_errors' table of "fscsync: ..." lines) and exit 1, before
     anything is touched."""
     (tmp_path / "a").mkdir()
     r = run_rsync(value, "a/", "b", cwd=tmp_path, env=ENV)
