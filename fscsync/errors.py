@@ -2,44 +2,155 @@
 
 from __future__ import annotations
 
+import os
+
 OK = 0
 SYNTAX = 1
 PROTOCOL_INCOMPATIBLE = 2
 FILE_SELECT = 3
-UNSUPPORTED = 4
 STARTUP = 5
-SOCKET_IO = 10
 FILE_IO = 11
 STREAM = 12
 IPC = 14
+INTERNAL = 15
 SIGNAL = 20
 PARTIAL = 23
 VANISHED = 24
 MAX_DELETE = 25
 SSH = 255
-CODES = frozenset({OK, SYNTAX, PROTOCOL_INCOMPATIBLE, FILE_SELECT, UNSUPPORTED, STARTUP,
-                   SOCKET_IO, FILE_IO, STREAM, IPC, SIGNAL, PARTIAL, VANISHED, MAX_DELETE, SSH})
+MEANING = {
+    OK: "success",
+    SYNTAX: "syntax or usage error",
+    PROTOCOL_INCOMPATIBLE: "protocol incompatibility",
+    FILE_SELECT: "errors selecting input/output files, dirs",
+    STARTUP: "error starting client-server protocol",
+    FILE_IO: "error in file IO",
+    STREAM: "error in fscsync protocol data stream",
+    IPC: "error in IPC code",
+    INTERNAL: "internal error (a bug in fscsync)",
+    SIGNAL: "received SIGINT, SIGTERM, or SIGHUP",
+    PARTIAL: "some files/attrs were not transferred (see previous errors)",
+    VANISHED: "some files vanished before they could be transferred",
+    MAX_DELETE: "the --max-delete limit stopped deletions",
+    SSH: "unexplained error (ssh exited with 255)",
+}
+"""What each code means, in rsync's words where rsync has the code: the closing
+"fscsync error: ... (code N)" line. INTERNAL is rsync's 15 ("sibling process
+crashed"): the nearest of rsync's codes to a process that stopped on a bug."""
+CODES = frozenset(MEANING)
 """The exit codes fscsync ends with; a peer claiming any other gets STREAM."""
 PER_FILE = frozenset({PARTIAL, VANISHED, MAX_DELETE})
 """The codes of errors that fail a file and let the run go on."""
+REPORT_TO = "see BUGS in fscsync(1)"
+"""Where an internal error tells the user to report it."""
+
+
+def closing_line(code: int) -> str:
+    """rsync's last line of a run that did not succeed."""
+    return f"fscsync error: {MEANING.get(code, 'error')} (code {code})"
+
+
+def os_reason(exc: OSError) -> str:
+    """The one way an OS error is shown, rsync's: "Permission denied (13)". An error
+    without an errno (raised by Python itself) shows its text."""
+    if exc.errno is None:
+        return str(exc) or type(exc).__name__
+    return f"{exc.strerror or os.strerror(exc.errno)} ({exc.errno})"
 
 
 class FscsyncError(Exception):
-    """A fatal error: one line for the user and the exit code to end with."""
+    """A fatal error: one line for the user and the exit code to end with.
 
-    def __init__(self, message: str, code: int = FILE_IO):
-        super().__init__(message)
-        self.code = code
+    A subclass names one condition, as borg's errors do: its `template` is the line
+    and its `code` the exit code, so raising code says what happened, never a number.
+    It is raised with the template's fields by name; a bytes field (a path) is shown
+    escaped, an OSError field as os_reason() shows it. The base classes also take a
+    ready line and a code, for conditions that have no class of their own."""
+
+    template = "{message}"
+    code = FILE_IO
+
+    def __init__(self, message: str | None = None, code: int | None = None,
+                 **fields: object):
+        if message is not None:
+            fields["message"] = message
+        self.fields = fields
+        if code is not None:
+            self.code = code
+        super().__init__(self.template.format_map({k: _shown(v) for k, v in fields.items()}))
+
+
+def _shown(value: object) -> object:
+    if isinstance(value, bytes):
+        return escape(value)
+    if isinstance(value, OSError):
+        return os_reason(value)
+    return value
 
 
 class UsageError(FscsyncError):
-    def __init__(self, message: str):
-        super().__init__(message, SYNTAX)
+    """A command line fscsync cannot run."""
+
+    code = SYNTAX
+
+    def __init__(self, message: str | None = None, **fields: object):
+        super().__init__(message, **fields)
 
 
 class ProtocolError(FscsyncError):
-    def __init__(self, message: str, code: int = STREAM):
-        super().__init__(message, code)
+    """The other side sent what the protocol does not allow, or nothing in time."""
+
+    code = STREAM
+
+
+class OSFailed(FscsyncError):
+    """rsync's line for an operation on a path that the OS refused:
+    'mkdir "dst/a" failed: Permission denied (13)'."""
+
+    template = '{what} "{path}" failed: {reason}'
+
+    def __init__(self, what: str, path: bytes | str, reason: OSError, code: int | None = None):
+        super().__init__(code=code, what=what, path=os.fsencode(path), reason=reason)
+
+
+class FilterFileUnreadable(FscsyncError):
+    """--exclude-from/--include-from names a file that cannot be read."""
+
+    template = "failed to open filter file {path}: {reason}"
+    code = FILE_SELECT
+
+
+class LogFileUnopenable(FscsyncError):
+    """--log-file names a file that cannot be opened for appending."""
+
+    template = "failed to open log-file {path}: {reason}"
+
+
+class ExecFailed(FscsyncError):
+    """The remote shell could not be started."""
+
+    template = "failed to exec {program}: {reason}"
+    code = STARTUP
+
+
+class AllowedTreeUnusable(FscsyncError):
+    """The server's --restrict-to tree cannot be opened."""
+
+    template = 'cannot open the allowed tree "{root}": {reason}'
+    code = FILE_SELECT
+
+
+class InternalError(FscsyncError):
+    """An exception no code expected: a bug. The user learns that, and where to say
+    so, in one line (FSCSYNC_DEBUG=1 shows the traceback instead); its own exit code
+    tells a script it is no fault of the files or the connection."""
+
+    template = ("internal error{where}: {kind}: {detail} (a bug in fscsync: please "
+                "report it with the command line, " + REPORT_TO + ")")
+    code = INTERNAL
+
+    def __init__(self, exc: BaseException, where: str = ""):
+        super().__init__(where=where, kind=type(exc).__name__, detail=escape_peer(str(exc)))
 
 
 class Interrupted(KeyboardInterrupt):

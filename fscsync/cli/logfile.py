@@ -29,7 +29,7 @@ from collections import namedtuple
 from collections.abc import Callable
 
 from fscsync import errors
-from fscsync.errors import FscsyncError
+from fscsync.errors import FscsyncError, LogFileUnopenable
 
 DEFAULT_FORMAT = "%i %n%L"
 ESCAPES = "tponLilbf"
@@ -236,8 +236,7 @@ class LogFile:
             self._fp = open(path, "a", encoding="utf-8", errors="backslashreplace",
                             buffering=1)
         except OSError as exc:
-            raise FscsyncError(f"failed to open log-file {path}: {exc.strerror} ({exc.errno})",
-                               errors.FILE_IO) from None
+            raise LogFileUnopenable(path=os.fsencode(path), reason=exc) from None
         if header:
             self.write(header)
 

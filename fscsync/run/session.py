@@ -12,7 +12,14 @@ import time
 from fscsync import errors
 from fscsync.engine.report import KINDS, Reporter
 from fscsync.engine.stats import Stats
-from fscsync.errors import FscsyncError, ProtocolError, escape, escape_peer
+from fscsync.errors import (
+    AllowedTreeUnusable,
+    FscsyncError,
+    InternalError,
+    ProtocolError,
+    escape,
+    escape_peer,
+)
 from fscsync.fs.destfs import Confined, temp_dir_path
 from fscsync.options import Options
 from fscsync.record import Record
@@ -258,8 +265,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             import traceback
 
             traceback.print_exc()
-        return _fatal(chan, f"internal error on the server: {type(exc).__name__}: {exc}",
-                      errors.STREAM)
+        bug = InternalError(exc, " on the server")
+        return _fatal(chan, str(bug), bug.code)
 
 
 def _fatal(chan: Channel, message: str, code: int) -> int:
@@ -276,8 +283,7 @@ def _confine(root: bytes) -> Confined:
     try:
         return Confined(root)
     except OSError as exc:
-        raise FscsyncError(f'cannot open the allowed tree "{escape(root)}": {exc.strerror} '
-                           f"({exc.errno})", errors.FILE_SELECT) from None
+        raise AllowedTreeUnusable(root=root, reason=exc) from None
 
 
 def _check_restricted(confined: Confined, role: str, paths: list[bytes], opts: Options
