@@ -103,14 +103,73 @@ class ProtocolError(FscsyncError):
     code = STREAM
 
 
-class OSFailed(FscsyncError):
-    """rsync's line for an operation on a path that the OS refused:
-    'mkdir "dst/a" failed: Permission denied (13)'."""
+class StartupFailed(ProtocolError):
+    """The two sides could not begin: the peer is not fscsync, or the handshake or the
+    setup frame is malformed (rsync's "error starting client-server protocol")."""
 
-    template = '{what} "{path}" failed: {reason}'
+    code = STARTUP
 
-    def __init__(self, what: str, path: bytes | str, reason: OSError, code: int | None = None):
-        super().__init__(code=code, what=what, path=os.fsencode(path), reason=reason)
+
+class NoAnswer(StartupFailed):
+    """The peer said nothing within the time a step of the run allows."""
+
+    template = "no answer from the other side in {seconds:.0f} s"
+
+
+class VersionMismatch(ProtocolError):
+    template = ("protocol version mismatch: we speak {ours}, the other side ({program}) "
+                "speaks {theirs}")
+    code = PROTOCOL_INCOMPATIBLE
+
+
+class PeerClosed(ProtocolError):
+    """The peer went away: the stream ended before the exchange did."""
+
+    template = "connection closed by the other side"
+
+
+class ClosedBeforeHandshake(PeerClosed):
+    """Nothing at all came back: most often no fscsync on the other side's PATH."""
+
+    template = ("connection closed before the handshake (is fscsync installed on the other "
+                "side?)")
+    code = STARTUP
+
+
+class NotFscsync(StartupFailed):
+    template = "the other side is not fscsync (it said {said!r})"
+
+
+class WrongRole(StartupFailed):
+    template = "the other side answered as {role!r}, not as an fscsync {want}"
+
+
+class PeerKilled(ProtocolError):
+    template = "{closed} (the other side was killed by signal {signal})"
+
+
+class SshFailed(FscsyncError):
+    """ssh ends with 255 when it cannot connect or log in: rsync's code for that."""
+
+    template = "connection unexpectedly closed (ssh exited with 255)"
+    code = SSH
+
+
+class PeerFailed(FscsyncError):
+    """The other side stopped on a fatal error: its line (escaped) and its code."""
+
+
+class NoDaemonMode(FscsyncError):
+    template = ("{arg}: fscsync has no daemon mode (rsync://, HOST::MODULE); use HOST:PATH "
+                "over a remote shell")
+    code = STARTUP
+
+
+class ExecFailed(FscsyncError):
+    """The remote shell could not be started."""
+
+    template = "failed to exec {program}: {reason}"
+    code = STARTUP
 
 
 class FilterFileUnreadable(FscsyncError):
@@ -126,18 +185,75 @@ class LogFileUnopenable(FscsyncError):
     template = "failed to open log-file {path}: {reason}"
 
 
-class ExecFailed(FscsyncError):
-    """The remote shell could not be started."""
-
-    template = "failed to exec {program}: {reason}"
-    code = STARTUP
-
-
 class AllowedTreeUnusable(FscsyncError):
     """The server's --restrict-to tree cannot be opened."""
 
     template = 'cannot open the allowed tree "{root}": {reason}'
     code = FILE_SELECT
+
+
+class OutsideAllowedTree(FscsyncError):
+    """A client asked a --restrict-to server for a path outside its tree."""
+
+    template = 'path "{path}" is outside the allowed tree "{root}" (--restrict-to)'
+    code = FILE_SELECT
+
+
+class TempDirOutsideAllowedTree(FscsyncError):
+    template = "--temp-dir outside the allowed tree (--restrict-to)"
+    code = FILE_SELECT
+
+
+# ---- one file fails, the run goes on (Reporter.failed) -------------------------------
+
+
+class OSFailed(FscsyncError):
+    """rsync's line for an operation on a path that the OS refused:
+    'mkdir "dst/a" failed: Permission denied (13)'. It fails one file (23), unless
+    raised with a fatal code."""
+
+    template = '{what} "{path}" failed: {reason}'
+    code = PARTIAL
+
+    def __init__(self, what: str, path: bytes | str, reason: OSError, code: int | None = None):
+        super().__init__(code=code, what=what, path=os.fsencode(path), reason=reason)
+
+
+class Vanished(FscsyncError):
+    """A source file listed, then gone before it was read: rsync's own code for it."""
+
+    template = 'file has vanished: "{path}"'
+    code = VANISHED
+
+
+class SendOpenFailed(FscsyncError):
+    template = 'send_files failed to open "{path}": {reason}'
+    code = PARTIAL
+
+
+class ReadFailed(FscsyncError):
+    template = 'read errors mapping "{path}": {reason}'
+    code = PARTIAL
+
+
+class ChangedWhileSent(FscsyncError):
+    """The file's size or mtime moved while it was read: what was sent may be torn."""
+
+    template = ('"{path}" changed while it was being sent; the destination keeps its '
+                "previous copy")
+    code = PARTIAL
+
+
+class MalformedEncdata(FscsyncError):
+    template = 'malformed encdata on "{path}": {why}'
+    code = PARTIAL
+
+
+class NoKeylessRead(FscsyncError):
+    """An encrypted source file on a kernel that cannot hand out its ciphertext."""
+
+    template = 'cannot read "{path}" without its key: {why}'
+    code = PARTIAL
 
 
 class InternalError(FscsyncError):

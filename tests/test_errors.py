@@ -16,35 +16,101 @@ from support import REPO
 from fscsync import errors
 from fscsync.errors import (
     AllowedTreeUnusable,
+    ChangedWhileSent,
+    ClosedBeforeHandshake,
     ExecFailed,
     FilterFileUnreadable,
     FscsyncError,
     InternalError,
     LogFileUnopenable,
+    MalformedEncdata,
+    NoAnswer,
+    NoDaemonMode,
+    NoKeylessRead,
+    NotFscsync,
     OSFailed,
+    OutsideAllowedTree,
+    PeerClosed,
+    PeerFailed,
+    PeerKilled,
     ProtocolError,
+    ReadFailed,
+    SendOpenFailed,
+    SshFailed,
+    StartupFailed,
+    TempDirOutsideAllowedTree,
     UsageError,
+    Vanished,
+    VersionMismatch,
+    WrongRole,
 )
 
 EACCES = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
-@pytest.mark.parametrize("exc, line, code", [
+ENOENT = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+CLASSES = [
     (FilterFileUnreadable(path=b"rules", reason=EACCES),
      "failed to open filter file rules: Permission denied (13)", 3),
-    (LogFileUnopenable(path=b"/no/log", reason=FileNotFoundError(2, "No such file or directory")),
+    (LogFileUnopenable(path=b"/no/log", reason=ENOENT),
      "failed to open log-file /no/log: No such file or directory (2)", 11),
-    (ExecFailed(program=b"nossh", reason=FileNotFoundError(2, "No such file or directory")),
+    (ExecFailed(program=b"nossh", reason=ENOENT),
      "failed to exec nossh: No such file or directory (2)", 5),
     (AllowedTreeUnusable(root=b"/srv", reason=EACCES),
      'cannot open the allowed tree "/srv": Permission denied (13)', 3),
-    (OSFailed("mkdir", b"dst/a", EACCES), 'mkdir "dst/a" failed: Permission denied (13)', 11),
-    (OSFailed("change_dir", b"src", EACCES, errors.PARTIAL),
-     'change_dir "src" failed: Permission denied (13)', 23),
-], ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None)
+    (OutsideAllowedTree(path=b"/etc", root=b"/srv"),
+     'path "/etc" is outside the allowed tree "/srv" (--restrict-to)', 3),
+    (TempDirOutsideAllowedTree(), "--temp-dir outside the allowed tree (--restrict-to)", 3),
+    (NoDaemonMode(arg=b"host::mod"), "host::mod: fscsync has no daemon mode (rsync://, "
+     "HOST::MODULE); use HOST:PATH over a remote shell", 5),
+    (StartupFailed("malformed setup frame"), "malformed setup frame", 5),
+    (NoAnswer(seconds=60.0), "no answer from the other side in 60 s", 5),
+    (NotFscsync(said="SSH-2.0"), "the other side is not fscsync (it said 'SSH-2.0')", 5),
+    (WrongRole(role="client", want="server"),
+     "the other side answered as 'client', not as an fscsync server", 5),
+    (VersionMismatch(ours=3, program="fscsync 9", theirs=9),
+     "protocol version mismatch: we speak 3, the other side (fscsync 9) speaks 9", 2),
+    (PeerClosed(), "connection closed by the other side", 12),
+    (ClosedBeforeHandshake(), "connection closed before the handshake (is fscsync "
+     "installed on the other side?)", 5),
+    (PeerKilled(closed="connection closed by the other side", signal=9),
+     "connection closed by the other side (the other side was killed by signal 9)", 12),
+    (SshFailed(), "connection unexpectedly closed (ssh exited with 255)", 255),
+    (PeerFailed("[host] no room", 11), "[host] no room", 11),
+    (OSFailed("change_dir", b"src", EACCES), 'change_dir "src" failed: Permission denied (13)',
+     23),
+    (OSFailed("mkdir", b"dst/a", EACCES, errors.FILE_IO),
+     'mkdir "dst/a" failed: Permission denied (13)', 11),
+    (Vanished(path=b"d/f"), 'file has vanished: "d/f"', 24),
+    (SendOpenFailed(path=b"f", reason=EACCES),
+     'send_files failed to open "f": Permission denied (13)', 23),
+    (ReadFailed(path=b"f", reason=OSError(errno.EIO, os.strerror(errno.EIO))),
+     'read errors mapping "f": Input/output error (5)', 23),
+    (ChangedWhileSent(path=b"f"),
+     '"f" changed while it was being sent; the destination keeps its previous copy', 23),
+    (MalformedEncdata(path=b"f", why=ValueError("no size")), 'malformed encdata on "f": no size',
+     23),
+    (NoKeylessRead(path=b"f", why="no O_CIPHERTEXT"),
+     'cannot read "f" without its key: no O_CIPHERTEXT', 23),
+    (InternalError(ValueError("boom")), "internal error: ValueError: boom (a bug in fscsync: "
+     "please report it with the command line, see BUGS in fscsync(1))", 15),
+]
+
+
+@pytest.mark.parametrize("exc, line, code", CLASSES,
+                         ids=[type(c[0]).__name__ for c in CLASSES])
 def test_each_class_is_its_line_and_code(exc: FscsyncError, line: str, code: int) -> None:
     assert str(exc) == line
     assert exc.code == code
+
+
+def test_every_class_is_checked_above() -> None:
+    """A class added to errors.py without a line here could hold a template its fields
+    do not fill: that would only show when it is raised."""
+    named = {cls for cls in vars(errors).values() if isinstance(cls, type)
+             and issubclass(cls, FscsyncError) and cls not in (FscsyncError, ProtocolError,
+                                                              UsageError)}
+    assert named == {type(c[0]) for c in CLASSES}
 
 
 def test_the_base_classes_take_a_line_and_a_code() -> None:
