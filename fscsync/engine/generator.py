@@ -396,7 +396,7 @@ class Generator:
         self.dirs.append((idx, False))
         state.status[idx] = Status.OK
         self._narrow_dir(e, pfd, name, st)
-        changes = self._attr_changes(e, st, Target(pfd, name))
+        changes = meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
         if changes:
             self._item(".", e, changes)
         if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
@@ -513,37 +513,6 @@ class Generator:
             self.state.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
         return applied is not None
 
-    def _attr_changes(self, e: Entry, st, t: Target | None) -> str:
-        """Letters of attributes that differ (for itemize on existing entries); `t` is
-        needed only when xattrs or ACLs are compared."""
-        opts = self.opts
-        ids = self.ids
-        out = ""
-        if opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns, e.mtime_ns):
-            out += "t"
-        if (opts.perms or opts.executability) and not e.is_link:
-            want = meta.wanted_mode(opts, e.mode, st.st_mode, new=False)
-            if want is not None and want != stat.S_IMODE(st.st_mode):
-                out += "p"
-        if opts.owner and meta.IS_ROOT and ids.uid(e.uid) != st.st_uid:
-            out += "o"
-        if opts.group and ids.gid(e.gid) != st.st_gid:
-            out += "g"
-        if opts.xattrs or opts.acls:
-            try:
-                have = meta.read_xattrs(t.xattr_target())
-            except OSError:
-                have = []
-            wanted = meta.xattr_wanted(opts)
-            have_acl = [x for x in have if x[0] in meta.ACL_NAMES and opts.acls]
-            have_x = [x for x in have if x[0] not in meta.ACL_NAMES and wanted(x[0])]
-            want = e.xattrs or []
-            if opts.acls and have_acl != [x for x in want if x[0] in meta.ACL_NAMES]:
-                out += "a"
-            if opts.xattrs and have_x != [x for x in want if x[0] not in meta.ACL_NAMES]:
-                out += "x"
-        return out
-
     # ---- regular files --------------------------------------------------------------
 
     def regular(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
@@ -564,13 +533,7 @@ class Generator:
         if is_file and self._may_hold_encdata(e, pfd, st):
             dest_enc = self._dest_encdata(pfd, name, e)
         if is_file and self._same(e, pfd, name, st, dest_enc):
-            state.status[idx] = Status.OK
-            t = Target(pfd, name)
-            changes = self._attr_changes(e, st, t)
-            if changes:
-                self._item(".", e, changes)
-                if not opts.dry_run:
-                    meta.apply_attrs(opts, self.ids, e, t, st, new=False)
+            self._existing_attrs(idx, e, Target(pfd, name), st)
             return
         if not self._writable_encrypted(idx, e):
             return
@@ -583,7 +546,7 @@ class Generator:
                 e.enc, e.size) else ""
             if opts.checksum:
                 changes = "c" + changes
-            changes += self._attr_changes(e, st, Target(pfd, name))
+            changes += meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
             if not opts.times:
                 changes = changes.replace("t", "")
             self._item(self.item_dir, e, changes)
@@ -613,15 +576,7 @@ class Generator:
             return self._dest_digest(pfd, name, layout) == e.checksum
         if opts.size_only:
             return True
-        return not opts.ignore_times and self.same_time(st.st_mtime_ns, e.mtime_ns)
-
-    def same_time(self, a_ns: int, b_ns: int) -> bool:
-        """rsync's same_time: exact with --modify-window 0, whole seconds when negative,
-        else within that many seconds."""
-        window = self.opts.modify_window
-        if not window:
-            return a_ns == b_ns
-        return abs(a_ns // 10**9 - b_ns // 10**9) <= max(window, 0)
+        return not opts.ignore_times and opts.same_time(st.st_mtime_ns, e.mtime_ns)
 
     def _left_alone(self, e: Entry, st) -> bool:
         """--max-size, --min-size and -u: files the run must not touch at all (rsync's
@@ -707,8 +662,8 @@ class Generator:
             if not self._writable_encrypted(idx, e):
                 return
             changes = "c"
-            if self.opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns,
-                                                                   e.mtime_ns):
+            if self.opts.keeps_time(e.mode) and not self.opts.same_time(st.st_mtime_ns,
+                                                                        e.mtime_ns):
                 changes += "t"
             self._item("c", e, changes)
         else:
@@ -743,13 +698,18 @@ class Generator:
                     is_link=False)
 
     def _existing_attrs(self, idx: int, e: Entry, t: Target, st) -> None:
-        state = self.state
-        state.status[idx] = Status.OK
-        changes = self._attr_changes(e, st, t)
+        """An entry whose data is in place: its attributes brought in line, itemized as
+        rsync does it, with what apply_attrs found to change (a dry run: what differs)."""
+        self.state.status[idx] = Status.OK
+        diff = meta.differences(self.opts, self.ids, e, st, t)
+        if not diff:
+            return
+        if self.opts.dry_run:
+            changes = diff.letters()
+        else:
+            changes = meta.apply_attrs(self.opts, self.ids, e, t, st, new=False)
         if changes:
             self._item(".", e, changes)
-            if not self.opts.dry_run:
-                meta.apply_attrs(self.opts, self.ids, e, t, st, new=False)
 
     def _place(self, idx: int, e: Entry, pfd: int, name: bytes, make, is_link: bool) -> None:
         """make(tmp) the entry under a temp name, its attributes on it (encdata last but

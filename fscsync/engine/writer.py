@@ -310,7 +310,7 @@ class Writer:
         self._close_basis(p)
         t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
         meta.apply_attrs(self.opts, self.ids, e, t, st, new=bool(p.tmpname),
-                         replaced=p.replaced_mode if p.tmpname else None)
+                         replaced=p.replaced_mode if p.tmpname else None, accurate_time=True)
         os.close(p.fd)
         p.fd = None
         if p.update is not None:
