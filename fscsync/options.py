@@ -81,6 +81,14 @@ class Options(Record):
             return self.times and not self.omit_link_times
         return self.times
 
+    def same_time(self, a_ns: int, b_ns: int) -> bool:
+        """rsync 3.5's same_time: whole seconds with --modify-window 0 (the default),
+        nanoseconds too when negative, else seconds at most that far apart."""
+        window = self.modify_window
+        if window < 0:
+            return a_ns == b_ns
+        return abs(a_ns // 10**9 - b_ns // 10**9) <= window
+
     def to_wire(self) -> dict:
         out = {}
         for name in self.fields:

@@ -97,7 +97,7 @@ def levels(option: str, values: list[str]) -> dict[str, int]:
             elif any(key == w for w, _ in words):
                 out[key] = level
             else:
-                raise UnknownOutputWord(f'Unknown {option} item: "{name}"')
+                raise UnknownOutputWord(option=option, word=name)
     return out
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Iterable
 
-from fscsync.errors import FILE_SELECT, FscsyncError
+from fscsync.errors import FilterFileUnreadable
 
 INCLUDE = "+"
 EXCLUDE = "-"
@@ -108,8 +109,7 @@ def read_rule_file(path: str, default_kind: str) -> list[tuple[str, bytes]]:
             with open(path, "rb") as f:
                 data = f.read()
     except OSError as exc:
-        raise FscsyncError(f"failed to open filter file {path}: {exc.strerror}",
-                           FILE_SELECT) from None
+        raise FilterFileUnreadable(path=os.fsencode(path), reason=exc) from None
     rules = []
     for line in data.splitlines():
         line = line.rstrip(b"\r")
