@@ -235,6 +235,13 @@ class Vanished(FscsyncError):
     code = VANISHED
 
 
+class NoReferent(FscsyncError):
+    """-L, -k or --copy-unsafe-links met a symlink that points nowhere (rsync's line)."""
+
+    template = 'symlink has no referent: "{path}"'
+    code = PARTIAL
+
+
 class SendOpenFailed(FscsyncError):
     template = 'send_files failed to open "{path}": {reason}'
     code = PARTIAL

@@ -18,7 +18,14 @@ from fscsync import errors
 from fscsync.engine.filters import Filters
 from fscsync.engine.flist import Entry
 from fscsync.engine.report import Reporter
-from fscsync.errors import MalformedEncdata, NoKeylessRead, OSFailed, Vanished, escape
+from fscsync.errors import (
+    MalformedEncdata,
+    NoKeylessRead,
+    NoReferent,
+    OSFailed,
+    Vanished,
+    escape,
+)
 from fscsync.fs import cipher, meta
 from fscsync.fs.fileio import BlockReader, digest_fd
 from fscsync.fs.probe import WHY_NO_KEYLESS, keyless_readable
@@ -376,7 +383,7 @@ class Scanner:
         except OSError as exc:
             self.io_error = True
             if exc.errno == errno.ENOENT:
-                self.reporter.error(f'symlink has no referent: "{escape(path)}"')
+                self.reporter.failed(NoReferent(path=path))
             else:
                 self._fail(path, "stat", exc)
             return None
