@@ -58,7 +58,11 @@ class Options(Record):
     ignore_times: bool = False
     max_size: int = -1
     min_size: int = 0
-    modify_window: int = 0  # seconds apart that count as the same time; <0: exact ns
+    modify_window: int | None = None
+    """--modify-window as rsync 3.5 reads it (0: whole seconds, N: at most N seconds
+    apart, negative: nanoseconds too). None, fscsync's default, compares nanoseconds:
+    rsync's default of whole seconds would skip a file rewritten at the same size
+    within the second of its last copy."""
     whole_file: bool | None = None
     inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None
@@ -82,10 +86,10 @@ class Options(Record):
         return self.times
 
     def same_time(self, a_ns: int, b_ns: int) -> bool:
-        """rsync 3.5's same_time: whole seconds with --modify-window 0 (the default),
-        nanoseconds too when negative, else seconds at most that far apart."""
+        """rsync 3.5's same_time for the window given (see modify_window); without one,
+        exact."""
         window = self.modify_window
-        if window < 0:
+        if window is None or window < 0:
             return a_ns == b_ns
         return abs(a_ns // 10**9 - b_ns // 10**9) <= window
 

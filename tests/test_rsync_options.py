@@ -258,13 +258,18 @@ SAME_SECOND = [("a", 0.2), ("b", -0.6), ("c", 1.0), ("d", 1.5), ("e", -3.0), ("f
 
 @needs_root
 @pytest.mark.parametrize("flags", [[], ["--modify-window=0"], ["--modify-window=-1"],
-                                   ["-@1"], ["-@", "2"], ["-u"], ["-u", "-@-1"],
-                                   ["-u", "-@1"], ["-u", "-@2"], ["-c"], ["-c", "-@-1"]])
+                                   ["-@1"], ["-@", "2"], ["-u", "-@0"], ["-u", "-@-1"],
+                                   ["-u", "-@1"], ["-u", "-@2"], ["-c"], ["-c", "-@0"],
+                                   ["-c", "-@-1"]])
 def test_modify_window_like_rsync(tmp_path: Path, flags: list[str]) -> None:
-    """rsync 3.5's time gaps: 0 (the default) compares whole seconds, a negative window
-    nanoseconds too, N at most N seconds apart (nanoseconds left out); -u skips a file
-    whose source is not newer by the window; -c, finding the data the same, sets the
-    time to the nanosecond without a line."""
+    """rsync 3.5's time gaps for a window given: 0 compares whole seconds, a negative
+    window nanoseconds too, N at most N seconds apart (nanoseconds left out); -u skips
+    a file whose source is not newer by the window; -c, finding the data the same,
+    sets the time to the nanosecond without a line. Without a window fscsync compares
+    nanoseconds, as rsync does with -@-1 (rsync's own default is whole seconds, which
+    would skip a file rewritten at the same size within a second); its -u then skips
+    what is newer on the receiver by whole seconds, as rsync's default -u (so plain -u
+    matches no single rsync line and is left to test_selection_options_like_rsync)."""
     t = Twin(tmp_path)
     base = T0 * 10**9 + 5 * 10**8
     for name, _ in SAME_SECOND:
@@ -278,8 +283,10 @@ def test_modify_window_like_rsync(tmp_path: Path, flags: list[str]) -> None:
             write(area / "dst" / name, b"same\n")
             set_times(area / "dst" / name, base + int(off * 10**9))
     t.each(copy)
-    runs = t.run("-ai", *flags, f"{t.src}/", "@D/dst")
-    assert_same_items(runs)
+    window = [] if any(f.startswith(("-@", "--modify")) for f in flags) else ["-@-1"]
+    r = run_rsync("-ai", *flags, *window, f"{t.src}/", f"{t.r}/dst", env=ENV, check=True)
+    f = t.fscsync("-ai", *flags, f"{t.src}/", "@D/dst")
+    assert sorted(items(f)) == sorted(items(r))
     t.assert_same()
 
 

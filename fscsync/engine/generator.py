@@ -604,7 +604,7 @@ class Generator:
         if 0 <= opts.max_size < e.size or e.size < opts.min_size:
             return True
         return (opts.update and st is not None and stat.S_ISREG(st.st_mode)
-                and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < opts.modify_window)
+                and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < (opts.modify_window or 0))
 
     @staticmethod
     def _dest_digest(pfd: int, name: bytes, layout: int) -> bytes | None:
