@@ -362,3 +362,27 @@ def test_remote_wildcards_like_rsync(sshd, tmp_path: Path, words: list[str], cod
     assert sorted(items(f)) == sorted(items(r))
     if os.path.isdir(t.r / "dst"):  # (a remote rsync that lists nothing makes no dst/)
         t.assert_same(made=("dst",))
+
+
+@needs_root
+@pytest.mark.parametrize("flags", [["-aiH", "-m"], ["-aiH", "-m", "--delete"]])
+def test_prune_empty_dirs_keeps_hard_links_like_rsync(tmp_path: Path, flags: list[str]) -> None:
+    """-m holds directories back while it walks: the hard links found meanwhile still
+    name their leaders by their place in the list (a pruned chain before them, one
+    kept ahead of them), so every group comes out linked as rsync links it."""
+    t = Twin(tmp_path)
+    for rel in ("a/hollow/deeper", "b/c/d", "e/f", "z/y/x"):
+        (t.src / rel).mkdir(parents=True)
+    write(t.src / "b/c/d/leader", b"linked\n")
+    os.link(t.src / "b/c/d/leader", t.src / "z/y/x/second")
+    os.link(t.src / "b/c/d/leader", t.src / "top")
+    write(t.src / "e/f/alone", b"alone\n")
+    os.link(t.src / "e/f/alone", t.src / "e/other")
+    settle(t.src)
+    t.each(lambda area: (area / "dst/a/hollow/old").mkdir(parents=True))
+    runs = t.run(*flags, f"{t.src}/", "@D/dst")
+    assert_same_items(runs, hard_links=True)
+    for area in (t.r, t.f):
+        assert os.stat(area / "dst/top").st_nlink == 3
+        assert os.stat(area / "dst/e/other").st_ino == os.stat(area / "dst/e/f/alone").st_ino
+    t.assert_same()
