@@ -46,8 +46,9 @@ F_SETPIPE_SZ = 1031
 
 # Frame types. 13, 17 and 18 were named (item, per-file failure, progress) but never
 # sent by any version: item lines travel as LOG frames, a failed file as its DATA_END
-# status, progress not at all. They stay unassigned, so no number has meant two things
-# and the removal left protocol version 3 as it was on the wire.
+# status, progress not at all. They stay unassigned, so no number has meant two things.
+# Version 4: STATS holds its counters and exit code flat, as FINISHED does (version 3
+# nested them under "stats"), both made and read by engine.stats.
 HELLO = 1
 SETUP = 2
 READY = 3
