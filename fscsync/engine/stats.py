@@ -78,6 +78,11 @@ def read_final(msg: dict) -> tuple[Stats, int]:
     return Stats.from_wire(msg), peer_code(msg.get("exit_code", 0))
 
 
+def tally(counts: dict[str, int], kind: str, n: int = 1) -> None:
+    """One more (or `n` more) of a kind in a per-kind counter (files, created, deleted)."""
+    counts[kind] = counts.get(kind, 0) + n
+
+
 def _count(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_COUNT
 
