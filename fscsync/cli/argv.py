@@ -16,8 +16,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from fscsync.engine import chmod, idmap
-from fscsync.engine.filters import EXCLUDE, INCLUDE, read_rule_file
+from fscsync.engine import chmod, filters, idmap
 from fscsync.errors import UsageError
 from fscsync.options import Options
 
@@ -77,28 +76,9 @@ def _chmod(text: str) -> list[str]:
     return [text]
 
 
-def _rule(kind: str) -> Callable[[str], list]:
+def _rules(kind: str) -> Callable[[str], list]:
+    """A rule option's text, kept in order until options_from parses them all."""
     return lambda text: [(kind, os.fsencode(text))]
-
-
-def _rule_file(kind: str) -> Callable[[str], list]:
-    return lambda text: read_rule_file(text, kind)
-
-
-_FILTER_WORDS = {"-": EXCLUDE, "+": INCLUDE, "exclude": EXCLUDE, "include": INCLUDE}
-
-
-def _filter(text: str) -> list:
-    """-f RULE: the include/exclude rules ('- PAT', '+ PAT', 'exclude PAT', '-,PAT' is
-    not rsync's); merge files, modifiers and the other rule kinds are refused, never
-    ignored."""
-    word, sep, pattern = text.partition(" ")
-    if word in _FILTER_WORDS and sep and pattern:
-        return [(_FILTER_WORDS[word], os.fsencode(pattern))]
-    if word[:1] in "+-" and word[1:2] == "_" and not sep:
-        return [(_FILTER_WORDS[word[:1]], os.fsencode(word[2:]))]
-    raise BadValue("is not supported: fscsync's filters are '+ PATTERN' and "
-                   "'- PATTERN' rules")
 
 
 _ARCHIVE = dict(recursive=True, links=True, perms=True, times=True, group=True,
@@ -202,16 +182,26 @@ TABLE: tuple[Opt, ...] = (
         metavar="DIR"),
     Opt("--compress -z", "compress file data during the transfer", {"compress": True},
         neg=("compress",)),
-    Opt("--filter -f", "add a file-filtering RULE ('+ PATTERN' or '- PATTERN')",
-        dest="filter_rules", convert=_filter, metavar="RULE"),
+    # ---- file selection (issue 23) ----
+    Opt("--filter -f", "add a file-filtering RULE", dest="filter_rules",
+        convert=_rules("filter"), metavar="RULE"),
+    Opt("-F", "same as --filter='dir-merge /.rsync-filter'; repeated: "
+        "--filter='- .rsync-filter'", {"filter_rules": [("F", b"")]}),
     Opt("--exclude", "exclude files matching PATTERN", dest="filter_rules",
-        convert=_rule(EXCLUDE), metavar="PATTERN"),
+        convert=_rules("exclude"), metavar="PATTERN"),
     Opt("--exclude-from", "read exclude patterns from FILE", dest="filter_rules",
-        convert=_rule_file(EXCLUDE), metavar="FILE"),
+        convert=_rules("exclude-from"), metavar="FILE"),
     Opt("--include", "don't exclude files matching PATTERN", dest="filter_rules",
-        convert=_rule(INCLUDE), metavar="PATTERN"),
+        convert=_rules("include"), metavar="PATTERN"),
     Opt("--include-from", "read include patterns from FILE", dest="filter_rules",
-        convert=_rule_file(INCLUDE), metavar="FILE"),
+        convert=_rules("include-from"), metavar="FILE"),
+    Opt("--cvs-exclude -C", "auto-ignore files in the same way CVS does",
+        {"cvs_exclude": True}, neg=("cvs_exclude",)),
+    Opt("--from0 -0", "all *-from/filter files are delimited by 0s", {"from0": True},
+        neg=("from0",)),
+    Opt("--one-file-system -x", "don't cross filesystem boundaries (-xx: omit mount "
+        "points too)", {"one_file_system": INC}, neg=("one_file_system",)),
+    # ---- end of file selection ----
     Opt("--stats", "give some file-transfer stats", {"stats": True}),
     Opt("--progress", "show progress during transfer", {"progress": True},
         neg=("progress",)),
@@ -243,7 +233,7 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
-_COUNTS = ("verbose", "itemize", "human_readable")
+_COUNTS = ("verbose", "itemize", "human_readable", "one_file_system")
 _NOT_HERE = {"--daemon": "fscsync has no daemon mode (use a remote shell: HOST:PATH)"}
 
 
@@ -322,7 +312,8 @@ def _apply(state: dict, opt: Opt, value: str) -> None:
     """One option's effect; a bad value is named by the option's long name, as in rsync."""
     if not opt.dest:
         for dest, v in (opt.sets or {}).items():
-            state[dest] = state[dest] + 1 if v is INC else v
+            state[dest] = state[dest] + 1 if v is INC else state[dest] + v \
+                if isinstance(v, list) else v
         return
     try:
         v = opt.convert(value) if opt.convert else value
@@ -391,7 +382,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     if b < 512 or b & (b - 1) or b > 1 << 24:
         raise UsageError(f"--block-size must be a power of two from 512 to 16M, not {b}")
     o.block_size = b
-    o.filter_rules = list(ns.filter_rules)
+    o.filter_rules = filters.parse_cli(ns.filter_rules, o.delete_excluded, o.from0)
     o.encdata_xattr = os.fsencode(ns.encdata_xattr)
     o.compress = "auto" if ns.compress else None
     for info in ns.info:

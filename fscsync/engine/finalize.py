@@ -12,8 +12,7 @@ import os
 import stat
 
 from fscsync import errors
-from fscsync.engine import itemize
-from fscsync.engine.filters import Filters
+from fscsync.engine import filters, itemize
 from fscsync.errors import escape
 from fscsync.fs import meta
 from fscsync.fs.destfs import listdir, lstat_at, remove_tree, temp_name
@@ -110,36 +109,54 @@ class Finalizer:
         if not self._deletion_allowed():
             return
         rx = self.rx
-        filters = Filters(self.opts.filter_rules)
-        protect = bool(filters) and not self.opts.delete_excluded
-        self._protected = (lambda path, is_dir: filters.excluded(path, is_dir)) if protect \
-            else (lambda path, is_dir: False)
+        rules = self._delete_filter(tree)
         limit = self.opts.max_delete
         deleted = 0
         skipped = 0
+        fence = _Fence(self.opts.one_file_system)
+        no_content = {rx.rel_dir(rx.entries[idx]) for idx, _ in self.gen.dirs
+                      if rx.entries[idx] is not None and rx.entries[idx].no_content}
         for rel, names in self.gen.existing.items():
+            if rel in no_content:
+                continue
             keep = self.gen.children.get(rel, set())
             try:
                 dfd = tree.dirfd(rel)
             except OSError:
                 continue
+            if not fence.enter(dfd):
+                continue
+            state = rules.state(rel, dfd) if rules is not None else None
             for name in sorted(set(names) - keep):
                 path = rel + b"/" + name if rel else name
                 st = lstat_at(dfd, name)
                 if st is None:
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
-                if self._protected(path, is_dir):
+                if rules is not None and rules.protected(state, path, is_dir):
+                    continue
+                if is_dir and fence.mount_point(st, path, rx.reporter):
                     continue
                 if limit >= 0 and deleted >= limit:
                     skipped += 1
                     continue
-                deleted += self._delete(tree, dfd, name, path, st)
+                deleted += self._delete(tree, dfd, name, path, st, rules, state)
         if skipped:
             rx.reporter.error(f"Deletions stopped due to --max-delete limit "
                               f"({skipped} skipped)", errors.MAX_DELETE)
 
-    def _delete(self, tree, dfd: int, name: bytes, path: bytes, st) -> int:
+    def _delete_filter(self, tree) -> filters.DeleteFilter | None:
+        """The receiver's rules (protect, risk, and the rules of both sides), with the
+        per-directory merge files of the destination, as rsync reads them to delete."""
+        rules = filters.for_side(self.opts, "receiver")
+        if rules is None:
+            return None
+        existing = self.gen.existing
+        return filters.DeleteFilter(rules, self.rx.dest, tree.dirfd,
+                                    lambda rel: rel in existing)
+
+    def _delete(self, tree, dfd: int, name: bytes, path: bytes, st,
+                rules: filters.DeleteFilter | None = None, state=None) -> int:
         rx = self.rx
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "reg"
         count = 0
@@ -150,12 +167,17 @@ class Finalizer:
                 rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
                 return 0
             try:
+                inner = rules.state_below(state, path, cfd) if rules is not None else None
+                dev = os.fstat(cfd).st_dev if self.opts.one_file_system else None
                 for child in sorted(listdir(cfd), reverse=True):
                     cst = lstat_at(cfd, child)
                     cpath = path + b"/" + child
-                    if cst is None or self._protected(cpath, stat.S_ISDIR(cst.st_mode)):
+                    if cst is None or (rules is not None and rules.protected(
+                            inner, cpath, stat.S_ISDIR(cst.st_mode), perishable=False)):
                         continue
-                    count += self._delete(tree, cfd, child, cpath, cst)
+                    if dev is not None and stat.S_ISDIR(cst.st_mode) and cst.st_dev != dev:
+                        continue  # a mount point pins its parent
+                    count += self._delete(tree, cfd, child, cpath, cst, rules, inner)
             finally:
                 os.close(cfd)
         if not self.opts.dry_run:
@@ -229,3 +251,27 @@ class Finalizer:
                 rx.os_fail(idx, "setting attributes of", exc)
             finally:
                 os.close(fd)
+
+
+class _Fence:
+    """-x on the receiver: no deletions inside a directory of another filesystem than
+    the transfer's top one, and a mount point is never deleted (rsync's delete_in_dir)."""
+
+    def __init__(self, level: int):
+        self.level = level
+        self.dev: int | None = None
+
+    def enter(self, dfd: int) -> bool:
+        if not self.level:
+            return True
+        dev = os.fstat(dfd).st_dev
+        if self.dev is None:
+            self.dev = dev
+        return dev == self.dev
+
+    def mount_point(self, st, path: bytes, reporter) -> bool:
+        if not self.level or st.st_dev == self.dev:
+            return False
+        if self.level == 1:
+            reporter.info(f"cannot delete mount point: {escape(path)}", 1)
+        return True

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Iterator
 
 from fscsync import errors
-from fscsync.engine.filters import Filters
-from fscsync.engine.flist import Entry
+from fscsync.engine import filters
+from fscsync.engine.flist import NO_CONTENT, Entry
 from fscsync.engine.report import Reporter
 from fscsync.errors import escape
 from fscsync.fs import cipher, meta
@@ -83,7 +83,9 @@ class Scanner:
     def __init__(self, opts: Options, reporter: Reporter, confined: Confined | None = None):
         self.opts = opts
         self.confined = confined  # --restrict-to: directories and files opened through it
-        self.filters = Filters(opts.filter_rules)
+        self.filters = filters.for_side(opts, "sender")
+        self._top: filters.DirState | None = None  # the rules before the walk enters a directory
+        self._dev = -1  # -x: the device of the current source's top directory
         self.reporter = reporter
         self.io_error = False
         self.count = 0
@@ -166,6 +168,8 @@ class Scanner:
     def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         for src in sources:
             base, name = split_source(src)
+            if self.filters is not None:
+                self._top = self.filters.top(os.path.abspath(base))
             if name is None:
                 self._root_starts.append(self.count)
                 self._roots.append((base.rstrip(b"/") + b"/", base))
@@ -201,13 +205,14 @@ class Scanner:
         if not self.opts.recursive and not self.opts.list_only:
             self.reporter.info("skipping directory .", 0)
             return
+        self._dev = st.st_dev
         root = self._entry(b".", base, st, True) if self._first(b".") else None
         if root is not None:
             yield [root]
             encrypted = root.enc is not None
         else:
             encrypted = self.finder.ask(base)[0] is not None
-        yield from self._walk(base, b"", encrypted)
+        yield from self._walk(base, b"", encrypted, self._top)
 
     def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry] | PlainRun]:
         full = src.rstrip(b"/")
@@ -220,16 +225,18 @@ class Scanner:
         if stat.S_ISDIR(st.st_mode) and not self.opts.recursive and not self.opts.list_only:
             self.reporter.info(f"skipping directory {escape(name)}", 0)
             return
-        if self.filters and self.filters.excluded(name, stat.S_ISDIR(st.st_mode)):
+        if self.filters is not None and self.filters.excluded(self._top, name,
+                                                              stat.S_ISDIR(st.st_mode)):
             return
         if not self._first(name):
             return
+        self._dev = st.st_dev
         entry = self._entry(name, full, st, True)
         if entry is None:
             return
         yield [entry]
         if entry.is_dir and self.opts.recursive:
-            yield from self._walk(full, name + b"/", entry.enc is not None)
+            yield from self._walk(full, name + b"/", entry.enc is not None, self._top)
 
     def _first(self, path: bytes) -> bool:
         if path in self._seen:
@@ -237,11 +244,14 @@ class Scanner:
         self._seen.add(path)
         return True
 
-    def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool
-              ) -> Iterator[list[Entry] | PlainRun]:
+    def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool,
+              rules: filters.DirState | None) -> Iterator[list[Entry] | PlainRun]:
         """The entries below one directory; `encrypted`: it carries encdata, so every
-        entry in it is asked for its own."""
+        entry in it is asked for its own; `rules`: the filter state of its parent."""
         base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
+        flt = self.filters
+        if flt is not None:
+            rules = flt.enter(rules, prefix[:-1], self._merge_reader(base))
         try:
             names, stats, plain = self._list(base, encrypted)
         except OSError as exc:
@@ -251,7 +261,6 @@ class Scanner:
         files: list[Entry] = []
         bare_names: list[bytes] = []
         bare_stats: list[os.stat_result] = []
-        filters = self.filters if self.filters.rules else None
         entry = self._entry
         for name, st, bare in zip(names, stats, plain, strict=True):
             if type(st) is not os.stat_result:
@@ -262,7 +271,7 @@ class Scanner:
                     self._fail(base + name, "readlink_stat", st)
                 continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
-            if filters is not None and filters.excluded(prefix + name, is_dir):
+            if flt is not None and flt.excluded(rules, prefix + name, is_dir):
                 continue
             if bare:
                 if files:
@@ -293,12 +302,38 @@ class Scanner:
         if bare_names:
             yield self._plain_run(base, prefix, bare_names, bare_stats)
         for rel, path, st in subdirs:
+            mount = self.opts.one_file_system and st.st_dev != self._dev
+            if mount and self.opts.one_file_system > 1:
+                self.reporter.info(f"[sender] skipping mount-point dir {escape(rel)}", 2)
+                continue
             e = entry(rel, path, st, encrypted)
             if e is None:
                 continue
+            if mount:
+                e.rdev = NO_CONTENT
             yield [e]
-            if self.opts.recursive:
-                yield from self._walk(path, rel + b"/", e.enc is not None)
+            if self.opts.recursive and not mount:
+                yield from self._walk(path, rel + b"/", e.enc is not None, rules)
+
+    def _merge_reader(self, base: bytes) -> filters.Reader:
+        """Reads a per-directory merge file of source directory `base` (ends in "/")."""
+
+        def read(name: bytes) -> bytes | None:
+            try:
+                fd = self.open(base + name, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                chunks = []
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+            except OSError:
+                return None
+            finally:
+                os.close(fd)
+
+        return read
 
     def _plain_run(self, base: bytes, prefix: bytes, names: list[bytes],
                    stats: list[os.stat_result]) -> PlainRun:
@@ -437,6 +472,8 @@ class Scanner:
         if self._want_xattrs:
             e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path, follow),
                                                            self.opts)
+            if self.filters is not None and self.filters.xattr_rules:
+                e.xattrs = [(n, v) for n, v in e.xattrs if not self.filters.xattr_excluded(n)]
             if e.enc is not None:
                 name = self.opts.encdata_xattr if e.enc_alt else cipher.ENCDATA_XATTR
                 return finder.learn(path, st.st_dev, name, listed=True, follow=follow)
