@@ -2,44 +2,276 @@
 
 from __future__ import annotations
 
+import os
+
 OK = 0
 SYNTAX = 1
 PROTOCOL_INCOMPATIBLE = 2
 FILE_SELECT = 3
-UNSUPPORTED = 4
 STARTUP = 5
-SOCKET_IO = 10
 FILE_IO = 11
 STREAM = 12
 IPC = 14
+INTERNAL = 15
 SIGNAL = 20
 PARTIAL = 23
 VANISHED = 24
 MAX_DELETE = 25
 SSH = 255
-CODES = frozenset({OK, SYNTAX, PROTOCOL_INCOMPATIBLE, FILE_SELECT, UNSUPPORTED, STARTUP,
-                   SOCKET_IO, FILE_IO, STREAM, IPC, SIGNAL, PARTIAL, VANISHED, MAX_DELETE, SSH})
+MEANING = {
+    OK: "success",
+    SYNTAX: "syntax or usage error",
+    PROTOCOL_INCOMPATIBLE: "protocol incompatibility",
+    FILE_SELECT: "errors selecting input/output files, dirs",
+    STARTUP: "error starting client-server protocol",
+    FILE_IO: "error in file IO",
+    STREAM: "error in fscsync protocol data stream",
+    IPC: "error in IPC code",
+    INTERNAL: "internal error (a bug in fscsync)",
+    SIGNAL: "received SIGINT, SIGTERM, or SIGHUP",
+    PARTIAL: "some files/attrs were not transferred (see previous errors)",
+    VANISHED: "some files vanished before they could be transferred",
+    MAX_DELETE: "the --max-delete limit stopped deletions",
+    SSH: "unexplained error (ssh exited with 255)",
+}
+"""What each code means, in rsync's words where rsync has the code: the closing
+"fscsync error: ... (code N)" line. INTERNAL is rsync's 15 ("sibling process
+crashed"): the nearest of rsync's codes to a process that stopped on a bug."""
+CODES = frozenset(MEANING)
 """The exit codes fscsync ends with; a peer claiming any other gets STREAM."""
 PER_FILE = frozenset({PARTIAL, VANISHED, MAX_DELETE})
 """The codes of errors that fail a file and let the run go on."""
+REPORT_TO = "see BUGS in fscsync(1)"
+"""Where an internal error tells the user to report it."""
+
+
+def closing_line(code: int) -> str:
+    """rsync's last line of a run that did not succeed."""
+    return f"fscsync error: {MEANING.get(code, 'error')} (code {code})"
+
+
+def os_reason(exc: OSError) -> str:
+    """The one way an OS error is shown, rsync's: "Permission denied (13)". An error
+    without an errno (raised by Python itself) shows its text."""
+    if exc.errno is None:
+        return str(exc) or type(exc).__name__
+    return f"{exc.strerror or os.strerror(exc.errno)} ({exc.errno})"
 
 
 class FscsyncError(Exception):
-    """A fatal error: one line for the user and the exit code to end with."""
+    """A fatal error: one line for the user and the exit code to end with.
 
-    def __init__(self, message: str, code: int = FILE_IO):
-        super().__init__(message)
-        self.code = code
+    A subclass names one condition, as borg's errors do: its `template` is the line
+    and its `code` the exit code, so raising code says what happened, never a number.
+    It is raised with the template's fields by name; a bytes field (a path) is shown
+    escaped, an OSError field as os_reason() shows it. The base classes also take a
+    ready line and a code, for conditions that have no class of their own."""
+
+    template = "{message}"
+    code = FILE_IO
+
+    def __init__(self, message: str | None = None, code: int | None = None,
+                 **fields: object):
+        if message is not None:
+            fields["message"] = message
+        self.fields = fields
+        if code is not None:
+            self.code = code
+        super().__init__(self.template.format_map({k: _shown(v) for k, v in fields.items()}))
+
+
+def _shown(value: object) -> object:
+    if isinstance(value, bytes):
+        return escape(value)
+    if isinstance(value, OSError):
+        return os_reason(value)
+    return value
 
 
 class UsageError(FscsyncError):
-    def __init__(self, message: str):
-        super().__init__(message, SYNTAX)
+    """A command line fscsync cannot run."""
+
+    code = SYNTAX
+
+    def __init__(self, message: str | None = None, **fields: object):
+        super().__init__(message, **fields)
 
 
 class ProtocolError(FscsyncError):
-    def __init__(self, message: str, code: int = STREAM):
-        super().__init__(message, code)
+    """The other side sent what the protocol does not allow, or nothing in time."""
+
+    code = STREAM
+
+
+class StartupFailed(ProtocolError):
+    """The two sides could not begin: the peer is not fscsync, or the handshake or the
+    setup frame is malformed (rsync's "error starting client-server protocol")."""
+
+    code = STARTUP
+
+
+class NoAnswer(StartupFailed):
+    """The peer said nothing within the time a step of the run allows."""
+
+    template = "no answer from the other side in {seconds:.0f} s"
+
+
+class VersionMismatch(ProtocolError):
+    template = ("protocol version mismatch: we speak {ours}, the other side ({program}) "
+                "speaks {theirs}")
+    code = PROTOCOL_INCOMPATIBLE
+
+
+class PeerClosed(ProtocolError):
+    """The peer went away: the stream ended before the exchange did."""
+
+    template = "connection closed by the other side"
+
+
+class ClosedBeforeHandshake(PeerClosed):
+    """Nothing at all came back: most often no fscsync on the other side's PATH."""
+
+    template = ("connection closed before the handshake (is fscsync installed on the other "
+                "side?)")
+    code = STARTUP
+
+
+class NotFscsync(StartupFailed):
+    template = "the other side is not fscsync (it said {said!r})"
+
+
+class WrongRole(StartupFailed):
+    template = "the other side answered as {role!r}, not as an fscsync {want}"
+
+
+class PeerKilled(ProtocolError):
+    template = "{closed} (the other side was killed by signal {signal})"
+
+
+class SshFailed(FscsyncError):
+    """ssh ends with 255 when it cannot connect or log in: rsync's code for that."""
+
+    template = "connection unexpectedly closed (ssh exited with 255)"
+    code = SSH
+
+
+class PeerFailed(FscsyncError):
+    """The other side stopped on a fatal error: its line (escaped) and its code."""
+
+
+class NoDaemonMode(FscsyncError):
+    template = ("{arg}: fscsync has no daemon mode (rsync://, HOST::MODULE); use HOST:PATH "
+                "over a remote shell")
+    code = STARTUP
+
+
+class ExecFailed(FscsyncError):
+    """The remote shell could not be started."""
+
+    template = "failed to exec {program}: {reason}"
+    code = STARTUP
+
+
+class FilterFileUnreadable(FscsyncError):
+    """--exclude-from/--include-from or a merge rule names a file that cannot be read
+    (rsync's line and code: kind is "exclude" or "include")."""
+
+    template = "failed to open {kind} file {path}: {reason}"
+    code = FILE_IO
+
+
+class BadFilterRule(UsageError):
+    """A filter rule rsync would refuse (its own line), or merge files nested too deep."""
+
+
+class LogFileUnopenable(FscsyncError):
+    """--log-file names a file that cannot be opened for appending."""
+
+    template = "failed to open log-file {path}: {reason}"
+
+
+class AllowedTreeUnusable(FscsyncError):
+    """The server's --restrict-to tree cannot be opened."""
+
+    template = 'cannot open the allowed tree "{root}": {reason}'
+    code = FILE_SELECT
+
+
+class OutsideAllowedTree(FscsyncError):
+    """A client asked a --restrict-to server for a path outside its tree."""
+
+    template = 'path "{path}" is outside the allowed tree "{root}" (--restrict-to)'
+    code = FILE_SELECT
+
+
+class TempDirOutsideAllowedTree(FscsyncError):
+    template = "--temp-dir outside the allowed tree (--restrict-to)"
+    code = FILE_SELECT
+
+
+# ---- one file fails, the run goes on (Reporter.failed) -------------------------------
+
+
+class OSFailed(FscsyncError):
+    """rsync's line for an operation on a path that the OS refused:
+    'mkdir "dst/a" failed: Permission denied (13)'. It fails one file (23), unless
+    raised with a fatal code."""
+
+    template = '{what} "{path}" failed: {reason}'
+    code = PARTIAL
+
+    def __init__(self, what: str, path: bytes | str, reason: OSError, code: int | None = None):
+        super().__init__(code=code, what=what, path=os.fsencode(path), reason=reason)
+
+
+class Vanished(FscsyncError):
+    """A source file listed, then gone before it was read: rsync's own code for it."""
+
+    template = 'file has vanished: "{path}"'
+    code = VANISHED
+
+
+class SendOpenFailed(FscsyncError):
+    template = 'send_files failed to open "{path}": {reason}'
+    code = PARTIAL
+
+
+class ReadFailed(FscsyncError):
+    template = 'read errors mapping "{path}": {reason}'
+    code = PARTIAL
+
+
+class ChangedWhileSent(FscsyncError):
+    """The file's size or mtime moved while it was read: what was sent may be torn."""
+
+    template = ('"{path}" changed while it was being sent; the destination keeps its '
+                "previous copy")
+    code = PARTIAL
+
+
+class MalformedEncdata(FscsyncError):
+    template = 'malformed encdata on "{path}": {why}'
+    code = PARTIAL
+
+
+class NoKeylessRead(FscsyncError):
+    """An encrypted source file on a kernel that cannot hand out its ciphertext."""
+
+    template = 'cannot read "{path}" without its key: {why}'
+    code = PARTIAL
+
+
+class InternalError(FscsyncError):
+    """An exception no code expected: a bug. The user learns that, and where to say
+    so, in one line (FSCSYNC_DEBUG=1 shows the traceback instead); its own exit code
+    tells a script it is no fault of the files or the connection."""
+
+    template = ("internal error{where}: {kind}: {detail} (a bug in fscsync: please "
+                "report it with the command line, " + REPORT_TO + ")")
+    code = INTERNAL
+
+    def __init__(self, exc: BaseException, where: str = ""):
+        super().__init__(where=where, kind=type(exc).__name__, detail=escape_peer(str(exc)))
 
 
 class Interrupted(KeyboardInterrupt):

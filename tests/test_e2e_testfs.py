@@ -565,3 +565,24 @@ def test_v1_context_fails_alone_on_the_encdata_interface(world: World, tmp_path:
     err = proc.stderr.decode(errors="replace")
     (line,) = [line for line in err.splitlines() if "old-v1" in line]
     assert "v1" in line and "40-byte v2" in line and "key-less" in line, err
+
+
+def test_hard_link_leader_reelected_across_sources_reads_ciphertext(
+        source: Source, tmp_path: Path) -> None:
+    """-aHc with two sources given in reverse order: the file list is merged in rsync's
+    order, so the hard-link group's leader changes to the member of the second source;
+    its -c checksum is then taken anew, and must be taken of the ciphertext (a locked
+    file opened plainly answers ENOKEY)."""
+    dirs = [locked_twin(source.unlocked, source.locked, join(VAULT, name))
+            for name in (b"files", b"links")]
+    first, second = sorted(dirs, key=os.path.basename, reverse=True)
+    dest = os.fsencode(tmp_path / "backup")
+    for _ in range(2):
+        proc = fscsync("-aHc", "-i", first, second, slash(dest))
+    assert proc.stdout == b"", proc.stdout  # the second run: nothing differs
+    vault = os.path.dirname(dirs[0])
+    orig, other = (locked_twin(source.unlocked, source.locked, join(VAULT, rel))
+                   for rel in (b"files/u4097", b"links/hard-u4097"))
+    leader, member = (join(dest, os.path.relpath(p, vault)) for p in (orig, other))
+    assert os.lstat(leader).st_ino == os.lstat(member).st_ino
+    assert read(leader) == read_ciphertext(orig)

@@ -15,7 +15,8 @@ from support import run_rsync
 from support.trees import write
 
 from fscsync.engine import filters
-from fscsync.engine.filters import FilterError, Filters, Parser, Rule, _Target
+from fscsync.engine.filters import Filters, Parser, Rule, _Target
+from fscsync.errors import BadFilterRule, FilterFileUnreadable
 
 NAMES = [
     "a.c", "a.h", "b.c", "notes.txt", ".hidden", "core", "q1.txt", "q22.txt", "weird[1].txt",
@@ -222,7 +223,7 @@ def test_xattr_rules_match_names_of_xattrs_only() -> None:
 ])
 def test_bad_rules_are_refused_as_rsync_refuses_them(tmp_path: Path, rule: str,
                                                      message: str) -> None:
-    with pytest.raises(FilterError) as info:
+    with pytest.raises(BadFilterRule) as info:
         filters.parse_cli([("filter", os.fsencode(rule))], False, False)
     assert str(info.value) == message and info.value.code == 1
     proc = run_rsync("-a", f"--filter={rule}", f"{tmp_path}/", str(tmp_path / "d"), check=1)
@@ -232,14 +233,14 @@ def test_bad_rules_are_refused_as_rsync_refuses_them(tmp_path: Path, rule: str,
 def test_rules_from_a_merge_file_are_not_echoed(tmp_path: Path) -> None:
     """A peer chooses which file a dir-merge reads: its lines never come back in errors."""
     (tmp_path / "rules").write_text("secret line\n")
-    with pytest.raises(FilterError) as info:
+    with pytest.raises(BadFilterRule) as info:
         filters.parse_cli([("filter", b"merge " + os.fsencode(tmp_path / "rules"))],
                           False, False)
     assert "secret" not in str(info.value) and "<rule from" in str(info.value)
 
 
 def test_missing_rule_file_is_exit_11(tmp_path: Path) -> None:
-    with pytest.raises(FilterError) as info:
+    with pytest.raises(FilterFileUnreadable) as info:
         filters.parse_cli([("exclude-from", os.fsencode(tmp_path / "nope"))], False, False)
     assert info.value.code == 11
     assert str(info.value).startswith("failed to open exclude file ")
@@ -263,7 +264,8 @@ TREE = ["a", "bb", "a.c", "lib/a", "lib/b.c", "lib/sub/a", "lib/sub/deep/b", "su
         "ab/ba/abc", "b/a/b/a.c"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rules=st.lists(st.tuples(st.sampled_from("+-"), PATTERN), min_size=1, max_size=3))
 def test_random_rules_like_rsync(tmp_path_factory: pytest.TempPathFactory,
                                  rules: list[tuple[str, str]]) -> None:

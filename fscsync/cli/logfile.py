@@ -28,8 +28,7 @@ import time
 from collections import namedtuple
 from collections.abc import Callable
 
-from fscsync import errors
-from fscsync.errors import FscsyncError
+from fscsync.errors import LogFileUnopenable, UsageError
 
 DEFAULT_FORMAT = "%i %n%L"
 ESCAPES = "tponLilbf"
@@ -145,10 +144,10 @@ class ItemFormat:
         try:
             self.pieces = compile_format(fmt, option)
         except ValueError as exc:
-            raise FscsyncError(str(exc), errors.SYNTAX) from None
+            raise UsageError(str(exc)) from None
         if option == "--out-format" and _has(self.pieces, "b"):
-            raise FscsyncError("--out-format escape %b (bytes on the wire per file) is not "
-                               "supported", errors.SYNTAX)
+            raise UsageError("--out-format escape %b (bytes on the wire per file) is not "
+                             "supported")
         self.fmt = fmt
         self.root = root
         self.clock = clock
@@ -221,7 +220,7 @@ class LogFile:
 
     `fmt` None means the default "%i %n%L"; an empty string logs no item lines
     (as rsync: "updated files will not be mentioned"). A bad path raises
-    FscsyncError with exit code 11; a bad format raises FscsyncError with code 1.
+    LogFileUnopenable (exit code 11); a bad format raises UsageError (code 1).
     """
 
     def __init__(self, path: str, fmt: str | None = None, *, root: str | None = None,
@@ -236,8 +235,7 @@ class LogFile:
             self._fp = open(path, "a", encoding="utf-8", errors="backslashreplace",
                             buffering=1)
         except OSError as exc:
-            raise FscsyncError(f"failed to open log-file {path}: {exc.strerror} ({exc.errno})",
-                               errors.FILE_IO) from None
+            raise LogFileUnopenable(path=os.fsencode(path), reason=exc) from None
         if header:
             self.write(header)
 

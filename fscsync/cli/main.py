@@ -8,7 +8,7 @@ import signal
 import sys
 
 from fscsync import __version__, errors
-from fscsync.errors import FscsyncError, Interrupted, UsageError
+from fscsync.errors import FscsyncError, InternalError, Interrupted, UsageError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -55,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     except FscsyncError as exc:
         _say(sys.stderr, f"fscsync: {exc}")
         if exc.code == errors.SYNTAX:
-            _say(sys.stderr, "fscsync error: syntax or usage error (code 1)")
+            _final_error(exc.code)
         return exc.code
     except Exception as exc:
         if os.environ.get("FSCSYNC_DEBUG"):
             raise
-        _say(sys.stderr, f"fscsync: internal error: {type(exc).__name__}: {exc}")
-        return errors.STREAM
+        bug = InternalError(exc)
+        _say(sys.stderr, f"fscsync: {bug}")
+        return bug.code
     except KeyboardInterrupt:
         _final_error(errors.SIGNAL)
         return errors.SIGNAL
@@ -160,7 +161,7 @@ def _main(args: list[str]) -> int:
             code = exc.code if isinstance(exc, FscsyncError) else errors.SIGNAL
             if code != errors.SIGNAL:
                 log.event("error", str(exc))
-            log.write(f"fscsync error: {_MEANING.get(code, 'error')} (code {code})")
+            log.write(errors.closing_line(code))
             log.close()
         raise
     finally:
@@ -168,8 +169,7 @@ def _main(args: list[str]) -> int:
     if log is not None:
         log.summary(outcome.bytes_sent, outcome.bytes_received, outcome.stats.total_size)
         if outcome.exit_code != errors.OK:
-            log.write(f"fscsync error: {_MEANING.get(outcome.exit_code, 'error')} "
-                      f"(code {outcome.exit_code})")
+            log.write(errors.closing_line(outcome.exit_code))
         log.close()
     if opts.stats or (opts.verbose and not ns.quiet):
         from fscsync.engine.stats import format_stats, summary
@@ -203,22 +203,5 @@ def _sender_prefix(p, wanted: bool) -> str | None:
     return head + "/" if head else ""
 
 
-_MEANING = {
-    errors.SYNTAX: "syntax or usage error",
-    errors.PROTOCOL_INCOMPATIBLE: "protocol incompatibility",
-    errors.FILE_SELECT: "errors selecting input/output files, dirs",
-    errors.STARTUP: "error starting client-server protocol",
-    errors.FILE_IO: "error in file IO",
-    errors.STREAM: "error in fscsync protocol data stream",
-    errors.IPC: "error in IPC code",
-    errors.SIGNAL: "received SIGINT, SIGTERM, or SIGHUP",
-    errors.SSH: "unexplained error (ssh exited with 255)",
-    errors.PARTIAL: "some files/attrs were not transferred (see previous errors)",
-    errors.VANISHED: "some files vanished before they could be transferred",
-    errors.MAX_DELETE: "the --max-delete limit stopped deletions",
-}
-
-
 def _final_error(code: int) -> None:
-    what = _MEANING.get(code, "error")
-    _say(sys.stderr, f"fscsync error: {what} (code {code})")
+    _say(sys.stderr, errors.closing_line(code))

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from fscsync.engine.wildmatch import compile_match
-from fscsync.errors import FILE_IO, SYNTAX, FscsyncError, escape
+from fscsync.errors import BadFilterRule, FilterFileUnreadable, escape
 
 INCLUDE = 1 << 0
 DIRECTORY = 1 << 1
@@ -54,14 +54,6 @@ RSYNC_FILTER = b".rsync-filter"
 _WORDS = {b"clear": b"!", b"dir-merge": b":", b"exclude": b"-", b"hide": b"H",
           b"include": b"+", b"merge": b".", b"protect": b"P", b"risk": b"R", b"show": b"S"}
 _SPACE = b" \t\n\r\v\f"
-
-
-class FilterError(FscsyncError):
-    """A rule rsync would refuse (exit 1), or a named rule file that cannot be read
-    (exit 11)."""
-
-    def __init__(self, message: str, code: int = SYNTAX):
-        super().__init__(message, code)
 
 
 class Rule:
@@ -226,7 +218,7 @@ class Parser:
         s = s[i:]
         if template & SIDES:
             if flags & SIDES:
-                raise FilterError("specified-side merge file contains specified-side "
+                raise BadFilterRule("specified-side merge file contains specified-side "
                                   f"filter: {self._show(whole)}")
             flags |= template & SIDES
         if template & WORD_SPLIT:
@@ -238,11 +230,11 @@ class Parser:
             pattern, rest = s, b""
         if flags & CLEAR:
             if not template & NO_PREFIXES and not xflags & OLD_PREFIXES and pattern:
-                raise FilterError(f"'!' rule has trailing characters: {self._show(whole)}")
+                raise BadFilterRule(f"'!' rule has trailing characters: {self._show(whole)}")
             if len(pattern) > 1:
                 flags &= ~CLEAR
         elif not pattern and not flags & CVS:
-            raise FilterError(f"unexpected end of filter rule: {self._show(whole)}")
+            raise BadFilterRule(f"unexpected end of filter rule: {self._show(whole)}")
         if self.delete_excluded and not flags & (SIDES | MERGE | PERDIR):
             flags |= SENDER
         return flags, pattern, rest
@@ -278,7 +270,7 @@ class Parser:
             return flags | RECEIVER | (INCLUDE if ch == b"R" else 0), True
         if ch == b"!":
             return flags | CLEAR, False
-        raise FilterError(f"Unknown filter rule: {self._show(whole)}")
+        raise BadFilterRule(f"Unknown filter rule: {self._show(whole)}")
 
     def _modifier(self, s: bytes, i: int, flags: int, side_given: bool, whole: bytes) -> int:
         c = s[i : i + 1]
@@ -309,7 +301,7 @@ class Parser:
             ok = False
         if not ok:
             where = "" if self.where else f" '{escape(c)}' at position {i}"
-            raise FilterError(f"invalid modifier{where} in filter rule: {self._show(whole)}")
+            raise BadFilterRule(f"invalid modifier{where} in filter rule: {self._show(whole)}")
         return flags
 
     # ---- rule lists ------------------------------------------------------------
@@ -386,17 +378,15 @@ class Parser:
                 return f.read()
         except OSError as exc:
             if xflags & FATAL:
-                kind = "include" if template & INCLUDE else "exclude"
-                raise FilterError(f"failed to open {kind} file {escape(name)}: "
-                                  f"{exc.strerror} ({exc.errno})", FILE_IO) from None
+                raise FilterFileUnreadable(kind="include" if template & INCLUDE else "exclude",
+                                           path=name, reason=exc) from None
             return None
 
     def parse_file(self, target: _Target, data: bytes, template: int, xflags: int,
                    name: bytes = b"a merge file") -> None:
         """The rules of a file's contents, a line (or with 'w', a word) at a time."""
         if self.depth >= MAX_MERGE_DEPTH:
-            raise FilterError(f"merge-file include depth limit ({MAX_MERGE_DEPTH}) "
-                              "exceeded", FILE_IO)
+            raise BadFilterRule(f"merge-file include depth limit ({MAX_MERGE_DEPTH}) exceeded")
         self.depth += 1
         where, self.where = self.where, escape(name)
         try:

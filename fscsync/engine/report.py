@@ -30,6 +30,10 @@ class Reporter(ABC):
         self.note_code(code)
         self.emit("error", message)
 
+    def failed(self, err: errors.FscsyncError) -> None:
+        """A per-file failure named by its class: its line, its code."""
+        self.error(str(err), err.code)
+
     def warning(self, message: str) -> None:
         self.emit("warning", message)
 

@@ -18,7 +18,7 @@ from fscsync import errors
 from fscsync.engine import filters
 from fscsync.engine.flist import NO_CONTENT, Entry
 from fscsync.engine.report import Reporter
-from fscsync.errors import escape
+from fscsync.errors import MalformedEncdata, NoKeylessRead, OSFailed, Vanished, escape
 from fscsync.fs import cipher, meta
 from fscsync.fs.fileio import BlockReader, digest_fd
 from fscsync.fs.probe import WHY_NO_KEYLESS, keyless_readable
@@ -191,7 +191,7 @@ class Scanner:
 
     def _fail(self, path: bytes, what: str, exc: OSError, code: int = errors.PARTIAL) -> None:
         self.io_error = True
-        self.reporter.error(f'{what} "{escape(path)}" failed: {exc.strerror} ({exc.errno})', code)
+        self.reporter.failed(OSFailed(what, path, exc, code))
 
     def _scan_contents(self, src: bytes, base: bytes) -> Iterator[list[Entry] | PlainRun]:
         try:
@@ -265,8 +265,7 @@ class Scanner:
         for name, st, bare in zip(names, stats, plain, strict=True):
             if type(st) is not os.stat_result:
                 if st.errno == errno.ENOENT:
-                    self.reporter.error(f'file has vanished: "{escape(base + name)}"',
-                                        errors.VANISHED)
+                    self.reporter.failed(Vanished(path=base + name))
                 else:
                     self._fail(base + name, "readlink_stat", st)
                 continue
@@ -495,7 +494,7 @@ class Scanner:
             enc = cipher.parse_encdata(e.enc)
         except cipher.EncdataError as exc:
             self.io_error = True
-            self.reporter.error(f'malformed encdata on "{escape(e.src)}": {exc}')
+            self.reporter.failed(MalformedEncdata(path=e.src, why=exc))
             return -1
         if layout != cipher.VIRTUAL:
             if not self._stored_seen:
@@ -509,7 +508,7 @@ class Scanner:
                                + ("yes" if self._keyless else f"no ({why})"), 1)
         if not self._keyless:
             self.io_error = True
-            self.reporter.error(f'cannot read "{escape(e.src)}" without its key: {WHY_NO_KEYLESS}')
+            self.reporter.failed(NoKeylessRead(path=e.src, why=WHY_NO_KEYLESS))
             return -1
         return cipher.padded_size(enc.size)
 

@@ -15,13 +15,19 @@ import time
 
 import xxhash
 
-from fscsync import errors
 from fscsync.engine import delta
 from fscsync.engine.flist import BatchBuilder, Entry, SentList
 from fscsync.engine.report import Reporter
 from fscsync.engine.scan import PlainRun, Scanner, split_source
 from fscsync.engine.stats import Stats
-from fscsync.errors import ProtocolError, escape
+from fscsync.errors import (
+    ChangedWhileSent,
+    ProtocolError,
+    ReadFailed,
+    SendOpenFailed,
+    Vanished,
+    escape,
+)
 from fscsync.fs.fileio import READ_SIZE, BlockReader, data_segments
 from fscsync.fs.meta import group_name, user_name
 from fscsync.options import Options
@@ -217,16 +223,15 @@ class Sender:
 
     def _open_failed(self, idx: int, e: Entry, exc: OSError) -> None:
         if exc.errno == errno.ENOENT:
-            self.reporter.error(f'file has vanished: "{escape(e.src)}"', errors.VANISHED)
+            self.reporter.failed(Vanished(path=e.src))
             status = delta.END_VANISHED
         elif exc.errno == errno.ENOKEY and e.enc is not None:
-            self.reporter.error(
-                f'send_files failed to open "{escape(e.src)}": no key-less ciphertext access '
-                "(this kernel lacks the O_CIPHERTEXT interface) (126)")
+            self.reporter.failed(SendOpenFailed(path=e.src, reason=OSError(
+                exc.errno, "no key-less ciphertext access (this kernel lacks the O_CIPHERTEXT "
+                "interface)")))
             status = delta.END_FAILED
         else:
-            self.reporter.error(
-                f'send_files failed to open "{escape(e.src)}": {exc.strerror} ({exc.errno})')
+            self.reporter.failed(SendOpenFailed(path=e.src, reason=exc))
             status = delta.END_FAILED
         self.chan.send(protocol.DATA_END,
                        delta.encode_end(idx, status, 0, bytes(16)))
@@ -282,8 +287,7 @@ class Sender:
         os.close(fd)
         status = delta.END_OK
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            self.reporter.error(f'"{escape(e.src)}" changed while it was being sent; '
-                                "the destination keeps its previous copy")
+            self.reporter.failed(ChangedWhileSent(path=e.src))
             status = delta.END_FAILED
         else:
             self.stats.files_sent += 1
@@ -298,8 +302,7 @@ class Sender:
                      reader: BlockReader) -> None:
         reader.close()
         os.close(fd)
-        self.reporter.error(f'read errors mapping "{escape(e.src)}": {exc.strerror} '
-                            f"({exc.errno})")
+        self.reporter.failed(ReadFailed(path=e.src, reason=exc))
         self.chan.send(protocol.DATA_END, delta.encode_end(idx, delta.END_FAILED, 0, bytes(16)))
 
     def _send_whole(self, idx: int, e: Entry, fd: int, reader: BlockReader,

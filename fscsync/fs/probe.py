@@ -8,6 +8,7 @@ import os
 
 import xattr
 
+from fscsync import errors
 from fscsync.fs import cipher
 from fscsync.fs.destfs import temp_name
 from fscsync.record import Record
@@ -91,7 +92,7 @@ def _probe(fd: int, encdata_name: bytes, ab: DestAbilities) -> None:
         elif exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             ab.encdata_why = "the filesystem does not support xattrs"
         else:
-            ab.encdata_why = exc.strerror or str(exc)
+            ab.encdata_why = errors.os_reason(exc)
     else:
         ab.encdata_virtual = (encdata_name == cipher.ENCDATA_XATTR
                               and os.fsdecode(encdata_name) not in os.listxattr(fd))

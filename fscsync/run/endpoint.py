@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from fscsync import errors
-from fscsync.errors import FscsyncError, escape
+from fscsync.errors import NoDaemonMode, UsageError, escape
 from fscsync.record import Record
 
 
@@ -35,8 +34,7 @@ def parse_endpoint(arg: bytes) -> Endpoint:
     slash = arg.find(b"/")
     if arg[:8].lower() == b"rsync://" or (colon > 0 and arg[colon + 1:colon + 2] == b":"
                                            and not 0 <= slash < colon):
-        raise FscsyncError(f"{escape(arg)}: fscsync has no daemon mode (rsync://, "
-                           "HOST::MODULE); use HOST:PATH over a remote shell", errors.STARTUP)
+        raise NoDaemonMode(arg=arg)
     if colon <= 0 or (0 <= slash < colon):
         return Endpoint(arg)
     where = arg[:colon].decode("utf-8", "surrogateescape")
@@ -47,8 +45,7 @@ def parse_endpoint(arg: bytes) -> Endpoint:
     if where.startswith("[") and where.endswith("]"):
         where = where[1:-1]
     if where.startswith("-"):
-        raise FscsyncError("Invalid remote host: hostnames may not start with '-'.",
-                           errors.SYNTAX)
+        raise UsageError("Invalid remote host: hostnames may not start with '-'.")
     return Endpoint(path if path else b".", host=where, user=user or None)
 
 
@@ -64,11 +61,11 @@ class Plan(Record):
 def plan(sources: list[Endpoint], dest: Endpoint) -> Plan:
     remote_src = [s for s in sources if s.remote]
     if dest.remote and remote_src:
-        raise FscsyncError("The source and destination cannot both be remote.", errors.SYNTAX)
+        raise UsageError("The source and destination cannot both be remote.")
     if dest.remote:
         return Plan(True, dest, [s.path for s in sources], dest.path)
     if remote_src:
         if len(remote_src) != len(sources) or len({(s.host, s.user) for s in sources}) != 1:
-            raise FscsyncError("all remote sources must be on the same host", errors.SYNTAX)
+            raise UsageError("all remote sources must be on the same host")
         return Plan(False, sources[0], [s.path for s in sources], dest.path)
     return Plan(True, None, [s.path for s in sources], dest.path)

@@ -12,14 +12,27 @@ import time
 from fscsync import errors
 from fscsync.engine.report import KINDS, Reporter
 from fscsync.engine.stats import Stats
-from fscsync.errors import FscsyncError, ProtocolError, escape, escape_peer
+from fscsync.errors import (
+    AllowedTreeUnusable,
+    FscsyncError,
+    InternalError,
+    OutsideAllowedTree,
+    PeerClosed,
+    PeerFailed,
+    PeerKilled,
+    ProtocolError,
+    SshFailed,
+    StartupFailed,
+    TempDirOutsideAllowedTree,
+    escape_peer,
+)
 from fscsync.fs.destfs import Confined, temp_dir_path
 from fscsync.options import Options
 from fscsync.record import Record
 from fscsync.run.endpoint import Plan
 from fscsync.run.transport import Peer, fork_server
 from fscsync.wire import protocol
-from fscsync.wire.protocol import Channel, PeerClosed
+from fscsync.wire.protocol import Channel
 
 LAST_WORDS_S = 5.0
 """How long a client waits for the reason a peer closed the connection."""
@@ -70,7 +83,7 @@ def control_handler(reporter: Reporter, host: str | None = None):
             if type(text) is not str:
                 raise ProtocolError("malformed fatal error frame from the other side")
             code = errors.peer_code(msg.get("code", errors.PARTIAL))
-            raise FscsyncError(tag + escape_peer(text), code or errors.STREAM)
+            raise PeerFailed(tag + escape_peer(text), code or errors.STREAM)
         return False
 
     return handle
@@ -124,12 +137,10 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
         finally:
             status = peer.close()
         if p.peer is not None and status == 255:
-            raise FscsyncError("connection unexpectedly closed (ssh exited with 255)",
-                               errors.SSH) from None
+            raise SshFailed() from None
         if status is not None and status < 0:
-            raise FscsyncError(f"{exc} (the other side was killed by signal {-status})",
-                               errors.STREAM) from None
-        raise FscsyncError(str(exc), exc.code) from None
+            raise PeerKilled(closed=str(exc), signal=-status) from None
+        raise exc from None
     except BaseException:
         peer.stop()
         raise
@@ -176,7 +187,7 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
         ftype, payload = chan.recv()
         on_control(ftype, payload)
     if ftype != protocol.READY:
-        raise ProtocolError(f"unexpected frame {ftype} instead of READY", errors.STARTUP)
+        raise StartupFailed(f"unexpected frame {ftype} instead of READY")
     chan.set_compression(kind)
     if opts.bwlimit:
         chan.set_bwlimit(opts.bwlimit)
@@ -216,7 +227,7 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         protocol.recv_hello(chan, "client")
         ftype, payload = chan.recv()
         if ftype != protocol.SETUP:
-            raise ProtocolError("expected the setup frame", errors.STARTUP)
+            raise StartupFailed("expected the setup frame")
         setup = protocol.load_json(payload)
         try:
             opts = Options.from_wire(setup["options"])
@@ -225,10 +236,10 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             item_dir = setup.get("item_dir", ">")
             kind = setup.get("compress")
         except (KeyError, TypeError, ValueError):
-            raise ProtocolError("malformed setup frame", errors.STARTUP) from None
+            raise StartupFailed("malformed setup frame") from None
         if (role not in ("sender", "receiver") or not paths
                 or kind not in (None, *protocol.COMPRESSIONS)):
-            raise ProtocolError("malformed setup frame", errors.STARTUP)
+            raise StartupFailed("malformed setup frame")
         confined = None
         if restrict_to is not None:
             confined = _confine(restrict_to)
@@ -258,8 +269,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             import traceback
 
             traceback.print_exc()
-        return _fatal(chan, f"internal error on the server: {type(exc).__name__}: {exc}",
-                      errors.STREAM)
+        bug = InternalError(exc, " on the server")
+        return _fatal(chan, str(bug), bug.code)
 
 
 def _fatal(chan: Channel, message: str, code: int) -> int:
@@ -276,8 +287,7 @@ def _confine(root: bytes) -> Confined:
     try:
         return Confined(root)
     except OSError as exc:
-        raise FscsyncError(f'cannot open the allowed tree "{escape(root)}": {exc.strerror} '
-                           f"({exc.errno})", errors.FILE_SELECT) from None
+        raise AllowedTreeUnusable(root=root, reason=exc) from None
 
 
 def _check_restricted(confined: Confined, role: str, paths: list[bytes], opts: Options
@@ -286,9 +296,7 @@ def _check_restricted(confined: Confined, role: str, paths: list[bytes], opts: O
     `confined` (Receiver, Sender), so nothing planted after this check can lead out."""
     for path in paths:
         if not confined.inside(path):
-            raise FscsyncError(f'path "{escape(path)}" is outside the allowed tree '
-                               f'"{escape(confined.root)}" (--restrict-to)', errors.FILE_SELECT)
+            raise OutsideAllowedTree(path=path, root=confined.root)
     if (opts.temp_dir is not None and role == "receiver"
             and not confined.inside(temp_dir_path(paths[0], opts.temp_dir))):
-        raise FscsyncError("--temp-dir outside the allowed tree (--restrict-to)",
-                           errors.FILE_SELECT)
+        raise TempDirOutsideAllowedTree()

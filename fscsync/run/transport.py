@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from fscsync.errors import SIGNAL, STARTUP, FscsyncError, escape_peer
+from fscsync.errors import SIGNAL, ExecFailed, UsageError, escape_peer
 from fscsync.run.endpoint import Endpoint
 
 STOP_GRACE_S = 5.0
@@ -115,9 +115,9 @@ def remote_command(ep: Endpoint, rsh: str, remote_program: str | None) -> list[s
     try:
         argv = shlex.split(rsh)
     except ValueError as exc:
-        raise FscsyncError(f"cannot parse --rsh {rsh!r}: {exc}", 1) from None
+        raise UsageError(f"cannot parse --rsh {rsh!r}: {exc}") from None
     if not argv:
-        raise FscsyncError("empty --rsh command", 1)
+        raise UsageError("empty --rsh command")
     if ep.user:
         argv += ["-l", ep.user]
     argv.append(ep.host)
@@ -144,7 +144,7 @@ def spawn(argv: list[str]) -> Peer:
     except OSError as exc:
         for fd in (down_r, down_w, up_r, up_w, err_r, err_w):
             os.close(fd)
-        raise FscsyncError(f"failed to exec {argv[0]}: {exc.strerror}", STARTUP) from None
+        raise ExecFailed(program=os.fsencode(argv[0]), reason=exc) from None
     for fd in (down_r, up_w, err_w):
         os.close(fd)
     relay = threading.Thread(target=relay_stderr, args=(err_r,), name="peer-stderr",

@@ -19,7 +19,17 @@ import zlib
 from collections import namedtuple
 
 from fscsync import PROTOCOL_VERSION, __version__
-from fscsync.errors import PROTOCOL_INCOMPATIBLE, STARTUP, ProtocolError, escape_peer
+from fscsync.errors import (
+    ClosedBeforeHandshake,
+    NoAnswer,
+    NotFscsync,
+    PeerClosed,
+    ProtocolError,
+    StartupFailed,
+    VersionMismatch,
+    WrongRole,
+    escape_peer,
+)
 
 MAGIC = b"FSCSYNC\x00"
 MAX_FRAME = 4 << 20
@@ -73,10 +83,6 @@ COMPRESSIONS = [c for c in ("zlib", "zstd") if c in CAPABILITIES]
 """The stream compressions this side can speak."""
 
 
-class PeerClosed(ProtocolError):
-    """The peer went away: the stream ended before the exchange did."""
-
-
 class _Codec:
     """Stream compression for one direction (zlib or zstd)."""
 
@@ -110,8 +116,7 @@ class _Source:
         if self.timeout is not None:
             ready, _, _ = select.select([self.rfd], [], [], self.timeout)
             if not ready:
-                raise ProtocolError(f"no answer from the other side in {self.timeout:.0f} s",
-                                    STARTUP)
+                raise NoAnswer(seconds=self.timeout)
         data = os.read(self.rfd, n)
         self.received += len(data)
         self.eof = not data
@@ -276,7 +281,7 @@ class Channel:
             try:
                 n = os.writev(self.wfd, batch)
             except BrokenPipeError:
-                raise PeerClosed("connection closed by the other side") from None
+                raise PeerClosed() from None
             self.bytes_sent += n
             if self._bwlimit:
                 self._throttle(n)
@@ -297,21 +302,21 @@ class Channel:
 
     def _fill(self, timeout: float | None = None) -> None:
         if self._eof:
-            raise PeerClosed("connection closed by the other side")
+            raise PeerClosed()
         if self._decodec is not None:
             self._fill_decompressed(timeout)
             return
         if timeout is not None:
             ready, _, _ = select.select([self.rfd], [], [], timeout)
             if not ready:
-                raise ProtocolError(f"no answer from the other side in {timeout:.0f} s", STARTUP)
+                raise NoAnswer(seconds=timeout)
         # Straight into the buffer: no new 1 MiB object per read, no copy after it.
         self._room(_DIRECT_READ + _HDR.size)
         got = os.readv(self.rfd, [memoryview(self._in)[self._end :]])
         self._end += got
         if not got:
             self._eof = True
-            raise PeerClosed("connection closed by the other side")
+            raise PeerClosed()
         self.bytes_received += got
 
     def _fill_decompressed(self, timeout: float | None) -> None:
@@ -323,7 +328,7 @@ class Channel:
             self._append(out)
         elif source.eof:
             self._eof = True
-            raise PeerClosed("connection closed by the other side")
+            raise PeerClosed()
 
     def _room(self, n: int) -> None:
         """At least n free bytes after the buffered data: move it to the front, and
@@ -380,7 +385,7 @@ class Channel:
             n = os.readv(self.rfd, [view[have:]])
             if n == 0:
                 self._eof = True
-                raise PeerClosed("connection closed by the other side")
+                raise PeerClosed()
             have += n
             self.bytes_received += n
         return buf
@@ -411,13 +416,11 @@ def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Hello:
     prefix = chan.read_raw_prefix(_HDR.size + len(MAGIC), timeout)
     if len(prefix) < _HDR.size + len(MAGIC) or prefix[_HDR.size:] != MAGIC:
         if not prefix:
-            raise PeerClosed("connection closed before the handshake (is fscsync installed "
-                             "on the other side?)", STARTUP)
-        shown = prefix.decode("ascii", "replace").strip()
-        raise ProtocolError(f"the other side is not fscsync (it said {shown!r})", STARTUP)
+            raise ClosedBeforeHandshake()
+        raise NotFscsync(said=prefix.decode("ascii", "replace").strip())
     ftype, payload = chan.recv(timeout)
     if ftype != HELLO or len(payload) < len(MAGIC) + 2:
-        raise ProtocolError("malformed handshake from the other side", STARTUP)
+        raise StartupFailed("malformed handshake from the other side")
     (version,) = struct.unpack_from(">H", payload, len(MAGIC))
     try:
         info = json.loads(payload[len(MAGIC) + 2 :])
@@ -425,16 +428,12 @@ def recv_hello(chan: Channel, want_role: str, timeout: float = 60.0) -> Hello:
         program = str(info["program"])
         caps = [str(c) for c in info["capabilities"]]
     except (ValueError, KeyError, TypeError):
-        raise ProtocolError("malformed handshake from the other side", STARTUP) from None
+        raise StartupFailed("malformed handshake from the other side") from None
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version mismatch: we speak {PROTOCOL_VERSION}, "
-            f"the other side ({escape_peer(program)}) speaks {version}",
-            PROTOCOL_INCOMPATIBLE,
-        )
+        raise VersionMismatch(ours=PROTOCOL_VERSION, program=escape_peer(program),
+                              theirs=version)
     if role != want_role:
-        raise ProtocolError(f"the other side answered as {escape_peer(role)!r}, not as an "
-                            f"fscsync {want_role}", STARTUP)
+        raise WrongRole(role=escape_peer(role), want=want_role)
     return Hello(version, program, caps)
 
 

@@ -33,8 +33,9 @@ import sys
 import xxhash
 
 from fscsync.engine import delta, flist
+from fscsync.errors import PeerClosed
 from fscsync.wire import protocol
-from fscsync.wire.protocol import Channel, PeerClosed
+from fscsync.wire.protocol import Channel
 
 SCRIPT_ENV = "FSCSYNC_FAKE_SERVER"
 T_NEW = 1_600_000_000_000_000_000
