@@ -190,3 +190,25 @@ def test_top_directory_name_is_filtered_like_rsync(tmp_path: Path) -> None:
     assert_same_items(runs, ordered=True)
     runs = t.run("-ai", "--exclude=src", str(t.src), "@D/dst2")
     assert_same_items(runs)
+
+
+@pytest.mark.parametrize("when", ["--delete", "--delete-delay", "--delete-after"])
+def test_destination_rules_are_read_when_rsync_reads_them(tmp_path: Path, when: str) -> None:
+    """--delete reads a directory's merge files before the run replaces them (rsync's
+    delete-during), --delete-after the ones the run brought."""
+    t = Twin(tmp_path)
+    make_filter_tree(t.src)
+    (t.src / "lib/.rsync-filter").write_text("- nothing\n")
+    settle(t.src)
+
+    def plant(area: Path) -> None:
+        (area / "dst/lib").mkdir(parents=True)
+        (area / "dst/lib/.rsync-filter").write_text("P *.bak\n")
+        write(area / "dst/lib/a.bak", b"b")
+        set_times(area / "dst/lib/a.bak", T0 * 10**9)
+
+    t.each(plant)
+    runs = t.run("-ai", when, "-F", f"{t.src}/", "@D/dst")
+    t.assert_same(made=["dst", "dst/lib"])
+    assert_same_items(runs)
+    assert (t.f / "dst/lib/a.bak").exists() == (when != "--delete-after")

@@ -666,33 +666,40 @@ class DeleteFilter:
     """The receiver's rules for --delete (rsync's delete_in_dir and delete_dir_contents):
     a destination name its rules exclude is protected. Each directory's state comes from
     its parent's, when the parent is a directory of the transfer, and the merge files
-    in the destination directory itself."""
+    in the destination directory itself, read when the generator lists it (the moment
+    rsync's --delete-during reads them) or, with --delete-after, when deletions start."""
 
-    def __init__(self, filters: Filters, root: bytes, dirfd: Callable[[bytes], int],
-                 in_list: Callable[[bytes], bool]):
+    def __init__(self, filters: Filters, root: bytes, existing: dict[bytes, list[bytes]]):
         self.filters = filters
-        self.dirfd = dirfd
-        self.in_list = in_list
+        self.existing = existing  # the transfer's directories the destination has
         self._top = filters.top(os.path.abspath(root))
         self._states: dict[bytes, DirState] = {}
 
-    def state(self, rel: bytes, fd: int | None = None) -> DirState:
+    def state(self, rel: bytes, dirfd: Callable[[bytes], int], fd: int | None = None
+              ) -> DirState:
         """The state inside destination directory `rel` (open as fd, if it is)."""
         st = self._states.get(rel)
         if st is not None:
             return st
         head = rel.rpartition(b"/")[0] if rel else None
         parent = self._top
-        if head is not None and self.in_list(head):
-            parent = self.state(head)
-        st = self.filters.enter(parent, rel, read_at(self.dirfd(rel) if fd is None else fd))
+        if head is not None and head in self.existing:
+            parent = self.state(head, dirfd)
+        st = self.filters.enter(parent, rel, read_at(dirfd(rel) if fd is None else fd))
         self._states[rel] = st
         return st
 
     def state_below(self, parent: DirState, rel: bytes, fd: int) -> DirState:
-        """The state inside a directory being deleted (not cached: it is going away)."""
+        """The state inside a directory being deleted (not kept: it is going away)."""
         return self.filters.enter(parent, rel, read_at(fd))
 
     def protected(self, state: DirState, path: bytes, is_dir: bool,
                   perishable: bool = True) -> bool:
         return self.filters.excluded(state, path, is_dir, perishable)
+
+
+def delete_filter(opts, root: bytes, existing: dict[bytes, list[bytes]]
+                  ) -> DeleteFilter | None:
+    """The receiver's DeleteFilter for a --delete run with rules, else None."""
+    rules = for_side(opts, "receiver") if opts.delete else None
+    return DeleteFilter(rules, root, existing) if rules is not None else None

@@ -109,7 +109,7 @@ class Finalizer:
         if not self._deletion_allowed():
             return
         rx = self.rx
-        rules = self._delete_filter(tree)
+        rules = self.gen.delete_rules
         limit = self.opts.max_delete
         deleted = 0
         skipped = 0
@@ -126,7 +126,7 @@ class Finalizer:
                 continue
             if not fence.enter(dfd):
                 continue
-            state = rules.state(rel, dfd) if rules is not None else None
+            state = rules.state(rel, tree.dirfd, dfd) if rules is not None else None
             for name in sorted(set(names) - keep):
                 path = rel + b"/" + name if rel else name
                 st = lstat_at(dfd, name)
@@ -144,16 +144,6 @@ class Finalizer:
         if skipped:
             rx.reporter.error(f"Deletions stopped due to --max-delete limit "
                               f"({skipped} skipped)", errors.MAX_DELETE)
-
-    def _delete_filter(self, tree) -> filters.DeleteFilter | None:
-        """The receiver's rules (protect, risk, and the rules of both sides), with the
-        per-directory merge files of the destination, as rsync reads them to delete."""
-        rules = filters.for_side(self.opts, "receiver")
-        if rules is None:
-            return None
-        existing = self.gen.existing
-        return filters.DeleteFilter(rules, self.rx.dest, tree.dirfd,
-                                    lambda rel: rel in existing)
 
     def _delete(self, tree, dfd: int, name: bytes, path: bytes, st,
                 rules: filters.DeleteFilter | None = None, state=None) -> int:

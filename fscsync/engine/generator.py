@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 
-from fscsync.engine import chmod, delta, itemize
+from fscsync.engine import chmod, delta, filters, itemize
 from fscsync.engine.flist import Batch, Entry
 from fscsync.errors import escape
 from fscsync.fs import cipher, meta
@@ -89,6 +89,7 @@ class Generator:
         self.tree = tree
         self.children: dict[bytes, set[bytes]] = {}
         self.existing: dict[bytes, list[bytes]] = {}
+        self.delete_rules = filters.delete_filter(self.opts, rx.dest, self.existing)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
@@ -482,6 +483,8 @@ class Generator:
             names = listdir(fd)
         except OSError:
             return
+        if self.delete_rules is not None and not self.opts.delete_after:
+            self.delete_rules.state(rel, tree.dirfd, fd)  # its merge files as they are now
         if TEMP_MARK not in b"/".join(names):  # one search instead of a match per name
             if self.opts.delete:
                 self.existing[rel] = names
