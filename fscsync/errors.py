@@ -180,6 +180,13 @@ class FilterFileUnreadable(FscsyncError):
     code = FILE_IO
 
 
+class FilesFromUnreadable(UsageError):
+    """--files-from names a file that cannot be read (rsync's line: the reason without
+    its errno, and a usage error's code)."""
+
+    template = "failed to open files-from file {path}: {reason}"
+
+
 class BadFilterRule(UsageError):
     """A filter rule rsync would refuse (its own line), or merge files nested too deep."""
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from fscsync.engine import chmod, filters, idmap
-from fscsync.errors import UsageError
+from fscsync.errors import FilesFromUnreadable, UsageError
 from fscsync.options import Options
 
 USAGE = "fscsync [OPTION]... SRC [SRC]... DEST"
@@ -97,8 +97,8 @@ TABLE: tuple[Opt, ...] = (
         {"checksum": True}, neg=("checksum",)),
     Opt("--archive -a", "archive mode is -rlptgoD (no -A,-X,-H)", _ARCHIVE),
     Opt("--no-OPTION", "turn off an implied OPTION (e.g. --no-D)", {}),
-    Opt("--recursive -r", "recurse into directories", {"recursive": True},
-        neg=("recursive",)),
+    Opt("--recursive -r", "recurse into directories", {"recursive": True, "recurse_asked": True},
+        neg=("recursive", "recurse_asked")),
     Opt("--inc-recursive --i-r", "accepted: the file list always streams, as with "
         "rsync's incremental recursion", {}, neg=("inc_recursive",)),
     Opt("--links -l", "copy symlinks as symlinks", {"links": True}, neg=("links",)),
@@ -201,6 +201,11 @@ TABLE: tuple[Opt, ...] = (
         neg=("from0",)),
     Opt("--one-file-system -x", "don't cross filesystem boundaries (-xx: omit mount "
         "points too)", {"one_file_system": INC}, neg=("one_file_system",)),
+    Opt("--relative -R", "use relative path names", {"relative": True}, neg=("relative",)),
+    Opt("--implied-dirs --i-d", "send the implied directories of -R paths (the default)",
+        {"implied_dirs": True}, neg=("implied_dirs",)),
+    Opt("--files-from", "read list of source-file names from FILE ('-': stdin, "
+        "[HOST]:FILE: on the remote host)", dest="files_from_arg", metavar="FILE"),
     # ---- end of file selection ----
     Opt("--stats", "give some file-transfer stats", {"stats": True}),
     Opt("--progress", "show progress during transfer", {"progress": True},
@@ -229,7 +234,8 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  inc_recursive=True, rsh=None, remote_fscsync=None, secluded=False,
                  old_args=False, chmod=[], usermap=[], groupmap=[], chown=[],
                  log_file=None, out_format=None, log_file_format=None, server=False,
-                 restrict_to=None, compress=False, encdata_xattr="security.encdata")
+                 restrict_to=None, compress=False, encdata_xattr="security.encdata",
+                 relative=None, recurse_asked=False, files_from_arg=None)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
@@ -349,6 +355,38 @@ def _owner_maps(ns: SimpleNamespace, o: Options) -> None:
     o.group = o.group or bool(o.groupmap)
 
 
+def _files_from(ns: SimpleNamespace, o: Options) -> None:
+    """--files-from, rsync's way: it implies -R (unless --no-relative) and --dirs, and
+    recursion only when -r itself was given (-a's does not count). A local list (or
+    stdin) is read here and travels in the options; [HOST]:FILE is read by the remote
+    side."""
+    arg = ns.files_from_arg
+    o.relative = bool(ns.relative) if ns.relative is not None else arg is not None
+    if not o.relative:
+        o.implied_dirs = False
+    if arg is None:
+        return
+    if not ns.recurse_asked:
+        o.recursive = False
+    from fscsync.run.endpoint import parse_endpoint
+
+    where = parse_endpoint(os.fsencode(arg)) if not arg.startswith(":") else None
+    if arg.startswith(":") or (where is not None and where.remote):
+        o.files_from_remote = os.fsencode(arg[1:]) if where is None else where.path
+        return
+    try:
+        if arg == "-":
+            import sys
+
+            data = sys.stdin.buffer.read()
+        else:
+            with open(arg, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise FilesFromUnreadable(path=os.fsencode(arg), reason=exc.strerror) from None
+    o.files_from = filters.files_from_names(data, o.from0)
+
+
 def help_text() -> str:
     """--help, from the table: rsync's layout (long name first, then its short one)."""
     lines = [f"usage: {USAGE}", "",
@@ -373,7 +411,9 @@ def options_from(ns: SimpleNamespace) -> Options:
     o = Options()
     for name in Options.fields:
         setattr(o, name, getattr(ns, name))
-    if o.delete and not o.recursive:
+    _files_from(ns, o)
+    if o.delete and not o.recursive and o.files_from is None \
+            and o.files_from_remote is None:
         raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)
     _owner_maps(ns, o)

@@ -124,6 +124,11 @@ def _main(args: list[str]) -> int:
         raise UsageError("need at least one SRC and a DEST (try --help)")
     endpoints = [parse_endpoint(x) for x in paths]
     p = plan(endpoints[:-1], endpoints[-1])
+    if ns.files_from_arg is not None and len(p.sources) != 1:
+        raise UsageError("--files-from takes one SRC (the names are relative to it) and a DEST")
+    if opts.files_from_remote is not None and (p.peer is None or p.client_sends):
+        raise UsageError("--files-from=HOST:FILE is read by a remote sender: it needs a "
+                         "remote SRC")
     progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
         "progress" if opts.progress else None)
     log = None

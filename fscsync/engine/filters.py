@@ -449,6 +449,27 @@ def parse_cli(items: Iterable[tuple[str, bytes]], delete_excluded: bool, from0: 
     return [rule.text() for rule in target.rules]
 
 
+def files_from_names(data: bytes, from0: bool) -> list[bytes]:
+    """The names of a --files-from list: a line each (NUL-ended with --from0), empty
+    lines and '#'/';' comments skipped, leading slashes and ".." dropped (rsync's
+    sanitize_path: no name leads outside the source directory); "/./" is kept."""
+    names = []
+    for line in _lines(data, False, from0):
+        if not line or line[:1] in (b"#", b";"):
+            continue
+        kept: list[bytes] = []
+        for part in line.split(b"/"):
+            if part == b"..":
+                if kept and kept[-1] not in (b"", b"."):
+                    kept.pop()
+                continue
+            kept.append(part)
+        name = b"/".join(kept).lstrip(b"/")
+        if name:
+            names.append(name)
+    return names
+
+
 # ---- one side's rules ------------------------------------------------------------
 
 class DirState:

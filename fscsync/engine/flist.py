@@ -28,6 +28,9 @@ F_ENC_BIN = 128
 NO_CONTENT = 1
 """The rdev of a directory sent without its contents (a mount point under -x, an implied
 directory of -R, a --files-from directory without -r): nothing in it is deleted."""
+IMPLIED = 2
+"""The rdev of a -R path component under --no-implied-dirs: the receiver makes it with
+default attributes if it is missing and leaves it alone otherwise."""
 
 _COUNTS = struct.Struct(">II")
 _COLUMNS = ("I", "Q", "q", "I", "I")  # mode, size, mtime, uid, gid
@@ -78,7 +81,7 @@ class Entry:
 
     @property
     def no_content(self) -> bool:
-        return self.rdev == NO_CONTENT and stat.S_ISDIR(self.mode)
+        return self.rdev in (NO_CONTENT, IMPLIED) and stat.S_ISDIR(self.mode)
 
     @property
     def is_reg(self) -> bool:

@@ -13,7 +13,7 @@ import os
 import stat
 
 from fscsync.engine import chmod, delta, filters, itemize
-from fscsync.engine.flist import Batch, Entry
+from fscsync.engine.flist import IMPLIED, Batch, Entry
 from fscsync.errors import escape
 from fscsync.fs import cipher, meta
 from fscsync.fs.destfs import (
@@ -372,6 +372,13 @@ class Generator:
     def directory(self, tree, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         rx = self.rx
         opts = self.opts
+        if e.rdev == IMPLIED:  # --no-implied-dirs: made if missing, else left alone
+            if st is None:
+                if not opts.dry_run:
+                    os.mkdir(name, 0o777, dir_fd=pfd)
+                self.fresh.add(rx.rel_dir(e))
+            rx.status[idx] = 1
+            return
         if st is not None and not stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
                 return

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from fscsync import errors
 from fscsync.engine import filters
-from fscsync.engine.flist import NO_CONTENT, Entry
+from fscsync.engine.flist import IMPLIED, NO_CONTENT, Entry
 from fscsync.engine.report import Reporter
 from fscsync.errors import MalformedEncdata, NoKeylessRead, OSFailed, Vanished, escape
 from fscsync.fs import cipher, meta
@@ -110,7 +110,8 @@ class Scanner:
         caller's per-entry work stays in its own loop."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
-            if len(sources) > 1:
+            if len(sources) > 1 or self.opts.relative or self.opts.files_from is not None \
+                    or self.opts.files_from_remote is not None:
                 yield from self._in_order(self._scan_sources(sources))
             else:
                 yield from self._scan_sources(sources)
@@ -137,7 +138,8 @@ class Scanner:
                         seen[e.path] = len(kept)
                         kept.append((_order_key(e), idx, e))
                 else:
-                    keep = e.is_dir and not kept[at][2].is_dir
+                    was = kept[at][2]  # a directory's contents outrank an implied one
+                    keep = e.is_dir and (not was.is_dir or was.no_content and not e.no_content)
                     if keep:
                         kept[at] = (_order_key(e), idx, e)
                 if keep and e.is_dir:
@@ -166,7 +168,16 @@ class Scanner:
                 e.checksum = self._checksum(e.src, layout)
 
     def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
+        names = self.opts.files_from
+        if self.opts.files_from_remote is not None and names is None:
+            names = self._remote_list(self.opts.files_from_remote)
+        if names is not None:
+            top = os.path.normpath(sources[0])
+            sources = [top + b"/./" + name for name in names]
         for src in sources:
+            if self.opts.relative:
+                yield from self._scan_relative(src)
+                continue
             base, name = split_source(src)
             if self.filters is not None:
                 self._top = self.filters.top(os.path.abspath(base))
@@ -179,6 +190,76 @@ class Scanner:
                 self._root_starts.append(self.count)
                 self._roots.append((full[: len(full) - len(name)], full))
                 yield from self._scan_top(src, base, name)
+
+    def _remote_list(self, path: bytes) -> list[bytes]:
+        """--files-from=HOST:FILE, read here on the sending side."""
+        try:
+            fd = self.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise errors.FilesFromUnreadable(path=path, reason=exc.strerror) from None
+        return filters.files_from_names(data, self.opts.from0)
+
+    def _scan_relative(self, src: bytes) -> Iterator[list[Entry] | PlainRun]:
+        """-R: the path after a "/./" (or the whole path, less a leading "/") is the
+        name at the destination; its parent directories come first, as implied
+        directories without contents (unless --no-implied-dirs)."""
+        base, rel = relative_parts(src)
+        if self.filters is not None:
+            self._top = self.filters.top(os.path.abspath(base))
+        if not rel:
+            self._root_starts.append(self.count)
+            self._roots.append((base.rstrip(b"/") + b"/", base))
+            yield from self._scan_contents(base + b"/", base)
+            return
+        lead = base.rstrip(b"/") + b"/"
+        self._root_starts.append(self.count)
+        self._roots.append((lead, lead + rel))
+        parts = rel.split(b"/")
+        for n in range(1, len(parts)):
+            yield from self._implied(lead, b"/".join(parts[:n]))
+        listed = self.opts.files_from is not None or self.opts.files_from_remote is not None
+        if listed and not self.opts.recursive:
+            yield from self._scan_listed(lead, rel)
+        else:
+            yield from self._scan_top(lead + rel, base, rel)
+
+    def _implied(self, lead: bytes, rel: bytes) -> Iterator[list[Entry]]:
+        """One implied directory of a -R path (followed if it is a symlink, as rsync);
+        under --no-implied-dirs it only names the path (its attributes stay here)."""
+        try:
+            st = os.stat(lead + rel) if self.confined is None else self.confined.stat(lead + rel)
+        except OSError as exc:
+            self._fail(lead + rel, "link_stat", exc)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        if self.filters is not None and self.filters.excluded(self._top, rel, True):
+            return
+        e = self._entry(rel, lead + rel, st, True)
+        if e is not None:
+            e.rdev = NO_CONTENT if self.opts.implied_dirs else IMPLIED
+            yield [e]
+
+    def _scan_listed(self, lead: bytes, rel: bytes) -> Iterator[list[Entry]]:
+        """A --files-from name without -r: a directory is sent without its contents
+        (rsync's implied --dirs)."""
+        full = lead + rel
+        try:
+            st = os.lstat(full) if self.confined is None else self.confined.stat(full)
+        except OSError as exc:
+            if not (exc.errno == errno.ENOENT and self.opts.ignore_missing_args):
+                self._fail(full, "link_stat", exc)
+            return
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if self.filters is not None and self.filters.excluded(self._top, rel, is_dir):
+            return
+        e = self._entry(rel, full, st, True)
+        if e is not None:
+            if is_dir:
+                e.rdev = NO_CONTENT
+            yield [e]
 
     def source_path(self, idx: int, rel: bytes) -> bytes:
         """The source path of entry `idx` (the `src` it had when scanned), from its
@@ -543,6 +624,21 @@ class Scanner:
         finally:
             reader.close()
             os.close(fd)
+
+
+def relative_parts(src: bytes) -> tuple[bytes, bytes]:
+    """(the directory a -R path is read from, the name it gets at the destination):
+    split at the first "/./", else the working directory and the path less its leading
+    slashes; "." and empty components are dropped (rsync's clean_fname)."""
+    at = src.find(b"/./")
+    if at >= 0:
+        base, rel = src[:at] or b"/", src[at + 3:]
+    elif src.startswith(b"./"):
+        base, rel = b".", src[2:]
+    else:
+        base, rel = (b"/" if src.startswith(b"/") else b"."), src.lstrip(b"/")
+    parts = [p for p in rel.split(b"/") if p not in (b"", b".")]
+    return base, b"/".join(parts)
 
 
 def _order_key(e: Entry) -> list[tuple[int, bytes]]:

@@ -76,7 +76,7 @@ class Sender:
     # ---- file list ------------------------------------------------------------
 
     def _single_file(self) -> bool:
-        if len(self.sources) != 1:
+        if len(self.sources) != 1 or self.opts.relative:
             return False
         src = self.sources[0]
         if split_source(src)[1] is None:
