@@ -13,7 +13,7 @@ from support import needs_root, run_fscsync, run_rsync
 from support.sshd import Sshd
 from support.treecmp import assert_same_tree
 from support.trees import set_times, write
-from test_local_sync import ENV, T0, Twin, assert_same_items, items, settle
+from test_local_sync import ENV, T0, Runs, Twin, assert_same_items, items, settle, subst
 from test_remote import at, over_ssh, pushed
 
 FILES = ["a/b/c/f", "a/b/g", "a/h", "x/y", "x/z/deep", "top", "sp ace/q"]
@@ -107,18 +107,13 @@ def test_files_from_like_rsync(tmp_path: Path, case: str) -> None:
         stdin = LIST.encode()
         args = ["-ai", "--files-from=-"]
     args += [f"{t.src}", "@D/dst/"]
-    if stdin is None:
-        runs = t.run(*args)
-    else:
-        runs = _run_with_input(t, args, stdin)
+    runs = t.run(*args) if stdin is None else _run_with_input(t, args, stdin)
     t.assert_same(made=["dst"] + [d for d in ("dst/a", "dst/a/b", "dst/a/b/c", "dst/x",
                                                "dst/x/z") if (t.r / d).exists()])
     assert_same_items(runs)
 
 
-def _run_with_input(t: Twin, args: list[str], stdin: bytes):
-    from test_local_sync import Runs, subst
-
+def _run_with_input(t: Twin, args: list[str], stdin: bytes) -> Runs:
     r = run_rsync(*(subst(a, t.r) for a in args), input=stdin, env=ENV, check=0)
     f = run_fscsync(*(subst(a, t.f) for a in args), input=stdin, env=ENV, check=0)
     return Runs(r, f)
@@ -264,3 +259,47 @@ def test_remote_files_from_is_read_by_the_remote_sender(sshd: Sshd, tmp_path: Pa
     assert sorted(items(pull)) == sorted(items(ref))
     short = over_ssh(sshd, "-ai", f"--files-from=:{lst}", at(sshd, src), f"{tmp_path}/g/")
     assert sorted(items(short)) == sorted(items(ref))
+
+
+# ---- the encrypted backup layout -----------------------------------------------------------
+
+ENC_A = b"\x8f\xa1=Q\xee" + b"x" * 11  # names as a locked directory shows them: opaque bytes
+ENC_B = b"\xc3(\x01junk" + b"y" * 9
+
+
+def _enc_tree(root: Path) -> None:
+    from support.enctree import EncTree
+
+    t = EncTree(os.fsencode(root), seed="select")
+    t.dir(b"vault")
+    t.dir(b"vault/" + ENC_A)
+    t.file(b"vault/" + ENC_A + b"/" + ENC_B, 5000)
+    t.file(b"vault/" + ENC_B, 100)
+    t.file(b"vault/" + ENC_A + b"/keep", 3)
+    t.file(b"plain.o", 10, encrypted=False)
+    os.makedirs(root / "plain")
+    with open(root / ".rsync-filter", "wb") as f:
+        f.write(b"- " + ENC_B + b"\n- *.o\n")
+    with open(root / "list", "wb") as f:
+        f.write(b"vault/" + ENC_A + b"/keep\n" + b"vault/" + ENC_B + b"\n")
+    settle(root)
+
+
+@needs_root
+@pytest.mark.parametrize("case", ["F", "relative", "files-from", "x"])
+def test_encrypted_layout_selection_like_rsync(tmp_path: Path, case: str) -> None:
+    """Rules match the opaque names of a locked tree byte for byte, and what is selected
+    keeps its ciphertext and encdata (rsync -X copies the stored xattr the same way)."""
+    t = Twin(tmp_path)
+    _enc_tree(t.src)
+    flags = {"F": ["-F", "--delete"], "relative": ["-R"], "x": ["-x"],
+             "files-from": [f"--files-from={t.src}/list"]}[case]
+    source = {"relative": f"{t.src}/./vault/{os.fsdecode(ENC_A)}",
+              "files-from": str(t.src)}.get(case, f"{t.src}/")
+    runs = t.run("-aiX", *flags, source, "@D/dst/")
+    made = [d for d in ("dst", "dst/vault") if (t.r / d).exists()]
+    t.assert_same(made=made)
+    marked = [ln.removesuffix(" (encrypted)") for ln in items(runs.fscsync)]
+    assert sorted(marked) == sorted(items(runs.rsync))  # fscsync marks encrypted entries
+    selected = {os.fsencode(p.relative_to(t.f / "dst")) for p in (t.f / "dst").rglob("*")}
+    assert (b"vault/" + ENC_B in selected) == (case in ("files-from", "x"))
