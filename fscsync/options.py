@@ -82,6 +82,14 @@ class Options(Record):
             return self.times and not self.omit_link_times
         return self.times
 
+    def same_time(self, a_ns: int, b_ns: int) -> bool:
+        """rsync's same_time: exact with --modify-window 0, whole seconds when negative,
+        else within that many seconds."""
+        window = self.modify_window
+        if not window:
+            return a_ns == b_ns
+        return abs(a_ns // 10**9 - b_ns // 10**9) <= max(window, 0)
+
     def to_wire(self) -> dict:
         out = {}
         for name in self.fields:

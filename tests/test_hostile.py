@@ -204,7 +204,6 @@ def flist(*entries: Entry) -> tuple[int, bytes]:
 
 def assert_clean(result: Result) -> None:
     assert not result.hung, result.describe()
-    assert result.elapsed < QUICK, result.describe()
     assert "Traceback" not in result.text, result.describe()
     assert "internal error" not in result.messages(), result.describe()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -136,3 +137,63 @@ def test_verbose_and_quiet(tmp_path: Path) -> None:
     assert names <= set(verbose.rsync.stdout.decode().splitlines())
     assert names <= fout
     t.assert_same("q")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs root (chown)")
+@pytest.mark.parametrize("kind, src_mode", [("file", 0o4755), ("file", 0o2755),
+                                            ("file", 0o755), ("fifo", 0o4755)],
+                         ids=["file-4755", "file-2755", "file-755", "fifo-4755"])
+def test_owner_change_of_a_setuid_entry_itemized_like_rsync(
+        tmp_path: Path, kind: str, src_mode: int) -> None:
+    """The destination's entry is setuid (or setgid) and owned by someone else; the data
+    is the same. A chown clears those bits, so what changes is decided again after it:
+    rsync itemizes the mode it then sees (.f...p.....), or nothing where the source's
+    mode lacks the bits anyway, and the bits the source has are back on at the end.
+    The itemize of what differs and the apply once disagreed here (".f....og...")."""
+    t = Twin(tmp_path)
+    make = (lambda p: write(p, b"same\n")) if kind == "file" else os.mkfifo
+    make(t.src / "x")
+    os.chmod(t.src / "x", src_mode)
+    set_times(t.src / "x", T0 * 10**9)
+
+    def planted(area: Path) -> None:
+        (area / "dst").mkdir()
+        make(area / "dst" / "x")
+        os.chown(area / "dst" / "x", FOREIGN_UID, FOREIGN_GID)
+        os.chmod(area / "dst" / "x", 0o4755)
+        set_times(area / "dst" / "x", T0 * 10**9)
+        os.utime(area / "dst", ns=(os.stat(t.src).st_mtime_ns,) * 2)
+
+    t.each(planted)
+    runs = t.run("-ai", "--specials", f"{t.src}/", "@D/dst")
+    assert_same_items(runs)
+    t.assert_same()
+    st = os.stat(t.f / "dst" / "x")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (src_mode, 0, 0)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs root (chgrp to a foreign group)")
+def test_times_within_the_modify_window_stay_like_rsync(tmp_path: Path) -> None:
+    """--modify-window decides the time in one place: a file whose group differs gets
+    only its group fixed (".f.....g..."), and neither it nor a directory within the
+    window gets the source's time (the apply once compared times exactly)."""
+    t = Twin(tmp_path)
+    (t.src / "d").mkdir()
+    write(t.src / "d" / "f", b"data\n")
+    for p in (t.src / "d" / "f", t.src / "d"):
+        set_times(p, T0 * 10**9)
+
+    def planted(area: Path) -> None:
+        shutil.copytree(t.src, area / "dst")
+        os.chown(area / "dst" / "d" / "f", -1, FOREIGN_GID)
+        for p in (area / "dst" / "d" / "f", area / "dst" / "d"):
+            set_times(p, (T0 + 1) * 10**9)
+        os.utime(area / "dst", ns=(os.stat(t.src).st_mtime_ns,) * 2)
+
+    t.each(planted)
+    runs = t.run("-ai", "--modify-window=2", f"{t.src}/", "@D/dst")
+    assert_same_items(runs)
+    assert items(runs.fscsync) == [".f.....g... d/f"]
+    for area in (t.r, t.f):
+        assert os.stat(area / "dst" / "d" / "f").st_mtime_ns == (T0 + 1) * 10**9
+        assert os.stat(area / "dst" / "d").st_mtime_ns == (T0 + 1) * 10**9

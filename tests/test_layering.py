@@ -89,21 +89,11 @@ def violations(module: str, source: str) -> list[str]:
     return out
 
 
-STILL_OPEN = {
-    "fscsync.engine.finalize (a receiving stage) imports the receiver",
-    "fscsync.engine.generator (a receiving stage) imports the receiver",
-    "fscsync.engine.writer (a receiving stage) imports the receiver",
-}
-"""Edges the stage split (issue 20) removes; the list may only shrink: an edge that is
-gone must leave it, so it can never come back unnoticed."""
-
-
 def test_no_module_imports_across_its_layer():
     found = set()
     for path in sorted(PACKAGE.rglob("*.py")):
         found.update(violations(module_name(path), path.read_text()))
-    assert sorted(found - STILL_OPEN) == []
-    assert sorted(STILL_OPEN - found) == [], "remove these from STILL_OPEN"
+    assert sorted(found) == []
 
 
 def test_every_module_belongs_to_a_layer():

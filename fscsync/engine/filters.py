@@ -719,8 +719,10 @@ class DeleteFilter:
         return self.filters.excluded(state, path, is_dir, perishable)
 
 
-def delete_filter(opts, root: bytes, existing: dict[bytes, list[bytes]]
-                  ) -> DeleteFilter | None:
-    """The receiver's DeleteFilter for a --delete run with rules, else None."""
-    rules = for_side(opts, "receiver") if opts.delete else None
-    return DeleteFilter(rules, root, existing) if rules is not None else None
+def delete_filter(opts, tree, existing: dict[bytes, list[bytes]]) -> DeleteFilter | None:
+    """The receiver's DeleteFilter for a --delete run with rules, else None; `tree` is
+    the destination's DestTree (its root's absolute path is what '/' rules see)."""
+    rules = for_side(opts, "receiver") if opts.delete and tree is not None else None
+    if rules is None:
+        return None
+    return DeleteFilter(rules, os.readlink(b"/proc/self/fd/%d" % tree.root_fd), existing)

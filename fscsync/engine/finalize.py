@@ -2,7 +2,8 @@
 attributes (post-order, so encdata goes on a directory after its entries exist).
 
 It is separate from the copy pass so that a partitioned run can copy many
-partitions first and finalise once.
+partitions first and finalise once: it reads only the Decisions the generator
+handed on (merged, for several partitions), never the generator itself.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import os
 import stat
 
 from fscsync import errors
-from fscsync.engine import filters, itemize
+from fscsync.engine import itemize
+from fscsync.engine.generator import rel_dir
+from fscsync.engine.rxstate import Decisions, locate, os_failure
+from fscsync.engine.stats import tally
 from fscsync.errors import escape
 from fscsync.fs import meta
 from fscsync.fs.destfs import listdir, lstat_at, remove_tree, temp_name
@@ -20,54 +24,66 @@ from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.engine.receiver import Receiver
+    from fscsync.engine.filters import DeleteFilter
+    from fscsync.engine.report import Reporter
+    from fscsync.engine.stats import Stats
+    from fscsync.fs.destfs import DestTree
+    from fscsync.fs.meta import IdMapper
+    from fscsync.options import Options
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Finalizer:
-    def __init__(self, rx: Receiver):
-        self.rx = rx
-        self.opts = rx.opts
-        self.gen = rx.generator
+    """Carries out Decisions at the destination; what it makes and deletes is counted
+    in `stats`, what fails goes to `reporter`."""
 
-    def run(self) -> None:
-        tree = self.rx.tree()
+    def __init__(self, opts: Options, ids: IdMapper, reporter: Reporter, stats: Stats,
+                 io_error: bool = False, single_name: bytes | None = None):
+        """`io_error`: the sender could not read all it was asked to (no deletions
+        then); `single_name` as for rxstate.locate."""
+        self.opts = opts
+        self.ids = ids
+        self.reporter = reporter
+        self.stats = stats
+        self.io_error = io_error
+        self.single_name = single_name
+
+    def run(self, tree: DestTree | None, decisions: Decisions) -> None:
         if tree is None:
             # A dry run into a destination that does not exist yet: nothing to delete,
             # but a walk with errors still earns its warning.
             self._deletion_allowed()
             return
-        try:
-            self.hard_links(tree)
-            self.deletions(tree)
-            self.litter(tree)
-            self.directories(tree)
-        finally:
-            tree.close()
+        self.hard_links(tree, decisions.links)
+        self.deletions(tree, decisions)
+        self.litter(tree, decisions.litter, decisions.incoming)
+        self.directories(tree, decisions.dirs)
+
+    def _locate(self, tree: DestTree, e) -> tuple[int, bytes]:
+        return locate(tree, e, self.single_name)
+
+    def _os_fail(self, e, what: str, exc: OSError) -> None:
+        self.reporter.error(*os_failure(what, e.path, exc))
 
     # ---- hard links ---------------------------------------------------------------
 
-    def hard_links(self, tree) -> None:
-        rx = self.rx
-        for idx in self.gen.hardlinks:
-            e = rx.entries[idx]
-            leader = rx.entries[e.link]
-            if rx.status[e.link] != 1:
-                rx.fail(idx, f'cannot hard-link "{escape(e.path)}": '
-                             f'"{escape(leader.path)}" was not transferred')
+    def hard_links(self, tree: DestTree, links: list) -> None:
+        for e, leader, leader_ok in links:
+            if not leader_ok:
+                self.reporter.error(f'cannot hard-link "{escape(e.path)}": '
+                                    f'"{escape(leader.path)}" was not transferred')
                 continue
             try:
-                lfd, lname = rx.locate(tree, leader)
-                pfd, name = rx.locate(tree, e)
+                lfd, lname = self._locate(tree, leader)
+                pfd, name = self._locate(tree, e)
                 lst = lstat_at(lfd, lname) if not self.opts.dry_run else None
                 st = lstat_at(pfd, name)
                 if lst is not None and st is not None and (st.st_dev, st.st_ino) == (
                         lst.st_dev, lst.st_ino):
-                    rx.status[idx] = 1
                     continue
                 if st is None:
-                    self.gen._count_created(e)
+                    tally(self.stats.created, itemize.kind_name(e.mode))
                 self._item_link(e, leader, new=st is None)
                 if not self.opts.dry_run:
                     if st is not None and stat.S_ISDIR(st.st_mode):
@@ -83,43 +99,39 @@ class Finalizer:
                         except OSError:
                             pass
                         raise
-                rx.status[idx] = 1
             except OSError as exc:
-                rx.os_fail(idx, "hard-link of", exc)
+                self._os_fail(e, "hard-link of", exc)
 
     def _item_link(self, e, leader, new: bool) -> None:
         if self.opts.itemize or self.opts.log_items:
-            self.rx.reporter.itemize(itemize.line("h", e, new=new,
-                                                  suffix=f" => {escape(leader.path)}"))
+            self.reporter.itemize(itemize.line("h", e, new=new,
+                                               suffix=f" => {escape(leader.path)}"))
         if not self.opts.itemize and self.opts.verbose:
-            self.rx.reporter.info(f"{escape(e.path)} => {escape(leader.path)}", 1)
+            self.reporter.info(f"{escape(e.path)} => {escape(leader.path)}", 1)
 
     # ---- deletions ------------------------------------------------------------------
 
     def _deletion_allowed(self) -> bool:
-        rx = self.rx
         if not self.opts.delete:
             return False
-        if rx.io_error:
-            rx.reporter.error("IO error encountered -- skipping file deletion", errors.PARTIAL)
+        if self.io_error:
+            self.reporter.error("IO error encountered -- skipping file deletion", errors.PARTIAL)
             return False
         return True
 
-    def deletions(self, tree) -> None:
+    def deletions(self, tree: DestTree, decisions: Decisions) -> None:
         if not self._deletion_allowed():
             return
-        rx = self.rx
-        rules = self.gen.delete_rules
+        rules = decisions.rules
         limit = self.opts.max_delete
         deleted = 0
         skipped = 0
         fence = _Fence(self.opts.one_file_system)
-        no_content = {rx.rel_dir(rx.entries[idx]) for idx, _ in self.gen.dirs
-                      if rx.entries[idx] is not None and rx.entries[idx].no_content}
-        for rel, names in self.gen.existing.items():
+        no_content = {rel_dir(e) for e, _ in decisions.dirs if e.no_content}
+        for rel, names in decisions.existing.items():
             if rel in no_content:
                 continue
-            keep = self.gen.children.get(rel, set())
+            keep = decisions.children.get(rel, set())
             try:
                 dfd = tree.dirfd(rel)
             except OSError:
@@ -135,26 +147,25 @@ class Finalizer:
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if rules is not None and rules.protected(state, path, is_dir):
                     continue
-                if is_dir and fence.mount_point(st, path, rx.reporter):
+                if is_dir and fence.mount_point(st, path, self.reporter):
                     continue
                 if limit >= 0 and deleted >= limit:
                     skipped += 1
                     continue
                 deleted += self._delete(tree, dfd, name, path, st, rules, state)
         if skipped:
-            rx.reporter.error(f"Deletions stopped due to --max-delete limit "
-                              f"({skipped} skipped)", errors.MAX_DELETE)
+            self.reporter.error(f"Deletions stopped due to --max-delete limit "
+                                f"({skipped} skipped)", errors.MAX_DELETE)
 
-    def _delete(self, tree, dfd: int, name: bytes, path: bytes, st,
-                rules: filters.DeleteFilter | None = None, state=None) -> int:
-        rx = self.rx
+    def _delete(self, tree: DestTree, dfd: int, name: bytes, path: bytes, st,
+                rules: DeleteFilter | None = None, state=None) -> int:
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "reg"
         count = 0
         if stat.S_ISDIR(st.st_mode) and not self.opts.dry_run:
             try:
                 cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             except OSError as exc:
-                rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
+                self.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
                 return 0
             try:
                 inner = rules.state_below(state, path, cfd) if rules is not None else None
@@ -179,29 +190,30 @@ class Finalizer:
                     os.unlink(name, dir_fd=dfd)
             except OSError as exc:
                 if exc.errno == errno.ENOTEMPTY:
-                    rx.reporter.info(f"cannot delete non-empty directory: {escape(path)}", 0)
+                    self.reporter.info(f"cannot delete non-empty directory: {escape(path)}", 0)
                     return count
                 if exc.errno != errno.ENOENT:
-                    rx.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror} '
-                                      f"({exc.errno})")
+                    self.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror} '
+                                        f"({exc.errno})")
                     return count
         if self.opts.itemize or self.opts.log_items:
-            rx.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
+            self.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
         if not self.opts.itemize and self.opts.verbose:
-            rx.reporter.info(f"deleting {escape(path)}{'/' if kind == 'dir' else ''}", 1)
-        rx.stats.deleted[kind] = rx.stats.deleted.get(kind, 0) + 1
+            self.reporter.info(f"deleting {escape(path)}{'/' if kind == 'dir' else ''}", 1)
+        tally(self.stats.deleted, kind)
         return count + 1
 
     # ---- litter -------------------------------------------------------------------
 
-    def litter(self, tree) -> None:
+    def litter(self, tree: DestTree, litter: dict[bytes, list[bytes]],
+               incoming: dict[bytes, set[bytes]]) -> None:
         """Remove what killed runs left (temp files, uncommitted journals), now that the
         whole file list is known: a real file or directory that only looks like litter
         is in the list, and stays."""
         if self.opts.dry_run:
             return
-        for rel, names in self.gen.litter.items():
-            keep = self.gen.incoming.get(rel, set())
+        for rel, names in litter.items():
+            keep = incoming.get(rel, set())
             try:
                 dfd = tree.dirfd(rel)
             except OSError:
@@ -215,30 +227,26 @@ class Finalizer:
 
     # ---- directories ---------------------------------------------------------------
 
-    def directories(self, tree) -> None:
+    def directories(self, tree: DestTree, dirs: list) -> None:
         """Directory attributes, deepest first: times would change as entries are added,
         and encdata must go on after the entries exist."""
-        rx = self.rx
         if self.opts.dry_run:
             return
-        for idx, new in reversed(self.gen.dirs):
-            if rx.status[idx] != 1:
-                continue
-            e = rx.entries[idx]
+        for e, new in reversed(dirs):
             try:
-                pfd, name = rx.locate(tree, e)
+                pfd, name = self._locate(tree, e)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=pfd) if name else os.dup(pfd)
             except OSError as exc:
-                rx.os_fail(idx, "open of directory", exc)
+                self._os_fail(e, "open of directory", exc)
                 continue
             try:
-                meta.apply_attrs(self.opts, rx.ids, e, Target(pfd, name, fd=fd), os.fstat(fd),
+                meta.apply_attrs(self.opts, self.ids, e, Target(pfd, name, fd=fd), os.fstat(fd),
                                  new=new)
             except meta.EncdataConflict as exc:
-                rx.fail(idx, f'cannot set encdata on directory "{escape(e.path)}": '
-                             f"{exc.strerror}")
+                self.reporter.error(f'cannot set encdata on directory "{escape(e.path)}": '
+                                    f"{exc.strerror}")
             except OSError as exc:
-                rx.os_fail(idx, "setting attributes of", exc)
+                self._os_fail(e, "setting attributes of", exc)
             finally:
                 os.close(fd)
 
@@ -259,7 +267,7 @@ class _Fence:
             self.dev = dev
         return dev == self.dev
 
-    def mount_point(self, st, path: bytes, reporter) -> bool:
+    def mount_point(self, st, path: bytes, reporter: Reporter) -> bool:
         if not self.level or st.st_dev == self.dev:
             return False
         if self.level == 1:

@@ -3,7 +3,8 @@
 Up-to-date files get their attributes fixed in place; changed files get a
 request (with the signature of the old copy as the delta basis); directories,
 symlinks and special files are made here directly. Runs in the receiver's
-reading thread.
+reading thread. What only the final pass can do (hard links, deletions, directory
+attributes) it hands on as Decisions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import stat
 
 from fscsync.engine import chmod, delta, filters, itemize
 from fscsync.engine.flist import IMPLIED, Batch, Entry
+from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
+from fscsync.engine.stats import tally
 from fscsync.errors import escape
 from fscsync.fs import cipher, meta
 from fscsync.fs.destfs import (
@@ -33,8 +36,11 @@ from fscsync.wire import protocol
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.engine.receiver import Receiver
-    from fscsync.fs.inplace import Update
+    from collections.abc import Callable
+
+    from fscsync.fs.meta import IdMapper
+    from fscsync.fs.probe import DestAbilities
+    from fscsync.options import Options
 
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
@@ -46,34 +52,6 @@ _LOOK = object()
 """process()'s "no one has looked at the destination entry yet"."""
 
 
-class Pending:
-    """A requested file, shared with the writer until it is renamed into place."""
-
-    __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
-                 "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update", "basis_size", "replaced_mode")
-
-    def __init__(self, idx: int, basis_layout: int, has_basis: bool):
-        self.idx = idx
-        self.basis_layout = basis_layout  # cipher.PLAIN, STORED or VIRTUAL
-        self.has_basis = has_basis
-        self.chunk = 0
-        self.retried = False
-        self.fd: int | None = None
-        self.tmpdir = -1
-        self.tmpname = b""
-        self.basis_fd: int | None = None
-        self.basis_reader: BlockReader | None = None
-        self.hasher = None
-        self.hash_pos = 0
-        self.sequential = True
-        self.data_end = 0
-        self.differ: int | None = None  # bytes in chunks the sender found different
-        self.update: Update | None = None  # set when the file is updated in place
-        self.basis_size = 0  # what the request told the sender it may copy from
-        self.replaced_mode: int | None = None  # the file it replaces: its mode stays
-
-
 class Generator:
     """Decides, entry by entry as the file list arrives, what the destination needs,
     and asks the sender for it (requests are pipelined, never awaited).
@@ -83,13 +61,24 @@ class Generator:
     waiting) and traded the GIL with the reader on every system call.
     """
 
-    def __init__(self, rx: Receiver, tree: DestTree | None):
-        self.rx = rx
-        self.opts = rx.opts
+    def __init__(self, state: RxState, opts: Options, ids: IdMapper, tree: DestTree | None,
+                 send: Callable[[int, bytes], None], abilities: Callable[[], DestAbilities],
+                 item_dir: str = ">", root_created: bool = False):
+        """`send` puts a frame on the way to the sender; `abilities` probes what the
+        destination can store (asked only before an encrypted entry is written);
+        `item_dir` is the itemize letter of a transfer (> or <); `root_created`: this
+        run made the destination directory."""
+        self.state = state
+        self.opts = opts
+        self.ids = ids
         self.tree = tree
+        self.send = send
+        self.abilities = abilities
+        self.item_dir = item_dir
+        self.root_created = root_created
         self.children: dict[bytes, set[bytes]] = {}
         self.existing: dict[bytes, list[bytes]] = {}
-        self.delete_rules = filters.delete_filter(self.opts, rx.dest, self.existing)
+        self.delete_rules = filters.delete_filter(opts, tree, self.existing)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
@@ -100,12 +89,11 @@ class Generator:
         self._enc_dir = False
         self.finder = cipher.EncdataFinder(self.opts.encdata_xattr)
         o = self.opts
-        self._quick = tree is not None and rx.single_name is None and not (
+        self._quick = tree is not None and state.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
             or o.acls or o.ignore_times or o.chmod or o.executability)
         self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
-        rx.generator = self
 
     def batch(self, base: int, batch: Batch) -> None:
         """Handle one file-list batch whose first entry has index `base`, putting each
@@ -117,8 +105,8 @@ class Generator:
         doubt, goes through process(), which would do nothing more for such a file: no
         request, no itemize line, no attribute change."""
         tree = self.tree
-        rx = self.rx
-        all_entries = rx.entries
+        state = self.state
+        all_entries = state.entries
         if not self._quick:
             for idx, e in enumerate(batch.entries(), base):
                 all_entries[idx] = e
@@ -127,11 +115,11 @@ class Generator:
         opts = self.opts
         perms, owner, group = opts.perms, opts.owner and meta.IS_ROOT, opts.group
         # A batch holds few owners: map each once (the names they map by came first).
-        local_uid = {u: rx.ids.uid(u) for u in set(batch.uids)} if owner else {}
-        local_gid = {g: rx.ids.gid(g) for g in set(batch.gids)} if group else {}
+        local_uid = {u: self.ids.uid(u) for u in set(batch.uids)} if owner else {}
+        local_gid = {g: self.ids.gid(g) for g in set(batch.gids)} if group else {}
         children = self.children if opts.delete else None
-        keep = opts.hard_links  # else finished entries are dropped (Receiver.done_with)
-        status = rx.status
+        keep = state.keep_entries  # else finished entries are dropped (RxState.done_with)
+        status, ok = state.status, Status.OK
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
         done = total = 0
         for idx, path, mode, size, mtime_ns, uid, gid, flags in zip(
@@ -162,43 +150,56 @@ class Generator:
                                 children.setdefault(head, set()).add(name)
                             if self.incoming and head in self.incoming:
                                 self.incoming[head].add(name)
-                            status[idx] = 1
+                            status[idx] = ok
                             if keep:
                                 all_entries[idx] = batch.entry(idx - base)
                             continue
             e = all_entries[idx] = batch.entry(idx - base)
             self.process(tree, idx, e, st)
         if done:
-            files = rx.stats.files
-            kind = itemize.kind_name(_S_IFREG)
-            files[kind] = files.get(kind, 0) + done
-            rx.stats.total_size += total
+            tally(state.stats.files, itemize.kind_name(_S_IFREG), done)
+            state.stats.total_size += total
 
     def finish(self) -> None:
         """The file list is complete: tell the sender no more requests will come."""
         self.sent_nomore = True
-        self.rx.chan.send(protocol.NOMORE)
+        self.send(protocol.NOMORE)
+
+    def decisions(self) -> Decisions:
+        """What the final pass is to do, once every requested file is in: by value, with
+        each hard link's leader found in place or not, and only the directories that
+        are still fine."""
+        state = self.state
+        entries, status = state.entries, state.status
+        out = Decisions()
+        out.dirs = [(entries[idx], new) for idx, new in self.dirs if status[idx] == Status.OK]
+        out.links = [(entries[idx], entries[entries[idx].link],
+                      status[entries[idx].link] == Status.OK) for idx in self.hardlinks]
+        out.existing, out.children = self.existing, self.children
+        out.litter, out.incoming = self.litter, self.incoming
+        out.rules = self.delete_rules
+        return out
 
     # ---- per entry --------------------------------------------------------------
 
     def process(self, tree: DestTree | None, idx: int, e: Entry, st=_LOOK) -> None:
         """Decide what entry `e` needs; `st` is the destination entry's lstat when the
         caller has made it (None: nothing there)."""
-        rx = self.rx
+        state = self.state
         opts = self.opts
         fmt = e.mode & _S_IFMT
         if self._chmod is not None:
             e.mode = chmod.apply(self._chmod, e.mode)
         self._count(fmt, e)
         if opts.list_only:
-            rx.reporter.info(itemize.listing(e, show_target=opts.links), 0)
-            rx.status[idx] = 1
+            state.reporter.info(itemize.listing(e, show_target=opts.links), 0)
+            state.status[idx] = Status.OK
             return
         if fmt not in (_S_IFREG, _S_IFDIR) and not self._kind_wanted(e):
-            rx.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
-                         "file")
+            state.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
+                            "file")
             return
-        if (opts.delete or self.incoming) and e.path != b"." and rx.single_name is None:
+        if (opts.delete or self.incoming) and e.path != b"." and state.single_name is None:
             head, _, name = e.path.rpartition(b"/")
             if opts.delete:
                 self.children.setdefault(head, set()).add(name)
@@ -210,27 +211,27 @@ class Generator:
             pfd, name, st = -1, b"", None
         else:
             try:
-                pfd, name = rx.locate(tree, e)
+                pfd, name = state.locate(tree, e)
             except OSError as exc:
                 if opts.existing and exc.errno == errno.ENOENT:
-                    rx.status[idx] = 1  # below a directory --existing did not create
+                    state.status[idx] = Status.OK  # below a directory --existing did not create
                     return
                 if opts.dry_run and exc.errno == errno.ENOENT:
                     pfd, name, st = -1, b"", None
                 else:
-                    rx.os_fail(idx, "open parent of", exc)
+                    state.os_fail(idx, "open parent of", exc)
                     return
             else:
                 if st is _LOOK:
                     if not name:
                         st = os.fstat(pfd)
-                    elif rx.single_name is None and e.path.rpartition(b"/")[0] in self.fresh:
+                    elif state.single_name is None and e.path.rpartition(b"/")[0] in self.fresh:
                         st = None
                     else:
                         st = lstat_at(pfd, name)
         try:
             if st is None and opts.existing:
-                rx.status[idx] = 1
+                state.status[idx] = Status.OK
             elif fmt == _S_IFREG:
                 self.regular(idx, e, pfd, name, st)
             elif fmt == _S_IFDIR:
@@ -240,19 +241,17 @@ class Generator:
             else:
                 self.special(idx, e, pfd, name, st)
         except meta.EncdataConflict as exc:
-            rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+            state.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
         except OSError as exc:
-            rx.os_fail(idx, "update of", exc)
-        if rx.status[idx]:
-            rx.done_with(idx)
+            state.os_fail(idx, "update of", exc)
+        if state.status[idx]:
+            state.done_with(idx)
 
     def _count(self, fmt: int, e: Entry) -> None:
         """--stats: one more entry of its kind, and its size for files and links."""
-        files = self.rx.stats.files
-        kind = itemize.kind_name(fmt)
-        files[kind] = files.get(kind, 0) + 1
+        tally(self.state.stats.files, itemize.kind_name(fmt))
         if fmt in (_S_IFREG, _S_IFLNK):
-            self.rx.stats.total_size += e.size
+            self.state.stats.total_size += e.size
 
     def _kind_wanted(self, e: Entry) -> bool:
         """The receiver enforces the run's options itself: a sender may not make it
@@ -269,47 +268,48 @@ class Generator:
         return False
 
     def _encryption_ok(self, idx: int, e: Entry) -> bool:
-        rx = self.rx
+        state = self.state
         try:
             enc = cipher.parse_encdata(e.enc)
         except cipher.EncdataError as exc:
-            rx.fail(idx, f'malformed encdata for "{escape(e.path)}" from the sender: {exc}')
+            state.fail(idx, f'malformed encdata for "{escape(e.path)}" from the sender: {exc}')
             return False
         if enc.ino_based_iv:
             if self.opts.refuse_ino_policies:
-                rx.fail(idx, f'"{escape(e.path)}" uses a policy with {enc.ino_policy_flag()} '
-                             f"(flags 0x{enc.flags:02x}): {_INO_IV_MEANS} (--refuse-ino-policies)")
+                state.fail(idx, f'"{escape(e.path)}" uses a policy with '
+                                f"{enc.ino_policy_flag()} (flags 0x{enc.flags:02x}): "
+                                f"{_INO_IV_MEANS} (--refuse-ino-policies)")
                 return False
             self._warn_once(enc, f"policy with key {enc.master_key_id.hex()} sets "
                                  f"{enc.ino_policy_flag()} (flags 0x{enc.flags:02x}): "
                                  f"{_INO_IV_MEANS}; the copy is only a backup of the ciphertext")
         if e.is_reg:
-            rx.stats.encrypted_files += 1
+            self.state.stats.encrypted_files += 1
         return True
 
     def _warn_once(self, enc: cipher.EncData, text: str) -> None:
         """One warning per policy, however many of its entries the run meets."""
         if enc.policy not in self._warned_policies:
             self._warned_policies.add(enc.policy)
-            self.rx.reporter.warning(text)
+            self.state.reporter.warning(text)
 
     def _writable_encrypted(self, idx: int, e: Entry) -> bool:
         """Can the destination take entry `e`'s encdata? Asked only just before an
         encrypted entry is written, so a run that writes none probes nothing."""
         if e.enc is None or self.opts.dry_run:
             return True
-        rx = self.rx
-        ab = rx.abilities()
+        state = self.state
+        ab = self.abilities()
         if not ab.encdata:
-            rx.fail(idx, f'cannot store "{escape(e.path)}" encrypted: {ab.encdata_why}')
+            state.fail(idx, f'cannot store "{escape(e.path)}" encrypted: {ab.encdata_why}')
             return False
         enc = cipher.parse_encdata(e.enc)  # _encryption_ok has parsed it already
         if enc.is_v2:
             return True
         if ab.encdata_virtual and not e.enc_alt:
-            rx.fail(idx, f'cannot restore "{escape(e.path)}" key-less: its fscrypt context '
-                         f"is v{enc.enc_ctx[0]} ({len(enc.enc_ctx)} bytes), and security.encdata "
-                         f"installs only {cipher.CTX_V2_LEN}-byte v2 contexts")
+            state.fail(idx, f'cannot restore "{escape(e.path)}" key-less: its fscrypt '
+                            f"context is v{enc.enc_ctx[0]} ({len(enc.enc_ctx)} bytes), and "
+                            f"security.encdata installs only {cipher.CTX_V2_LEN}-byte v2 contexts")
             return False
         self._warn_once(enc, f"policy with key descriptor {enc.master_key_id.hex()} is "
                              "fscrypt v1: its entries are stored as they are on this plain "
@@ -318,15 +318,14 @@ class Generator:
 
     def _item(self, update: str, e: Entry, changes: str = "", new: bool = False,
               suffix: str = "") -> None:
-        rx = self.rx
+        state = self.state
         if self.opts.itemize or self.opts.log_items:
-            rx.reporter.itemize(itemize.line(update, e, changes, new, suffix), e.size)
+            state.reporter.itemize(itemize.line(update, e, changes, new, suffix), e.size)
         if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
-            rx.reporter.info(itemize.display_name(e), 1)
+            state.reporter.info(itemize.display_name(e), 1)
 
     def _count_created(self, e: Entry) -> None:
-        k = itemize.kind_name(e.mode)
-        self.rx.stats.created[k] = self.rx.stats.created.get(k, 0) + 1
+        tally(self.state.stats.created, itemize.kind_name(e.mode))
 
     def _make_way(self, idx: int, e: Entry, pfd: int, name: bytes,
                   st: os.stat_result) -> bool:
@@ -340,8 +339,8 @@ class Generator:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 if not self.opts.delete:
-                    self.rx.fail(idx, f'cannot delete non-empty directory: "{escape(e.path)}"; '
-                                      "could not make way for it (use --delete)")
+                    self.state.fail(idx, f'cannot delete non-empty directory: "{escape(e.path)}"; '
+                                         "could not make way for it (use --delete)")
                     return False
                 self._remove_tree(pfd, name, e.path)
             return True
@@ -356,12 +355,11 @@ class Generator:
         def removed(rel: bytes, is_dir: bool) -> None:
             if rel == name:
                 return
-            k = "dir" if is_dir else "reg"
-            self.rx.stats.deleted[k] = self.rx.stats.deleted.get(k, 0) + 1
+            tally(self.state.stats.deleted, "dir" if is_dir else "reg")
             if self.opts.itemize or self.opts.log_items:
-                self.rx.reporter.itemize(itemize.deleting(prefix + rel, is_dir))
+                self.state.reporter.itemize(itemize.deleting(prefix + rel, is_dir))
             if not self.opts.itemize and self.opts.verbose:
-                self.rx.reporter.info(f"deleting {escape(prefix + rel)}", 1)
+                self.state.reporter.info(f"deleting {escape(prefix + rel)}", 1)
 
         if self.tree is not None:
             self.tree.forget(path)
@@ -370,14 +368,14 @@ class Generator:
     # ---- directories ------------------------------------------------------------
 
     def directory(self, tree, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
-        rx = self.rx
+        state = self.state
         opts = self.opts
         if e.rdev == IMPLIED:  # --no-implied-dirs: made if missing, else left alone
             if st is None:
                 if not opts.dry_run:
                     os.mkdir(name, 0o777, dir_fd=pfd)
-                self.fresh.add(rx.rel_dir(e))
-            rx.status[idx] = 1
+                self.fresh.add(rel_dir(e))
+            state.status[idx] = Status.OK
             return
         if st is not None and not stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
@@ -390,8 +388,8 @@ class Generator:
         have = self._dest_encdata(pfd, name, e) if e.enc is not None else None
         if have is not None and meta.ctx_of(have) != meta.ctx_of(e.enc):
             if not opts.delete:
-                rx.fail(idx, f'directory "{escape(e.path)}" was recreated with a new encryption '
-                             "context; use --delete to replace the old one")
+                state.fail(idx, f'directory "{escape(e.path)}" was recreated with a new encryption '
+                                "context; use --delete to replace the old one")
                 return
             if not self._writable_encrypted(idx, e):
                 return
@@ -401,13 +399,13 @@ class Generator:
             return
         if e.enc is not None and have is None and not self._writable_encrypted(idx, e):
             return
-        if e.path == b"." and rx.root_created:
+        if e.path == b"." and self.root_created:
             self._new_dir(idx, e, pfd, name, make=False)
             return
         self.dirs.append((idx, False))
-        rx.status[idx] = 1
+        state.status[idx] = Status.OK
         self._narrow_dir(e, pfd, name, st)
-        changes = self._attr_changes(e, st, Target(pfd, name))
+        changes = meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
         if changes:
             self._item(".", e, changes)
         if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
@@ -436,9 +434,9 @@ class Generator:
         self._item("c", e, new=True)
         if make and not self.opts.dry_run:
             os.mkdir(name, 0o700, dir_fd=pfd)
-        self.fresh.add(self.rx.rel_dir(e))
+        self.fresh.add(rel_dir(e))
         self.dirs.append((idx, True))
-        self.rx.status[idx] = 1
+        self.state.status[idx] = Status.OK
 
     def _may_hold_encdata(self, e: Entry, pfd: int, st) -> bool:
         """Can the regular destination file in the way of entry `e` be encrypted?
@@ -484,7 +482,7 @@ class Generator:
         run failed to remove: litter, or the committed journal of an update that
         failed half applied, whose file then carries the time of those writes and is
         sent again; only --size-only could miss that, and it lists."""
-        rel = self.rx.rel_dir(e)
+        rel = rel_dir(e)
         try:
             fd = tree.dirfd(rel)
             names = listdir(fd)
@@ -519,48 +517,17 @@ class Generator:
         try:
             applied = recover(fd, jname, drop_invalid=False)
         except OSError as exc:
-            self.rx.reporter.error(f'cannot recover "{escape(path)}": {exc.strerror} '
-                                   f"({exc.errno})")
+            self.state.reporter.error(f'cannot recover "{escape(path)}": {exc.strerror} '
+                                      f"({exc.errno})")
             return True
         if applied:
-            self.rx.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
+            self.state.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
         return applied is not None
-
-    def _attr_changes(self, e: Entry, st, t: Target | None) -> str:
-        """Letters of attributes that differ (for itemize on existing entries); `t` is
-        needed only when xattrs or ACLs are compared."""
-        opts = self.opts
-        ids = self.rx.ids
-        out = ""
-        if opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns, e.mtime_ns):
-            out += "t"
-        if (opts.perms or opts.executability) and not e.is_link:
-            want = meta.wanted_mode(opts, e.mode, st.st_mode, new=False)
-            if want is not None and want != stat.S_IMODE(st.st_mode):
-                out += "p"
-        if opts.owner and meta.IS_ROOT and ids.uid(e.uid) != st.st_uid:
-            out += "o"
-        if opts.group and ids.gid(e.gid) != st.st_gid:
-            out += "g"
-        if opts.xattrs or opts.acls:
-            try:
-                have = meta.read_xattrs(t.xattr_target())
-            except OSError:
-                have = []
-            wanted = meta.xattr_wanted(opts)
-            have_acl = [x for x in have if x[0] in meta.ACL_NAMES and opts.acls]
-            have_x = [x for x in have if x[0] not in meta.ACL_NAMES and wanted(x[0])]
-            want = e.xattrs or []
-            if opts.acls and have_acl != [x for x in want if x[0] in meta.ACL_NAMES]:
-                out += "a"
-            if opts.xattrs and have_x != [x for x in want if x[0] not in meta.ACL_NAMES]:
-                out += "x"
-        return out
 
     # ---- regular files --------------------------------------------------------------
 
     def regular(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
-        rx = self.rx
+        state = self.state
         opts = self.opts
         if e.link >= 0:
             self.hardlinks.append(idx)
@@ -570,38 +537,32 @@ class Generator:
                 return
             st = None
         if (st is not None and opts.ignore_existing) or self._left_alone(e, st):
-            rx.status[idx] = 1
+            state.status[idx] = Status.OK
             return
         dest_enc = None
         is_file = st is not None and st.st_mode & _S_IFMT == _S_IFREG
         if is_file and self._may_hold_encdata(e, pfd, st):
             dest_enc = self._dest_encdata(pfd, name, e)
         if is_file and self._same(e, pfd, name, st, dest_enc):
-            rx.status[idx] = 1
-            t = Target(pfd, name)
-            changes = self._attr_changes(e, st, t)
-            if changes:
-                self._item(".", e, changes)
-                if not opts.dry_run:
-                    meta.apply_attrs(opts, rx.ids, e, t, st, new=False)
+            self._existing_attrs(idx, e, Target(pfd, name), st)
             return
         if not self._writable_encrypted(idx, e):
             return
         new = st is None or not stat.S_ISREG(st.st_mode)
         if new:
             self._count_created(e)
-            self._item(rx.item_dir, e, new=True)
+            self._item(self.item_dir, e, new=True)
         else:
             changes = "s" if _cleartext_size(dest_enc, st.st_size) != _cleartext_size(
                 e.enc, e.size) else ""
             if opts.checksum:
                 changes = "c" + changes
-            changes += self._attr_changes(e, st, Target(pfd, name))
+            changes += meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
             if not opts.times:
                 changes = changes.replace("t", "")
-            self._item(rx.item_dir, e, changes)
+            self._item(self.item_dir, e, changes)
         if opts.dry_run:
-            rx.status[idx] = 1
+            state.status[idx] = Status.OK
             return
         self._request(idx, e, pfd, name, st, dest_enc, new)
 
@@ -626,15 +587,7 @@ class Generator:
             return self._dest_digest(pfd, name, layout) == e.checksum
         if opts.size_only:
             return True
-        return not opts.ignore_times and self.same_time(st.st_mtime_ns, e.mtime_ns)
-
-    def same_time(self, a_ns: int, b_ns: int) -> bool:
-        """rsync's same_time: exact with --modify-window 0, whole seconds when negative,
-        else within that many seconds."""
-        window = self.opts.modify_window
-        if not window:
-            return a_ns == b_ns
-        return abs(a_ns // 10**9 - b_ns // 10**9) <= max(window, 0)
+        return not opts.ignore_times and opts.same_time(st.st_mtime_ns, e.mtime_ns)
 
     def _left_alone(self, e: Entry, st) -> bool:
         """--max-size, --min-size and -u: files the run must not touch at all (rsync's
@@ -659,7 +612,7 @@ class Generator:
             os.close(fd)
 
     def _request(self, idx: int, e: Entry, pfd: int, name: bytes, st, dest_enc, new) -> None:
-        rx = self.rx
+        state = self.state
         opts = self.opts
         use_basis = not new and not opts.whole_file
         if use_basis and (e.enc is None) != (dest_enc is None):
@@ -695,18 +648,18 @@ class Generator:
         pending.basis_size = req.basis_size
         if not new:
             pending.replaced_mode = st.st_mode
-        rx.pending[idx] = pending
-        rx.requested += 1
-        rx.chan.send(protocol.REQ, req.encode())
+        state.pending[idx] = pending
+        state.requested += 1
+        self.send(protocol.REQ, req.encode())
 
     # ---- symlinks and special files ---------------------------------------------------
 
     def symlink(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
-        rx = self.rx
+        state = self.state
         if self.opts.safe_links and unsafe_link(e.target, e.path):
-            rx.reporter.info(f'ignoring unsafe symlink "{escape(e.path)}" -> '
-                             f'"{escape(e.target)}"', 1)
-            rx.status[idx] = 1
+            state.reporter.info(f'ignoring unsafe symlink "{escape(e.path)}" -> '
+                                f'"{escape(e.target)}"', 1)
+            state.status[idx] = Status.OK
             return
         if st is not None and stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
@@ -720,8 +673,8 @@ class Generator:
             if not self._writable_encrypted(idx, e):
                 return
             changes = "c"
-            if self.opts.keeps_time(e.mode) and not self.same_time(st.st_mtime_ns,
-                                                                   e.mtime_ns):
+            if self.opts.keeps_time(e.mode) and not self.opts.same_time(st.st_mtime_ns,
+                                                                        e.mtime_ns):
                 changes += "t"
             self._item("c", e, changes)
         else:
@@ -730,13 +683,13 @@ class Generator:
             self._count_created(e)
             self._item("c", e, new=True)
         if self.opts.dry_run:
-            rx.status[idx] = 1
+            state.status[idx] = Status.OK
             return
         self._place(idx, e, pfd, name, lambda tmp: os.symlink(e.target, tmp, dir_fd=pfd),
                     is_link=True)
 
     def special(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
-        rx = self.rx
+        state = self.state
         if st is not None and stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
                 return
@@ -749,31 +702,36 @@ class Generator:
         self._count_created(e)
         self._item("c", e, new=True)
         if self.opts.dry_run:
-            rx.status[idx] = 1
+            state.status[idx] = Status.OK
             return
         self._place(idx, e, pfd, name,
                     lambda tmp: os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd),
                     is_link=False)
 
     def _existing_attrs(self, idx: int, e: Entry, t: Target, st) -> None:
-        rx = self.rx
-        rx.status[idx] = 1
-        changes = self._attr_changes(e, st, t)
+        """An entry whose data is in place: its attributes brought in line, itemized as
+        rsync does it, with what apply_attrs found to change (a dry run: what differs)."""
+        self.state.status[idx] = Status.OK
+        diff = meta.differences(self.opts, self.ids, e, st, t)
+        if not diff:
+            return
+        if self.opts.dry_run:
+            changes = diff.letters()
+        else:
+            changes = meta.apply_attrs(self.opts, self.ids, e, t, st, new=False)
         if changes:
             self._item(".", e, changes)
-            if not self.opts.dry_run:
-                meta.apply_attrs(self.opts, rx.ids, e, t, st, new=False)
 
     def _place(self, idx: int, e: Entry, pfd: int, name: bytes, make, is_link: bool) -> None:
         """make(tmp) the entry under a temp name, its attributes on it (encdata last but
         times), then rename it in. The temp entry is made inside the try: a signal
         landing just after it was made still removes it."""
-        rx = self.rx
+        state = self.state
         tmp = temp_name(name)
         try:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
-            meta.apply_attrs(self.opts, rx.ids, e, t, t.hold(), new=True)
+            meta.apply_attrs(self.opts, self.ids, e, t, t.hold(), new=True)
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
             try:
@@ -781,7 +739,12 @@ class Generator:
             except OSError:
                 pass
             raise
-        rx.status[idx] = 1
+        state.status[idx] = Status.OK
+
+
+def rel_dir(e: Entry) -> bytes:
+    """The destination-relative directory path of a directory entry."""
+    return b"" if e.path == b"." else e.path
 
 
 def unsafe_link(target: bytes, path: bytes) -> bool:

@@ -1,5 +1,5 @@
 """The receiving side: reads the stream, feeds the generator, runs the writer,
-then the finalisation pass.
+then the finalisation pass (the stages share an RxState, never the receiver).
 
 One thread reads the channel and does all the work; its writes go through the
 channel's writing thread, so it never blocks on a full pipe while the sender
@@ -18,25 +18,23 @@ from collections import deque
 from fscsync import errors
 from fscsync.engine import idmap
 from fscsync.engine.finalize import Finalizer
-from fscsync.engine.flist import Batch, Entry, unpack_batch
+from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
 from fscsync.engine.report import Reporter
+from fscsync.engine.rxstate import RxState
 from fscsync.engine.stats import Stats
 from fscsync.engine.writer import Writer
 from fscsync.errors import FscsyncError, ProtocolError, escape
-from fscsync.fs.destfs import Confined, DestTree, check_paths
+from fscsync.fs.destfs import Confined, DestTree, check_paths, temp_dir_path
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
 from fscsync.wire import protocol
 from fscsync.wire.protocol import Channel
 
-OK = 1
-FAILED = 2
 MAX_ENTRIES = 50_000_000
 MAX_IN_FLIGHT = 256
 """Requested files not yet complete before the next file-list batch is decided."""
-_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 MAX_BACKLOG = 64 << 20
 """Bytes of file-list frames held while requests are in flight (about 6 million
 entries). Past it the oldest frames are decided at once: stopping to read would
@@ -59,24 +57,18 @@ class Receiver:
                             idmap.rules(opts.usermap, "--usermap", reporter.warning),
                             idmap.rules(opts.groupmap, "--groupmap", reporter.warning))
         self.stats = Stats()
-        self.entries: list[Entry | None] = []
-        self.status = bytearray()
+        self.state = RxState(reporter, self.stats, None, keep_entries=opts.hard_links)
         self.dir_paths: dict[bytes, tuple[bool, bytes] | None] = {b"": None}
         """Each directory listed so far, with the last child entry it got (its place in
         the directory's order)."""
         self.root_fd: int | None = None
-        self.single_name: bytes | None = None
         self.root_path = b""  # the destination directory's path, for -T DIR relative to it
         self._abilities: DestAbilities | None = None
         self.root_created = False
         self.root_seen = False
         self.io_error = False
-        self.requested = 0
-        self.completed = 0
         self.sender_stats: Stats | None = None
         self.sender_exit_code = 0
-        self.pending: dict = {}
-        self.generator: Generator | None = None
 
     # ---- setup -----------------------------------------------------------------
 
@@ -99,7 +91,7 @@ class Receiver:
             st = None  # ... unless --mkpath's mkdir is to fail on it, with rsync's 11
         if single_file and not trailing and (st is None or not stat.S_ISDIR(st.st_mode)):
             head, _, name = path.rpartition(b"/")
-            self.single_name = name
+            self.state.single_name = name  # the destination's name for a one-file list
             path = head or (b"/" if path.startswith(b"/") else b".")
             if st is None and self.opts.mkpath:
                 self._report_made(path, self._make_path(path))
@@ -176,13 +168,28 @@ class Receiver:
     def tree(self) -> DestTree | None:
         return DestTree(self.root_fd) if self.root_fd is not None else None
 
+    def open_temp_dir(self, tree: DestTree | None) -> int | None:
+        """-T DIR, from the destination directory; within --restrict-to's tree only."""
+        opts = self.opts
+        if not opts.temp_dir or tree is None or opts.dry_run:
+            return None
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        try:
+            if self.confined is not None:
+                return self.confined.open(temp_dir_path(self.root_path, opts.temp_dir), flags)
+            return os.open(opts.temp_dir, flags, dir_fd=tree.root_fd)
+        except OSError as exc:
+            raise FscsyncError(f'cannot use --temp-dir "{escape(opts.temp_dir)}": '
+                               f"{exc.strerror}", errors.FILE_IO) from None
+
     # ---- the stream -----------------------------------------------------------------
 
     def _add_entries(self, batch: Batch) -> None:
         """Check a batch's place in the list and make room for its entries, which the
         generator fills in as it decides them (or leaves None for files it settles)."""
         dir_paths = self.dir_paths
-        base = len(self.entries)
+        entries = self.state.entries
+        base = len(entries)
         paths = batch.paths
         check_paths(paths)
         for path, mode in zip(paths, batch.modes, strict=True):
@@ -211,9 +218,9 @@ class Receiver:
                 raise ProtocolError(f"hard link entry {e.path[:100]!r} in a run without -H")
             if e.link >= base + i or not e.is_reg:
                 raise ProtocolError("hard link to an entry that does not precede it")
-        self.entries += [None] * len(paths)
-        self.status.extend(bytes(len(paths)))
-        if len(self.entries) > MAX_ENTRIES:
+        entries += [None] * len(paths)
+        self.state.status.extend(bytes(len(paths)))
+        if len(entries) > MAX_ENTRIES:
             raise ProtocolError("file list too long")
 
     def run(self) -> Stats:
@@ -223,10 +230,13 @@ class Receiver:
             raise ProtocolError(f"expected the file list, got frame type {ftype}")
         single = bool(protocol.load_json(payload).get("single_file"))
         self.open_root(single)
+        state = self.state
         chan.start_async()
         tree = self.tree()
-        gen = Generator(self, tree)
-        writer = Writer(self)
+        gen = Generator(state, self.opts, self.ids, tree, chan.send, self.abilities,
+                        self.item_dir, self.root_created)
+        wtree = self.tree()
+        writer = Writer(state, self.opts, self.ids, wtree, chan.send, self.open_temp_dir(wtree))
         backlog: deque[bytes] = deque()
         held = 0
         announced = None
@@ -236,18 +246,18 @@ class Receiver:
                 # File-list batches wait, still compressed, while enough requests are
                 # in flight: a big initial copy would otherwise hold a request and an
                 # entry for every file at once.
-                while backlog and (len(self.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
+                while backlog and (len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
                     held -= len(backlog[0])
                     batch = unpack_batch(backlog.popleft())
-                    base = len(self.entries)
+                    base = len(state.entries)
                     self._add_entries(batch)
                     gen.batch(base, batch)
                 if flist_done and not backlog and not gen.sent_nomore:
-                    if announced != len(self.entries):
-                        raise ProtocolError(f"file list count mismatch: {len(self.entries)} "
+                    if announced != len(state.entries):
+                        raise ProtocolError(f"file list count mismatch: {len(state.entries)} "
                                             f"entries, {announced!r} announced")
                     gen.finish()
-                if gen_acked and not done_sent and self.completed == self.requested:
+                if gen_acked and not done_sent and state.completed == state.requested:
                     chan.send(protocol.DONE)
                     done_sent = True
                 chan.flush_before_wait()
@@ -295,7 +305,14 @@ class Receiver:
                 tree.close()
             chan.stop_async()
         writer.close()
-        Finalizer(self).run()
+        final = Finalizer(self.opts, self.ids, self.reporter, self.stats, self.io_error,
+                          state.single_name)
+        tree = self.tree()
+        try:
+            final.run(tree, gen.decisions())
+        finally:
+            if tree is not None:
+                tree.close()
         self.stats.io_error = self.io_error
         return self.stats
 
@@ -305,40 +322,3 @@ class Receiver:
         (ident,) = struct.unpack_from(">I", payload, 1)
         names = self.ids.user_names if payload[:1] == b"u" else self.ids.group_names
         names[ident] = payload[5:]
-
-    # ---- shared helpers for generator, writer and finaliser --------------------
-
-    def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
-        """(parent fd, name) of an entry at the destination; name b"" is the root."""
-        path = e.path
-        if self.single_name is None and path != b".":
-            head, _, name = path.rpartition(b"/")
-            return tree.dirfd(head), name
-        if self.single_name is not None:
-            return tree.root_fd, self.single_name
-        return tree.root_fd, b""
-
-    def rel_dir(self, e: Entry) -> bytes:
-        """The destination-relative directory path of a directory entry."""
-        return b"" if e.path == b"." else e.path
-
-    def done_with(self, idx: int) -> None:
-        """Drop an entry nothing later needs (directories wait for the final pass, and
-        with -H any file may lead a link): a big no-change run would otherwise hold
-        its whole file list."""
-        if not self.opts.hard_links:
-            e = self.entries[idx]
-            if e is not None and not stat.S_ISDIR(e.mode):
-                self.entries[idx] = None
-
-    def fail(self, idx: int, message: str, code: int = errors.PARTIAL) -> None:
-        self.status[idx] = FAILED
-        self.reporter.error(message, code)
-
-    def os_fail(self, idx: int, what: str, exc: OSError) -> None:
-        """A file failed: 23 at the end, as rsync's, except a full disk or quota, which
-        rsync reports as an error in file I/O (11)."""
-        e = self.entries[idx]
-        self.fail(idx, f'{what} "{escape(e.path)}" failed: {exc.strerror or exc} '
-                       f"({exc.errno if exc.errno is not None else errno.EIO})",
-                  errors.FILE_IO if exc.errno in _OUT_OF_SPACE else errors.PARTIAL)

@@ -67,6 +67,11 @@ class Stats(Record):
                 setattr(self, name, mine + theirs)
 
 
+def tally(counts: dict[str, int], kind: str, n: int = 1) -> None:
+    """One more (or `n` more) of a kind in a per-kind counter (files, created, deleted)."""
+    counts[kind] = counts.get(kind, 0) + n
+
+
 def _count(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_COUNT
 

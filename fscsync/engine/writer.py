@@ -13,16 +13,19 @@ import xxhash
 
 from fscsync import errors
 from fscsync.engine import delta
+from fscsync.engine.rxstate import Pending, RxState, Status
 from fscsync.errors import escape
 from fscsync.fs import cipher, inplace, meta
-from fscsync.fs.destfs import DestTree, proc_path, temp_dir_path, temp_name
+from fscsync.fs.destfs import DestTree, proc_path, temp_name
 from fscsync.fs.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
 from fscsync.wire import protocol
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
-    from fscsync.engine.generator import Pending
-    from fscsync.engine.receiver import Receiver
+    from collections.abc import Callable
+
+    from fscsync.fs.meta import IdMapper
+    from fscsync.options import Options
 
 _ZEROS = bytes(READ_SIZE)
 UNIT = 4096
@@ -31,27 +34,19 @@ FAULT_ENV = "FSCSYNC_FAULT_CORRUPT_LITERALS"
 
 
 class Writer:
-    def __init__(self, rx: Receiver):
-        self.rx = rx
-        self.opts = rx.opts
-        self.tree: DestTree | None = rx.tree()
-        self._corrupt = os.environ.get(FAULT_ENV) == "1"
-        self._temp_dir_fd: int | None = None
-        if self.opts.temp_dir and self.tree is not None and not self.opts.dry_run:
-            try:
-                self._temp_dir_fd = self._open_temp_dir()
-            except OSError as exc:
-                raise errors.FscsyncError(
-                    f'cannot use --temp-dir "{escape(self.opts.temp_dir)}": {exc.strerror}',
-                    errors.FILE_IO) from None
+    """Builds the files the generator requested (RxState.pending) from the sender's
+    frames; `send` puts a frame on the way to the sender (a retry, basis hashes)."""
 
-    def _open_temp_dir(self) -> int:
-        """-T DIR, from the destination directory; within --restrict-to's tree only."""
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-        if self.rx.confined is not None:
-            return self.rx.confined.open(temp_dir_path(self.rx.root_path, self.opts.temp_dir),
-                                         flags)
-        return os.open(self.opts.temp_dir, flags, dir_fd=self.tree.root_fd)
+    def __init__(self, state: RxState, opts: Options, ids: IdMapper, tree: DestTree | None,
+                 send: Callable[[int, bytes], None], temp_dir_fd: int | None = None):
+        """The writer owns (and closes) `tree` and `temp_dir_fd`, the open -T DIR."""
+        self.state = state
+        self.opts = opts
+        self.ids = ids
+        self.tree = tree
+        self.send = send
+        self._corrupt = os.environ.get(FAULT_ENV) == "1"
+        self._temp_dir_fd = temp_dir_fd
 
     def close(self) -> None:
         if self.tree is not None:
@@ -61,19 +56,19 @@ class Writer:
 
     def abort(self) -> None:
         """Drop every temp file still being built (the run is ending badly)."""
-        for p in list(self.rx.pending.values()):
+        for p in list(self.state.pending.values()):
             self._discard(p, keep_partial=self.opts.partial)
 
     def _pending(self, idx: int) -> Pending:
-        p = self.rx.pending.get(idx)
+        p = self.state.pending.get(idx)
         if p is None:
             raise errors.ProtocolError(f"data for entry {idx}, which was not requested")
         return p
 
     def _open_temp(self, p: Pending) -> None:
-        rx = self.rx
-        e = rx.entries[p.idx]
-        pfd, name = rx.locate(self.tree, e)
+        state = self.state
+        e = state.entries[p.idx]
+        pfd, name = state.locate(self.tree, e)
         if self.opts.inplace and e.enc is None and p.has_basis:
             p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             p.tmpdir, p.tmpname = pfd, b""
@@ -140,7 +135,7 @@ class Writer:
         except OSError as exc:
             self._discard(p)
             p.fd = -1
-            self.rx.os_fail(idx, "write of", exc)
+            self.state.os_fail(idx, "write of", exc)
 
     def _limit(self, p: Pending) -> int:
         """How far a correct sender's ops reach: the listed size (ciphertext padded to
@@ -149,7 +144,7 @@ class Writer:
         from the data already written (a file that grew since its listing is sent as it
         is now), never jump past it: an op at 2**40 must not make a terabyte temp file
         and hash its zeros."""
-        e = self.rx.entries[p.idx]
+        e = self.state.entries[p.idx]
         listed = cipher.padded_size(e.size) if e.enc is not None else e.size
         chunk = p.chunk or 1
         return max(listed, -(-p.basis_size // chunk) * chunk)
@@ -165,7 +160,7 @@ class Writer:
         """An OS error ends this file: its temp file goes, the error is reported, and the
         entry is done (the destination keeps its previous copy)."""
         self._discard(p)
-        self.rx.os_fail(idx, what, exc)
+        self.state.os_fail(idx, what, exc)
         self._complete(idx, ok=False, quiet=True)
 
     @staticmethod
@@ -203,15 +198,15 @@ class Writer:
 
     def end(self, payload: bytes) -> None:
         idx, status, size, digest = delta.decode_end(payload)
-        rx = self.rx
+        state = self.state
         p = self._pending(idx)
-        e = rx.entries[idx]
+        e = state.entries[idx]
         if p.fd == -1 or status != delta.END_OK:
             self._discard(p)
             if status == delta.END_VANISHED:
-                rx.reporter.note_code(errors.VANISHED)
+                state.reporter.note_code(errors.VANISHED)
             elif status != delta.END_OK:
-                rx.reporter.note_code(errors.PARTIAL)
+                state.reporter.note_code(errors.PARTIAL)
             self._complete(idx, ok=False, quiet=True)
             return
         if size >= 1 << 63 or size > max(e.size, p.data_end):
@@ -246,7 +241,7 @@ class Writer:
             raise errors.ProtocolError(f"whole-file frame for entry {idx}, which has data "
                                        "already or asked for a delta")
         try:
-            where = self.rx.locate(self.tree, self.rx.entries[idx])
+            where = self.state.locate(self.tree, self.state.entries[idx])
             self._create_temp(p, *where)
             if size:
                 data = self._fault(data)
@@ -262,19 +257,19 @@ class Writer:
         """The file is built: install it if its digest is the sender's, else ask again
         once. `st` is the temp file's stat (None for an in-place update); `where` is its
         (parent fd, name) when the caller located it and opened no directory since."""
-        rx = self.rx
-        e = rx.entries[idx]
+        state = self.state
+        e = state.entries[idx]
         if got != digest:
             self._discard(p)
             if not p.retried:
-                rx.reporter.warning(f'"{escape(e.path)}" failed verification -- '
-                                    "sending it again whole")
+                state.reporter.warning(f'"{escape(e.path)}" failed verification -- '
+                                       "sending it again whole")
                 fresh = type(p)(idx, p.basis_layout, False)
                 fresh.retried = True
-                rx.pending[idx] = fresh
-                rx.chan.send(protocol.REQ, delta.Request(idx, delta.WHOLE, retry=True).encode())
+                state.pending[idx] = fresh
+                self.send(protocol.REQ, delta.Request(idx, delta.WHOLE, retry=True).encode())
                 return
-            rx.fail(idx, f'ERROR: "{escape(e.path)}" failed verification -- update discarded')
+            state.fail(idx, f'ERROR: "{escape(e.path)}" failed verification -- update discarded')
             self._complete(idx, ok=False, quiet=True)
             return
         try:
@@ -283,15 +278,15 @@ class Writer:
                 st = os.fstat(p.fd)
             self._install(p, st, where)
         except meta.EncdataConflict as exc:
-            rx.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+            state.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
             self._complete(idx, ok=False, quiet=True)
             return
         except OSError as exc:
             self._give_up(p, idx, "finishing", exc)
             return
         if e.enc is not None:
-            rx.stats.encrypted_bytes += size
-        rx.reporter.progress(e.path, size, size, idx)
+            state.stats.encrypted_bytes += size
+        state.reporter.progress(e.path, size, size, idx)
         self._complete(idx, ok=True)
 
     def _digest_result(self, p: Pending, size: int) -> bytes:
@@ -305,24 +300,24 @@ class Writer:
             os.close(fd)
 
     def _final_name(self, p: Pending) -> bytes:
-        return self.rx.locate(self.tree, self.rx.entries[p.idx])[1]
+        return self.state.locate(self.tree, self.state.entries[p.idx])[1]
 
     def _install(self, p: Pending, st: os.stat_result,
                  where: tuple[int, bytes] | None = None) -> None:
         """Attributes onto the verified temp file (`st` is its stat), then rename."""
-        rx = self.rx
-        e = rx.entries[p.idx]
+        state = self.state
+        e = state.entries[p.idx]
         self._close_basis(p)
         t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
-        meta.apply_attrs(self.opts, rx.ids, e, t, st, new=bool(p.tmpname),
-                         replaced=p.replaced_mode if p.tmpname else None)
+        meta.apply_attrs(self.opts, self.ids, e, t, st, new=bool(p.tmpname),
+                         replaced=p.replaced_mode if p.tmpname else None, accurate_time=True)
         os.close(p.fd)
         p.fd = None
         if p.update is not None:
             p.update.finish()
             p.update = None
         elif p.tmpname:
-            pfd, name = where or rx.locate(self.tree, e)
+            pfd, name = where or state.locate(self.tree, e)
             try:
                 self._rename_in(p, pfd, name)
             except OSError as exc:
@@ -344,7 +339,7 @@ class Writer:
         """-T DIR on another filesystem, which rename cannot cross: the finished file is
         copied into a temp file beside the target, as rsync does, and gets its
         attributes there; the one in DIR goes."""
-        e = self.rx.entries[p.idx]
+        e = self.state.entries[p.idx]
         src = os.open(p.tmpname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=p.tmpdir)
         beside = temp_name(name)
         try:
@@ -354,7 +349,7 @@ class Writer:
                 size = os.fstat(src).st_size
                 copy_range(src, fd, 0, size)
                 os.ftruncate(fd, size)
-                meta.apply_attrs(self.opts, self.rx.ids, e, meta.Target(pfd, beside, fd=fd),
+                meta.apply_attrs(self.opts, self.ids, e, meta.Target(pfd, beside, fd=fd),
                                  os.fstat(fd), new=True)
             except BaseException:
                 os.unlink(beside, dir_fd=pfd)
@@ -382,8 +377,8 @@ class Writer:
             except OSError:
                 untouched = True  # the journal was never committed: it is only litter
             if not untouched:
-                self.rx.reporter.error(
-                    f'"{escape(self.rx.entries[p.idx].path)}" was left half updated in '
+                self.state.reporter.error(
+                    f'"{escape(self.state.entries[p.idx].path)}" was left half updated in '
                     "place; the next run into its directory completes it from "
                     f'"{escape(p.update.jname)}"')
             p.update = None
@@ -399,7 +394,7 @@ class Writer:
         if p.tmpname:  # with or without its fd: a signal may land just after the open
             try:
                 if keep:
-                    pfd, name = self.rx.locate(self.tree, self.rx.entries[p.idx])
+                    pfd, name = self.state.locate(self.tree, self.state.entries[p.idx])
                     os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
                 else:
                     os.unlink(p.tmpname, dir_fd=p.tmpdir)
@@ -407,24 +402,24 @@ class Writer:
                 pass
 
     def _complete(self, idx: int, ok: bool, quiet: bool = False) -> None:
-        rx = self.rx
-        rx.pending.pop(idx, None)
-        rx.completed += 1
+        state = self.state
+        state.pending.pop(idx, None)
+        state.completed += 1
         if ok:
-            rx.status[idx] = 1
+            state.status[idx] = Status.OK
         else:
-            rx.status[idx] = 2
+            state.status[idx] = Status.FAILED
             if not quiet:
-                rx.reporter.error(f'"{escape(rx.entries[idx].path)}" was not transferred')
-        rx.done_with(idx)
+                state.reporter.error(f'"{escape(state.entries[idx].path)}" was not transferred')
+        state.done_with(idx)
 
     def sigreq(self, payload: bytes) -> None:
         """Block hashes of the basis chunks the sender found different."""
         idx, chunks = delta.decode_sigreq(payload)
         p = self._pending(idx)
-        rx = self.rx
-        e = rx.entries[idx]
-        pfd, name = rx.locate(self.tree, e)
+        state = self.state
+        e = state.entries[idx]
+        pfd, name = state.locate(self.tree, e)
         block = self.opts.block_size
         try:
             fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
@@ -436,8 +431,8 @@ class Writer:
             chunk = p.chunk
             for ci in chunks:
                 data = reader.read_at(ci * chunk, chunk) if reader is not None else b""
-                rx.chan.send(protocol.SIGBLOCKS,
-                             delta.encode_sigblocks(idx, ci, delta.block_hashes(data, block)))
+                self.send(protocol.SIGBLOCKS,
+                          delta.encode_sigblocks(idx, ci, delta.block_hashes(data, block)))
         finally:
             if reader is not None:
                 reader.close()

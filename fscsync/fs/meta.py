@@ -222,6 +222,14 @@ class Target:
         """A pinned target's /proc link must be followed (to the inode it holds)."""
         return self._path_fd is not None
 
+    def stat(self) -> os.stat_result:
+        """The inode's stat now (of the pinned inode, for a target known by name)."""
+        if self.fd is not None:
+            return os.fstat(self.fd)
+        if not self.name:
+            return os.fstat(self.dirfd)
+        return os.stat(self._pinned())
+
     def chown(self, uid: int, gid: int) -> None:
         if self.fd is not None:
             os.fchown(self.fd, uid, gid)
@@ -269,62 +277,109 @@ def wanted_mode(opts: Options, mode: int, dest_mode: int, new: bool,
     return have
 
 
-def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
-                new: bool, replaced: int | None = None) -> str:
-    """Bring owner, mode, xattrs, encdata and mtime of t in line with entry e, in the
-    order the encrypted interface needs (encdata after everything but times).
-    Returns the itemize letters of what changed (o g p x a t). A target known by name
-    is pinned first, so no change can land on what a swapped-in symlink names."""
-    t.pin(st)
-    try:
-        return _apply_attrs(opts, ids, e, t, st, new, replaced)
-    finally:
-        t.unpin()
+class AttrDiff:
+    """What differs between an entry and the destination inode it goes to, decided in
+    one place (differences): the itemize letters of an existing entry and what
+    apply_attrs changes both come from it. uid and gid are -1 where they stay, mode
+    None; `xattr_lists` holds (wanted, have) per kind, ACLs first, for apply_attrs."""
+
+    __slots__ = ("uid", "gid", "mode", "acls", "xattrs", "time", "xattr_lists")
+
+    def __init__(self) -> None:
+        self.uid = self.gid = -1
+        self.mode: int | None = None
+        self.acls = self.xattrs = self.time = False
+        self.xattr_lists: tuple = ()
+
+    def __bool__(self) -> bool:
+        return (self.uid != -1 or self.gid != -1 or self.mode is not None or self.acls
+                or self.xattrs or self.time)
+
+    def letters(self) -> str:
+        """rsync's itemize letters of what differs (for an existing entry: a new one
+        shows +++++++++ instead)."""
+        return ("t" * self.time + "p" * (self.mode is not None) + "o" * (self.uid != -1)
+                + "g" * (self.gid != -1) + "a" * self.acls + "x" * self.xattrs)
 
 
-def _apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
-                 new: bool, replaced: int | None) -> str:
-    changed = ""
-    chowned = False
-    if opts.owner or opts.group:
-        uid = ids.uid(e.uid) if opts.owner and IS_ROOT else -1
-        gid = ids.gid(e.gid) if opts.group else -1
-        do_uid = uid != -1 and uid != st.st_uid
-        do_gid = gid != -1 and gid != st.st_gid
-        if do_uid or do_gid:
-            t.chown(uid if do_uid else -1, gid if do_gid else -1)
-            chowned = True
-            changed += "o" if do_uid else ""
-            changed += "g" if do_gid else ""
+def differences(opts: Options, ids: IdMapper, e, st: os.stat_result, t: Target,
+                new: bool = False, replaced: int | None = None, accurate_time: bool = False,
+                strict: bool = False) -> AttrDiff:
+    """What of owner, mode, xattrs, ACLs and mtime must change for t (whose stat is
+    `st`) to match entry e. Only the xattrs this run copies count, on both sides. The
+    time compares within --modify-window, as rsync's does for an entry it leaves in
+    place, unless `accurate_time` (data just written). Unreadable xattrs count as none,
+    unless `strict` (about to change them)."""
+    d = AttrDiff()
+    if opts.owner and IS_ROOT and ids.uid(e.uid) != st.st_uid:
+        d.uid = ids.uid(e.uid)
+    if opts.group and ids.gid(e.gid) != st.st_gid:
+        d.gid = ids.gid(e.gid)
     if not t.is_link:
         want = wanted_mode(opts, e.mode, st.st_mode, new, replaced)
-        if want is not None and (want != stat.S_IMODE(st.st_mode) or
-                                 (chowned and want & 0o6000)):
-            t.chmod(want)
-            if not new:
-                changed += "p"
+        if want is not None and want != stat.S_IMODE(st.st_mode):
+            d.mode = want
     if opts.xattrs or opts.acls:
-        target = t.xattr_target()
-        follow = t.xattr_follow()
-        have = [(n, v) for n, v in read_xattrs(target, follow)
-                if n not in (ENCDATA_XATTR, opts.encdata_xattr)]
-        want_x = e.xattrs or []
+        try:
+            have = read_xattrs(t.xattr_target(), t.xattr_follow())
+        except OSError:
+            if strict:
+                raise
+            have = []
         wanted = xattr_wanted(opts)
-        acl_have = [(n, v) for n, v in have if n in ACL_NAMES]
-        acl_want = [(n, v) for n, v in want_x if n in ACL_NAMES]
-        plain_have = [(n, v) for n, v in have if n not in ACL_NAMES]
-        plain_want = [(n, v) for n, v in want_x if n not in ACL_NAMES]
-        if opts.acls and set_xattrs(target, acl_want, acl_have, wanted, follow) and not new:
-            changed += "a"
-        if opts.xattrs and set_xattrs(target, plain_want, plain_have, wanted, follow) and not new:
-            changed += "x"
-    if e.enc is not None:
-        set_encdata(t, e.enc, encdata_target(opts, e))
-    if opts.keeps_time(e.mode) and (new or st.st_mtime_ns != e.mtime_ns):
-        t.utime(e.mtime_ns if new else st.st_atime_ns, e.mtime_ns)
-        if not new:
-            changed += "t"
-    return changed
+        d.xattr_lists = tuple(
+            ([x for x in e.xattrs or () if (x[0] in ACL_NAMES) == acl and wanted(x[0])],
+             [x for x in have if (x[0] in ACL_NAMES) == acl and wanted(x[0])])
+            for acl in (True, False))
+        (acl_want, acl_have), (x_want, x_have) = d.xattr_lists
+        d.acls = opts.acls and dict(acl_want) != dict(acl_have)
+        d.xattrs = opts.xattrs and dict(x_want) != dict(x_have)
+    if opts.keeps_time(e.mode):
+        if new:
+            d.time = True
+        elif accurate_time:
+            d.time = st.st_mtime_ns != e.mtime_ns
+        else:
+            d.time = not opts.same_time(st.st_mtime_ns, e.mtime_ns)
+    return d
+
+
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+
+
+def apply_attrs(opts: Options, ids: IdMapper, e, t: Target, st: os.stat_result,
+                new: bool, replaced: int | None = None, accurate_time: bool = False) -> str:
+    """Bring owner, mode, xattrs, encdata and mtime of t in line with entry e, as
+    differences() decides, in the order the encrypted interface needs (encdata after
+    everything but times). A target known by name is pinned first, so no change can
+    land on what a swapped-in symlink names.
+
+    Returns the itemize letters rsync shows for it: a chown clears the setuid and
+    setgid bits of anything but a directory, so after one on such an inode the rest
+    is decided again from what the kernel left (the owner then matches, the mode may
+    not), as rsync re-reads it."""
+    t.pin(st)
+    try:
+        d = differences(opts, ids, e, st, t, new, replaced, accurate_time, strict=True)
+        if d.uid != -1 or d.gid != -1:
+            t.chown(d.uid, d.gid)
+            if st.st_mode & _SET_ID and not stat.S_ISDIR(st.st_mode) and not t.is_link:
+                d = differences(opts, ids, e, t.stat(), t, new, replaced, accurate_time,
+                                strict=True)
+        if d.mode is not None:
+            t.chmod(d.mode)
+        if d.acls or d.xattrs:
+            target, follow, wanted = t.xattr_target(), t.xattr_follow(), xattr_wanted(opts)
+            for changed, (want, have) in zip((d.acls, d.xattrs), d.xattr_lists, strict=True):
+                if changed:
+                    set_xattrs(target, want, have, wanted, follow)
+        if e.enc is not None:
+            set_encdata(t, e.enc, encdata_target(opts, e))
+        if d.time:
+            t.utime(e.mtime_ns if new else st.st_atime_ns, e.mtime_ns)
+        return d.letters()
+    finally:
+        t.unpin()
 
 
 class EncdataConflict(OSError):

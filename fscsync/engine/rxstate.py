@@ -1,0 +1,163 @@
+"""What crosses between the receiving stages, as values.
+
+The receiver makes one RxState per run and hands it, with the other values each
+stage needs, to the generator (decides per entry, sends requests), the writer
+(builds the requested files) and the finaliser (hard links, deletions, directory
+attributes); no stage sees the receiver. The generator's hand-off to the writer is
+a Pending per requested file; its hand-off to the finaliser is a Decisions, which
+merge, so the copy passes of several partitions can be finalised once.
+"""
+
+from __future__ import annotations
+
+import errno
+from enum import IntEnum
+
+from fscsync import errors
+from fscsync.errors import escape
+
+TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
+if TYPE_CHECKING:
+    from fscsync.engine.filters import DeleteFilter
+    from fscsync.engine.flist import Entry
+    from fscsync.engine.report import Reporter
+    from fscsync.engine.stats import Stats
+    from fscsync.fs.destfs import DestTree
+    from fscsync.fs.fileio import BlockReader
+    from fscsync.fs.inplace import Update
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Status(IntEnum):
+    """An entry's state in RxState.status (a bytearray: one byte an entry)."""
+
+    UNDECIDED = 0
+    OK = 1  # in place at the destination (or settled: left alone, listed, dry run)
+    FAILED = 2
+
+
+def os_failure(what: str, path: bytes, exc: OSError) -> tuple[str, int]:
+    """The message and exit code of a file that failed on an OS error: 23 at the end,
+    as rsync's, except a full disk or quota, which rsync reports as an error in file
+    I/O (11)."""
+    return (f'{what} "{escape(path)}" failed: {exc.strerror or exc} '
+            f"({exc.errno if exc.errno is not None else errno.EIO})",
+            errors.FILE_IO if exc.errno in _OUT_OF_SPACE else errors.PARTIAL)
+
+
+def locate(tree: DestTree, e: Entry, single_name: bytes | None) -> tuple[int, bytes]:
+    """(parent fd, name) of an entry at the destination; name b"" is the root.
+    `single_name` is the destination's name for a one-file list (rsync's `cp a b`)."""
+    if single_name is not None:
+        return tree.root_fd, single_name
+    if e.path == b".":
+        return tree.root_fd, b""
+    head, _, name = e.path.rpartition(b"/")
+    return tree.dirfd(head), name
+
+
+class RxState:
+    """The file list as it arrives, each entry's status, the requests in flight and the
+    counters: what the generator and the writer both read and change."""
+
+    def __init__(self, reporter: Reporter, stats: Stats, single_name: bytes | None,
+                 keep_entries: bool):
+        self.reporter = reporter
+        self.stats = stats
+        self.single_name = single_name
+        self.keep_entries = keep_entries  # -H: any file may lead a later link
+        self.entries: list[Entry | None] = []
+        self.status = bytearray()
+        self.pending: dict[int, Pending] = {}
+        self.requested = 0
+        self.completed = 0
+
+    def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
+        return locate(tree, e, self.single_name)
+
+    def done_with(self, idx: int) -> None:
+        """Drop an entry nothing later needs (directories wait for the final pass, and
+        with -H any file may lead a link): a big no-change run would otherwise hold
+        its whole file list."""
+        if not self.keep_entries:
+            e = self.entries[idx]
+            if e is not None and not e.is_dir:
+                self.entries[idx] = None
+
+    def fail(self, idx: int, message: str, code: int = errors.PARTIAL) -> None:
+        self.status[idx] = Status.FAILED
+        self.reporter.error(message, code)
+
+    def os_fail(self, idx: int, what: str, exc: OSError) -> None:
+        self.fail(idx, *os_failure(what, self.entries[idx].path, exc))
+
+
+class Pending:
+    """A requested file: made by the generator, built by the writer until it is renamed
+    into place."""
+
+    __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
+                 "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
+                 "data_end", "differ", "update", "basis_size", "replaced_mode")
+
+    def __init__(self, idx: int, basis_layout: int, has_basis: bool):
+        self.idx = idx
+        self.basis_layout = basis_layout  # cipher.PLAIN, STORED or VIRTUAL
+        self.has_basis = has_basis
+        self.chunk = 0
+        self.retried = False
+        self.fd: int | None = None
+        self.tmpdir = -1
+        self.tmpname = b""
+        self.basis_fd: int | None = None
+        self.basis_reader: BlockReader | None = None
+        self.hasher = None
+        self.hash_pos = 0
+        self.sequential = True
+        self.data_end = 0
+        self.differ: int | None = None  # bytes in chunks the sender found different
+        self.update: Update | None = None  # set when the file is updated in place
+        self.basis_size = 0  # what the request told the sender it may copy from
+        self.replaced_mode: int | None = None  # the file it replaces: its mode stays
+
+
+class Decisions:
+    """What the generator left for the final pass, by value (entries, not indices into
+    one run's list), so the decisions of several partitions merge into one.
+
+    dirs: directories whose attributes the final pass sets, parents before children,
+    each with whether this run made it. links: (entry, its leader, whether the leader
+    is in place). existing: the names listed in each destination directory --delete
+    looks at; children: the names the file list brings to each. litter: names like
+    a killed run's temp files, per directory; incoming: the names the list brings
+    to those directories (a real file that only looks like litter stays). rules: the
+    filter rules deletions obey, with the destination merge files read so far."""
+
+    __slots__ = ("dirs", "links", "existing", "children", "litter", "incoming", "rules")
+
+    def __init__(self) -> None:
+        self.dirs: list[tuple[Entry, bool]] = []
+        self.links: list[tuple[Entry, Entry, bool]] = []
+        self.existing: dict[bytes, list[bytes]] = {}
+        self.children: dict[bytes, set[bytes]] = {}
+        self.litter: dict[bytes, list[bytes]] = {}
+        self.incoming: dict[bytes, set[bytes]] = {}
+        self.rules: DeleteFilter | None = None  # the receiver's filter rules for --delete
+
+    def merge(self, other: Decisions) -> Decisions:
+        """Fold another partition's decisions in (and return self). A directory's names
+        may come from several partitions, so the sets are joined; directories are put
+        back in tree order, which the final pass walks backwards (children first)."""
+        self.dirs += other.dirs
+        self.dirs.sort(key=lambda d: () if d[0].path == b"." else tuple(d[0].path.split(b"/")))
+        self.links += other.links
+        self.rules = self.rules or other.rules
+        for mine, theirs in ((self.existing, other.existing), (self.litter, other.litter)):
+            for rel, names in theirs.items():
+                mine[rel] = list(dict.fromkeys(mine.get(rel, []) + names))
+        for mine, theirs in ((self.children, other.children),
+                             (self.incoming, other.incoming)):
+            for rel, names in theirs.items():
+                mine.setdefault(rel, set()).update(names)
+        return self
