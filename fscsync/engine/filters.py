@@ -567,7 +567,8 @@ class Filters:
             m = slots[i]
             i += 1
             target = _Target()
-            data = read(self.names.get(m, m.pattern))
+            name = self.names.get(m, m.pattern)
+            data = None if b".." in name.split(b"/") else read(name)  # only below the dir
             if data is not None:
                 p.parse_file(target, data, m.flags, ANCHORED2ABS)
             keep = not (m.flags & NO_INHERIT or target.cleared)

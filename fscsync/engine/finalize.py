@@ -271,5 +271,5 @@ class _Fence:
         if not self.level or st.st_dev == self.dev:
             return False
         if self.level == 1:
-            reporter.info(f"cannot delete mount point: {escape(path)}", 1)
+            reporter.info(f"cannot delete mount point: {escape(path)}", 2)
         return True
