@@ -303,3 +303,23 @@ def test_encrypted_layout_selection_like_rsync(tmp_path: Path, case: str) -> Non
     assert sorted(marked) == sorted(items(runs.rsync))  # fscsync marks encrypted entries
     selected = {os.fsencode(p.relative_to(t.f / "dst")) for p in (t.f / "dst").rglob("*")}
     assert (b"vault/" + ENC_B in selected) == (case in ("files-from", "x"))
+
+
+def test_remote_files_from_in_a_push_is_read_by_the_receiver(sshd: Sshd,
+                                                             tmp_path: Path) -> None:
+    """--files-from=HOST:FILE with a remote DEST: the receiving host reads the list and
+    hands it to the sending client, as rsync's receiver does."""
+    src = tmp_path / "src"
+    make_tree(src)
+    lst = tmp_path / "remote-list"
+    lst.write_text("a/b/g\n../../etc/passwd\nx/z\n")
+    ref = run_rsync("-ai", f"--files-from={lst}", f"{src}", f"{tmp_path}/r/", env=ENV,
+                    check=23)  # ../../etc/passwd is src/etc/passwd, which is missing
+    push = over_ssh(sshd, "-ai", f"--files-from={sshd.host}:{lst}", src,
+                    at(sshd, tmp_path / "f", "/"), code=23)
+    assert "src/etc/passwd" in push.stderr.decode()
+    assert_same_tree(tmp_path / "r", tmp_path / "f", ignore_dir_mtime=True)
+    assert sorted(items(push)) == sorted(pushed(items(ref)))
+    missing = over_ssh(sshd, "-a", f"--files-from={sshd.host}:{tmp_path}/nope", src,
+                       at(sshd, tmp_path / "g", "/"), code=1)
+    assert "failed to open files-from file" in missing.stderr.decode()

@@ -126,9 +126,9 @@ def _main(args: list[str]) -> int:
     p = plan(endpoints[:-1], endpoints[-1])
     if ns.files_from_arg is not None and len(p.sources) != 1:
         raise UsageError("--files-from takes one SRC (the names are relative to it) and a DEST")
-    if opts.files_from_remote is not None and (p.peer is None or p.client_sends):
-        raise UsageError("--files-from=HOST:FILE is read by a remote sender: it needs a "
-                         "remote SRC")
+    if opts.files_from_remote is not None and p.peer is None:
+        raise UsageError("--files-from=HOST:FILE is read on the remote host: it needs a "
+                         "remote SRC or DEST")
     progress_mode = "progress2" if "progress2" in ",".join(ns.info) else (
         "progress" if opts.progress else None)
     log = None
