@@ -287,3 +287,27 @@ def test_parser_reads_lines_as_rsync() -> None:
     Parser("sender", from0=True).parse_file(target, b"- a b\n\0- c", 0, 0)
     assert [r.pattern for r in target.rules] == [b"a b\n", b"c"]
     assert isinstance(target.rules[0], Rule)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rules=st.lists(st.tuples(st.sampled_from(["-", "+", "-!", "-p", "+/"]),
+                                st.sampled_from(["a", "*.c", "b*", "[ab]", "x/", "*", "?",
+                                                 "lib", "c\\*"])), max_size=8),
+       path=st.sampled_from(["a", "lib/a", "x", "b.c", "lib/sub/bb", "c*", "q"]),
+       is_dir=st.booleans())
+def test_grouped_rules_answer_as_each_rule_would(rules: list[tuple[str, str]], path: str,
+                                                 is_dir: bool) -> None:
+    """compact() merges runs of name-only rules into one regex: the first match must
+    still decide, exactly as checking the rules one by one."""
+    texts = [os.fsencode(f"{kind} {pat}") for kind, pat in rules]
+    f = Filters(texts, "sender")
+    p, target = Parser("sender"), _Target()
+    for t in texts:
+        p.parse(target, t)
+    want = 0
+    for r in target.rules:
+        if r.matches(os.fsencode(path), is_dir, b"tmp"):
+            want = 1 if r.flags & filters.INCLUDE else -1
+            break
+    assert f.excluded(f.top(b"/tmp"), os.fsencode(path), is_dir) == (want < 0)
+    assert len(f.rules) <= len(target.rules)

@@ -12,6 +12,7 @@ the rules its own merge files add, so a walk keeps one state per open directory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 
 from fscsync.engine.wildmatch import compile_match
@@ -102,6 +103,20 @@ class Rule:
                 return negate
         return (self.regex.fullmatch(s) is not None) != negate
 
+    @classmethod
+    def group(cls, rules: list[Rule]) -> Rule:
+        """One rule for a run of name-only rules with the same flags: the first of them
+        that matches decides the same way as any other would, so one regex (an
+        alternation) answers for all, instead of a Python call for each."""
+        g = object.__new__(cls)
+        g.flags = rules[0].flags
+        g.pattern = b"|".join(r.pattern for r in rules)
+        g.slash_cnt = g.trailing = 0
+        g.base_only = True
+        g.regex = re.compile(b"|".join(b"(?:" + r.regex.pattern + b")" for r in rules),
+                             re.DOTALL)
+        return g
+
     def matches_xattr(self, name: bytes) -> bool:
         if not name or not self.flags & XATTR:
             return False
@@ -127,6 +142,27 @@ class Rule:
             if f & flag:
                 out += mod
         return out + b" " + self.pattern + (b"/" if f & DIRECTORY else b"")
+
+
+def compact(rules: list[Rule]) -> list[Rule]:
+    """The rules with each run of groupable neighbours (name-only, same flags, not
+    negated, not merges) made one Rule.group: same answers, far fewer calls."""
+    out: list[Rule] = []
+    run: list[Rule] = []
+    key = None
+    for r in rules + [None]:
+        k = None
+        if r is not None and r.base_only and not r.flags & (NEGATE | MERGE | CVS):
+            k = r.flags & ~WILD
+        if run and (k is None or k != key):
+            out.append(run[0] if len(run) == 1 else Rule.group(run))
+            run = []
+        if k is not None:
+            run.append(r)
+            key = k
+        elif r is not None:
+            out.append(r)
+    return out
 
 
 def _trailing(s: bytes, count: int) -> bytes | None:
@@ -508,7 +544,7 @@ class Filters:
         if cvs_exclude:
             p.parse(target, b":C")
             p.parse(target, b"-C")
-        self.rules = [r for r in target.rules if self._mine(r)]
+        self.rules = compact([r for r in target.rules if self._mine(r)])
         self.slots = [r for r in self.rules if r.flags & PERDIR]
         cvs = [r for r in self.rules if r.flags & CVS and not r.flags & MERGE]
         self.cvs = self._cvs_rules(cvs[0].flags) if cvs else []
@@ -539,7 +575,7 @@ class Filters:
         env = os.environb.get(b"CVSIGNORE")
         if env:
             p.parse(target, env, template)
-        return [r for r in target.rules if not p.other_side(r.flags)]
+        return compact([r for r in target.rules if not p.other_side(r.flags)])
 
     # ---- walking ------------------------------------------------------------------
 
@@ -572,7 +608,8 @@ class Filters:
             if data is not None:
                 p.parse_file(target, data, m.flags, ANCHORED2ABS)
             keep = not (m.flags & NO_INHERIT or target.cleared)
-            lists[m] = target.rules + inherited_of.get(m, []) if keep else target.rules
+            local = compact(target.rules)
+            lists[m] = local + inherited_of.get(m, []) if keep else local
         return DirState(lists, slots, state.abs)
 
     def _parent_scan(self, state: DirState, abs_dir: bytes) -> dict[Rule, list[Rule]]:
