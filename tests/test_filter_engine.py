@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import run_rsync
 from support.trees import write
@@ -295,6 +295,8 @@ def test_parser_reads_lines_as_rsync() -> None:
                                                  "lib", "c\\*"])), max_size=8),
        path=st.sampled_from(["a", "lib/a", "x", "b.c", "lib/sub/bb", "c*", "q"]),
        is_dir=st.booleans())
+@example(rules=[("+", "a"), ("-", "b*")], path="b.c", is_dir=False)
+@example(rules=[("-", "x/"), ("-", "a")], path="x", is_dir=False)
 def test_grouped_rules_answer_as_each_rule_would(rules: list[tuple[str, str]], path: str,
                                                  is_dir: bool) -> None:
     """compact() merges runs of name-only rules into one regex: the first match must
