@@ -212,3 +212,24 @@ def test_destination_rules_are_read_when_rsync_reads_them(tmp_path: Path, when: 
     t.assert_same(made=["dst", "dst/lib"])
     assert_same_items(runs)
     assert (t.f / "dst/lib/a.bak").exists() == (when != "--delete-after")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
+def test_xattr_rules_like_rsync(tmp_path: Path) -> None:
+    """'x' rules select xattr names (with -X), never paths."""
+    import xattr
+
+    t = Twin(tmp_path)
+    make_filter_tree(t.src)
+    for rel in ("a.c", "lib/x.c"):
+        xattr.set(t.src / rel, b"user.secret.key", b"s")
+        xattr.set(t.src / rel, b"user.keep", b"k")
+        xattr.set(t.src / rel, b"trusted.note", b"n")
+    settle(t.src)
+    runs = t.run("-aiX", "--filter=-x user.secret*", "--filter=-x! user.*", f"{t.src}/",
+                 "@D/dst")
+    t.assert_same()
+    assert_same_items(runs, ordered=True)
+    assert xattr.get(t.f / "dst/a.c", b"user.keep") == b"k"
+    assert b"user.secret.key" not in xattr.list(t.f / "dst/a.c")
+    assert b"trusted.note" not in xattr.list(t.f / "dst/a.c")
