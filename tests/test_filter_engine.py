@@ -313,3 +313,13 @@ def test_grouped_rules_answer_as_each_rule_would(rules: list[tuple[str, str]], p
             break
     assert f.excluded(f.top(b"/tmp"), os.fsencode(path), is_dir) == (want < 0)
     assert len(f.rules) <= len(target.rules)
+
+
+def test_a_merge_rule_from_the_peer_is_refused(tmp_path: Path) -> None:
+    """The client reads merge files and sends their rules: a '.' rule arriving from the
+    other side would make this host read a file the peer names."""
+    secret = tmp_path / "secret"
+    secret.write_text("- x\n")
+    with pytest.raises(BadFilterRule):
+        Filters([b". " + os.fsencode(secret)], "sender")
+    assert Filters([b": .rules"], "receiver").slots

@@ -203,6 +203,8 @@ class Parser:
         self.depth = 0
         self.cvs_wanted = False
         self.where: str | None = None  # the file whose contents are being parsed
+        self.merges = True  # False: rule texts from the peer, whose merge files the
+        # client has read already (a '.' rule there would read a file of this host)
 
     def _show(self, text: bytes) -> str:
         """A rule's text for an error, unless it came from a file: a peer may choose
@@ -360,6 +362,9 @@ class Parser:
                     self.add(target, pattern.rpartition(b"/")[2], 0, 0)
                     flags &= ~EXCLUDE_SELF
                 if not flags & PERDIR:
+                    if not self.merges:
+                        raise BadFilterRule("a merge rule from the other side (the client "
+                                            "reads merge files itself)")
                     self.merge_file(target, pattern, flags, xflags | FATAL)
                     continue
             self.add(target, pattern, flags, xflags)
@@ -538,6 +543,7 @@ class Filters:
         self._setup_done = False
         slots: list[Rule] = []
         p = Parser(side, delete_excluded, from0, activate=_dedupe(slots))
+        p.merges = False
         target = _Target()
         for text in texts:
             p.parse(target, text)
