@@ -323,3 +323,17 @@ def test_remote_files_from_in_a_push_is_read_by_the_receiver(sshd: Sshd,
     missing = over_ssh(sshd, "-a", f"--files-from={sshd.host}:{tmp_path}/nope", src,
                        at(sshd, tmp_path / "g", "/"), code=1)
     assert "failed to open files-from file" in missing.stderr.decode()
+
+
+@needs_root
+@pytest.mark.parametrize("flags", [["-x"], ["-xx"]], ids=["x", "xx"])
+def test_one_file_system_over_ssh(sshd: Sshd, tmp_path: Path, mounted: Path,
+                                  flags: list[str]) -> None:
+    ref = run_rsync("-ai", *flags, f"{mounted}/", f"{tmp_path}/rsync/", env=ENV, check=0)
+    push = over_ssh(sshd, "-ai", *flags, f"{mounted}/", at(sshd, tmp_path / "pushed", "/"))
+    pull = over_ssh(sshd, "-ai", *flags, at(sshd, mounted, "/"), f"{tmp_path}/pulled/")
+    for name in ("pushed", "pulled"):
+        assert_same_tree(tmp_path / "rsync", tmp_path / name, ignore_dir_mtime=True)
+    assert sorted(items(pull)) == sorted(items(ref))
+    assert sorted(items(push)) == sorted(pushed(items(ref)))
+    assert not (tmp_path / "pulled/mnt/onmnt").exists()
