@@ -256,6 +256,7 @@ class _Encryptor:
 
         self._cipher = cipher
         self.escape = cipher.escape_name  # the name a locked view shows for a raw name
+        self.padded = cipher.padded_size  # the ciphertext bytes of a cleartext size
         self.rng = random.Random(f"enc/{seed}")
         self.key_id = self.rng.randbytes(16)
 
@@ -291,7 +292,7 @@ def build_encrypted(root: str, big: int, files: int, dirs: int, changed: int,
         for i in range(d * per_dir, min(files, (d + 1) * per_dir)):
             fraw = enc.raw_name()
             fpath = os.path.join(dpath, enc.escape(fraw))
-            padded = -(-sizes[i] // BLOCK) * BLOCK
+            padded = enc.padded(sizes[i])
             write_file(fpath, random_bytes(padded, f"s5/{i}"))
             enc.store(fpath, sizes[i], fraw)
             stored += padded

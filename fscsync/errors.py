@@ -1,4 +1,9 @@
-"""rsync's exit codes and the exceptions that carry them to the top."""
+"""rsync's exit codes, what each means, and one error class per condition.
+
+Every layer imports this module and nothing above it. A class is the line the user
+reads and the code the run ends with; raised, it ends the run (cli/main.py prints
+it, a server sends it as FATAL); given to Reporter.failed, it fails one file and the
+run goes on. Anything else that reaches the top is InternalError: a bug."""
 
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ def os_reason(exc: OSError) -> str:
 
 
 class FscsyncError(Exception):
-    """A fatal error: one line for the user and the exit code to end with.
+    """An error: one line for the user and the exit code it leads to.
 
     A subclass names one condition, as borg's errors do: its `template` is the line
     and its `code` the exit code, so raising code says what happened, never a number.

@@ -34,13 +34,11 @@ from support.e2e import (
     BIG_SIZE,
     KEY,
     MIB_SIZE,
-    UNIT,
     VAULT,
     World,
     build_original,
     item_lines,
     locked_twin,
-    padded,
     read,
     replicate,
     same_times,
@@ -56,9 +54,11 @@ from fscsync.errors import escape
 from fscsync.fs.cipher import (
     ENCDATA_XATTR,
     O_CIPHERTEXT,
+    UNIT,
     EncData,
     escape_name,
     format_encdata,
+    padded_size,
     parse_encdata,
     unescape_name,
 )
@@ -235,7 +235,7 @@ def test_changed_blocks_only_travel(world: World, source: Source) -> None:
     s = parse_stats(proc.stdout)
     assert s["transferred"] == 1, proc.stdout.decode(errors="replace")
     assert s["literal"] == 3 * UNIT
-    assert s["matched"] == padded(BIG_SIZE) - 3 * UNIT
+    assert s["matched"] == padded_size(BIG_SIZE) - 3 * UNIT
     assert [flags[:2] for flags, _ in item_lines(proc.stdout)] == [">f"]
     assert_round_trip(source, b, world)
 
@@ -258,7 +258,7 @@ def test_rewritten_file_is_sent_whole(world: World, source: Source) -> None:
     assert new.nonce != old.nonce and new.enc_name == old.enc_name
     proc = fscsync("-aH", "--no-whole-file", "--stats", slash(source.locked), slash(locked_b))
     s = parse_stats(proc.stdout)
-    assert (s["transferred"], s["matched"], s["literal"]) == (1, 0, padded(BIG_SIZE)), s
+    assert (s["transferred"], s["matched"], s["literal"]) == (1, 0, padded_size(BIG_SIZE)), s
     assert_round_trip(source, b, world)
 
 

@@ -28,19 +28,18 @@ from support.enctree import (
     FLAG_IV_INO_LBLK_32,
     FLAG_IV_INO_LBLK_64,
     FLAG_PAD_32,
-    UNIT,
     USER_ENCDATA,
     EncTree,
     build_standard,
     encdata_text,
     make_ctx,
-    padded,
     read_encdata,
 )
 from support.stats import parse_stats
 from support.treecmp import assert_same_tree, diff, show, snapshot
 
 from fscsync.errors import escape
+from fscsync.fs.cipher import UNIT, padded_size
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="encrypted trees store security.encdata, which needs root")
@@ -98,7 +97,7 @@ def test_local_copy_is_exact(tree: EncTree, tmp_path: Path) -> None:
         st = os.lstat(os.path.join(bytes(dst), rel))
         if stat.S_ISREG(st.st_mode):
             size = int(re.search(rb"size: (\d+)", text).group(1))
-            assert st.st_size == padded(size), "ciphertext stays padded to the unit"
+            assert st.st_size == padded_size(size), "ciphertext stays padded to the unit"
 
     # -i: encrypted entries marked, plain ones not
     lines = proc.stdout.decode(errors="replace").splitlines()
@@ -174,7 +173,7 @@ def test_incremental_sends_changed_blocks_only(tree: EncTree, tmp_path: Path) ->
     assert_same_tree(src, dst)                  # hard links are linked again
     assert s["transferred"] == 3
     assert s["literal"] == 5 * 4096
-    assert s["matched"] == padded(3145733) + padded(10000) + padded(9000) - 5 * 4096
+    assert s["matched"] == padded_size(3145733) + padded_size(10000) + padded_size(9000) - 5 * 4096
     assert s["sent"] + s["received"] < 5 * 4096 + 16384, s
 
 
@@ -183,12 +182,12 @@ def test_rewritten_file_is_sent_whole(tree: EncTree, tmp_path: Path) -> None:
     src, dst = Path(os.fsdecode(tree.root)), tmp_path / "dst"
     sync(src, dst, "-aHX")
     big = tree.paths["file-3145733"]
-    old_ctx = tree.encdata(big).enc_ctx
+    old = tree.encdata(big)
     tree.rewrite_anew(big)
-    assert tree.encdata(big).enc_ctx[24:] != old_ctx[24:]
+    assert tree.encdata(big).nonce != old.nonce
     _, s = sync(src, dst, "-aHX", "--no-whole-file")
     assert_same_tree(src, dst)
-    assert (s["transferred"], s["matched"], s["literal"]) == (1, 0, padded(3145733))
+    assert (s["transferred"], s["matched"], s["literal"]) == (1, 0, padded_size(3145733))
 
 
 def test_quick_check_uses_the_cleartext_size(tree: EncTree, tmp_path: Path) -> None:

@@ -73,8 +73,8 @@ CLASSES = [
     (NotFscsync(said="SSH-2.0"), "the other side is not fscsync (it said 'SSH-2.0')", 5),
     (WrongRole(role="client", want="server"),
      "the other side answered as 'client', not as an fscsync server", 5),
-    (VersionMismatch(ours=3, program="fscsync 9", theirs=9),
-     "protocol version mismatch: we speak 3, the other side (fscsync 9) speaks 9", 2),
+    (VersionMismatch(ours=4, program="fscsync 9", theirs=9),
+     "protocol version mismatch: we speak 4, the other side (fscsync 9) speaks 9", 2),
     (PeerClosed(), "connection closed by the other side", 12),
     (ClosedBeforeHandshake(), "connection closed before the handshake (is fscsync "
      "installed on the other side?)", 5),

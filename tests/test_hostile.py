@@ -45,6 +45,7 @@ from support.treecmp import diff, snapshot
 from fscsync.engine import delta
 from fscsync.engine import flist as flist_module
 from fscsync.engine.flist import F_LINK, F_TARGET, F_XATTRS, MAX_XATTRS, Entry, encode_entries
+from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import ProtocolError
 from fscsync.fs.destfs import check_path, check_paths
 from fscsync.wire import protocol
@@ -247,6 +248,27 @@ def test_a_valid_stream_is_accepted(sb: Sandbox, spawn: bool, framing: str) -> N
     result = peer.finish()
     assert_clean(result)
     assert result.code == 0, result.describe()
+
+
+def test_a_receiving_servers_stats_have_the_senders_shape(sb: Sandbox) -> None:
+    """STATS, the receiving server's last frame, holds its counters and exit code flat as
+    the sender's FINISHED does, and one reader takes both (protocol 4; 3 nested them)."""
+    data = b"new file\n"
+    peer = start(sb)
+    peer.send(*flist(root(), reg(b"new.txt", data)))
+    peer.send(protocol.FLIST_END, flist_end(2))
+    assert peer.wait_request(1), peer.finish().describe()
+    peer.send(protocol.FILE, end(1, data) + data)
+    assert peer.wait_type(protocol.NOMORE) is not None
+    peer.send(protocol.NOMORE_ACK)
+    assert peer.wait_type(protocol.DONE) is not None
+    peer.send_json(protocol.FINISHED, final_message(Stats(), 0))
+    payload = peer.wait_type(protocol.STATS)
+    assert_clean(peer.finish())
+    counters, code = read_final(json.loads(payload))
+    assert code == 0
+    assert (counters.files, counters.created, counters.total_size) == (
+        {"reg": 1, "dir": 1}, {"reg": 1}, len(data))
     assert (sb.dest / "new.txt").read_bytes() == data
     sb.assert_nothing_outside()
     sb.assert_previous_intact()

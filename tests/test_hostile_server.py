@@ -116,9 +116,9 @@ def test_malformed_control_fields_are_a_protocol_error(tmp_path: Path, steps: li
 
 
 PUSH_MALFORMED = {
-    "stats exit code is a list": {"stats": {}, "exit_code": [0]},
-    "stats are a list": {"stats": [], "exit_code": 0},
-    "stats counter is a string": {"stats": {"files": {"reg": "many"}}, "exit_code": 0},
+    "stats exit code is a list": {"exit_code": [0]},
+    "stats kinds are a list": {"files": [], "exit_code": 0},
+    "stats counter is a string": {"files": {"reg": "many"}, "exit_code": 0},
 }
 
 
@@ -137,7 +137,7 @@ def test_an_exit_code_fscsync_does_not_know_becomes_12(tmp_path: Path, claim: in
     """256 would wrap to exit 0 after a failure: any code fscsync never ends with is 12
     (and a fatal error, or an error line, claiming 0 is still an error)."""
     if where == "stats":
-        steps = [{"do": "receive", "stats": {"stats": {}, "exit_code": claim}}]
+        steps = [{"do": "receive", "stats": {"exit_code": claim}}]
     elif where == "error line":
         steps = [files(), log("error", "x", code=claim), serve(0)]
     else:
@@ -174,7 +174,7 @@ def test_a_well_behaved_scripted_server_gives_exit_0(tmp_path: Path) -> None:
     assert code == 0 and not err, err
     assert (tmp_path / "dst/f.txt").read_bytes() == b"data\n"
     assert b"f.txt" in out
-    final = {"stats": {"files": {"reg": 1}, "files_sent": 1}, "exit_code": 0}
+    final = {"files": {"reg": 1}, "files_sent": 1, "exit_code": 0}
     code, _, err, _ = run([{"do": "receive", "stats": final}], pull=False, tmp_path=tmp_path)
     assert code == 0 and not err, err
 

@@ -468,11 +468,12 @@ def test_locked_install_then_rename_into_presented_name(views: Views,
     """What a key-less receiver does: plain temp file, ciphertext, encdata, rename."""
     u, locked = area
     dir_enc = encdata(locked)
-    ctx = dir_enc.policy + os.urandom(16)
+    nonce = os.urandom(16)
+    ctx = dir_enc.policy + nonce
     raw = model.encrypt_name(model.file_key(KEY, dir_enc.nonce), b"restored\xff", dir_enc.flags)
     data = os.urandom(UNIT + 1)
     tmp = join(locked, b".tmp.restored")
-    write(tmp, model.encrypt_contents(model.file_key(KEY, ctx[24:]), data), 0o600)
+    write(tmp, model.encrypt_contents(model.file_key(KEY, nonce), data), 0o600)
     assert encdata_of(tmp) is None  # created plain in an encrypted dir
     _install(tmp, EncData(len(data), ctx, raw))
     os.rename(tmp, join(locked, escape_name(raw)))

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fscsync.fs.cipher import UNIT, escape_name, unescape_name
+from fscsync.fs.cipher import UNIT, EncData, escape_name, unescape_name
 from fscsync.testfs import backing, model
 from fscsync.testfs.contents import read_plain, truncate_plain, write_plain
 from fscsync.testfs.names import raw_name
@@ -181,8 +181,8 @@ def test_make_encrypted_dir(tmp_path: Path) -> None:
     assert backing.load_encdata(d) == enc
     assert enc.size == 0 and enc.enc_name == b"" and enc.flags == 0x02
     assert enc.master_key_id == model.key_identifier(MASTER)
-    child = backing.child_context(enc)
-    assert child[:24] == enc.policy and child[24:] != enc.nonce
+    child = EncData(0, backing.child_context(enc))
+    assert child.policy == enc.policy and child.nonce != enc.nonce
     with pytest.raises(ValueError, match="already encrypted"):
         backing.make_encrypted_dir(d, MASTER)
     full = tmp_path / "full"

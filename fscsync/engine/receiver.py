@@ -22,7 +22,7 @@ from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
 from fscsync.engine.report import Reporter
 from fscsync.engine.rxstate import RxState
-from fscsync.engine.stats import Stats
+from fscsync.engine.stats import Stats, read_final
 from fscsync.engine.writer import Writer
 from fscsync.errors import FscsyncError, ProtocolError, escape
 from fscsync.fs.destfs import Confined, DestTree, check_paths, temp_dir_path
@@ -289,9 +289,8 @@ class Receiver:
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
                     gen_acked = True
                 elif ftype == protocol.FINISHED and done_sent:
-                    final = protocol.load_json(payload)
-                    self.sender_stats = Stats.from_wire(final)
-                    self.sender_exit_code = errors.peer_code(final.get("exit_code", 0))
+                    self.sender_stats, self.sender_exit_code = read_final(
+                        protocol.load_json(payload))
                     finished = True
                 elif self.on_control is not None and self.on_control(ftype, payload):
                     continue

@@ -1,7 +1,7 @@
 """How the engine tells the outside world what happened, without knowing the terminal.
 
 The engine calls a Reporter; the client's reporter prints (cli/progress), a
-server's reporter turns the calls into LOG/ITEM frames for its client.
+server's reporter turns the calls into LOG frames for its client.
 Exit codes accumulate here so that one bad file never stops the rest.
 """
 

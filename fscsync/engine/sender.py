@@ -19,7 +19,7 @@ from fscsync.engine import delta
 from fscsync.engine.flist import BatchBuilder, Entry, SentList
 from fscsync.engine.report import Reporter
 from fscsync.engine.scan import PlainRun, Scanner, split_source
-from fscsync.engine.stats import Stats
+from fscsync.engine.stats import Stats, final_message
 from fscsync.errors import (
     ChangedWhileSent,
     ProtocolError,
@@ -201,9 +201,8 @@ class Sender:
                 continue
             else:
                 raise ProtocolError(f"unexpected frame type {ftype} at the sender")
-        final = self.stats.to_wire()
-        final["exit_code"] = self.reporter.exit_code
-        protocol.send_json(chan, protocol.FINISHED, final)
+        protocol.send_json(chan, protocol.FINISHED,
+                           final_message(self.stats, self.reporter.exit_code))
         chan.flush()
 
     def _entry(self, idx: int) -> Entry:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fscsync.errors import ProtocolError
+from fscsync.errors import ProtocolError, peer_code
 from fscsync.record import Record
 
 KINDS = frozenset({"reg", "dir", "link", "dev", "special"})
@@ -65,6 +65,17 @@ class Stats(Record):
                 setattr(self, name, mine or theirs)
             else:
                 setattr(self, name, mine + theirs)
+
+
+def final_message(stats: Stats, exit_code: int) -> dict:
+    """What one side's last frame says (the sender's FINISHED, a receiving server's
+    STATS): its counters and the exit code it would end with, in one flat object."""
+    return {**stats.to_wire(), "exit_code": exit_code}
+
+
+def read_final(msg: dict) -> tuple[Stats, int]:
+    """The peer's counters and exit code from its last frame, each field checked."""
+    return Stats.from_wire(msg), peer_code(msg.get("exit_code", 0))
 
 
 def tally(counts: dict[str, int], kind: str, n: int = 1) -> None:

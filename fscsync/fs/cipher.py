@@ -28,17 +28,27 @@ IV_INO_LBLK_32 = 0x10
 MAX_ENCDATA = 1024
 MODE_AES_256_XTS = 1
 MODE_AES_256_CTS = 4
-_CONTEXT_V2 = struct.Struct("<BBBBB3x16s16s")
-"""The v2 context: version 2, contents mode, filenames mode, flags, log2 of the data
-unit (0: the block size), 3 reserved bytes, master key identifier, nonce."""
+_POLICY_V2 = struct.Struct("<BBBBB3x16s")
+"""The v2 policy (FS_IOC_SET_ENCRYPTION_POLICY's argument): version 2, contents mode,
+filenames mode, flags, log2 of the data unit (0: the block size), 3 reserved bytes,
+master key identifier. A v2 context is the policy and the inode's nonce."""
+_CONTEXT_V2 = struct.Struct(_POLICY_V2.format + f"{NONCE_LEN}s")
+
+
+def pack_policy(key_id: bytes, flags: int, contents: int = MODE_AES_256_XTS,
+                filenames: int = MODE_AES_256_CTS, log2_data_unit: int = 0) -> bytes:
+    """A 24-byte fscrypt v2 policy."""
+    if len(key_id) != 16:
+        raise ValueError("a key identifier is 16 bytes")
+    return _POLICY_V2.pack(2, contents, filenames, flags, log2_data_unit, key_id)
 
 
 def pack_context(key_id: bytes, nonce: bytes, flags: int, contents: int = MODE_AES_256_XTS,
                  filenames: int = MODE_AES_256_CTS, log2_data_unit: int = 0) -> bytes:
     """A 40-byte fscrypt v2 context."""
-    if len(key_id) != 16 or len(nonce) != NONCE_LEN:
-        raise ValueError("key identifier and nonce are 16 bytes each")
-    return _CONTEXT_V2.pack(2, contents, filenames, flags, log2_data_unit, key_id, nonce)
+    if len(nonce) != NONCE_LEN:
+        raise ValueError("a nonce is 16 bytes")
+    return pack_policy(key_id, flags, contents, filenames, log2_data_unit) + nonce
 
 
 def unpack_context(raw: bytes) -> tuple[int, int, int, int, bytes, bytes]:

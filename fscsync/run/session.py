@@ -11,7 +11,7 @@ import time
 
 from fscsync import errors
 from fscsync.engine.report import KINDS, Reporter
-from fscsync.engine.stats import Stats
+from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import (
     AllowedTreeUnusable,
     FilesFromUnreadable,
@@ -202,12 +202,9 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
                 continue
             if ftype != protocol.STATS:
                 raise ProtocolError(f"unexpected frame {ftype} at the end of the run")
-            final = protocol.load_json(payload)
-            peer_stats = final.get("stats", {})
-            if type(peer_stats) is not dict:
-                raise ProtocolError("malformed stats frame from the other side")
-            stats.merge(Stats.from_wire(peer_stats))
-            return stats, errors.peer_code(final.get("exit_code", 0))
+            peer_stats, peer_code = read_final(protocol.load_json(payload))
+            stats.merge(peer_stats)
+            return stats, peer_code
     from fscsync.engine.receiver import Receiver  # imported already by run_client
 
     rx = Receiver(chan, opts, reporter, p.dest, item_dir, on_control)
@@ -259,8 +256,7 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         if role == "receiver":
             rx = Receiver(chan, opts, reporter, paths[0], item_dir, confined=confined)
             stats = rx.run()
-            protocol.send_json(chan, protocol.STATS,
-                               {"stats": stats.to_wire(), "exit_code": reporter.exit_code})
+            protocol.send_json(chan, protocol.STATS, final_message(stats, reporter.exit_code))
         else:
             Sender(chan, opts, reporter, paths, confined=confined).run()
         chan.flush()

@@ -5,7 +5,7 @@
   security.encdata (size = cleartext size, enc_ctx, enc_name = raw name).
 - Encrypted regular files hold their ciphertext padded to whole 4096-byte
   units; encrypted symlinks point at the escaped ciphertext target
-  (names.escape_name) and their encdata size is the on-disk length ext4 gives
+  (cipher.escape_name) and their encdata size is the on-disk length ext4 gives
   it: 2 + the raw ciphertext length.
 - Names inside encrypted directories are the escaped raw names, i.e. the very
   names the locked view shows; so a key-less copy of a locked view onto a plain

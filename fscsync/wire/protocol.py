@@ -44,7 +44,11 @@ _IOV_MAX = 512
 """Buffers per writev (the kernel takes up to 1024)."""
 F_SETPIPE_SZ = 1031
 
-# Frame types.
+# Frame types. 13, 17 and 18 were named (item, per-file failure, progress) but never
+# sent by any version: item lines travel as LOG frames, a failed file as its DATA_END
+# status, progress not at all. They stay unassigned, so no number has meant two things.
+# Version 4: STATS holds its counters and exit code flat, as FINISHED does (version 3
+# nested them under "stats"), both made and read by engine.stats.
 HELLO = 1
 SETUP = 2
 READY = 3
@@ -57,12 +61,9 @@ SIGBLOCKS = 9
 DATA = 10
 DATA_END = 11
 LOG = 12
-ITEM = 13
 DONE = 14
 STATS = 15
 FATAL = 16
-FILE_FAILED = 17
-PROGRESS = 18
 FINISHED = 19
 FLIST_START = 20
 NOMORE = 21

@@ -41,7 +41,6 @@ KEY = bytes(range(64))
 """The master key of the encrypted tree (the FSCRYPT-FACTS vector key 0x00..0x3f)."""
 
 VAULT = b"vault"
-UNIT = 4096
 FOREIGN_UID, FOREIGN_GID = 1234, 2345
 LONG_NAME = b"L" * 100 + "é".encode() * 50  # 200 bytes, UTF-8
 LONG_DIR = b"\xd0" * 190  # 190 bytes, not UTF-8
@@ -50,10 +49,6 @@ MIB_SIZE = (1 << 20) + 3
 
 SIZES = {b"empty": 0, b"one": 1, b"u4095": 4095, b"u4096": 4096, b"u4097": 4097,
          b"mib": MIB_SIZE}
-
-
-def padded(size: int) -> int:
-    return -(-size // UNIT) * UNIT
 
 
 def write(path: bytes, data: bytes, mode: int | None = None) -> None:

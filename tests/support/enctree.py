@@ -24,21 +24,24 @@ from dataclasses import dataclass, field
 
 import xattr
 
-from fscsync.fs.cipher import EncData, escape_name, format_encdata, pack_context, parse_encdata
+from fscsync.fs.cipher import (
+    NONCE_LEN,
+    UNIT,
+    EncData,
+    escape_name,
+    format_encdata,
+    pack_context,
+    padded_size,
+    parse_encdata,
+)
 from support.trees import BASE_NS, set_times, set_tree_times
 
-UNIT = 4096
 ENCDATA = b"security.encdata"
 USER_ENCDATA = b"user.fscsync.encdata"
 
 FLAG_PAD_32 = 0x03
 FLAG_IV_INO_LBLK_64 = 0x08
 FLAG_IV_INO_LBLK_32 = 0x10
-
-
-def padded(size: int) -> int:
-    """Ciphertext bytes a cleartext size occupies (rounded up to the unit)."""
-    return -(-size // UNIT) * UNIT
 
 
 def make_ctx(key_id: bytes, nonce: bytes, flags: int = 0) -> bytes:
@@ -122,7 +125,7 @@ class EncTree:
         """An encrypted file: `size` cleartext bytes as padded random ciphertext.
         Unencrypted (`encrypted=False`): `size` random bytes, no encdata."""
         p = self.path(rel)
-        n = padded(size) if encrypted else size
+        n = padded_size(size) if encrypted else size
         with open(p, "wb") as f:
             f.write(data if data is not None else self.ciphertext(n))
         os.chmod(p, mode)
@@ -183,10 +186,10 @@ class EncTree:
         head, _, name = p.rpartition(b"/")
         tmp = os.path.join(head, b".new-" + name[:200])
         with open(tmp, "wb") as f:
-            f.write(self.ciphertext(padded(size)))
+            f.write(self.ciphertext(padded_size(size)))
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         os.chown(tmp, st.st_uid, st.st_gid)
-        ctx = old.enc_ctx[:24] + self._rng.randbytes(16)
+        ctx = old.policy + self._rng.randbytes(NONCE_LEN)
         self._set(tmp, encdata_text(size, ctx, old.enc_name))
         set_times(tmp, st.st_mtime_ns + 1_000_000_000)
         dir_st = os.lstat(head)
