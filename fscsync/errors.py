@@ -187,10 +187,22 @@ class ExecFailed(FscsyncError):
 
 
 class FilterFileUnreadable(FscsyncError):
-    """--exclude-from/--include-from names a file that cannot be read."""
+    """--exclude-from/--include-from or a merge rule names a file that cannot be read
+    (rsync's line and code: kind is "exclude" or "include")."""
 
-    template = "failed to open filter file {path}: {reason}"
-    code = FILE_SELECT
+    template = "failed to open {kind} file {path}: {reason}"
+    code = FILE_IO
+
+
+class FilesFromUnreadable(UsageError):
+    """--files-from names a file that cannot be read (rsync's line: the reason without
+    its errno, and a usage error's code)."""
+
+    template = "failed to open files-from file {path}: {reason}"
+
+
+class BadFilterRule(UsageError):
+    """A filter rule rsync would refuse (its own line), or merge files nested too deep."""
 
 
 class LogFileUnopenable(FscsyncError):

@@ -67,7 +67,14 @@ class Options(Record):
     inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None
     block_size: int = DEFAULT_BLOCK
-    filter_rules: list[tuple[str, bytes]] = []
+    filter_rules: list[bytes] = []  # rule texts (fscsync.engine.filters), merge files read
+    cvs_exclude: bool = False
+    from0: bool = False
+    relative: bool = False  # -R (and --files-from): names keep their path
+    implied_dirs: bool = True
+    files_from: list[bytes] | None = None  # --files-from's names, read by the client
+    files_from_remote: bytes | None = None  # --files-from=:FILE, read on the sending side
+    one_file_system: int = 0  # -x: 1 keeps mount points as empty directories, -xx omits them
     encdata_xattr: bytes = b"security.encdata"
     refuse_ino_policies: bool = False
     compress: str | None = None
@@ -99,8 +106,8 @@ class Options(Record):
             v = getattr(self, name)
             if isinstance(v, bytes):
                 v = {"b": v.hex()}
-            elif name == "filter_rules":
-                v = [[kind, pat.hex()] for kind, pat in v]
+            elif name in ("filter_rules", "files_from") and v is not None:
+                v = [text.hex() for text in v]
             out[name] = v
         return out
 
@@ -112,7 +119,7 @@ class Options(Record):
                 continue
             if isinstance(v, dict) and "b" in v:
                 v = bytes.fromhex(v["b"])
-            elif name == "filter_rules":
-                v = [(str(kind), bytes.fromhex(pat)) for kind, pat in v]
+            elif name in ("filter_rules", "files_from") and v is not None:
+                v = [bytes.fromhex(text) for text in v]
             kwargs[name] = v
         return cls(**kwargs)

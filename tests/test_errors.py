@@ -16,9 +16,11 @@ from support import REPO
 from fscsync import errors
 from fscsync.errors import (
     AllowedTreeUnusable,
+    BadFilterRule,
     ChangedWhileSent,
     ClosedBeforeHandshake,
     ExecFailed,
+    FilesFromUnreadable,
     FilterFileUnreadable,
     FscsyncError,
     InternalError,
@@ -52,8 +54,11 @@ EACCES = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 ENOENT = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
 CLASSES = [
-    (FilterFileUnreadable(path=b"rules", reason=EACCES),
-     "failed to open filter file rules: Permission denied (13)", 3),
+    (FilterFileUnreadable(kind="exclude", path=b"rules", reason=EACCES),
+     "failed to open exclude file rules: Permission denied (13)", 11),
+    (BadFilterRule("Unknown filter rule: foo"), "Unknown filter rule: foo", 1),
+    (FilesFromUnreadable(path=b"/nonexist", reason="No such file or directory"),
+     "failed to open files-from file /nonexist: No such file or directory", 1),
     (LogFileUnopenable(path=b"/no/log", reason=ENOENT),
      "failed to open log-file /no/log: No such file or directory (2)", 11),
     (ExecFailed(program=b"nossh", reason=ENOENT),

@@ -16,7 +16,7 @@ from support import REPO
 from support.treecmp import assert_same_tree
 from support.trees import make_rich_tree, write
 
-from fscsync.engine.filters import Rule, read_rule_file
+from fscsync.engine import filters
 
 EXAMPLES = REPO / "examples"
 SCRIPTS = ("demo.sh", "demo-encrypted.sh", "restore.sh")
@@ -330,9 +330,11 @@ KEPT = [
 ]
 
 
-def excludes_rules() -> list[Rule]:
-    return [Rule(kind, pattern) for kind, pattern in
-            read_rule_file(str(EXAMPLES / "excludes.txt"), "-")]
+def excludes_rules() -> list[filters.Filters]:
+    """Each rule of the file on its own."""
+    texts = filters.parse_cli([("exclude-from", os.fsencode(EXAMPLES / "excludes.txt"))],
+                              False, False)
+    return [filters.Filters([text], "sender") for text in texts]
 
 
 def test_every_exclude_pattern_is_exercised():
@@ -345,9 +347,9 @@ def test_every_exclude_pattern_is_exercised():
             parts = path.split("/")
             for n in range(1, len(parts) + 1):
                 is_dir = n < len(parts)
-                if rule.matches("/".join(parts[:n]).encode(), is_dir):
+                if rule.excluded(rule.top(b"/"), "/".join(parts[:n]).encode(), is_dir):
                     hit = True
-        assert hit, f"no test path for rule {rule.pattern!r}"
+        assert hit, f"no test path for rule {rule.rules[0].text()!r}"
 
 
 @pytest.mark.parametrize("tool", ["fscsync", "rsync"])

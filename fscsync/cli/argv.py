@@ -17,9 +17,8 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from fscsync.cli import outflags
-from fscsync.engine import chmod, idmap
-from fscsync.engine.filters import EXCLUDE, INCLUDE, read_rule_file
-from fscsync.errors import UsageError
+from fscsync.engine import chmod, filters, idmap
+from fscsync.errors import FilesFromUnreadable, UsageError
 from fscsync.options import Options
 
 USAGE = "fscsync [OPTION]... SRC [SRC]... DEST"
@@ -84,28 +83,9 @@ def _words(option: str, text: str) -> list[str]:
     return [text]
 
 
-def _rule(kind: str) -> Callable[[str], list]:
+def _rules(kind: str) -> Callable[[str], list]:
+    """A rule option's text, kept in order until options_from parses them all."""
     return lambda text: [(kind, os.fsencode(text))]
-
-
-def _rule_file(kind: str) -> Callable[[str], list]:
-    return lambda text: read_rule_file(text, kind)
-
-
-_FILTER_WORDS = {"-": EXCLUDE, "+": INCLUDE, "exclude": EXCLUDE, "include": INCLUDE}
-
-
-def _filter(text: str) -> list:
-    """-f RULE: the include/exclude rules ('- PAT', '+ PAT', 'exclude PAT', '-,PAT' is
-    not rsync's); merge files, modifiers and the other rule kinds are refused, never
-    ignored."""
-    word, sep, pattern = text.partition(" ")
-    if word in _FILTER_WORDS and sep and pattern:
-        return [(_FILTER_WORDS[word], os.fsencode(pattern))]
-    if word[:1] in "+-" and word[1:2] == "_" and not sep:
-        return [(_FILTER_WORDS[word[:1]], os.fsencode(word[2:]))]
-    raise BadValue("is not supported: fscsync's filters are '+ PATTERN' and "
-                   "'- PATTERN' rules")
 
 
 _ARCHIVE = dict(recursive=True, links=True, perms=True, times=True, group=True,
@@ -124,8 +104,8 @@ TABLE: tuple[Opt, ...] = (
         {"checksum": True}, neg=("checksum",)),
     Opt("--archive -a", "archive mode is -rlptgoD (no -A,-X,-H)", _ARCHIVE),
     Opt("--no-OPTION", "turn off an implied OPTION (e.g. --no-D)", {}),
-    Opt("--recursive -r", "recurse into directories", {"recursive": True},
-        neg=("recursive",)),
+    Opt("--recursive -r", "recurse into directories", {"recursive": True, "recurse_asked": True},
+        neg=("recursive", "recurse_asked")),
     Opt("--inc-recursive --i-r", "accepted: the file list always streams, as with "
         "rsync's incremental recursion", {}, neg=("inc_recursive",)),
     Opt("--links -l", "copy symlinks as symlinks", {"links": True}, neg=("links",)),
@@ -209,16 +189,31 @@ TABLE: tuple[Opt, ...] = (
         metavar="DIR"),
     Opt("--compress -z", "compress file data during the transfer", {"compress": True},
         neg=("compress",)),
-    Opt("--filter -f", "add a file-filtering RULE ('+ PATTERN' or '- PATTERN')",
-        dest="filter_rules", convert=_filter, metavar="RULE"),
+    # ---- file selection (issue 23) ----
+    Opt("--filter -f", "add a file-filtering RULE", dest="filter_rules",
+        convert=_rules("filter"), metavar="RULE"),
+    Opt("-F", "same as --filter='dir-merge /.rsync-filter'; repeated: "
+        "--filter='- .rsync-filter'", {"filter_rules": [("F", b"")]}),
     Opt("--exclude", "exclude files matching PATTERN", dest="filter_rules",
-        convert=_rule(EXCLUDE), metavar="PATTERN"),
+        convert=_rules("exclude"), metavar="PATTERN"),
     Opt("--exclude-from", "read exclude patterns from FILE", dest="filter_rules",
-        convert=_rule_file(EXCLUDE), metavar="FILE"),
+        convert=_rules("exclude-from"), metavar="FILE"),
     Opt("--include", "don't exclude files matching PATTERN", dest="filter_rules",
-        convert=_rule(INCLUDE), metavar="PATTERN"),
+        convert=_rules("include"), metavar="PATTERN"),
     Opt("--include-from", "read include patterns from FILE", dest="filter_rules",
-        convert=_rule_file(INCLUDE), metavar="FILE"),
+        convert=_rules("include-from"), metavar="FILE"),
+    Opt("--cvs-exclude -C", "auto-ignore files in the same way CVS does",
+        {"cvs_exclude": True}, neg=("cvs_exclude",)),
+    Opt("--from0 -0", "all *-from/filter files are delimited by 0s", {"from0": True},
+        neg=("from0",)),
+    Opt("--one-file-system -x", "don't cross filesystem boundaries (-xx: omit mount "
+        "points too)", {"one_file_system": INC}, neg=("one_file_system",)),
+    Opt("--relative -R", "use relative path names", {"relative": True}, neg=("relative",)),
+    Opt("--implied-dirs --i-d", "send the implied directories of -R paths (the default)",
+        {"implied_dirs": True}, neg=("implied_dirs",)),
+    Opt("--files-from", "read list of source-file names from FILE ('-': stdin, "
+        "[HOST]:FILE: on the remote host)", dest="files_from_arg", metavar="FILE"),
+    # ---- end of file selection ----
     Opt("--stats", "give some file-transfer stats", {"stats": True}),
     Opt("--progress", "show progress during transfer", {"progress": True},
         neg=("progress",)),
@@ -265,11 +260,12 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  old_args=False, chmod=[], usermap=[], groupmap=[], chown=[],
                  log_file=None, out_format=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
-                 debug=[], old_dirs=False, eight_bit=False)
+                 debug=[], old_dirs=False, eight_bit=False,
+                 relative=None, recurse_asked=False, files_from_arg=None)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
-_COUNTS = ("verbose", "itemize", "human_readable")
+_COUNTS = ("verbose", "itemize", "human_readable", "one_file_system")
 _NOT_HERE = {"--daemon": "fscsync has no daemon mode (use a remote shell: HOST:PATH)"}
 
 
@@ -348,7 +344,8 @@ def _apply(state: dict, opt: Opt, value: str) -> None:
     """One option's effect; a bad value is named by the option's long name, as in rsync."""
     if not opt.dest:
         for dest, v in (opt.sets or {}).items():
-            state[dest] = state[dest] + 1 if v is INC else v
+            state[dest] = state[dest] + 1 if v is INC else state[dest] + v \
+                if isinstance(v, list) else v
         return
     try:
         v = opt.convert(value) if opt.convert else value
@@ -384,6 +381,38 @@ def _owner_maps(ns: SimpleNamespace, o: Options) -> None:
     o.group = o.group or bool(o.groupmap)
 
 
+def _files_from(ns: SimpleNamespace, o: Options) -> None:
+    """--files-from, rsync's way: it implies -R (unless --no-relative) and --dirs, and
+    recursion only when -r itself was given (-a's does not count). A local list (or
+    stdin) is read here and travels in the options; [HOST]:FILE is read by the remote
+    side."""
+    arg = ns.files_from_arg
+    o.relative = bool(ns.relative) if ns.relative is not None else arg is not None
+    if not o.relative:
+        o.implied_dirs = False
+    if arg is None:
+        return
+    if not ns.recurse_asked:
+        o.recursive = False
+    from fscsync.run.endpoint import parse_endpoint
+
+    where = parse_endpoint(os.fsencode(arg)) if not arg.startswith(":") else None
+    if arg.startswith(":") or (where is not None and where.remote):
+        o.files_from_remote = os.fsencode(arg[1:]) if where is None else where.path
+        return
+    try:
+        if arg == "-":
+            import sys
+
+            data = sys.stdin.buffer.read()
+        else:
+            with open(arg, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise FilesFromUnreadable(path=os.fsencode(arg), reason=exc.strerror) from None
+    o.files_from = filters.files_from_names(data, o.from0)
+
+
 def help_text() -> str:
     """--help, from the table: rsync's layout (long name first, then its short one)."""
     lines = [f"usage: {USAGE}", "",
@@ -408,7 +437,9 @@ def options_from(ns: SimpleNamespace) -> Options:
     o = Options()
     for name in Options.fields:
         setattr(o, name, getattr(ns, name))
-    if o.delete and not (o.recursive or o.dirs or ns.old_dirs):
+    _files_from(ns, o)
+    listed = o.files_from is not None or o.files_from_remote is not None
+    if o.delete and not (o.recursive or o.dirs or ns.old_dirs or listed):
         raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)
     _owner_maps(ns, o)
@@ -417,13 +448,13 @@ def options_from(ns: SimpleNamespace) -> Options:
     if b < 512 or b & (b - 1) or b > 1 << 24:
         raise UsageError(f"--block-size must be a power of two from 512 to 16M, not {b}")
     o.block_size = b
-    o.filter_rules = list(ns.filter_rules)
+    if ns.old_dirs:  # rsync's --old-d: -r with --exclude='/*/*' after the line's rules
+        o.recursive = True
+        ns.filter_rules.append(("exclude", b"/*/*"))
+    o.filter_rules = filters.parse_cli(ns.filter_rules, o.delete_excluded, o.from0)
     o.encdata_xattr = os.fsencode(ns.encdata_xattr)
     o.compress = "auto" if ns.compress else None
     info = outflags.levels("--info", ns.info)
     o.progress = info.get("PROGRESS", int(ns.progress)) > 0
     o.stats = info.get("STATS", 2 if ns.stats else 0) >= 2
-    if ns.old_dirs:  # rsync's --old-d: -r with --exclude='/*/*' after the line's rules
-        o.recursive = True
-        o.filter_rules.append((EXCLUDE, b"/*/*"))
     return o

@@ -129,6 +129,11 @@ def _main(args: list[str]) -> int:
         raise UsageError("need at least one SRC and a DEST (try --help)")
     endpoints = [parse_endpoint(x) for x in paths]
     p = plan(endpoints[:-1], endpoints[-1])
+    if ns.files_from_arg is not None and len(p.sources) != 1:
+        raise UsageError("--files-from takes one SRC (the names are relative to it) and a DEST")
+    if opts.files_from_remote is not None and p.peer is None:
+        raise UsageError("--files-from=HOST:FILE is read on the remote host: it needs a "
+                         "remote SRC or DEST")
     info = levels("--info", ns.info)
     progress_mode = "progress2" if info.get("PROGRESS") == 2 else (
         "progress" if opts.progress else None)

@@ -1,122 +1,772 @@
-"""rsync's include/exclude rules: first match wins, on paths relative to the transfer root."""
+"""rsync's filter rules (exclude.c): the rule grammar, first-match-wins checks on paths
+relative to the transfer root, and per-directory merge files read as a walk enters
+each directory.
+
+The client parses the command line once (reading --exclude-from and merge files) into
+rule texts that travel in the options; each side builds a `Filters` from them that
+keeps only the rules for its side (sender: hide/show, receiver: protect/risk). Per-
+directory rules live in `DirState`s: the state of a directory is its parent's plus
+the rules its own merge files add, so a walk keeps one state per open directory.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from fscsync.errors import FilterFileUnreadable
+from fscsync.engine.wildmatch import compile_match
+from fscsync.errors import BadFilterRule, FilterFileUnreadable, escape
 
-INCLUDE = "+"
-EXCLUDE = "-"
+INCLUDE = 1 << 0
+DIRECTORY = 1 << 1
+ABS_PATH = 1 << 2
+NEGATE = 1 << 3
+PERISHABLE = 1 << 4
+XATTR = 1 << 5
+SENDER = 1 << 6
+RECEIVER = 1 << 7
+MERGE = 1 << 8
+PERDIR = 1 << 9
+NO_PREFIXES = 1 << 10
+WORD_SPLIT = 1 << 11
+NO_INHERIT = 1 << 12
+CVS = 1 << 13
+EXCLUDE_SELF = 1 << 14
+CLEAR = 1 << 15
+WILD = 1 << 16
+WILD2 = 1 << 17
+WILD2_PREFIX = 1 << 18
+WILD3_SUFFIX = 1 << 19
+SIDES = SENDER | RECEIVER
+_FROM_CONTAINER = ABS_PATH | INCLUDE | DIRECTORY | NEGATE | PERISHABLE
 
+OLD_PREFIXES = 1  # --exclude/--include and their -from files: only '+ ' and '- '
+ANCHORED2ABS = 2  # a per-directory file: '/' anchors at that directory
+FATAL = 4  # a file the user named: failing to read it ends the run
 
-def _translate(pattern: bytes) -> bytes:
-    """Turn one rsync wildcard pattern into a regex body (no anchors)."""
-    out = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i : i + 1]
-        if c == b"\\" and i + 1 < n:
-            out.append(re.escape(pattern[i + 1 : i + 2]))
-            i += 2
-        elif pattern.startswith(b"/***", i) and i + 4 == n:
-            out.append(b"(/.*)?")
-            i += 4
-        elif pattern.startswith(b"**", i):
-            j = i
-            while j < n and pattern[j : j + 1] == b"*":
-                j += 1
-            out.append(b".*")
-            i = j
-        elif c == b"*":
-            out.append(b"[^/]*")
-            i += 1
-        elif c == b"?":
-            out.append(b"[^/]")
-            i += 1
-        elif c == b"[":
-            j = i + 1
-            if j < n and pattern[j : j + 1] in (b"!", b"^"):
-                j += 1
-            if j < n and pattern[j : j + 1] == b"]":
-                j += 1
-            while j < n and pattern[j : j + 1] != b"]":
-                j += 1
-            if j >= n:
-                out.append(re.escape(c))
-                i += 1
-                continue
-            body = pattern[i + 1 : j]
-            if body[:1] in (b"!", b"^"):
-                body = b"^" + body[1:]
-            out.append(b"[" + body.replace(b"\\", b"\\\\") + b"]")
-            i = j + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return b"".join(out)
+MAX_MERGE_DEPTH = 32
+DEFAULT_CVSIGNORE = (b"RCS SCCS CVS CVS.adm RCSLOG cvslog.* tags TAGS .make.state "
+                     b".nse_depinfo *~ #* .#* ,* _$* *$ *.old *.bak *.BAK *.orig *.rej "
+                     b".del-* *.a *.olb *.o *.obj *.so *.exe *.Z *.elc *.ln core .svn/ "
+                     b".git/ .hg/ .bzr/")
+RSYNC_FILTER = b".rsync-filter"
+
+_WORDS = {b"clear": b"!", b"dir-merge": b":", b"exclude": b"-", b"hide": b"H",
+          b"include": b"+", b"merge": b".", b"protect": b"P", b"risk": b"R", b"show": b"S"}
+_SPACE = b" \t\n\r\v\f"
 
 
 class Rule:
-    __slots__ = ("kind", "pattern", "dir_only", "regex")
+    """One parsed rule: its flags and pattern, and how it matches (rule_matches)."""
 
-    def __init__(self, kind: str, pattern: bytes):
-        if kind not in (INCLUDE, EXCLUDE):
-            raise ValueError(kind)
-        self.kind = kind
+    __slots__ = ("flags", "pattern", "slash_cnt", "regex", "trailing", "base_only")
+
+    def __init__(self, flags: int, pattern: bytes, slash_cnt: int):
+        self.flags = flags
         self.pattern = pattern
-        self.dir_only = pattern.endswith(b"/") and not pattern.endswith(b"/***")
-        body = pattern.rstrip(b"/") if self.dir_only else pattern
-        if body.startswith(b"/"):
-            rx = b"^" + _translate(body[1:]) + b"$"
-        else:
-            rx = b"(?:^|/)" + _translate(body) + b"$"
-        self.regex = re.compile(rx, re.DOTALL)
+        self.slash_cnt = slash_cnt
+        body = pattern
+        anchored = body.startswith(b"/")
+        if anchored:
+            body = body[1:]
+        self.base_only = not slash_cnt and not flags & WILD2
+        self.trailing = slash_cnt + 1 if not anchored and slash_cnt and not flags & WILD2 \
+            else 0
+        anywhere = not anchored and not flags & WILD2_PREFIX and bool(flags & WILD2)
+        self.regex = None if flags & (MERGE | CVS) else \
+            compile_match(body, bool(flags & WILD), anywhere)
 
-    def matches(self, path: bytes, is_dir: bool) -> bool:
-        if self.dir_only and not is_dir:
+    def matches(self, name: bytes, is_dir: bool, root: bytes = b"") -> bool:
+        """Does the rule match this transfer-relative path; `root` is the walk's
+        directory as an absolute path without its leading slash (for '/' rules)."""
+        f = self.flags
+        if not name or f & XATTR:
             return False
-        return self.regex.search(path) is not None
+        if self.base_only:
+            s = name.rpartition(b"/")[2]
+        elif f & ABS_PATH and root:
+            s = root + b"/" + name
+        elif f & WILD2_PREFIX:
+            s = b"/" + name
+        else:
+            s = name
+        negate = bool(f & NEGATE)
+        if is_dir:
+            if f & WILD3_SUFFIX:
+                s += b"/"
+        elif f & DIRECTORY:
+            return negate
+        if self.trailing:
+            s = _trailing(s, self.trailing)
+            if s is None:
+                return negate
+        return (self.regex.fullmatch(s) is not None) != negate
+
+    @classmethod
+    def group(cls, rules: list[Rule]) -> Rule:
+        """One rule for a run of name-only rules with the same flags: the first of them
+        that matches decides the same way as any other would, so one regex (an
+        alternation) answers for all, instead of a Python call for each."""
+        g = object.__new__(cls)
+        g.flags = rules[0].flags
+        g.pattern = b"|".join(r.pattern for r in rules)
+        g.slash_cnt = g.trailing = 0
+        g.base_only = True
+        g.regex = re.compile(b"|".join(b"(?:" + r.regex.pattern + b")" for r in rules),
+                             re.DOTALL)
+        return g
+
+    def matches_xattr(self, name: bytes) -> bool:
+        if not name or not self.flags & XATTR:
+            return False
+        return (self.regex.fullmatch(name) is not None) != bool(self.flags & NEGATE)
+
+    def text(self) -> bytes:
+        """The rule as rsync sends it to its peer (get_rule_prefix + pattern)."""
+        f = self.flags
+        out = b":" if f & PERDIR else b"+" if f & INCLUDE else b"-"
+        if f & ABS_PATH:
+            out += b"/"
+        if f & NEGATE:
+            out += b"!"
+        if f & CVS:
+            out += b"C"
+        else:
+            out += b"n" if f & NO_INHERIT else b""
+            out += b"w" if f & WORD_SPLIT else b""
+            if f & NO_PREFIXES:
+                out += b"+" if f & INCLUDE else b"-"
+        for flag, mod in ((XATTR, b"x"), (SENDER, b"s"), (RECEIVER, b"r"),
+                          (PERISHABLE, b"p")):
+            if f & flag:
+                out += mod
+        return out + b" " + self.pattern + (b"/" if f & DIRECTORY else b"")
+
+
+def compact(rules: list[Rule]) -> list[Rule]:
+    """The rules with each run of groupable neighbours (name-only, same flags, not
+    negated, not merges) made one Rule.group: same answers, far fewer calls."""
+    out: list[Rule] = []
+    run: list[Rule] = []
+    key = None
+    for r in rules + [None]:
+        k = None
+        if r is not None and r.base_only and not r.flags & (NEGATE | MERGE | CVS):
+            k = r.flags & ~WILD
+        if run and (k is None or k != key):
+            out.append(run[0] if len(run) == 1 else Rule.group(run))
+            run = []
+        if k is not None:
+            run.append(r)
+            key = k
+        elif r is not None:
+            out.append(r)
+    return out
+
+
+def _trailing(s: bytes, count: int) -> bytes | None:
+    """The last `count` slash-separated elements of s (wildmatch's trailing_N_elements)."""
+    pos = len(s)
+    while True:
+        pos = s.rfind(b"/", 0, pos)
+        if pos < 0:
+            break
+        count -= 1
+        if count == 0:
+            return s[pos + 1:]
+    return s if count == 1 else None
+
+
+class _Target:
+    """Where parsed rules go: a list, and whether a '!' dropped what it inherits."""
+
+    __slots__ = ("rules", "cleared")
+
+    def __init__(self, rules: list[Rule] | None = None):
+        self.rules = rules if rules is not None else []
+        self.cleared = False
+
+
+class Parser:
+    """parse_filter_str / parse_filter_file for one side (side None: keep every rule,
+    as the client does before sending them)."""
+
+    def __init__(self, side: str | None, delete_excluded: bool = False, from0: bool = False,
+                 cwd: bytes = b"", activate: Callable[[Rule], bool] | None = None):
+        self.side = side
+        self.delete_excluded = delete_excluded
+        self.from0 = from0
+        self.cwd = cwd  # where a merge-file name without a slash is opened
+        self.activate = activate or (lambda rule: True)
+        self.dirbuf = b""  # the directory of the per-directory file being parsed
+        self.depth = 0
+        self.cvs_wanted = False
+        self.where: str | None = None  # the file whose contents are being parsed
+        self.merges = True  # False: rule texts from the peer, whose merge files the
+        # client has read already (a '.' rule there would read a file of this host)
+
+    def _show(self, text: bytes) -> str:
+        """A rule's text for an error, unless it came from a file: a peer may choose
+        which file is merged, and must not read it back through our errors."""
+        return f"<rule from {self.where}>" if self.where else escape(text)
+
+    def other_side(self, flags: int) -> bool:
+        if self.side is None:
+            return False
+        sides = flags & SIDES
+        return sides == (RECEIVER if self.side == "sender" else SENDER)
+
+    # ---- one rule --------------------------------------------------------------
+
+    def _token(self, s: bytes, template: int, xflags: int) -> tuple[int, bytes, bytes] | None:
+        """(flags, pattern, rest) of the next rule in s (parse_rule_tok)."""
+        if template & WORD_SPLIT:
+            s = s.lstrip(_SPACE)
+        if not s:
+            return None
+        whole = s
+        flags = template & _FROM_CONTAINER
+        i = 0
+        if template & NO_PREFIXES:
+            if s[:1] == b"!" and template & CVS:
+                flags |= CLEAR
+        elif xflags & OLD_PREFIXES:
+            if s[:2] == b"- ":
+                flags &= ~INCLUDE
+                i = 2
+            elif s[:2] == b"+ ":
+                flags |= INCLUDE
+                i = 2
+            elif s[:1] == b"!":
+                flags |= CLEAR
+        else:
+            ch, i = self._kind(s)
+            flags, side_given = self._kind_flags(ch, flags, whole)
+            while ch != b"!":
+                i += 1
+                if i >= len(s) or s[i] in b" _":
+                    break
+                if template & WORD_SPLIT and s[i] in _SPACE:
+                    i -= 1
+                    break
+                flags = self._modifier(s, i, flags, side_given, whole)
+            if i < len(s):
+                i += 1
+        s = s[i:]
+        if template & SIDES:
+            if flags & SIDES:
+                raise BadFilterRule("specified-side merge file contains specified-side "
+                                  f"filter: {self._show(whole)}")
+            flags |= template & SIDES
+        if template & WORD_SPLIT:
+            end = 0
+            while end < len(s) and s[end] not in _SPACE:
+                end += 1
+            pattern, rest = s[:end], s[end:]
+        else:
+            pattern, rest = s, b""
+        if flags & CLEAR:
+            if not template & NO_PREFIXES and not xflags & OLD_PREFIXES and pattern:
+                raise BadFilterRule(f"'!' rule has trailing characters: {self._show(whole)}")
+            if len(pattern) > 1:
+                flags &= ~CLEAR
+        elif not pattern and not flags & CVS:
+            raise BadFilterRule(f"unexpected end of filter rule: {self._show(whole)}")
+        if self.delete_excluded and not flags & (SIDES | MERGE | PERDIR):
+            flags |= SENDER
+        return flags, pattern, rest
+
+    @staticmethod
+    def _kind(s: bytes) -> tuple[bytes, int]:
+        """The rule's kind character and the index of the byte before its modifiers (a
+        word must be whole: "exclude", "exclude,MODS", "exclude_PAT")."""
+        first = s[:1]
+        for word, ch in _WORDS.items():
+            if word[:1] == first:
+                if s.startswith(word):
+                    after = s[len(word) : len(word) + 1]
+                    if not after or after == b"_" or after in _SPACE:
+                        return ch, len(word) - 1
+                    if after == b",":
+                        return ch, len(word)
+                return b"", 0
+        return first, 1 if s[1:2] == b"," else 0
+
+    def _kind_flags(self, ch: bytes, flags: int, whole: bytes) -> tuple[int, bool]:
+        if ch == b":":
+            return flags | PERDIR | MERGE, False
+        if ch == b".":
+            return flags | MERGE, False
+        if ch == b"+":
+            return flags | INCLUDE, False
+        if ch == b"-":
+            return flags, False
+        if ch in (b"S", b"H"):
+            return flags | SENDER | (INCLUDE if ch == b"S" else 0), True
+        if ch in (b"R", b"P"):
+            return flags | RECEIVER | (INCLUDE if ch == b"R" else 0), True
+        if ch == b"!":
+            return flags | CLEAR, False
+        raise BadFilterRule(f"Unknown filter rule: {self._show(whole)}")
+
+    def _modifier(self, s: bytes, i: int, flags: int, side_given: bool, whole: bytes) -> int:
+        c = s[i : i + 1]
+        merge = bool(flags & MERGE)
+        ok = True
+        if c in (b"-", b"+"):
+            ok = merge and not flags & NO_PREFIXES
+            flags |= NO_PREFIXES | (INCLUDE if c == b"+" else 0)
+        elif c == b"/":
+            flags |= ABS_PATH
+        elif c == b"!":
+            ok = not merge
+            flags |= NEGATE
+        elif c == b"C":
+            ok = not flags & NO_PREFIXES and not side_given
+            flags |= NO_PREFIXES | WORD_SPLIT | NO_INHERIT | CVS
+        elif c in (b"e", b"n", b"w"):
+            ok = merge
+            flags |= {b"e": EXCLUDE_SELF, b"n": NO_INHERIT, b"w": WORD_SPLIT}[c]
+        elif c == b"p":
+            flags |= PERISHABLE
+        elif c in (b"r", b"s"):
+            ok = not side_given
+            flags |= RECEIVER if c == b"r" else SENDER
+        elif c == b"x":
+            flags |= XATTR
+        else:
+            ok = False
+        if not ok:
+            where = "" if self.where else f" '{escape(c)}' at position {i}"
+            raise BadFilterRule(f"invalid modifier{where} in filter rule: {self._show(whole)}")
+        return flags
+
+    # ---- rule lists ------------------------------------------------------------
+
+    def parse(self, target: _Target, text: bytes, template: int = 0, xflags: int = 0) -> None:
+        """Add the rules of one rule string (parse_filter_str)."""
+        while True:
+            tok = self._token(text, template, xflags)
+            if tok is None:
+                return
+            flags, pattern, text = tok
+            if flags & CLEAR:
+                target.rules.clear()
+                target.cleared = True
+                continue
+            if flags & MERGE:
+                if not pattern:
+                    pattern = b".cvsignore"
+                if flags & EXCLUDE_SELF:
+                    self.add(target, pattern.rpartition(b"/")[2], 0, 0)
+                    flags &= ~EXCLUDE_SELF
+                if not flags & PERDIR:
+                    if not self.merges:
+                        raise BadFilterRule("a merge rule from the other side (the client "
+                                            "reads merge files itself)")
+                    self.merge_file(target, pattern, flags, xflags | FATAL)
+                    continue
+            self.add(target, pattern, flags, xflags)
+            if flags & CVS and not flags & MERGE:
+                self.cvs_wanted = True
+
+    def add(self, target: _Target, pattern: bytes, flags: int, xflags: int) -> None:
+        """add_rule: flags the pattern's wildcards, anchors per-directory rules."""
+        if xflags & ANCHORED2ABS and self.other_side(flags):
+            return
+        if len(pattern) > 1 and pattern.endswith(b"/"):
+            pattern = pattern[:-1]
+            flags |= DIRECTORY
+        slash_cnt = pattern.count(b"/")
+        if (not flags & (ABS_PATH | MERGE) and xflags & ANCHORED2ABS
+                and pattern.startswith(b"/")):
+            flags |= ABS_PATH
+            prefix = self.dirbuf.rstrip(b"/")
+            slash_cnt += prefix.count(b"/")
+            pattern = prefix + pattern
+        if any(c in pattern for c in b"*[?"):
+            flags |= WILD
+            at = pattern.find(b"**")
+            if at >= 0:
+                flags |= WILD2
+                if at == 0:
+                    flags |= WILD2_PREFIX
+                if pattern.endswith(b"***"):
+                    flags |= WILD3_SUFFIX
+        rule = Rule(flags, pattern, slash_cnt)
+        if flags & PERDIR and not self.activate(rule):
+            return
+        target.rules.append(rule)
+
+    def merge_file(self, target: _Target, name: bytes, template: int, xflags: int) -> None:
+        """Read a merge file (or --exclude-from's) into target."""
+        if b"/" in name:
+            name = os.path.normpath(name if name.startswith(b"/") else self.dirbuf + name)
+        elif b"/" not in name and name != b"-" and self.cwd:
+            name = os.path.join(self.cwd, name)
+        data = self.read(name, xflags, template)
+        if data is not None:
+            self.parse_file(target, data, template, xflags, name)
+
+    def read(self, name: bytes, xflags: int, template: int) -> bytes | None:
+        try:
+            if name == b"-":
+                import sys
+
+                return sys.stdin.buffer.read()
+            with open(name, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            if xflags & FATAL:
+                raise FilterFileUnreadable(kind="include" if template & INCLUDE else "exclude",
+                                           path=name, reason=exc) from None
+            return None
+
+    def parse_file(self, target: _Target, data: bytes, template: int, xflags: int,
+                   name: bytes = b"a merge file") -> None:
+        """The rules of a file's contents, a line (or with 'w', a word) at a time."""
+        if self.depth >= MAX_MERGE_DEPTH:
+            raise BadFilterRule(f"merge-file include depth limit ({MAX_MERGE_DEPTH}) exceeded")
+        self.depth += 1
+        where, self.where = self.where, escape(name)
+        try:
+            word_split = bool(template & WORD_SPLIT)
+            for line in _lines(data, word_split, self.from0):
+                if line and (word_split or line[:1] not in (b";", b"#")):
+                    self.parse(target, line, template, xflags)
+        finally:
+            self.depth -= 1
+            self.where = where
+
+
+def _lines(data: bytes, word_split: bool, from0: bool) -> list[bytes]:
+    if word_split:
+        return data.split()
+    if from0:
+        return data.split(b"\0")
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+
+
+# ---- the command line ----------------------------------------------------------
+
+def cli_item(kind: str, text: str) -> list[tuple[str, bytes]]:
+    """One option's rule text, kept in command-line order until options_from parses
+    them all: '!' clears what came before, across options."""
+    return [(kind, os.fsencode(text))]
+
+
+def parse_cli(items: Iterable[tuple[str, bytes]], delete_excluded: bool, from0: bool
+              ) -> list[bytes]:
+    """The command line's rules (--filter, --include, --exclude, their -from files,
+    -F) as the rule texts that travel to the peer: merge files read here, on the
+    client, as rsync reads them."""
+    seen: list[bytes] = []
+
+    def activate(rule: Rule) -> bool:
+        name = rule.pattern.rpartition(b"/")[2]
+        if name in seen:
+            return False
+        seen.append(name)
+        return True
+
+    p = Parser(None, delete_excluded, from0, activate=activate)
+    target = _Target()
+    f_count = 0
+    for kind, text in items:
+        if kind == "F":
+            f_count += 1
+            if f_count <= 2:
+                p.parse(target, b": /" + RSYNC_FILTER if f_count == 1 else b"- " + RSYNC_FILTER)
+        elif kind == "filter":
+            p.parse(target, text)
+        elif kind in ("exclude", "include"):
+            p.parse(target, text, INCLUDE if kind == "include" else 0, OLD_PREFIXES)
+        elif kind in ("exclude-from", "include-from"):
+            p.merge_file(target, text, INCLUDE if kind == "include-from" else 0,
+                         OLD_PREFIXES | FATAL)
+        else:
+            raise ValueError(kind)
+    return [rule.text() for rule in target.rules]
+
+
+def files_from_names(data: bytes, from0: bool) -> list[bytes]:
+    """The names of a --files-from list: a line each (NUL-ended with --from0), empty
+    lines and '#'/';' comments skipped, leading slashes and ".." dropped (rsync's
+    sanitize_path: no name leads outside the source directory); "/./" is kept."""
+    names = []
+    for line in _lines(data, False, from0):
+        if not line or line[:1] in (b"#", b";"):
+            continue
+        kept: list[bytes] = []
+        for part in line.split(b"/"):
+            if part == b"..":
+                if kept and kept[-1] not in (b"", b"."):
+                    kept.pop()
+                continue
+            kept.append(part)
+        name = b"/".join(kept).lstrip(b"/")
+        if name:
+            names.append(name)
+    return names
+
+
+# ---- one side's rules ------------------------------------------------------------
+
+class DirState:
+    """The rules in force inside one directory of a walk: for each per-directory merge
+    rule, the rules its files added here and above (if inherited)."""
+
+    __slots__ = ("lists", "slots", "abs", "root")
+
+    def __init__(self, lists: dict[Rule, list[Rule]], slots: list[Rule], abs_root: bytes):
+        self.lists = lists
+        self.slots = slots
+        self.abs = abs_root  # the walk's root, absolute (rsync's curr_dir)
+        self.root = abs_root.lstrip(b"/")
+
+
+Reader = Callable[[bytes], "bytes | None"]
+"""Reads a file named relative to the directory being entered; None if it is not there."""
 
 
 class Filters:
-    """An ordered rule list; an empty list excludes nothing."""
+    """The rules one side applies (side "sender" or "receiver"), from the rule texts
+    the client sent; rsync's `elide` keeps each side to its own rules."""
 
-    def __init__(self, rules: Iterable[tuple[str, bytes]] = ()):
-        self.rules = [Rule(kind, pat) for kind, pat in rules]
+    def __init__(self, texts: Iterable[bytes], side: str, delete_excluded: bool = False,
+                 cvs_exclude: bool = False, from0: bool = False):
+        self.side = side
+        self.delete_excluded = delete_excluded
+        self.from0 = from0
+        self.names: dict[Rule, bytes] = {}  # per-directory file names, once set up
+        self._setup_done = False
+        slots: list[Rule] = []
+        p = Parser(side, delete_excluded, from0, activate=_dedupe(slots))
+        p.merges = False
+        target = _Target()
+        for text in texts:
+            p.parse(target, text)
+        if cvs_exclude:
+            p.parse(target, b":C")
+            p.parse(target, b"-C")
+        self.rules = compact([r for r in target.rules if self._mine(r)])
+        self.slots = [r for r in self.rules if r.flags & PERDIR]
+        cvs = [r for r in self.rules if r.flags & CVS and not r.flags & MERGE]
+        self.cvs = self._cvs_rules(cvs[0].flags) if cvs else []
+        self.xattr_rules = any(r.flags & XATTR for r in self.rules)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
-    def excluded(self, path: bytes, is_dir: bool) -> bool:
-        """Is this path (relative to the transfer root, no leading ./) excluded?"""
-        for rule in self.rules:
-            if rule.matches(path, is_dir):
-                return rule.kind == EXCLUDE
+    def _mine(self, rule: Rule) -> bool:
+        """send_rules' elision: which rules this side checks."""
+        f = rule.flags
+        sides = f & SIDES
+        if not sides and self.delete_excluded and (not f & PERDIR or f & NO_PREFIXES):
+            sides = SENDER
+        if not sides or sides == SIDES:
+            return True
+        return sides == (SENDER if self.side == "sender" else RECEIVER)
+
+    def _cvs_rules(self, flags: int) -> list[Rule]:
+        """The -C list: rsync's defaults (perishable), ~/.cvsignore, $CVSIGNORE."""
+        p = Parser(self.side, self.delete_excluded)
+        template = flags & (NO_PREFIXES | WORD_SPLIT | NO_INHERIT | CVS | SIDES)
+        target = _Target()
+        p.parse(target, DEFAULT_CVSIGNORE, template | PERISHABLE)
+        home = os.environb.get(b"HOME")
+        if home:
+            p.merge_file(target, os.path.join(home, b".cvsignore"), template, 0)
+        env = os.environb.get(b"CVSIGNORE")
+        if env:
+            p.parse(target, env, template)
+        return compact([r for r in target.rules if not p.other_side(r.flags)])
+
+    # ---- walking ------------------------------------------------------------------
+
+    def top(self, abs_root: bytes) -> DirState:
+        """The state before a walk rooted at abs_root enters any directory."""
+        return DirState({}, self.slots, abs_root)
+
+    def enter(self, state: DirState, rel: bytes, read: Reader) -> DirState:
+        """The state inside directory `rel` (transfer-relative, b"" for the root), whose
+        per-directory merge files `read` returns (push_local_filters)."""
+        if not state.slots:
+            return state
+        abs_dir = os.path.join(state.abs, rel) if rel else state.abs
+        inherited_of = state.lists
+        if not self._setup_done:
+            self._setup_done = True
+            inherited_of = self._parent_scan(state, abs_dir)
+        slots = list(state.slots)
+        p = Parser(self.side, self.delete_excluded, self.from0, cwd=state.abs,
+                   activate=_dedupe(slots, self.names))
+        p.dirbuf = abs_dir.rstrip(b"/") + b"/"
+        lists: dict[Rule, list[Rule]] = {}
+        i = 0
+        while i < len(slots):
+            m = slots[i]
+            i += 1
+            target = _Target()
+            name = self.names.get(m, m.pattern)
+            data = None if b".." in name.split(b"/") else read(name)  # only below the dir
+            if data is not None:
+                p.parse_file(target, data, m.flags, ANCHORED2ABS)
+            keep = not (m.flags & NO_INHERIT or target.cleared)
+            local = compact(target.rules)
+            lists[m] = local + inherited_of.get(m, []) if keep else local
+        return DirState(lists, slots, state.abs)
+
+    def _parent_scan(self, state: DirState, abs_dir: bytes) -> dict[Rule, list[Rule]]:
+        """A per-directory file named with a path (-F's "/.rsync-filter") is first read
+        in every directory from that path's down to the parent of the first directory
+        the walk enters (setup_merge_file); later directories read its base name."""
+        lists = dict(state.lists)
+        here = abs_dir.rstrip(b"/") + b"/"
+        for m in state.slots:
+            if b"/" not in m.pattern:
+                continue
+            full = os.path.normpath(m.pattern if m.pattern.startswith(b"/")
+                                    else os.path.join(abs_dir, m.pattern))
+            top, _, name = full.rpartition(b"/")
+            self.names[m] = name
+            top = top.rstrip(b"/") + b"/"
+            if not here.startswith(top):
+                continue
+            p = Parser(self.side, self.delete_excluded, self.from0, cwd=state.abs,
+                       activate=_dedupe(list(state.slots), self.names))
+            found: list[Rule] = []
+            d = top
+            while len(d) < len(here):
+                target = _Target()
+                p.dirbuf = d
+                data = p.read(d + name, 0, 0)
+                if data is not None:
+                    p.parse_file(target, data, m.flags, ANCHORED2ABS)
+                found = target.rules if target.cleared else target.rules + found
+                if m.flags & NO_INHERIT:
+                    found = []
+                d = here[: here.index(b"/", len(d)) + 1]
+            lists[m] = found
+        return lists
+
+    # ---- checks -------------------------------------------------------------------
+
+    def excluded(self, state: DirState, path: bytes, is_dir: bool,
+                 perishable: bool = True) -> bool:
+        """Is this transfer-relative path excluded (on the receiver: protected)?
+        perishable=False: a directory being deleted, where 'p' rules do not hold."""
+        return self._check(self.rules, state, path, is_dir, not perishable) < 0
+
+    def _check(self, rules: list[Rule], state: DirState, path: bytes, is_dir: bool,
+               skip_perishable: bool) -> int:
+        for r in rules:
+            f = r.flags
+            if skip_perishable and f & PERISHABLE:
+                continue
+            if f & PERDIR:
+                rc = self._check(state.lists.get(r, []), state, path, is_dir, skip_perishable)
+            elif f & CVS:
+                rc = self._check(self.cvs, state, path, is_dir, skip_perishable)
+            elif r.matches(path, is_dir, state.root):
+                return 1 if f & INCLUDE else -1
+            else:
+                continue
+            if rc:
+                return rc
+        return 0
+
+    def xattr_excluded(self, name: bytes) -> bool:
+        """Is this xattr name excluded by an 'x' rule (of the command line)?"""
+        for r in self.rules:
+            if r.flags & XATTR and r.matches_xattr(name):
+                return not r.flags & INCLUDE
         return False
 
 
-def read_rule_file(path: str, default_kind: str) -> list[tuple[str, bytes]]:
-    """Rules from --exclude-from/--include-from: one pattern a line, '#'/';' comments,
-    and rsync's '+ '/'- ' prefixes."""
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as exc:
-        raise FilterFileUnreadable(path=os.fsencode(path), reason=exc) from None
-    rules = []
-    for line in data.splitlines():
-        line = line.rstrip(b"\r")
-        if not line or line[:1] in (b"#", b";"):
-            continue
-        if line[:2] in (b"+ ", b"- "):
-            rules.append((line[:1].decode(), line[2:]))
-        else:
-            rules.append((default_kind, line))
-    return rules
+def _dedupe(slots: list[Rule], names: dict[Rule, bytes] | None = None
+            ) -> Callable[[Rule], bool]:
+    """A per-directory merge rule for a file name already in force is dropped; a new
+    one joins `slots` (and its file is read in the directory that named it too)."""
+    names = names or {}
+
+    def activate(rule: Rule) -> bool:
+        name = rule.pattern.rpartition(b"/")[2]
+        for s in slots:
+            if names.get(s, s.pattern).rpartition(b"/")[2] == name:
+                return False
+        slots.append(rule)
+        return True
+
+    return activate
+
+
+def for_side(opts, side: str) -> Filters | None:
+    """This side's rules from the run's options, or None when there are none."""
+    f = Filters(opts.filter_rules, side, opts.delete_excluded, opts.cvs_exclude, opts.from0)
+    return f if f else None
+
+
+def read_at(dirfd: int) -> Reader:
+    """A Reader for a destination directory open as dirfd (no symlink followed)."""
+
+    def read(name: bytes) -> bytes | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    return read
+
+
+class DeleteFilter:
+    """The receiver's rules for --delete (rsync's delete_in_dir and delete_dir_contents):
+    a destination name its rules exclude is protected. Each directory's state comes from
+    its parent's, when the parent is a directory of the transfer, and the merge files
+    in the destination directory itself, read when the generator lists it (the moment
+    rsync's --delete-during reads them) or, with --delete-after, when deletions start."""
+
+    def __init__(self, filters: Filters, root: bytes, existing: dict[bytes, list[bytes]]):
+        self.filters = filters
+        self.existing = existing  # the transfer's directories the destination has
+        self._top = filters.top(os.path.abspath(root))
+        self._states: dict[bytes, DirState] = {}
+
+    def state(self, rel: bytes, dirfd: Callable[[bytes], int], fd: int | None = None
+              ) -> DirState:
+        """The state inside destination directory `rel` (open as fd, if it is)."""
+        st = self._states.get(rel)
+        if st is not None:
+            return st
+        head = rel.rpartition(b"/")[0] if rel else None
+        parent = self._top
+        if head is not None and head in self.existing:
+            parent = self.state(head, dirfd)
+        st = self.filters.enter(parent, rel, read_at(dirfd(rel) if fd is None else fd))
+        self._states[rel] = st
+        return st
+
+    def state_below(self, parent: DirState, rel: bytes, fd: int) -> DirState:
+        """The state inside a directory being deleted (not kept: it is going away)."""
+        return self.filters.enter(parent, rel, read_at(fd))
+
+    def protected(self, state: DirState, path: bytes, is_dir: bool,
+                  perishable: bool = True) -> bool:
+        return self.filters.excluded(state, path, is_dir, perishable)
+
+
+def delete_filter(opts, tree, existing: dict[bytes, list[bytes]]) -> DeleteFilter | None:
+    """The receiver's DeleteFilter for a --delete run with rules, else None; `tree` is
+    the destination's DestTree (its root's absolute path is what '/' rules see)."""
+    rules = for_side(opts, "receiver") if opts.delete and tree is not None else None
+    if rules is None:
+        return None
+    return DeleteFilter(rules, os.readlink(b"/proc/self/fd/%d" % tree.root_fd), existing)

@@ -14,7 +14,7 @@ import stat
 
 from fscsync import errors
 from fscsync.engine import itemize
-from fscsync.engine.filters import Filters
+from fscsync.engine.generator import rel_dir
 from fscsync.engine.rxstate import Decisions, locate, os_failure
 from fscsync.engine.stats import tally
 from fscsync.errors import escape
@@ -24,6 +24,7 @@ from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
     from fscsync.fs.destfs import DestTree
@@ -63,7 +64,7 @@ class Finalizer:
             self._deletion_allowed()
             return
         self.hard_links(tree, decisions.links)
-        self.deletions(tree, decisions.existing, decisions.children)
+        self.deletions(tree, decisions)
         self.litter(tree, decisions.litter, decisions.incoming)
         self.directories(tree, decisions.dirs)
 
@@ -126,39 +127,45 @@ class Finalizer:
             return False
         return True
 
-    def deletions(self, tree: DestTree, existing: dict[bytes, list[bytes]],
-                  children: dict[bytes, set[bytes]]) -> None:
+    def deletions(self, tree: DestTree, decisions: Decisions) -> None:
         if not self._deletion_allowed():
             return
-        filters = Filters(self.opts.filter_rules)
-        protect = bool(filters) and not self.opts.delete_excluded
-        self._protected = (lambda path, is_dir: filters.excluded(path, is_dir)) if protect \
-            else (lambda path, is_dir: False)
+        rules = decisions.rules
         limit = self.opts.max_delete
         deleted = 0
         skipped = 0
-        for rel, names in existing.items():
-            keep = children.get(rel, set())
+        fence = _Fence(self.opts.one_file_system)
+        no_content = {rel_dir(e) for e, _ in decisions.dirs if e.no_content}
+        for rel, names in decisions.existing.items():
+            if rel in no_content:
+                continue
+            keep = decisions.children.get(rel, set())
             try:
                 dfd = tree.dirfd(rel)
             except OSError:
                 continue
+            if not fence.enter(dfd):
+                continue
+            state = rules.state(rel, tree.dirfd, dfd) if rules is not None else None
             gone = [(name, st) for name in set(names) - keep
                     if (st := lstat_at(dfd, name)) is not None]
             for name, st in deletion_order(gone):
                 path = rel + b"/" + name if rel else name
                 is_dir = stat.S_ISDIR(st.st_mode)
-                if self._protected(path, is_dir):
+                if rules is not None and rules.protected(state, path, is_dir):
+                    continue
+                if is_dir and fence.mount_point(st, path, self.reporter):
                     continue
                 if limit >= 0 and deleted >= limit:
                     skipped += 1
                     continue
-                deleted += self._delete(tree, dfd, name, path, st)
+                deleted += self._delete(tree, dfd, name, path, st, rules, state)
         if skipped:
             self.reporter.error(f"Deletions stopped due to --max-delete limit "
                                 f"({skipped} skipped)", errors.MAX_DELETE)
 
-    def _delete(self, tree: DestTree, dfd: int, name: bytes, path: bytes, st) -> int:
+    def _delete(self, tree: DestTree, dfd: int, name: bytes, path: bytes, st,
+                rules: DeleteFilter | None = None, state=None) -> int:
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "reg"
         count = 0
         if stat.S_ISDIR(st.st_mode) and not self.opts.dry_run:
@@ -168,13 +175,18 @@ class Finalizer:
                 self.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
                 return 0
             try:
+                inner = rules.state_below(state, path, cfd) if rules is not None else None
+                dev = os.fstat(cfd).st_dev if self.opts.one_file_system else None
                 inside = [(child, cst) for child in listdir(cfd)
                           if (cst := lstat_at(cfd, child)) is not None]
                 for child, cst in deletion_order(inside):
                     cpath = path + b"/" + child
-                    if self._protected(cpath, stat.S_ISDIR(cst.st_mode)):
+                    if rules is not None and rules.protected(
+                            inner, cpath, stat.S_ISDIR(cst.st_mode), perishable=False):
                         continue
-                    count += self._delete(tree, cfd, child, cpath, cst)
+                    if dev is not None and stat.S_ISDIR(cst.st_mode) and cst.st_dev != dev:
+                        continue  # a mount point pins its parent
+                    count += self._delete(tree, cfd, child, cpath, cst, rules, inner)
             finally:
                 os.close(cfd)
         if not self.opts.dry_run:
@@ -245,3 +257,27 @@ class Finalizer:
                 self._os_fail(e, "setting attributes of", exc)
             finally:
                 os.close(fd)
+
+
+class _Fence:
+    """-x on the receiver: no deletions inside a directory of another filesystem than
+    the transfer's top one, and a mount point is never deleted (rsync's delete_in_dir)."""
+
+    def __init__(self, level: int):
+        self.level = level
+        self.dev: int | None = None
+
+    def enter(self, dfd: int) -> bool:
+        if not self.level:
+            return True
+        dev = os.fstat(dfd).st_dev
+        if self.dev is None:
+            self.dev = dev
+        return dev == self.dev
+
+    def mount_point(self, st, path: bytes, reporter: Reporter) -> bool:
+        if not self.level or st.st_dev == self.dev:
+            return False
+        if self.level == 1:
+            reporter.info(f"cannot delete mount point: {escape(path)}", 2)
+        return True

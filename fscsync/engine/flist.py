@@ -25,6 +25,13 @@ F_RDEV = 32
 F_ENC_ALT = 64
 F_ENC_BIN = 128
 
+NO_CONTENT = 1
+"""The rdev of a directory sent without its contents (a mount point under -x, an implied
+directory of -R, a --files-from directory without -r): nothing in it is deleted."""
+IMPLIED = 2
+"""The rdev of a -R path component under --no-implied-dirs: the receiver makes it with
+default attributes if it is missing and leaves it alone otherwise."""
+
 _COUNTS = struct.Struct(">II")
 _COLUMNS = ("I", "Q", "q", "I", "I")  # mode, size, mtime, uid, gid
 _ROW = struct.calcsize(">" + "".join(_COLUMNS)) + 1  # one entry's columns and flags
@@ -71,6 +78,10 @@ class Entry:
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
+
+    @property
+    def no_content(self) -> bool:
+        return self.rdev in (NO_CONTENT, IMPLIED) and stat.S_ISDIR(self.mode)
 
     @property
     def is_reg(self) -> bool:

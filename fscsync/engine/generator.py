@@ -13,8 +13,8 @@ import errno
 import os
 import stat
 
-from fscsync.engine import chmod, delta, itemize
-from fscsync.engine.flist import Batch, Entry
+from fscsync.engine import chmod, delta, filters, itemize
+from fscsync.engine.flist import IMPLIED, Batch, Entry
 from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import escape
@@ -78,6 +78,7 @@ class Generator:
         self.root_created = root_created
         self.children: dict[bytes, set[bytes]] = {}
         self.existing: dict[bytes, list[bytes]] = {}
+        self.delete_rules = filters.delete_filter(opts, tree, self.existing)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
@@ -176,6 +177,7 @@ class Generator:
                       status[entries[idx].link] == Status.OK) for idx in self.hardlinks]
         out.existing, out.children = self.existing, self.children
         out.litter, out.incoming = self.litter, self.incoming
+        out.rules = self.delete_rules
         return out
 
     # ---- per entry --------------------------------------------------------------
@@ -373,6 +375,13 @@ class Generator:
             if there is not None:
                 self._kept_dirlink(idx, e, pfd, name, st, there)
                 return
+        if e.rdev == IMPLIED:  # --no-implied-dirs: made if missing, else left alone
+            if st is None:
+                if not opts.dry_run:
+                    os.mkdir(name, 0o777, dir_fd=pfd)
+                self.fresh.add(rel_dir(e))
+            state.status[idx] = Status.OK
+            return
         if st is not None and not stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):
                 return
@@ -498,6 +507,8 @@ class Generator:
             return
         # -d without -r lists the contents of `src/` only: no other directory's rest goes
         deletes = self.opts.delete and (self.opts.recursive or e.path == b".")
+        if self.delete_rules is not None and not self.opts.delete_after:
+            self.delete_rules.state(rel, tree.dirfd, fd)  # its merge files as they are now
         if TEMP_MARK not in b"/".join(names):  # one search instead of a match per name
             if deletes:
                 self.existing[rel] = names

@@ -18,6 +18,7 @@ from fscsync.errors import escape
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.flist import Entry
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
@@ -130,9 +131,10 @@ class Decisions:
     is in place). existing: the names listed in each destination directory --delete
     looks at; children: the names the file list brings to each. litter: names like
     a killed run's temp files, per directory; incoming: the names the list brings
-    to those directories (a real file that only looks like litter stays)."""
+    to those directories (a real file that only looks like litter stays). rules: the
+    filter rules deletions obey, with the destination merge files read so far."""
 
-    __slots__ = ("dirs", "links", "existing", "children", "litter", "incoming")
+    __slots__ = ("dirs", "links", "existing", "children", "litter", "incoming", "rules")
 
     def __init__(self) -> None:
         self.dirs: list[tuple[Entry, bool]] = []
@@ -141,6 +143,7 @@ class Decisions:
         self.children: dict[bytes, set[bytes]] = {}
         self.litter: dict[bytes, list[bytes]] = {}
         self.incoming: dict[bytes, set[bytes]] = {}
+        self.rules: DeleteFilter | None = None  # the receiver's filter rules for --delete
 
     def merge(self, other: Decisions) -> Decisions:
         """Fold another partition's decisions in (and return self). A directory's names
@@ -149,6 +152,7 @@ class Decisions:
         self.dirs += other.dirs
         self.dirs.sort(key=lambda d: () if d[0].path == b"." else tuple(d[0].path.split(b"/")))
         self.links += other.links
+        self.rules = self.rules or other.rules
         for mine, theirs in ((self.existing, other.existing), (self.litter, other.litter)):
             for rel, names in theirs.items():
                 mine[rel] = list(dict.fromkeys(mine.get(rel, []) + names))

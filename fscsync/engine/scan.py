@@ -15,8 +15,8 @@ import threading
 from collections.abc import Iterator
 
 from fscsync import errors
-from fscsync.engine.filters import Filters
-from fscsync.engine.flist import Entry
+from fscsync.engine import filters
+from fscsync.engine.flist import IMPLIED, NO_CONTENT, Entry
 from fscsync.engine.report import Reporter
 from fscsync.errors import (
     MalformedEncdata,
@@ -90,7 +90,9 @@ class Scanner:
     def __init__(self, opts: Options, reporter: Reporter, confined: Confined | None = None):
         self.opts = opts
         self.confined = confined  # --restrict-to: directories and files opened through it
-        self.filters = Filters(opts.filter_rules)
+        self.filters = filters.for_side(opts, "sender")
+        self._top: filters.DirState | None = None  # the rules before the walk enters a directory
+        self._dev = -1  # -x: the device of the current source's top directory
         self.reporter = reporter
         self.io_error = False
         self.count = 0
@@ -124,7 +126,8 @@ class Scanner:
         caller's per-entry work stays in its own loop."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
-            if len(sources) > 1:
+            if len(sources) > 1 or self.opts.relative or self.opts.files_from is not None \
+                    or self.opts.files_from_remote is not None:
                 yield from self._in_order(self._scan_sources(sources))
             else:
                 yield from self._scan_sources(sources)
@@ -151,7 +154,8 @@ class Scanner:
                         seen[e.path] = len(kept)
                         kept.append((_order_key(e), idx, e))
                 else:
-                    keep = e.is_dir and not kept[at][2].is_dir
+                    was = kept[at][2]  # a directory's contents outrank an implied one
+                    keep = e.is_dir and (not was.is_dir or was.no_content and not e.no_content)
                     if keep:
                         kept[at] = (_order_key(e), idx, e)
                 if keep and e.is_dir:
@@ -180,8 +184,19 @@ class Scanner:
                 e.checksum = self._checksum(e.src, layout)
 
     def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
+        names = self.opts.files_from
+        if self.opts.files_from_remote is not None and names is None:
+            names = self._remote_list(self.opts.files_from_remote)
+        if names is not None:
+            top = os.path.normpath(sources[0])
+            sources = [top + b"/./" + name for name in names]
         for src in sources:
+            if self.opts.relative:
+                yield from self._scan_relative(src)
+                continue
             base, name = split_source(src)
+            if self.filters is not None:
+                self._top = self.filters.top(os.path.abspath(base))
             if name is None:
                 self._root_starts.append(self.count)
                 self._roots.append((base.rstrip(b"/") + b"/", base))
@@ -191,6 +206,76 @@ class Scanner:
                 self._root_starts.append(self.count)
                 self._roots.append((full[: len(full) - len(name)], full))
                 yield from self._scan_top(src, base, name)
+
+    def _remote_list(self, path: bytes) -> list[bytes]:
+        """--files-from=HOST:FILE, read here on the sending side."""
+        try:
+            fd = self.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise errors.FilesFromUnreadable(path=path, reason=exc.strerror) from None
+        return filters.files_from_names(data, self.opts.from0)
+
+    def _scan_relative(self, src: bytes) -> Iterator[list[Entry] | PlainRun]:
+        """-R: the path after a "/./" (or the whole path, less a leading "/") is the
+        name at the destination; its parent directories come first, as implied
+        directories without contents (unless --no-implied-dirs)."""
+        base, rel = relative_parts(src)
+        if self.filters is not None:
+            self._top = self.filters.top(os.path.abspath(base))
+        if not rel:
+            self._root_starts.append(self.count)
+            self._roots.append((base.rstrip(b"/") + b"/", base))
+            yield from self._scan_contents(base + b"/", base)
+            return
+        lead = base.rstrip(b"/") + b"/"
+        self._root_starts.append(self.count)
+        self._roots.append((lead, lead + rel))
+        parts = rel.split(b"/")
+        for n in range(1, len(parts)):
+            yield from self._implied(lead, b"/".join(parts[:n]))
+        listed = self.opts.files_from is not None or self.opts.files_from_remote is not None
+        if listed and not self.opts.recursive:
+            yield from self._scan_listed(lead, rel)
+        else:
+            yield from self._scan_top(lead + rel, base, rel)
+
+    def _implied(self, lead: bytes, rel: bytes) -> Iterator[list[Entry]]:
+        """One implied directory of a -R path (followed if it is a symlink, as rsync);
+        under --no-implied-dirs it only names the path (its attributes stay here)."""
+        try:
+            st = os.stat(lead + rel) if self.confined is None else self.confined.stat(lead + rel)
+        except OSError as exc:
+            self._fail(lead + rel, "link_stat", exc)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        if self.filters is not None and self.filters.excluded(self._top, rel, True):
+            return
+        e = self._entry(rel, lead + rel, st, True)
+        if e is not None:
+            e.rdev = NO_CONTENT if self.opts.implied_dirs else IMPLIED
+            yield [e]
+
+    def _scan_listed(self, lead: bytes, rel: bytes) -> Iterator[list[Entry]]:
+        """A --files-from name without -r: a directory is sent without its contents
+        (rsync's implied --dirs)."""
+        full = lead + rel
+        try:
+            st = os.lstat(full) if self.confined is None else self.confined.stat(full)
+        except OSError as exc:
+            if not (exc.errno == errno.ENOENT and self.opts.ignore_missing_args):
+                self._fail(full, "link_stat", exc)
+            return
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if self.filters is not None and self.filters.excluded(self._top, rel, is_dir):
+            return
+        e = self._entry(rel, full, st, True)
+        if e is not None:
+            if is_dir:
+                e.rdev = NO_CONTENT
+            yield [e]
 
     def source_path(self, idx: int, rel: bytes) -> bytes:
         """The source path of entry `idx` (the `src` it had when scanned), from its
@@ -217,13 +302,14 @@ class Scanner:
         if not (self.opts.recursive or self.opts.dirs or self.opts.list_only):
             self.reporter.info("skipping directory .", 0)
             return
+        self._dev = st.st_dev
         root = self._entry(b".", base, st, True) if self._first(b".") else None
         if root is not None:
             yield [root]
             encrypted = root.enc is not None
         else:
             encrypted = self.finder.ask(base)[0] is not None
-        yield from self._walk(base, b"", encrypted)
+        yield from self._walk(base, b"", encrypted, self._top)
 
     def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry] | PlainRun]:
         full = src.rstrip(b"/")
@@ -241,10 +327,12 @@ class Scanner:
                                              or self.opts.list_only):
             self.reporter.info(f"skipping directory {escape(name)}", 0)
             return
-        if self.filters and self.filters.excluded(name, stat.S_ISDIR(st.st_mode)):
+        if self.filters is not None and self.filters.excluded(self._top, name,
+                                                              stat.S_ISDIR(st.st_mode)):
             return
         if not self._first(name):
             return
+        self._dev = st.st_dev
         entry = self._entry(name, full, st, True)
         if entry is None:
             if self._nondir:
@@ -253,7 +341,7 @@ class Scanner:
         if not entry.is_dir:
             yield from self._out([entry])
             return
-        yield from self._dir(entry, full)
+        yield from self._dir(entry, full, self._top)
 
     def _first(self, path: bytes) -> bool:
         if path in self._seen:
@@ -261,11 +349,14 @@ class Scanner:
         self._seen.add(path)
         return True
 
-    def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool
-              ) -> Iterator[list[Entry] | PlainRun]:
+    def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool,
+              rules: filters.DirState | None) -> Iterator[list[Entry] | PlainRun]:
         """The entries below one directory; `encrypted`: it carries encdata, so every
-        entry in it is asked for its own."""
+        entry in it is asked for its own; `rules`: the filter state of its parent."""
         base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
+        flt = self.filters
+        if flt is not None:
+            rules = flt.enter(rules, prefix[:-1], self._merge_reader(base))
         try:
             names, stats, plain = self._list(base, encrypted)
         except OSError as exc:
@@ -275,7 +366,6 @@ class Scanner:
         files: list[Entry] = []
         bare_names: list[bytes] = []
         bare_stats: list[os.stat_result] = []
-        filters = self.filters if self.filters.rules else None
         entry = self._entry
         for name, st, bare in zip(names, stats, plain, strict=True):
             if type(st) is not os.stat_result:
@@ -289,7 +379,7 @@ class Scanner:
                 if st is None:
                     continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
-            if filters is not None and filters.excluded(prefix + name, is_dir):
+            if flt is not None and flt.excluded(rules, prefix + name, is_dir):
                 continue
             if bare:
                 if files:
@@ -322,21 +412,29 @@ class Scanner:
         if self._nondir:
             yield from self._out(None)
         for rel, path, st in subdirs:
+            mount = self.opts.one_file_system and st.st_dev != self._dev
+            if mount and self.opts.one_file_system > 1:
+                self.reporter.info(f"[sender] skipping mount-point dir {escape(rel)}", 2)
+                continue
             e = entry(rel, path, st, encrypted)
-            if e is not None:
-                yield from self._dir(e, path)
+            if e is None:
+                continue
+            if mount:
+                e.rdev = NO_CONTENT
+            yield from self._dir(e, path, rules, mount)
 
-    def _dir(self, e: Entry, path: bytes) -> Iterator[list[Entry] | PlainRun]:
+    def _dir(self, e: Entry, path: bytes, rules: filters.DirState | None,
+             mount: bool = False) -> Iterator[list[Entry] | PlainRun]:
         """A directory entry and (with -r) what is below it; with -m it is held until
         something other than a directory turns up below it, and left out if nothing
-        does."""
+        does. A mount point under -x is sent without its contents."""
         if not self.opts.prune_empty_dirs:
             yield [e]
         else:
             self.count -= 1  # counted when it is listed
             self._held.append(e)
-        if self.opts.recursive:
-            yield from self._walk(path, e.path + b"/", e.enc is not None)
+        if self.opts.recursive and not mount:
+            yield from self._walk(path, e.path + b"/", e.enc is not None, rules)
         if self._held and self._held[-1] is e:
             self._held.pop()
 
@@ -387,6 +485,26 @@ class Scanner:
             else:
                 self._fail(path, "stat", exc)
             return None
+
+    def _merge_reader(self, base: bytes) -> filters.Reader:
+        """Reads a per-directory merge file of source directory `base` (ends in "/")."""
+
+        def read(name: bytes) -> bytes | None:
+            try:
+                fd = self.open(base + name, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                chunks = []
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+            except OSError:
+                return None
+            finally:
+                os.close(fd)
+
+        return read
 
     def _plain_run(self, base: bytes, prefix: bytes, names: list[bytes],
                    stats: list[os.stat_result]) -> PlainRun:
@@ -529,6 +647,8 @@ class Scanner:
         if self._want_xattrs:
             e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path, follow),
                                                            self.opts)
+            if self.filters is not None and self.filters.xattr_rules:
+                e.xattrs = [(n, v) for n, v in e.xattrs if not self.filters.xattr_excluded(n)]
             if e.enc is not None:
                 name = self.opts.encdata_xattr if e.enc_alt else cipher.ENCDATA_XATTR
                 return finder.learn(path, st.st_dev, name, listed=True, follow=follow)
@@ -601,6 +721,21 @@ class Scanner:
         finally:
             reader.close()
             os.close(fd)
+
+
+def relative_parts(src: bytes) -> tuple[bytes, bytes]:
+    """(the directory a -R path is read from, the name it gets at the destination):
+    split at the first "/./", else the working directory and the path less its leading
+    slashes; "." and empty components are dropped (rsync's clean_fname)."""
+    at = src.find(b"/./")
+    if at >= 0:
+        base, rel = src[:at] or b"/", src[at + 3:]
+    elif src.startswith(b"./"):
+        base, rel = b".", src[2:]
+    else:
+        base, rel = (b"/" if src.startswith(b"/") else b"."), src.lstrip(b"/")
+    parts = [p for p in rel.split(b"/") if p not in (b"", b".")]
+    return base, b"/".join(parts)
 
 
 def _order_key(e: Entry) -> list[tuple[int, bytes]]:

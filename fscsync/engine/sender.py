@@ -78,8 +78,8 @@ class Sender:
     def _single_file(self) -> bool:
         """Whether the list holds at most one entry, which rsync then writes under the
         destination's own name unless that ends in '/' (a file; with -d and no -r, a
-        directory; nothing at all from `src/` without -r or -d)."""
-        if len(self.sources) != 1:
+        directory; nothing at all from `src/` without -r or -d; never with -R)."""
+        if len(self.sources) != 1 or self.opts.relative:
             return False
         src = self.sources[0]
         o = self.opts

@@ -14,6 +14,7 @@ from fscsync.engine.report import KINDS, Reporter
 from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import (
     AllowedTreeUnusable,
+    FilesFromUnreadable,
     FscsyncError,
     InternalError,
     OutsideAllowedTree,
@@ -127,7 +128,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
     sender = None
     if p.client_sends:
         sender = Sender(chan, opts, reporter, p.sources, on_control)
-        if p.peer is not None:
+        if p.peer is not None and opts.files_from_remote is None:
             sender.scan_ahead()  # ssh and the remote start-up take long enough to scan
     try:
         stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control, sender)
@@ -188,6 +189,8 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
         on_control(ftype, payload)
     if ftype != protocol.READY:
         raise StartupFailed(f"unexpected frame {ftype} instead of READY")
+    if sender is not None and opts.files_from_remote is not None:
+        opts.files_from = _listed_names(payload)
     chan.set_compression(kind)
     if opts.bwlimit:
         chan.set_bwlimit(opts.bwlimit)
@@ -247,7 +250,11 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             paths = [match for word in paths for match in expand(word)]
             if confined is not None:
                 _check_restricted(confined, role, paths, opts)
-        chan.send(protocol.READY)
+        if role == "receiver" and opts.files_from_remote is not None:
+            names = _read_files_from(opts.files_from_remote, confined, opts.from0)
+            protocol.send_json(chan, protocol.READY, {"files_from": [n.hex() for n in names]})
+        else:
+            chan.send(protocol.READY)
         chan.flush()
         chan.set_compression(kind)
         if opts.bwlimit:
@@ -273,6 +280,33 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             traceback.print_exc()
         bug = InternalError(exc, " on the server")
         return _fatal(chan, str(bug), bug.code)
+
+
+def _read_files_from(path: bytes, confined: Confined | None, from0: bool) -> list[bytes]:
+    """--files-from=HOST:FILE of a push: the remote receiver reads the list (inside
+    --restrict-to's tree, if any) and hands it to the sending client with READY."""
+    from fscsync.engine.filters import files_from_names
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if confined is None else \
+            confined.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise FilesFromUnreadable(path=path, reason=exc.strerror) from None
+    return files_from_names(data, from0)
+
+
+def _listed_names(payload: bytes) -> list[bytes]:
+    """The names a receiver read for --files-from=HOST:FILE, checked as a list of ours
+    would be (no leading slash, no ..)."""
+    from fscsync.engine.filters import files_from_names
+
+    try:
+        names = [bytes.fromhex(n) for n in protocol.load_json(payload)["files_from"]]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise StartupFailed("malformed files-from list from the other side") from None
+    return files_from_names(b"\0".join(names), True)
 
 
 def _fatal(chan: Channel, message: str, code: int) -> int:
