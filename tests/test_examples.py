@@ -16,7 +16,7 @@ from support import REPO
 from support.treecmp import assert_same_tree
 from support.trees import make_rich_tree, write
 
-from fscsync.engine import filters
+from fscsync.engine import filterrules, filters
 
 EXAMPLES = REPO / "examples"
 SCRIPTS = ("demo.sh", "demo-encrypted.sh", "restore.sh")
@@ -332,7 +332,7 @@ KEPT = [
 
 def excludes_rules() -> list[filters.Filters]:
     """Each rule of the file on its own."""
-    texts = filters.parse_cli([("exclude-from", os.fsencode(EXAMPLES / "excludes.txt"))],
+    texts = filterrules.parse_cli([("exclude-from", os.fsencode(EXAMPLES / "excludes.txt"))],
                               False, False)
     return [filters.Filters([text], "sender") for text in texts]
 

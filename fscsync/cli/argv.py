@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from fscsync.cli import outflags
-from fscsync.engine import chmod, filters, idmap
+from fscsync.engine import chmod, filterrules, idmap, sources
 from fscsync.errors import FilesFromUnreadable, UsageError
 from fscsync.options import Options
 
@@ -410,7 +410,7 @@ def _files_from(ns: SimpleNamespace, o: Options) -> None:
                 data = f.read()
     except OSError as exc:
         raise FilesFromUnreadable(path=os.fsencode(arg), reason=exc.strerror) from None
-    o.files_from = filters.files_from_names(data, o.from0)
+    o.files_from = sources.files_from_names(data, o.from0)
 
 
 def help_text() -> str:
@@ -451,7 +451,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     if ns.old_dirs:  # rsync's --old-d: -r with --exclude='/*/*' after the line's rules
         o.recursive = True
         ns.filter_rules.append(("exclude", b"/*/*"))
-    o.filter_rules = filters.parse_cli(ns.filter_rules, o.delete_excluded, o.from0)
+    o.filter_rules = filterrules.parse_cli(ns.filter_rules, o.delete_excluded, o.from0)
     o.encdata_xattr = os.fsencode(ns.encdata_xattr)
     o.compress = "auto" if ns.compress else None
     info = outflags.levels("--info", ns.info)

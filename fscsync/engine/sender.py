@@ -222,8 +222,8 @@ class Sender:
 
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
-            layout = self.scanner.finder.layout(e.src, e.enc is not None, e.enc_alt)
-            return self.scanner.open_data(e.src, layout)
+            layout = self.scanner.files.finder.layout(e.src, e.enc is not None, e.enc_alt)
+            return self.scanner.files.open_data(e.src, layout)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None

@@ -285,7 +285,7 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
 def _read_files_from(path: bytes, confined: Confined | None, from0: bool) -> list[bytes]:
     """--files-from=HOST:FILE of a push: the remote receiver reads the list (inside
     --restrict-to's tree, if any) and hands it to the sending client with READY."""
-    from fscsync.engine.filters import files_from_names
+    from fscsync.engine.sources import files_from_names
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if confined is None else \
@@ -300,7 +300,7 @@ def _read_files_from(path: bytes, confined: Confined | None, from0: bool) -> lis
 def _listed_names(payload: bytes) -> list[bytes]:
     """The names a receiver read for --files-from=HOST:FILE, checked as a list of ours
     would be (no leading slash, no ..)."""
-    from fscsync.engine.filters import files_from_names
+    from fscsync.engine.sources import files_from_names
 
     try:
         names = [bytes.fromhex(n) for n in protocol.load_json(payload)["files_from"]]
