@@ -19,11 +19,16 @@ from fscsync.errors import (
     BadFilterRule,
     ChangedWhileSent,
     ClosedBeforeHandshake,
+    DestinationNotADirectory,
+    DestinationUnusable,
+    DirEncdataUnsettable,
+    EncdataUnsettable,
     ExecFailed,
     FilesFromUnreadable,
     FilterFileUnreadable,
     FscsyncError,
     InternalError,
+    JournalUnrecoverable,
     LogFileUnopenable,
     MalformedEncdata,
     NoAnswer,
@@ -42,6 +47,7 @@ from fscsync.errors import (
     SshFailed,
     StartupFailed,
     TempDirOutsideAllowedTree,
+    TempDirUnusable,
     UnknownOutputWord,
     UsageError,
     Vanished,
@@ -57,7 +63,7 @@ CLASSES = [
     (FilterFileUnreadable(kind="exclude", path=b"rules", reason=EACCES),
      "failed to open exclude file rules: Permission denied (13)", 11),
     (BadFilterRule("Unknown filter rule: foo"), "Unknown filter rule: foo", 1),
-    (FilesFromUnreadable(path=b"/nonexist", reason="No such file or directory"),
+    (FilesFromUnreadable(path=b"/nonexist", reason=ENOENT),
      "failed to open files-from file /nonexist: No such file or directory", 1),
     (LogFileUnopenable(path=b"/no/log", reason=ENOENT),
      "failed to open log-file /no/log: No such file or directory (2)", 11),
@@ -88,6 +94,19 @@ CLASSES = [
      23),
     (OSFailed("mkdir", b"dst/a", EACCES, errors.FILE_IO),
      'mkdir "dst/a" failed: Permission denied (13)', 11),
+    (OSFailed("write", b"f", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))),
+     'write "f" failed: No space left on device (28)', 11),
+    (JournalUnrecoverable(path=b"d/.f.~fscsync~redo", reason=EACCES),
+     'cannot recover "d/.f.~fscsync~redo": Permission denied (13)', 23),
+    (EncdataUnsettable(path=b"f", reason=OSError("already encrypted with another context")),
+     'cannot set encdata on "f": already encrypted with another context', 23),
+    (DirEncdataUnsettable(path=b"d", reason=EACCES),
+     'cannot set encdata on directory "d": Permission denied (13)', 23),
+    (DestinationUnusable(what="stat", path=b"dst/x", reason=EACCES),
+     'cannot stat destination "dst/x": Permission denied (13)', 3),
+    (DestinationNotADirectory(path=b"dst"), 'destination "dst" is not a directory', 3),
+    (TempDirUnusable(path=b"tmp", reason=ENOENT),
+     'cannot use --temp-dir "tmp": No such file or directory (2)', 11),
     (Vanished(path=b"d/f"), 'file has vanished: "d/f"', 24),
     (NoReferent(path=b"src/l\xff"), 'symlink has no referent: "src/l\\#377"', 23),
     (UnknownOutputWord(option="--info", word="bogus"), 'Unknown --info item: "bogus"', 1),
@@ -145,6 +164,7 @@ def test_os_reason_is_rsyncs_shape() -> None:
     assert errors.os_reason(EACCES) == "Permission denied (13)"
     assert errors.os_reason(OSError(errno.ENOSPC, "")) == "No space left on device (28)"
     assert errors.os_reason(OSError("no errno here")) == "no errno here"
+    assert errors.os_reason(EACCES, with_errno=False) == "Permission denied"
 
 
 def test_every_code_is_documented_and_has_its_closing_line() -> None:

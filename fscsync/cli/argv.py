@@ -409,7 +409,7 @@ def _files_from(ns: SimpleNamespace, o: Options) -> None:
             with open(arg, "rb") as f:
                 data = f.read()
     except OSError as exc:
-        raise FilesFromUnreadable(path=os.fsencode(arg), reason=exc.strerror) from None
+        raise FilesFromUnreadable(path=os.fsencode(arg), reason=exc) from None
     o.files_from = sources.files_from_names(data, o.from0)
 
 

@@ -4,7 +4,7 @@ journals), and the in-place updates it committed but did not finish."""
 
 from __future__ import annotations
 
-from fscsync.errors import escape
+from fscsync.errors import JournalUnrecoverable, escape
 from fscsync.fs.destfs import TEMP_MARK, is_temp_name, listdir
 from fscsync.fs.inplace import is_journal_name, recover
 
@@ -76,8 +76,7 @@ class DestListing:
         try:
             applied = recover(fd, jname, drop_invalid=False)
         except OSError as exc:
-            self.reporter.error(f'cannot recover "{escape(path)}": {exc.strerror} '
-                                f"({exc.errno})")
+            self.reporter.failed(JournalUnrecoverable(path=path, reason=exc))
             return True
         if applied:
             self.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)

@@ -15,9 +15,9 @@ import stat
 from fscsync import errors
 from fscsync.engine import itemize
 from fscsync.engine.generator import rel_dir
-from fscsync.engine.rxstate import Decisions, locate, os_failure
+from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
-from fscsync.errors import escape
+from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
 from fscsync.fs import meta
 from fscsync.fs.destfs import listdir, lstat_at, remove_tree, temp_name
 from fscsync.fs.meta import Target
@@ -72,7 +72,7 @@ class Finalizer:
         return locate(tree, e, self.single_name)
 
     def _os_fail(self, e, what: str, exc: OSError) -> None:
-        self.reporter.error(*os_failure(what, e.path, exc))
+        self.reporter.failed(OSFailed(what, e.path, exc))
 
     # ---- hard links ---------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class Finalizer:
             try:
                 cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             except OSError as exc:
-                self.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
+                self.reporter.failed(OSFailed("delete of", path, exc))
                 return 0
             try:
                 inner = rules.state_below(state, path, cfd) if rules is not None else None
@@ -201,8 +201,7 @@ class Finalizer:
                     self.reporter.info(f"cannot delete non-empty directory: {escape(path)}", 0)
                     return count
                 if exc.errno != errno.ENOENT:
-                    self.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror} '
-                                        f"({exc.errno})")
+                    self.reporter.failed(OSFailed("delete of", path, exc))
                     return count
         if self.opts.itemize or self.opts.log_items:
             self.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
@@ -251,8 +250,7 @@ class Finalizer:
                 meta.apply_attrs(self.opts, self.ids, e, Target(pfd, name, fd=fd), os.fstat(fd),
                                  new=new)
             except meta.EncdataConflict as exc:
-                self.reporter.error(f'cannot set encdata on directory "{escape(e.path)}": '
-                                    f"{exc.strerror}")
+                self.reporter.failed(DirEncdataUnsettable(path=e.path, reason=exc))
             except OSError as exc:
                 self._os_fail(e, "setting attributes of", exc)
             finally:

@@ -20,7 +20,7 @@ from fscsync.engine.existing import DestListing
 from fscsync.engine.flist import IMPLIED, Batch, Entry
 from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
-from fscsync.errors import escape
+from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, meta
 from fscsync.fs.destfs import DestTree, lstat_at, remove_tree, temp_name
 from fscsync.fs.meta import Target
@@ -229,7 +229,7 @@ class Generator:
             else:
                 self.special(idx, e, pfd, name, st)
         except meta.EncdataConflict as exc:
-            state.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+            state.failed(idx, EncdataUnsettable(path=e.path, reason=exc))
         except OSError as exc:
             state.os_fail(idx, "update of", exc)
         if state.status[idx]:

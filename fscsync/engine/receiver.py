@@ -24,7 +24,14 @@ from fscsync.engine.report import Reporter
 from fscsync.engine.rxstate import RxState
 from fscsync.engine.stats import Stats, read_final
 from fscsync.engine.writer import Writer
-from fscsync.errors import FscsyncError, ProtocolError, escape
+from fscsync.errors import (
+    DestinationNotADirectory,
+    DestinationUnusable,
+    OSFailed,
+    ProtocolError,
+    TempDirUnusable,
+    escape,
+)
 from fscsync.fs.destfs import Confined, DestTree, check_paths, temp_dir_path
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
@@ -86,8 +93,7 @@ class Receiver:
             st = None
         except OSError as exc:  # below a regular file, say: rsync's code 3 ...
             if not (self.opts.mkpath and exc.errno == errno.ENOTDIR):
-                raise FscsyncError(f'cannot stat destination "{escape(dest)}": '
-                                   f"{exc.strerror} ({exc.errno})", errors.FILE_SELECT) from None
+                raise DestinationUnusable(what="stat", path=dest, reason=exc) from None
             st = None  # ... unless --mkpath's mkdir is to fail on it, with rsync's 11
         if single_file and not trailing and (st is None or not stat.S_ISDIR(st.st_mode)):
             head, _, name = path.rpartition(b"/")
@@ -111,20 +117,17 @@ class Receiver:
                     else:
                         fs.mkdir(path, 0o777)
                 except OSError as exc:
-                    raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
-                                       f"({exc.errno})", errors.FILE_IO) from None
+                    raise OSFailed("mkdir", path, exc, errors.FILE_IO) from None
             self.root_created = True
             self._report_made(path, made)
         elif not stat.S_ISDIR(st.st_mode):
-            raise FscsyncError(f'destination "{escape(dest)}" is not a directory',
-                               errors.FILE_SELECT)
+            raise DestinationNotADirectory(path=dest)
         self.root_path = path
         try:
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             self.root_fd = os.open(path, flags) if fs is None else fs.open(path, flags)
         except OSError as exc:
-            raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
-                               f"({exc.errno})", errors.FILE_SELECT) from None
+            raise DestinationUnusable(what="open", path=path, reason=exc) from None
 
     def abilities(self) -> DestAbilities:
         """What the destination can store, probed the first time an encrypted entry is
@@ -135,8 +138,8 @@ class Receiver:
                 self._abilities = probe_dest(self.root_fd, self.opts.encdata_xattr)
             except OSError as exc:
                 self._abilities = DestAbilities(
-                    encdata=False, encdata_why=f"the destination is not writable: "
-                    f"{exc.strerror} ({exc.errno})")
+                    encdata=False,
+                    encdata_why=f"the destination is not writable: {errors.os_reason(exc)}")
             for line in self._abilities.lines():
                 self.reporter.info(line, 1)
         return self._abilities
@@ -153,8 +156,7 @@ class Receiver:
                 try:
                     os.mkdir(path, 0o777)
                 except OSError as exc:
-                    raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
-                                       f"({exc.errno})", errors.FILE_IO) from None
+                    raise OSFailed("mkdir", path, exc, errors.FILE_IO) from None
         return len(missing)
 
     def _report_made(self, path: bytes, made: int) -> None:
@@ -179,8 +181,7 @@ class Receiver:
                 return self.confined.open(temp_dir_path(self.root_path, opts.temp_dir), flags)
             return os.open(opts.temp_dir, flags, dir_fd=tree.root_fd)
         except OSError as exc:
-            raise FscsyncError(f'cannot use --temp-dir "{escape(opts.temp_dir)}": '
-                               f"{exc.strerror}", errors.FILE_IO) from None
+            raise TempDirUnusable(path=opts.temp_dir, reason=exc) from None
 
     # ---- the stream -----------------------------------------------------------------
 

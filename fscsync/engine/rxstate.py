@@ -10,11 +10,9 @@ merge, so the copy passes of several partitions can be finalised once.
 
 from __future__ import annotations
 
-import errno
 from enum import IntEnum
 
 from fscsync import errors
-from fscsync.errors import escape
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -26,24 +24,12 @@ if TYPE_CHECKING:
     from fscsync.fs.fileio import BlockReader
     from fscsync.fs.inplace import Update
 
-_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
 class Status(IntEnum):
     """An entry's state in RxState.status (a bytearray: one byte an entry)."""
 
     UNDECIDED = 0
     OK = 1  # in place at the destination (or settled: left alone, listed, dry run)
     FAILED = 2
-
-
-def os_failure(what: str, path: bytes, exc: OSError) -> tuple[str, int]:
-    """The message and exit code of a file that failed on an OS error: 23 at the end,
-    as rsync's, except a full disk or quota, which rsync reports as an error in file
-    I/O (11)."""
-    return (f'{what} "{escape(path)}" failed: {exc.strerror or exc} '
-            f"({exc.errno if exc.errno is not None else errno.EIO})",
-            errors.FILE_IO if exc.errno in _OUT_OF_SPACE else errors.PARTIAL)
 
 
 def locate(tree: DestTree, e: Entry, single_name: bytes | None) -> tuple[int, bytes]:
@@ -89,8 +75,14 @@ class RxState:
         self.status[idx] = Status.FAILED
         self.reporter.error(message, code)
 
+    def failed(self, idx: int, err: errors.FscsyncError) -> None:
+        """The entry failed on a condition named by its class: its line, its code."""
+        self.status[idx] = Status.FAILED
+        self.reporter.failed(err)
+
     def os_fail(self, idx: int, what: str, exc: OSError) -> None:
-        self.fail(idx, *os_failure(what, self.entries[idx].path, exc))
+        """The entry failed on an OS error (a full disk or quota ends the run with 11)."""
+        self.failed(idx, errors.OSFailed(what, self.entries[idx].path, exc))
 
 
 class Pending:

@@ -181,7 +181,7 @@ class Scanner:
             with os.fdopen(fd, "rb") as f:
                 data = f.read()
         except OSError as exc:
-            raise errors.FilesFromUnreadable(path=path, reason=exc.strerror) from None
+            raise errors.FilesFromUnreadable(path=path, reason=exc) from None
         return files_from_names(data, self.opts.from0)
 
     def _scan_relative(self, src: bytes) -> Iterator[list[Entry] | PlainRun]:

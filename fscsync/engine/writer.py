@@ -14,7 +14,7 @@ import xxhash
 from fscsync import errors
 from fscsync.engine import delta
 from fscsync.engine.rxstate import Pending, RxState, Status
-from fscsync.errors import escape
+from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, inplace, meta
 from fscsync.fs.destfs import DestTree, proc_path, temp_name
 from fscsync.fs.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
@@ -280,7 +280,7 @@ class Writer:
                 st = os.fstat(p.fd)
             self._install(p, st, where)
         except meta.EncdataConflict as exc:
-            state.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+            state.failed(idx, EncdataUnsettable(path=e.path, reason=exc))
             self._complete(idx, ok=False, quiet=True)
             return
         except OSError as exc:

@@ -293,7 +293,7 @@ def _read_files_from(path: bytes, confined: Confined | None, from0: bool) -> lis
         with os.fdopen(fd, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise FilesFromUnreadable(path=path, reason=exc.strerror) from None
+        raise FilesFromUnreadable(path=path, reason=exc) from None
     return files_from_names(data, from0)
 
 
