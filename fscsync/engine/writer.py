@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from fscsync.options import Options
 
 _ZEROS = bytes(READ_SIZE)
-UNIT = 4096
-_ZERO_UNIT = bytes(UNIT)
+_ZERO_UNIT = bytes(cipher.UNIT)
 FAULT_ENV = "FSCSYNC_FAULT_CORRUPT_LITERALS"
 
 
@@ -168,16 +167,17 @@ class Writer:
     def _write(p: Pending, off: int, data: bytes) -> None:
         """Write literal data, leaving aligned all-zero units of a fresh temp file as
         holes (sparse files stay sparse; encrypted holes stay holes)."""
-        if not p.tmpname or off % UNIT or len(data) < UNIT:
+        if not p.tmpname or off % cipher.UNIT or len(data) < cipher.UNIT:
             os.pwrite(p.fd, data, off)
             return
         view = memoryview(data)
         run = 0
-        for i in range(0, len(data) - UNIT + 1, UNIT):
-            if view[i] == 0 and view[i + UNIT - 1] == 0 and view[i : i + UNIT] == _ZERO_UNIT:
+        unit = cipher.UNIT
+        for i in range(0, len(data) - unit + 1, unit):
+            if view[i] == 0 and view[i + unit - 1] == 0 and view[i : i + unit] == _ZERO_UNIT:
                 if run < i:
                     os.pwrite(p.fd, view[run:i], off + run)
-                run = i + UNIT
+                run = i + unit
         if run < len(data):
             os.pwrite(p.fd, view[run:], off + run)
 
