@@ -17,7 +17,7 @@ from fscsync.engine import chmod, delta, filters, itemize
 from fscsync.engine.basis import DestCopies, cleartext_size
 from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
-from fscsync.engine.flist import IMPLIED, Batch, Entry
+from fscsync.engine.flist import IMPLIED, Batch, Entry, unsafe_link
 from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
@@ -565,23 +565,4 @@ def _dir_behind(pfd: int, name: bytes) -> os.stat_result | None:
     except OSError:
         return None
     return there if stat.S_ISDIR(there.st_mode) else None
-
-
-def unsafe_link(target: bytes, path: bytes) -> bool:
-    """rsync's unsafe_symlink: an absolute target, a '..' after any other component,
-    even '.' or an empty one (rsync 3.4's rule: `sub/../..`, `./..` and `..//..` are
-    unsafe however deep the link sits), or leading '..' steps that climb above the
-    transfer's top from the link's directory (`path` is transfer-relative)."""
-    if not target or target.startswith(b"/"):
-        return True
-    depth = path.count(b"/")
-    named = False
-    for part in target.split(b"/"):
-        if part == b"..":
-            depth -= 1
-            if named or depth < 0:
-                return True
-        else:
-            named = True
-    return False
 

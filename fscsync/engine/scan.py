@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from fscsync import errors
 from fscsync.engine import filters
-from fscsync.engine.flist import IMPLIED, NO_CONTENT, Entry
+from fscsync.engine.flist import IMPLIED, NO_CONTENT, Entry, unsafe_link
 from fscsync.engine.report import Reporter
 from fscsync.engine.sources import (
     files_from_names,
@@ -432,8 +432,6 @@ class Scanner:
                     return there
             if not opts.copy_unsafe_links:
                 return st
-            from fscsync.engine.generator import unsafe_link  # only these runs need it
-
             try:
                 target = os.readlink(path)
             except OSError as exc:
