@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.reporter import Collect
 
 from fscsync.engine import filterrules
 from fscsync.engine.filters import Filters
 from fscsync.engine.flist import NO_CONTENT, Entry, unsafe_link
-from fscsync.engine.report import Reporter
 from fscsync.engine.sources import (
     files_from_names,
     in_file_list_order,
@@ -34,15 +34,6 @@ RSYNC = shutil.which("rsync")
 FILE = stat.S_IFREG | 0o644
 DIR = stat.S_IFDIR | 0o755
 ALT = b"user.fscsync.encdata"
-
-
-class _Collect(Reporter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[tuple[str, str]] = []
-
-    def emit(self, kind: str, message: str, length: int | None = None) -> None:
-        self.lines.append((kind, message))
 
 
 # ---- sources: what the SRC arguments name ---------------------------------------
@@ -131,7 +122,7 @@ def _encdata(size: int) -> bytes:
 
 def _files(opts: Options, confined: Confined | None = None,
            filters: Filters | None = None) -> SourceFiles:
-    return SourceFiles(opts, _Collect(), confined, filters, follows=False)
+    return SourceFiles(opts, Collect(), confined, filters, follows=False)
 
 
 def test_a_backup_file_reads_its_stored_encdata_and_padded_size(tmp_path: Path) -> None:
