@@ -116,6 +116,22 @@ class DestTree:
             os.close(self._cache.pop(key))
 
 
+def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes) -> None:
+    """Hard-link src_name (in src_dir) as `name` in dirfd, replacing what is there in one
+    rename; the link is made under a temp name inside the try, so a signal just after
+    it still removes it. Never follows a symlink at either end."""
+    tmp = temp_name(name)
+    try:
+        os.link(src_name, tmp, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dirfd)
+        except OSError:
+            pass
+        raise
+
+
 def listdir(dirfd: int) -> list[bytes]:
     """Names in an open directory, as bytes (os.listdir on an fd gives str, and
     encoding each name back costs more than the listing)."""
