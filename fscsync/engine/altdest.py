@@ -177,7 +177,7 @@ class AltDests:
         if found.level == SAME and self.kind == "link":
             if exists and (st.st_dev, st.st_ino) == (found.st.st_dev, found.st.st_ino):
                 return None
-            if self._link(idx, e, found, pfd, name, hooks):
+            if self._link(idx, e, found, pfd, name, st is None, hooks):
                 return SETTLED
             if exists:
                 return None
@@ -199,12 +199,13 @@ class AltDests:
         elif self.opts.verbose > 1:
             hooks.state.reporter.info(f"{itemize.display_name(e)} is uptodate", 2)
 
-    def _link(self, idx: int, e: Entry, found: Found, pfd: int, name: bytes, hooks) -> bool:
+    def _link(self, idx: int, e: Entry, found: Found, pfd: int, name: bytes, free: bool,
+              hooks) -> bool:
         """A hard link to the DIR's copy; False when the filesystem refuses one (another
         device, too many links): rsync then copies it."""
         if not self.opts.dry_run:
             try:
-                link_in(found.dirfd, found.name, pfd, name)
+                link_in(found.dirfd, found.name, pfd, name, free)
             except OSError:
                 return False
         hooks.state.stats.linked += 1

@@ -116,10 +116,18 @@ class DestTree:
             os.close(self._cache.pop(key))
 
 
-def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes) -> None:
+def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes, free: bool = False) -> None:
     """Hard-link src_name (in src_dir) as `name` in dirfd, replacing what is there in one
     rename; the link is made under a temp name inside the try, so a signal just after
-    it still removes it. Never follows a symlink at either end."""
+    it still removes it. Never follows a symlink at either end. `free`: nothing was
+    there, so the link goes straight to its name (a rename less), unless something
+    has appeared there since."""
+    if free:
+        try:
+            os.link(src_name, name, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+            return
+        except FileExistsError:
+            pass
     tmp = temp_name(name)
     try:
         os.link(src_name, tmp, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
