@@ -153,9 +153,15 @@ def test_three_night_rotation_encrypted(tmp_path: Path) -> None:
 
 
 def night_two(tmp_path: Path) -> Path:
-    """A source that moved on from the day1 copy in every way the options tell apart."""
+    """A source that moved on from the day1 copy in every way the options tell apart,
+    for files and symlinks (and a FIFO as root)."""
     src = tmp_path / "src"
     plain_tree(src)
+    for name in ("l_same", "l_changed", "l_timed"):
+        os.symlink("a", src / name)
+    if os.geteuid() == 0:
+        os.mkfifo(src / "d/fifo")
+    times(src)
     for side in ("f", "r"):
         (tmp_path / side).mkdir()
         run_rsync("-a", f"{src}/", tmp_path / side / "day1", check=True)
@@ -165,7 +171,11 @@ def night_two(tmp_path: Path) -> Path:
     (src / "d/e").chmod(0o600)                                       # attributes only
     set_times(os.fsencode(src / "d/g/h"), T0 + 5 * 10**9)           # time only
     write(os.fsencode(src / "n"), b"new file")
-    for p in (src / "n", src / "c", src / "d", src):
+    os.unlink(src / "l_changed")
+    os.symlink("b", src / "l_changed")
+    os.symlink("c", src / "l_new")
+    set_times(os.fsencode(src / "l_timed"), T0 + 7 * 10**9)
+    for p in (src / "n", src / "c", src / "d", src / "l_changed", src / "l_new", src):
         set_times(os.fsencode(p), T0)
     return src
 
@@ -179,9 +189,12 @@ def side_by_side(tmp_path: Path, src: Path, *args: str) -> tuple[list[str], list
 
 
 def linked_to_day1(root: Path) -> dict[str, bool]:
+    """Each non-directory of day2 (symlinks and FIFOs too): one inode with day1's?"""
     day2 = root / "day2"
-    return {rel: os.path.exists(root / "day1" / rel) and ino(day2 / rel) == ino(
-        root / "day1" / rel) for rel in files(day2)}
+    rels = [os.path.relpath(os.path.join(d, n), day2) for d, dirs, names in os.walk(day2)
+            for n in names]
+    return {rel: os.path.lexists(root / "day1" / rel) and ino(day2 / rel) == ino(
+        root / "day1" / rel) for rel in rels}
 
 
 @pytest.mark.parametrize("kind", ["link", "compare", "copy"])

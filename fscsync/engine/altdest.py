@@ -143,6 +143,35 @@ class AltDests:
                 break
         return best
 
+    def find_other(self, e: Entry, path: bytes) -> Found | None:
+        """The best copy of a symlink, device or special file in the DIRs (rsync's
+        try_dests_non): of the same kind; the same target or device number passes the
+        quick check."""
+        fmt = stat.S_IFMT(e.mode)
+        best = None
+        for tree in self.trees:
+            got = self._look(tree, path)
+            if got is None or stat.S_IFMT(got[2].st_mode) != fmt:
+                continue
+            dfd, name, st = got
+            is_link = fmt == stat.S_IFLNK
+            try:
+                quick = (os.readlink(name, dir_fd=dfd) == e.target if is_link
+                         else fmt not in (stat.S_IFCHR, stat.S_IFBLK) or st.st_rdev == e.rdev)
+            except OSError:
+                continue
+            level = BASIS
+            if quick:
+                level = QUICK
+                if self.copies.encdata(dfd, name, e) == e.enc and not meta.differences(
+                        self.opts, self.ids, e, st, Target(dfd, name, is_link=is_link)):
+                    level = SAME
+            if best is None or level > best.level:
+                best = Found(level, dfd, name, st, None)
+            if level == SAME:
+                break
+        return best
+
     def dir_changes(self, e: Entry) -> str | None:
         """A new directory's itemize letters against the best copy in the DIRs ("" for
         an unchanged one), or None when no DIR has one: rsync lists such a directory
@@ -191,6 +220,26 @@ class AltDests:
             self._copy(idx, e, found, pfd, name, hooks)
             return SETTLED
         return found
+
+    def other(self, idx: int, e: Entry, path: bytes, pfd: int, name: bytes, hooks) -> object:
+        """A symlink, device or special file not at the destination, from the DIRs:
+        SETTLED (linked, or left out by --compare-dest), else how to list the entry
+        made as usual: None as new, "" unchanged (listed at -ii only), or the letters
+        that differ from the DIR's copy."""
+        found = self.find_other(e, path)
+        if found is None:
+            return None
+        is_link = stat.S_ISLNK(e.mode)
+        if found.level == SAME:
+            if self.kind == "link" and self._link(idx, e, found, pfd, name, True, hooks):
+                return SETTLED
+            if self.kind == "compare":
+                self._blank(".", e, hooks)
+                hooks.state.status[idx] = Status.OK
+                return SETTLED
+            return ""
+        return "c" + meta.differences(self.opts, self.ids, e, found.st, Target(
+            found.dirfd, found.name, is_link=is_link)).letters()
 
     def _blank(self, update: str, e: Entry, hooks) -> None:
         """rsync lists an entry settled from a DIR unchanged only at -ii."""

@@ -271,6 +271,18 @@ class Generator:
         if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
             state.reporter.info(itemize.display_name(e), 1)
 
+    def _item_made(self, e: Entry, was: str | None) -> None:
+        """List an entry this run makes: as new, or (`was`) as changed from its copy in
+        a --link-dest/--compare-dest/--copy-dest DIR, which rsync lists only at -ii
+        when nothing differs."""
+        if was is None:
+            self._count_created(e)
+            self._item("c", e, new=True)
+        elif was:
+            self._item("c", e, was)
+        elif self.opts.itemize > 1:
+            self.state.reporter.itemize(itemize.blank("c", e))
+
     def _count_created(self, e: Entry) -> None:
         tally(self.state.stats.created, itemize.kind_name(e.mode))
 
@@ -394,14 +406,7 @@ class Generator:
     def _new_dir(self, idx: int, e: Entry, pfd: int, name: bytes, make: bool) -> None:
         """A directory that is new at the destination (made here unless it exists
         already, as a freshly created root does); attributes come in the final pass."""
-        was = self.alt.dir_changes(e) if self.alt is not None else None
-        if was is None:
-            self._count_created(e)
-            self._item("c", e, new=True)
-        elif was:
-            self._item("c", e, was)
-        elif self.opts.itemize > 1:
-            self.state.reporter.itemize(itemize.blank("c", e))
+        self._item_made(e, self.alt.dir_changes(e) if self.alt is not None else None)
         if make and not self.opts.dry_run:
             os.mkdir(name, 0o700, dir_fd=pfd)
         self.fresh.add(rel_dir(e))
@@ -513,10 +518,10 @@ class Generator:
                 changes += "t"
             self._item("c", e, changes)
         else:
-            if not self.enc.writable(idx, e):
+            was = self._from_alt(idx, e, pfd, name, st)
+            if was is SETTLED or not self.enc.writable(idx, e):
                 return
-            self._count_created(e)
-            self._item("c", e, new=True)
+            self._item_made(e, was)
         if self.opts.dry_run:
             state.status[idx] = Status.OK
             return
@@ -534,14 +539,23 @@ class Generator:
                 and self.copies.encdata(pfd, name, e) == e.enc):
             self._existing_attrs(idx, e, Target(pfd, name), st)
             return
-        self._count_created(e)
-        self._item("c", e, new=True)
+        was = self._from_alt(idx, e, pfd, name, st)
+        if was is SETTLED:
+            return
+        self._item_made(e, was)
         if self.opts.dry_run:
             state.status[idx] = Status.OK
             return
         self._place(idx, e, pfd, name,
                     lambda tmp: os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd),
                     is_link=False)
+
+    def _from_alt(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> object:
+        """A symlink or special file with nothing of its own at the destination: what
+        the DIRs make of it (altdest.AltDests.other)."""
+        if self.alt is None or st is not None:
+            return None
+        return self.alt.other(idx, e, self.state.single_name or e.path, pfd, name, self)
 
     def _existing_attrs(self, idx: int, e: Entry, t: Target, st) -> None:
         """An entry whose data is in place: its attributes brought in line, itemized as
