@@ -198,7 +198,7 @@ def linked_to_day1(root: Path) -> dict[str, bool]:
 
 
 @pytest.mark.parametrize("kind", ["link", "compare", "copy"])
-@pytest.mark.parametrize("flags", ["-ai", "-aii", "-aini"])
+@pytest.mark.parametrize("flags", ["-ai", "-aii", "-aini", "-acii"])
 def test_like_rsync(tmp_path: Path, kind: str, flags: str) -> None:
     src = night_two(tmp_path)
     ours, theirs = side_by_side(tmp_path, src, flags, f"--{kind}-dest=../day1")
@@ -210,6 +210,20 @@ def test_like_rsync(tmp_path: Path, kind: str, flags: str) -> None:
     assert diff(snapshot(f / "day2"), snapshot(r / "day2")) == []
     assert linked_to_day1(f) == linked_to_day1(r)
     assert diff(snapshot(f / "day1"), snapshot(r / "day1")) == []
+
+
+@pytest.mark.parametrize("kind", ["link", "compare", "copy"])
+def test_stats_like_rsync(tmp_path: Path, kind: str) -> None:
+    """--stats counts as rsync's do: a linked, compared or locally copied file is
+    neither created nor transferred; fscsync adds the count of linked files."""
+    src = night_two(tmp_path)
+    ours, theirs = side_by_side(tmp_path, src, "-a", "--stats", f"--{kind}-dest=../day1")
+    labels = ("Number of files:", "Number of created files:",
+              "Number of regular files transferred:", "Total file size:")
+    assert ([line for line in ours if line.startswith(labels)]
+            == [line for line in theirs if line.startswith(labels)])
+    linked = 4 + (os.geteuid() == 0) if kind == "link" else 0  # a, b, d/f, l_same, d/fifo
+    assert f"Number of linked files: {linked}" in ours
 
 
 def test_several_dirs_searched_in_order(tmp_path: Path) -> None:
