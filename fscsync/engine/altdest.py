@@ -121,56 +121,59 @@ class AltDests:
             return None
         return (dfd, name, st) if st is not None else None
 
-    def find_file(self, e: Entry, path: bytes) -> Found | None:
-        """The best regular copy of file entry `e` (at `path`) in the DIRs."""
-        copies = self.copies
+    def _best(self, path: bytes, fmt: int, grade) -> Found | None:
+        """The best copy at `path` of kind `fmt` in the DIRs, in order: the first that
+        grade(dfd, name, st) -> (level, encdata) finds the SAME ends the search, else
+        the first of the highest level found."""
         best = None
         for tree in self.trees:
             got = self._look(tree, path)
-            if got is None or not stat.S_ISREG(got[2].st_mode):
+            if got is None or stat.S_IFMT(got[2].st_mode) != fmt:
                 continue
-            dfd, name, st = got
-            enc = copies.encdata(dfd, name, e) if copies.may_hold_encdata(e, dfd, st) else None
-            level = BASIS
-            if copies.same(e, dfd, name, st, enc):
-                level = QUICK
-                if (e.enc is None or enc == e.enc) and not meta.differences(
-                        self.opts, self.ids, e, st, Target(dfd, name)):
-                    level = SAME
+            try:
+                level, enc = grade(*got)
+            except OSError:
+                continue
             if best is None or level > best.level:
-                best = Found(level, dfd, name, st, enc)
+                best = Found(level, *got, enc)
             if level == SAME:
                 break
         return best
+
+    def _attrs_same(self, e: Entry, dfd: int, name: bytes, st, enc: bytes | None) -> bool:
+        """rsync's unchanged_attrs, and for an encrypted entry the same encdata text."""
+        return enc == e.enc and not meta.differences(
+            self.opts, self.ids, e, st, Target(dfd, name, is_link=stat.S_ISLNK(st.st_mode)))
+
+    def find_file(self, e: Entry, path: bytes) -> Found | None:
+        """The best regular copy of file entry `e` (at `path`) in the DIRs."""
+        copies = self.copies
+
+        def grade(dfd: int, name: bytes, st) -> tuple[int, bytes | None]:
+            enc = copies.encdata(dfd, name, e) if copies.may_hold_encdata(e, dfd, st) else None
+            if not copies.same(e, dfd, name, st, enc):
+                return BASIS, enc
+            return (SAME if self._attrs_same(e, dfd, name, st, enc) else QUICK), enc
+
+        return self._best(path, stat.S_IFREG, grade)
 
     def find_other(self, e: Entry, path: bytes) -> Found | None:
         """The best copy of a symlink, device or special file in the DIRs (rsync's
         try_dests_non): of the same kind; the same target or device number passes the
         quick check."""
         fmt = stat.S_IFMT(e.mode)
-        best = None
-        for tree in self.trees:
-            got = self._look(tree, path)
-            if got is None or stat.S_IFMT(got[2].st_mode) != fmt:
-                continue
-            dfd, name, st = got
-            is_link = fmt == stat.S_IFLNK
-            try:
-                quick = (os.readlink(name, dir_fd=dfd) == e.target if is_link
-                         else fmt not in (stat.S_IFCHR, stat.S_IFBLK) or st.st_rdev == e.rdev)
-            except OSError:
-                continue
-            level = BASIS
-            if quick:
-                level = QUICK
-                if self.copies.encdata(dfd, name, e) == e.enc and not meta.differences(
-                        self.opts, self.ids, e, st, Target(dfd, name, is_link=is_link)):
-                    level = SAME
-            if best is None or level > best.level:
-                best = Found(level, dfd, name, st, None)
-            if level == SAME:
-                break
-        return best
+
+        def grade(dfd: int, name: bytes, st) -> tuple[int, bytes | None]:
+            if fmt == stat.S_IFLNK:
+                quick = os.readlink(name, dir_fd=dfd) == e.target
+            else:
+                quick = fmt not in (stat.S_IFCHR, stat.S_IFBLK) or st.st_rdev == e.rdev
+            if not quick:
+                return BASIS, None
+            enc = self.copies.encdata(dfd, name, e)
+            return (SAME if self._attrs_same(e, dfd, name, st, enc) else QUICK), enc
+
+        return self._best(path, fmt, grade)
 
     def dir_changes(self, e: Entry) -> str | None:
         """A new directory's itemize letters against the best copy in the DIRs ("" for

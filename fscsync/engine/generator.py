@@ -23,7 +23,7 @@ from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import escape
 from fscsync.fs import cipher, meta
-from fscsync.fs.destfs import DestTree, lstat_at, remove_tree, temp_name
+from fscsync.fs.destfs import DestTree, lstat_at, place, remove_tree
 from fscsync.fs.meta import Target
 from fscsync.wire import protocol
 
@@ -581,20 +581,13 @@ class Generator:
         """make(tmp) the entry under a temp name, its attributes on it (encdata last but
         times), then rename it in. The temp entry is made inside the try: a signal
         landing just after it was made still removes it."""
-        state = self.state
-        tmp = temp_name(name)
-        try:
+        def build(tmp: bytes) -> None:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
             meta.apply_attrs(self.opts, self.ids, e, t, t.hold(), new=True)
-            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=pfd)
-            except OSError:
-                pass
-            raise
-        state.status[idx] = Status.OK
+
+        place(pfd, name, build)
+        self.state.status[idx] = Status.OK
 
 
 def rel_dir(e: Entry) -> bytes:

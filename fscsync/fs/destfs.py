@@ -116,21 +116,13 @@ class DestTree:
             os.close(self._cache.pop(key))
 
 
-def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes, free: bool = False) -> None:
-    """Hard-link src_name (in src_dir) as `name` in dirfd, replacing what is there in one
-    rename; the link is made under a temp name inside the try, so a signal just after
-    it still removes it. Never follows a symlink at either end. `free`: nothing was
-    there, so the link goes straight to its name (a rename less), unless something
-    has appeared there since."""
-    if free:
-        try:
-            os.link(src_name, name, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
-            return
-        except FileExistsError:
-            pass
+def place(dirfd: int, name: bytes, make) -> None:
+    """make(tmp) an entry under a temp name in dirfd, then rename it over `name` (what
+    is there is replaced in one step). The temp entry is made inside the try: one a
+    failure or a signal leaves half made is removed."""
     tmp = temp_name(name)
     try:
-        os.link(src_name, tmp, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+        make(tmp)
         os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
     except BaseException:
         try:
@@ -138,6 +130,22 @@ def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes, free: bool =
         except OSError:
             pass
         raise
+
+
+def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes, free: bool = False) -> None:
+    """Hard-link src_name (in src_dir) as `name` in dirfd, replacing what is there (by
+    place()); never follows a symlink at either end. `free`: nothing was there, so the
+    link goes straight to its name (a rename less), unless something has appeared."""
+    def link(to: bytes) -> None:
+        os.link(src_name, to, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+
+    if free:
+        try:
+            link(name)
+            return
+        except FileExistsError:
+            pass
+    place(dirfd, name, link)
 
 
 def listdir(dirfd: int) -> list[bytes]:
