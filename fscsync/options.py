@@ -11,6 +11,7 @@ import stat
 from fscsync.record import Record
 
 DEFAULT_BLOCK = 4096
+_BYTES_LISTS = ("filter_rules", "files_from", "alt_dest_dirs")
 
 
 class Options(Record):
@@ -75,6 +76,8 @@ class Options(Record):
     files_from: list[bytes] | None = None  # --files-from's names, read by the client
     files_from_remote: bytes | None = None  # --files-from=:FILE, read on the sending side
     one_file_system: int = 0  # -x: 1 keeps mount points as empty directories, -xx omits them
+    alt_dest: str = ""  # "link", "compare" or "copy": which --*-dest option gave alt_dest_dirs
+    alt_dest_dirs: list[bytes] = []  # searched in order; relative ones from the destination
     encdata_xattr: bytes = b"security.encdata"
     refuse_ino_policies: bool = False
     compress: str | None = None
@@ -106,7 +109,7 @@ class Options(Record):
             v = getattr(self, name)
             if isinstance(v, bytes):
                 v = {"b": v.hex()}
-            elif name in ("filter_rules", "files_from") and v is not None:
+            elif name in _BYTES_LISTS and v is not None:
                 v = [text.hex() for text in v]
             out[name] = v
         return out
@@ -119,7 +122,7 @@ class Options(Record):
                 continue
             if isinstance(v, dict) and "b" in v:
                 v = bytes.fromhex(v["b"])
-            elif name in ("filter_rules", "files_from") and v is not None:
+            elif name in _BYTES_LISTS and v is not None:
                 v = [bytes.fromhex(text) for text in v]
             kwargs[name] = v
         return cls(**kwargs)

@@ -214,6 +214,12 @@ TABLE: tuple[Opt, ...] = (
     Opt("--files-from", "read list of source-file names from FILE ('-': stdin, "
         "[HOST]:FILE: on the remote host)", dest="files_from_arg", metavar="FILE"),
     # ---- end of file selection ----
+    Opt("--compare-dest", "also compare destination files relative to DIR",
+        dest="alt_dests", convert=lambda t: [("compare", os.fsencode(t))], metavar="DIR"),
+    Opt("--copy-dest", "... and include copies of unchanged files", dest="alt_dests",
+        convert=lambda t: [("copy", os.fsencode(t))], metavar="DIR"),
+    Opt("--link-dest", "hardlink to files in DIR when unchanged", dest="alt_dests",
+        convert=lambda t: [("link", os.fsencode(t))], metavar="DIR"),
     Opt("--stats", "give some file-transfer stats", {"stats": True}),
     Opt("--progress", "show progress during transfer", {"progress": True},
         neg=("progress",)),
@@ -261,7 +267,7 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  log_file=None, out_format=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
                  debug=[], old_dirs=False, eight_bit=False,
-                 relative=None, recurse_asked=False, files_from_arg=None)
+                 relative=None, recurse_asked=False, files_from_arg=None, alt_dests=[])
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
@@ -413,6 +419,22 @@ def _files_from(ns: SimpleNamespace, o: Options) -> None:
     o.files_from = sources.files_from_names(data, o.from0)
 
 
+MAX_BASIS_DIRS = 20
+
+
+def _alt_dests(ns: SimpleNamespace, o: Options) -> None:
+    """--link-dest, --compare-dest, --copy-dest: one kind per run, at most 20 DIRs (rsync's
+    limits and messages)."""
+    for kind, path in ns.alt_dests:
+        if o.alt_dest and o.alt_dest != kind:
+            raise UsageError(f"the --{kind}-dest option conflicts with the --{o.alt_dest}-dest "
+                             "option")
+        if len(o.alt_dest_dirs) >= MAX_BASIS_DIRS:
+            raise UsageError(f"at most {MAX_BASIS_DIRS} --{kind}-dest args may be specified")
+        o.alt_dest = kind
+        o.alt_dest_dirs.append(path)
+
+
 def help_text() -> str:
     """--help, from the table: rsync's layout (long name first, then its short one)."""
     lines = [f"usage: {USAGE}", "",
@@ -443,6 +465,7 @@ def options_from(ns: SimpleNamespace) -> Options:
         raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)
     _owner_maps(ns, o)
+    _alt_dests(ns, o)
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
     b = ns.block_size
     if b < 512 or b & (b - 1) or b > 1 << 24:

@@ -19,7 +19,7 @@ from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
 from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
 from fscsync.fs import meta
-from fscsync.fs.destfs import listdir, lstat_at, remove_tree, temp_name
+from fscsync.fs.destfs import link_in, listdir, lstat_at, remove_tree
 from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -96,17 +96,7 @@ class Finalizer:
                 if not self.opts.dry_run:
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         remove_tree(pfd, name)
-                    tmp = temp_name(name)
-                    try:  # the link inside: a signal just after it still removes it
-                        os.link(lname, tmp, src_dir_fd=lfd, dst_dir_fd=pfd,
-                                follow_symlinks=False)
-                        os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-                    except BaseException:
-                        try:
-                            os.unlink(tmp, dir_fd=pfd)
-                        except OSError:
-                            pass
-                        raise
+                    link_in(lfd, lname, pfd, name)
             except OSError as exc:
                 self._os_fail(e, "hard-link of", exc)
 

@@ -14,6 +14,7 @@ import os
 import stat
 
 from fscsync.engine import chmod, delta, filters, itemize
+from fscsync.engine.altdest import SETTLED, AltDests
 from fscsync.engine.basis import DestCopies, cleartext_size
 from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
@@ -22,7 +23,7 @@ from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, meta
-from fscsync.fs.destfs import DestTree, lstat_at, remove_tree, temp_name
+from fscsync.fs.destfs import DestTree, lstat_at, place, remove_tree
 from fscsync.fs.meta import Target
 from fscsync.wire import protocol
 
@@ -53,11 +54,12 @@ class Generator:
 
     def __init__(self, state: RxState, opts: Options, ids: IdMapper, tree: DestTree | None,
                  send: Callable[[int, bytes], None], abilities: Callable[[], DestAbilities],
-                 item_dir: str = ">", root_created: bool = False):
+                 item_dir: str = ">", root_created: bool = False, alt_root: bytes = b""):
         """`send` puts a frame on the way to the sender; `abilities` probes what the
         destination can store (asked only before an encrypted entry is written);
         `item_dir` is the itemize letter of a transfer (> or <); `root_created`: this
-        run made the destination directory."""
+        run made the destination directory; `alt_root`: the destination directory's
+        path, which relative --link-dest/--compare-dest/--copy-dest DIRs start from."""
         self.state = state
         self.opts = opts
         self.ids = ids
@@ -76,10 +78,12 @@ class Generator:
         self.hardlinks: list[int] = []
         self.copies = DestCopies(opts)
         self.enc = EncPolicy(state, opts, abilities)
+        self.alt = AltDests(opts, ids, self.copies, alt_root, state.reporter) \
+            if opts.alt_dest_dirs else None
         o = self.opts
         self._quick = tree is not None and state.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls or o.ignore_times or o.chmod or o.executability)
+            or o.acls or o.ignore_times or o.chmod or o.executability or o.alt_dest_dirs)
         self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
 
@@ -147,6 +151,10 @@ class Generator:
         if done:
             tally(state.stats.files, itemize.kind_name(_S_IFREG), done)
             state.stats.total_size += total
+
+    def close(self) -> None:
+        if self.alt is not None:
+            self.alt.close()
 
     def finish(self) -> None:
         """The file list is complete: tell the sender no more requests will come."""
@@ -262,6 +270,18 @@ class Generator:
             state.reporter.itemize(itemize.line(update, e, changes, new, suffix), e.size)
         if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
             state.reporter.info(itemize.display_name(e), 1)
+
+    def _item_made(self, e: Entry, was: str | None) -> None:
+        """List an entry this run makes: as new, or (`was`) as changed from its copy in
+        a --link-dest/--compare-dest/--copy-dest DIR, which rsync lists only at -ii
+        when nothing differs."""
+        if was is None:
+            self._count_created(e)
+            self._item("c", e, new=True)
+        elif was:
+            self._item("c", e, was)
+        elif self.opts.itemize > 1:
+            self.state.reporter.itemize(itemize.blank("c", e))
 
     def _count_created(self, e: Entry) -> None:
         tally(self.state.stats.created, itemize.kind_name(e.mode))
@@ -386,8 +406,7 @@ class Generator:
     def _new_dir(self, idx: int, e: Entry, pfd: int, name: bytes, make: bool) -> None:
         """A directory that is new at the destination (made here unless it exists
         already, as a freshly created root does); attributes come in the final pass."""
-        self._count_created(e)
-        self._item("c", e, new=True)
+        self._item_made(e, self.alt.dir_changes(e) if self.alt is not None else None)
         if make and not self.opts.dry_run:
             os.mkdir(name, 0o700, dir_fd=pfd)
         self.fresh.add(rel_dir(e))
@@ -409,6 +428,11 @@ class Generator:
         if (st is not None and opts.ignore_existing) or self._left_alone(e, st):
             state.status[idx] = Status.OK
             return
+        basis = None
+        if self.alt is not None:
+            basis = self.alt.regular(idx, e, state.single_name or e.path, pfd, name, st, self)
+            if basis is SETTLED:
+                return
         dest_enc = None
         is_file = st is not None and st.st_mode & _S_IFMT == _S_IFREG
         if is_file and self.copies.may_hold_encdata(e, pfd, st):
@@ -419,22 +443,29 @@ class Generator:
         if not self.enc.writable(idx, e):
             return
         new = st is None or not stat.S_ISREG(st.st_mode)
-        if new:
+        where = (pfd, name, None if new else st, dest_enc)
+        if new and basis is not None:  # listed and built as a change of the DIR's copy
+            where = (basis.dirfd, basis.name, basis.st, basis.enc)
+            self._item(self.item_dir, e, self._changes(e, *where))
+        elif new:
             self._count_created(e)
             self._item(self.item_dir, e, new=True)
         else:
-            changes = "s" if cleartext_size(dest_enc, st.st_size) != cleartext_size(
-                e.enc, e.size) else ""
-            if opts.checksum:
-                changes = "c" + changes
-            changes += meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
-            if not opts.times:
-                changes = changes.replace("t", "")
-            self._item(self.item_dir, e, changes)
+            self._item(self.item_dir, e, self._changes(e, *where))
         if opts.dry_run:
             state.status[idx] = Status.OK
             return
-        self._request(idx, e, pfd, name, st, dest_enc, new)
+        self._request(idx, e, st if not new else None, where)
+
+    def _changes(self, e: Entry, pfd: int, name: bytes, st, dest_enc) -> str:
+        """The itemize letters of a file to be transferred over the copy at (pfd, name)."""
+        opts = self.opts
+        changes = "s" if cleartext_size(dest_enc, st.st_size) != cleartext_size(
+            e.enc, e.size) else ""
+        if opts.checksum:
+            changes = "c" + changes
+        changes += meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
+        return changes if opts.times else changes.replace("t", "")
 
     def _left_alone(self, e: Entry, st) -> bool:
         """--max-size, --min-size and -u: files the run must not touch at all (rsync's
@@ -445,14 +476,18 @@ class Generator:
         return (opts.update and st is not None and stat.S_ISREG(st.st_mode)
                 and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < (opts.modify_window or 0))
 
-    def _request(self, idx: int, e: Entry, pfd: int, name: bytes, st, dest_enc, new) -> None:
+    def _request(self, idx: int, e: Entry, replaced, where) -> None:
+        """Ask for file `e` with the copy `where` (pfd, name, stat, encdata) as its basis;
+        `replaced`: the stat of the file it replaces, if any."""
         state = self.state
-        req, layout = self.copies.request(idx, e, pfd, name, None if new else st, dest_enc)
+        req, layout = self.copies.request(idx, e, *where)
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
         pending.chunk = req.chunk
         pending.basis_size = req.basis_size
-        if not new:
-            pending.replaced_mode = st.st_mode
+        if replaced is not None:
+            pending.replaced_mode = replaced.st_mode
+        elif pending.has_basis:  # a --link-dest/--copy-dest/--compare-dest DIR's copy
+            pending.basis_from = (os.dup(where[0]), where[1])
         state.pending[idx] = pending
         state.requested += 1
         self.send(protocol.REQ, req.encode())
@@ -483,10 +518,10 @@ class Generator:
                 changes += "t"
             self._item("c", e, changes)
         else:
-            if not self.enc.writable(idx, e):
+            was = self._from_alt(idx, e, pfd, name, st)
+            if was is SETTLED or not self.enc.writable(idx, e):
                 return
-            self._count_created(e)
-            self._item("c", e, new=True)
+            self._item_made(e, was)
         if self.opts.dry_run:
             state.status[idx] = Status.OK
             return
@@ -504,14 +539,23 @@ class Generator:
                 and self.copies.encdata(pfd, name, e) == e.enc):
             self._existing_attrs(idx, e, Target(pfd, name), st)
             return
-        self._count_created(e)
-        self._item("c", e, new=True)
+        was = self._from_alt(idx, e, pfd, name, st)
+        if was is SETTLED:
+            return
+        self._item_made(e, was)
         if self.opts.dry_run:
             state.status[idx] = Status.OK
             return
         self._place(idx, e, pfd, name,
                     lambda tmp: os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd),
                     is_link=False)
+
+    def _from_alt(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> object:
+        """A symlink or special file with nothing of its own at the destination: what
+        the DIRs make of it (altdest.AltDests.other)."""
+        if self.alt is None or st is not None:
+            return None
+        return self.alt.other(idx, e, self.state.single_name or e.path, pfd, name, self)
 
     def _existing_attrs(self, idx: int, e: Entry, t: Target, st) -> None:
         """An entry whose data is in place: its attributes brought in line, itemized as
@@ -537,20 +581,13 @@ class Generator:
         """make(tmp) the entry under a temp name, its attributes on it (encdata last but
         times), then rename it in. The temp entry is made inside the try: a signal
         landing just after it was made still removes it."""
-        state = self.state
-        tmp = temp_name(name)
-        try:
+        def build(tmp: bytes) -> None:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
             meta.apply_attrs(self.opts, self.ids, e, t, t.hold(), new=True)
-            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=pfd)
-            except OSError:
-                pass
-            raise
-        state.status[idx] = Status.OK
+
+        place(pfd, name, build)
+        self.state.status[idx] = Status.OK
 
 
 def rel_dir(e: Entry) -> bytes:

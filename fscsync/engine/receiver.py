@@ -235,7 +235,8 @@ class Receiver:
         chan.start_async()
         tree = self.tree()
         gen = Generator(state, self.opts, self.ids, tree, chan.send, self.abilities,
-                        self.item_dir, self.root_created)
+                        self.item_dir, self.root_created,
+                        self.root_path or self.dest.rstrip(b"/") or b"/")
         wtree = self.tree()
         writer = Writer(state, self.opts, self.ids, wtree, chan.send, self.open_temp_dir(wtree))
         backlog: deque[bytes] = deque()
@@ -303,6 +304,7 @@ class Receiver:
         finally:
             if tree is not None:
                 tree.close()
+            gen.close()
             chan.stop_async()
         writer.close()
         final = Finalizer(self.opts, self.ids, self.reporter, self.stats, self.io_error,

@@ -91,7 +91,8 @@ class Pending:
 
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update", "basis_size", "replaced_mode")
+                 "data_end", "differ", "update", "basis_size", "replaced_mode",
+                 "basis_from")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -112,6 +113,9 @@ class Pending:
         self.update: Update | None = None  # set when the file is updated in place
         self.basis_size = 0  # what the request told the sender it may copy from
         self.replaced_mode: int | None = None  # the file it replaces: its mode stays
+        self.basis_from: tuple[int, bytes] | None = None
+        """A basis in a --link-dest/--copy-dest/--compare-dest DIR: (its directory's fd,
+        owned by this Pending, and name); else the basis is the file being replaced."""
 
 
 class Decisions:

@@ -68,7 +68,9 @@ class Writer:
         state = self.state
         e = state.entries[p.idx]
         pfd, name = state.locate(self.tree, e)
-        if self.opts.inplace and e.enc is None and p.has_basis:
+        if p.basis_from is not None:  # nothing of ours to update in place
+            self._create_temp(p, pfd, name)
+        elif self.opts.inplace and e.enc is None and p.has_basis:
             p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             p.tmpdir, p.tmpname = pfd, b""
         elif self._start_update(p, e, pfd, name):
@@ -80,7 +82,8 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            p.basis_fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
+            bfd, bname = p.basis_from or (pfd, name)
+            p.basis_fd, direct = cipher.open_data(bname, p.basis_layout, dir_fd=bfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
     def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
@@ -370,6 +373,9 @@ class Writer:
         if p.basis_fd is not None:
             os.close(p.basis_fd)
             p.basis_fd = None
+        if p.basis_from is not None:
+            os.close(p.basis_from[0])
+            p.basis_from = None
 
     def _discard(self, p: Pending, keep_partial: bool = False) -> None:
         self._close_basis(p)
@@ -407,7 +413,9 @@ class Writer:
 
     def _complete(self, idx: int, ok: bool, quiet: bool = False) -> None:
         state = self.state
-        state.pending.pop(idx, None)
+        p = state.pending.pop(idx, None)
+        if p is not None:
+            self._close_basis(p)
         state.completed += 1
         if ok:
             state.status[idx] = Status.OK
@@ -423,7 +431,7 @@ class Writer:
         p = self._pending(idx)
         state = self.state
         e = state.entries[idx]
-        pfd, name = state.locate(self.tree, e)
+        pfd, name = p.basis_from or state.locate(self.tree, e)
         block = self.opts.block_size
         try:
             fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)

@@ -116,6 +116,38 @@ class DestTree:
             os.close(self._cache.pop(key))
 
 
+def place(dirfd: int, name: bytes, make) -> None:
+    """make(tmp) an entry under a temp name in dirfd, then rename it over `name` (what
+    is there is replaced in one step). The temp entry is made inside the try: one a
+    failure or a signal leaves half made is removed."""
+    tmp = temp_name(name)
+    try:
+        make(tmp)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dirfd)
+        except OSError:
+            pass
+        raise
+
+
+def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes, free: bool = False) -> None:
+    """Hard-link src_name (in src_dir) as `name` in dirfd, replacing what is there (by
+    place()); never follows a symlink at either end. `free`: nothing was there, so the
+    link goes straight to its name (a rename less), unless something has appeared."""
+    def link(to: bytes) -> None:
+        os.link(src_name, to, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+
+    if free:
+        try:
+            link(name)
+            return
+        except FileExistsError:
+            pass
+    place(dirfd, name, link)
+
+
 def listdir(dirfd: int) -> list[bytes]:
     """Names in an open directory, as bytes (os.listdir on an fd gives str, and
     encoding each name back costs more than the listing)."""
