@@ -222,7 +222,7 @@ def test_power_cut_leaves_old_or_new_copies(work: Path) -> None:
         dropped = logdisk.replay(log, records, str(scratch), cut, rng)
         where = (f"seed {SEED} (FSCSYNC_POWERCUT_SEED), cut at record {cut} of "
                  f"{len(records)} (fscsync exited at {exit_at}), {dropped} unflushed "
-                 "writes dropped")
+                 "sectors dropped")
         with Loop(scratch, mnt):
             problems = _check(mnt / "dst", olds, news, after_exit=cut >= exit_at)
         assert not problems, f"{where}: {problems}"

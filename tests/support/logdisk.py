@@ -10,7 +10,8 @@ the file `mark` records a mark (a label) at that point of the log.
 
 `replay` then rebuilds what the disk may hold after a power cut at any record: every
 write before the last flush is there, and of those after it, which a disk with a
-volatile cache may or may not have kept, each one independently with probability 1/2.
+volatile cache may or may not have kept, each 4 KiB sector independently with
+probability 1/2.
 
 Run as `python logdisk.py IMAGE LOG MOUNTPOINT`; it serves until unmounted.
 """
@@ -27,6 +28,8 @@ from typing import NamedTuple
 
 _REC = struct.Struct(">cQI")  # kind (W write, F flush, M mark), offset, length
 WRITE, FLUSH, MARK = b"W", b"F", b"M"
+SECTOR = 4096
+"""The unit a disk writes whole: an unflushed write may survive in part, sector by sector."""
 
 
 class Record(NamedTuple):
@@ -60,8 +63,8 @@ def mark_index(log: str, records: list[Record], label: bytes) -> int:
 
 def replay(log: str, records: list[Record], image: str, cut: int, rng: random.Random) -> int:
     """Apply records[:cut] onto `image` as a power cut just before record `cut` may
-    leave it: flushed writes all, unflushed ones each kept or lost at random. Returns
-    how many unflushed writes were dropped."""
+    leave it: flushed writes all, each sector of the unflushed ones kept or lost at
+    random. Returns how many sectors were dropped."""
     last_flush = max((i for i in range(cut) if records[i].kind == FLUSH), default=-1)
     dropped = 0
     fd = os.open(image, os.O_WRONLY)
@@ -71,10 +74,15 @@ def replay(log: str, records: list[Record], image: str, cut: int, rng: random.Ra
             r = records[i]
             if r.kind != WRITE:
                 continue
-            if i > last_flush and rng.random() < 0.5:
-                dropped += 1
+            data = os.pread(lfd, r.length, r.pos)
+            if i <= last_flush:
+                os.pwrite(fd, data, r.offset)
                 continue
-            os.pwrite(fd, os.pread(lfd, r.length, r.pos), r.offset)
+            for at in range(0, len(data), SECTOR):  # a disk tears writes at sectors
+                if rng.random() < 0.5:
+                    dropped += 1
+                else:
+                    os.pwrite(fd, data[at : at + SECTOR], r.offset + at)
     finally:
         os.close(lfd)
         os.close(fd)
