@@ -296,9 +296,10 @@ def temp_dir_path(dest: bytes, temp_dir: bytes) -> bytes:
     return temp_dir if temp_dir.startswith(b"/") else os.path.join(dest, temp_dir)
 
 
-CHANGE_SLACK_NS = 2 * 10**9
+CHANGE_SLACK_NS = 50 * 10**6
 """How far before a run's start a directory's ctime may lie and still count as changed
-by the run: the kernel stamps ctime from a coarse clock that lags time.time_ns()."""
+by the run: the kernel stamps ctime from a coarse clock, a tick (at most 10 ms) behind
+time.time_ns()."""
 
 
 def sync_if_changed(fd: int, since_ns: int) -> bool:
