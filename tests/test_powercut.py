@@ -207,6 +207,7 @@ def _logged_run(work: Path, old: Path, new: Path) -> tuple[Path, list, int]:
     return base, records, logdisk.mark_index(str(log), records, b"exit")
 
 
+@pytest.mark.slow
 def test_power_cut_leaves_old_or_new_copies(work: Path) -> None:
     old, new = work / "old", work / "new"
     _trees(old, new)
