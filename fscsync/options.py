@@ -67,6 +67,7 @@ class Options(Record):
     whole_file: bool | None = None
     inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None
+    fsync: bool = False  # --fsync: each file before its rename, changed directories at the end
     block_size: int = DEFAULT_BLOCK
     filter_rules: list[bytes] = []  # rule texts (fscsync.engine.filters), merge files read
     cvs_exclude: bool = False

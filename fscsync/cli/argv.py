@@ -187,6 +187,7 @@ TABLE: tuple[Opt, ...] = (
     Opt("--size-only", "skip files that match in size", {"size_only": True}),
     Opt("--temp-dir -T", "create temporary files in directory DIR", dest="temp_dir",
         metavar="DIR"),
+    Opt("--fsync", "fsync every written file", {"fsync": True}),
     Opt("--compress -z", "compress file data during the transfer", {"compress": True},
         neg=("compress",)),
     # ---- file selection (issue 23) ----

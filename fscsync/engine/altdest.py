@@ -20,7 +20,7 @@ import stat
 
 from fscsync.engine import itemize
 from fscsync.engine.rxstate import Status
-from fscsync.errors import escape
+from fscsync.errors import escape, os_reason
 from fscsync.fs import cipher, meta
 from fscsync.fs.destfs import DestTree, link_in, lstat_at
 from fscsync.fs.fileio import copy_range
@@ -100,7 +100,7 @@ class AltDests:
                 self.trees.append(DestTree(os.open(path, _DIR_FLAGS)))
             except OSError as exc:
                 reporter.warning(f"--{self.kind}-dest arg cannot be opened: {escape(path)}: "
-                                 f"{exc.strerror}")
+                                 f"{os_reason(exc)}")
 
     def close(self) -> None:
         for tree in self.trees:

@@ -19,7 +19,7 @@ from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
 from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
 from fscsync.fs import meta
-from fscsync.fs.destfs import link_in, listdir, lstat_at, remove_tree
+from fscsync.fs.destfs import link_in, listdir, lstat_at, remove_tree, sync_if_changed
 from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -47,15 +47,18 @@ class Finalizer:
     in `stats`, what fails goes to `reporter`."""
 
     def __init__(self, opts: Options, ids: IdMapper, reporter: Reporter, stats: Stats,
-                 io_error: bool = False, single_name: bytes | None = None):
+                 io_error: bool = False, single_name: bytes | None = None,
+                 since_ns: int = 0):
         """`io_error`: the sender could not read all it was asked to (no deletions
-        then); `single_name` as for rxstate.locate."""
+        then); `single_name` as for rxstate.locate; `since_ns`: when the run started
+        (--fsync syncs the directories changed since)."""
         self.opts = opts
         self.ids = ids
         self.reporter = reporter
         self.stats = stats
         self.io_error = io_error
         self.single_name = single_name
+        self.since_ns = since_ns
 
     def run(self, tree: DestTree | None, decisions: Decisions) -> None:
         if tree is None:
@@ -67,6 +70,8 @@ class Finalizer:
         self.deletions(tree, decisions)
         self.litter(tree, decisions.litter, decisions.incoming)
         self.directories(tree, decisions.dirs)
+        if self.opts.fsync and not self.opts.dry_run:
+            self.sync_directories(tree, decisions.dirs)
 
     def _locate(self, tree: DestTree, e) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
@@ -245,6 +250,31 @@ class Finalizer:
                 self._os_fail(e, "setting attributes of", exc)
             finally:
                 os.close(fd)
+
+
+    def sync_directories(self, tree: DestTree, dirs: list) -> None:
+        """--fsync: every directory this run changed, deepest first, once all entries
+        and attributes are in place (after them all, so on ext4 the first fsync commits
+        the journal for every directory and the rest find nothing left to commit)."""
+        root_done = False
+        for e, _ in reversed(dirs):
+            try:
+                pfd, name = self._locate(tree, e)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd) if name else os.dup(pfd)
+            except OSError:
+                continue  # reported by the attribute pass
+            root_done = root_done or not name
+            try:
+                sync_if_changed(fd, self.since_ns)
+            except OSError as exc:
+                self._os_fail(e, "fsync of directory", exc)
+            finally:
+                os.close(fd)
+        if not root_done:  # a one-file list, or names listed without their directory
+            try:
+                sync_if_changed(tree.root_fd, self.since_ns)
+            except OSError as exc:
+                self.reporter.failed(OSFailed("fsync of directory", b".", exc))
 
 
 class _Fence:

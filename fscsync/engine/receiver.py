@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import struct
+import time
 from collections import deque
 
 from fscsync import errors
@@ -32,7 +33,7 @@ from fscsync.errors import (
     TempDirUnusable,
     escape,
 )
-from fscsync.fs.destfs import Confined, DestTree, check_paths, temp_dir_path
+from fscsync.fs.destfs import Confined, DestTree, check_paths, sync_parents, temp_dir_path
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
@@ -72,10 +73,12 @@ class Receiver:
         self.root_path = b""  # the destination directory's path, for -T DIR relative to it
         self._abilities: DestAbilities | None = None
         self.root_created = False
+        self.made_levels = 0  # directories made for the destination, from it upwards
         self.root_seen = False
         self.io_error = False
         self.sender_stats: Stats | None = None
         self.sender_exit_code = 0
+        self.started_ns = time.time_ns()  # --fsync syncs the directories changed since
 
     # ---- setup -----------------------------------------------------------------
 
@@ -100,7 +103,8 @@ class Receiver:
             self.state.single_name = name  # the destination's name for a one-file list
             path = head or (b"/" if path.startswith(b"/") else b".")
             if st is None and self.opts.mkpath:
-                self._report_made(path, self._make_path(path))
+                self.made_levels = self._make_path(path)
+                self._report_made(path, self.made_levels)
         elif st is None:
             made = self._make_path(path) if self.opts.mkpath else 1
             if self.opts.dry_run:
@@ -119,6 +123,7 @@ class Receiver:
                 except OSError as exc:
                     raise OSFailed("mkdir", path, exc, errors.FILE_IO) from None
             self.root_created = True
+            self.made_levels = made
             self._report_made(path, made)
         elif not stat.S_ISDIR(st.st_mode):
             raise DestinationNotADirectory(path=dest)
@@ -308,15 +313,25 @@ class Receiver:
             chan.stop_async()
         writer.close()
         final = Finalizer(self.opts, self.ids, self.reporter, self.stats, self.io_error,
-                          state.single_name)
+                          state.single_name, self.started_ns)
         tree = self.tree()
         try:
             final.run(tree, gen.decisions())
         finally:
             if tree is not None:
                 tree.close()
+        if self.opts.fsync and self.made_levels and not self.opts.dry_run:
+            self._sync_made_root()
         self.stats.io_error = self.io_error
         return self.stats
+
+    def _sync_made_root(self) -> None:
+        """--fsync: a destination directory this run made (and --mkpath's parents) must
+        keep its name too."""
+        try:
+            sync_parents(self.root_path, self.made_levels)
+        except OSError as exc:
+            self.reporter.failed(OSFailed("fsync of directory", self.root_path, exc))
 
     def _idname(self, payload: bytes) -> None:
         if len(payload) < 5 or payload[:1] not in (b"u", b"g") or len(payload) > 5 + 255:

@@ -316,6 +316,8 @@ class Writer:
         t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
         meta.apply_attrs(self.opts, self.ids, e, t, st, new=bool(p.tmpname),
                          replaced=p.replaced_mode if p.tmpname else None, accurate_time=True)
+        if self.opts.fsync:  # data, size and attributes on disk before the name moves
+            os.fsync(p.fd)
         os.close(p.fd)
         p.fd = None
         if p.update is not None:
@@ -356,6 +358,8 @@ class Writer:
                 os.ftruncate(fd, size)
                 meta.apply_attrs(self.opts, self.ids, e, meta.Target(pfd, beside, fd=fd),
                                  os.fstat(fd), new=True)
+                if self.opts.fsync:
+                    os.fsync(fd)
             except BaseException:
                 os.unlink(beside, dir_fd=pfd)
                 raise

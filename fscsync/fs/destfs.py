@@ -326,3 +326,34 @@ def _openat2_call():
 def temp_dir_path(dest: bytes, temp_dir: bytes) -> bytes:
     """Where -T DIR lies: a relative DIR is taken from the destination directory."""
     return temp_dir if temp_dir.startswith(b"/") else os.path.join(dest, temp_dir)
+
+
+CHANGE_SLACK_NS = 50 * 10**6
+"""How far before a run's start a directory's ctime may lie and still count as changed
+by the run: the kernel stamps ctime from a coarse clock, a tick (at most 10 ms) behind
+time.time_ns()."""
+
+
+def sync_if_changed(fd: int, since_ns: int) -> bool:
+    """--fsync for a directory: fsync it if its ctime says it changed since `since_ns`
+    (an entry added, renamed, removed, or its attributes set), so a no-change run
+    forces no journal commit per directory."""
+    if os.fstat(fd).st_ctime_ns < since_ns - CHANGE_SLACK_NS:
+        return False
+    os.fsync(fd)
+    return True
+
+
+def sync_parents(path: bytes, levels: int) -> None:
+    """--fsync for the destination directory a run made (`levels` of them with
+    --mkpath): the parent of each made directory is synced, nearest first, so the new
+    names survive a power cut too (the made directories themselves are synced with
+    the tree)."""
+    path = os.path.abspath(path)
+    for _ in range(levels):
+        path = os.path.dirname(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
