@@ -225,6 +225,11 @@ class OutsideAllowedTree(FscsyncError):
     code = FILE_SELECT
 
 
+class BackupDirNotDirectory(FscsyncError):
+    template = "The backup-dir is not a directory: {path}"
+    code = SYNTAX
+
+
 class TempDirOutsideAllowedTree(FscsyncError):
     template = "--temp-dir outside the allowed tree (--restrict-to)"
     code = FILE_SELECT

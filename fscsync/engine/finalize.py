@@ -24,6 +24,7 @@ from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.backup import Backups
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
@@ -47,9 +48,12 @@ class Finalizer:
     in `stats`, what fails goes to `reporter`."""
 
     def __init__(self, opts: Options, ids: IdMapper, reporter: Reporter, stats: Stats,
-                 io_error: bool = False, single_name: bytes | None = None):
+                 io_error: bool = False, single_name: bytes | None = None,
+                 backups: Backups | None = None):
         """`io_error`: the sender could not read all it was asked to (no deletions
-        then); `single_name` as for rxstate.locate."""
+        then); `single_name` as for rxstate.locate; `backups` keeps what is deleted
+        or replaced (-b)."""
+        self.backups = backups
         self.opts = opts
         self.ids = ids
         self.reporter = reporter
@@ -95,11 +99,13 @@ class Finalizer:
                 self._item_link(e, leader, new=st is None)
                 if not self.opts.dry_run:
                     if st is not None and stat.S_ISDIR(st.st_mode):
-                        remove_tree(pfd, name)
+                        remove_tree(pfd, name, unlink=self._unlinker(e.path))
                     tmp = temp_name(name)
                     try:  # the link inside: a signal just after it still removes it
                         os.link(lname, tmp, src_dir_fd=lfd, dst_dir_fd=pfd,
                                 follow_symlinks=False)
+                        if self.backups is not None:
+                            self.backups.keep(pfd, name, e.path)
                         os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
                     except BaseException:
                         try:
@@ -109,6 +115,13 @@ class Finalizer:
                         raise
             except OSError as exc:
                 self._os_fail(e, "hard-link of", exc)
+
+    def _unlinker(self, path: bytes):
+        """remove_tree's unlink for the subtree at `path`: into the backup, with -b."""
+        keep = self.backups
+        head = path.rpartition(b"/")[0]
+        prefix = head + b"/" if head else b""
+        return keep and (lambda fd, name, rel: keep.remove(fd, name, prefix + rel))
 
     def _item_link(self, e, leader, new: bool) -> None:
         if self.opts.itemize or self.opts.log_items:
@@ -194,6 +207,8 @@ class Finalizer:
                 if stat.S_ISDIR(st.st_mode):
                     tree.forget(path)
                     os.rmdir(name, dir_fd=dfd)
+                elif self.backups is not None:
+                    self.backups.remove(dfd, name, path)
                 else:
                     os.unlink(name, dir_fd=dfd)
             except OSError as exc:

@@ -283,7 +283,10 @@ class Generator:
                     return False
                 self._remove_tree(pfd, name, e.path)
             return True
-        os.unlink(name, dir_fd=pfd)
+        if self.state.backups is not None:
+            self.state.backups.remove(pfd, name, e.path)
+        else:
+            os.unlink(name, dir_fd=pfd)
         return True
 
     def _remove_tree(self, pfd: int, name: bytes, path: bytes) -> None:
@@ -302,7 +305,9 @@ class Generator:
 
         if self.tree is not None:
             self.tree.forget(path)
-        remove_tree(pfd, name, removed)
+        keep = self.state.backups
+        remove_tree(pfd, name, removed, unlink=keep and (
+            lambda fd, n, rel: keep.remove(fd, n, prefix + rel)))
 
     # ---- directories ------------------------------------------------------------
 
@@ -543,6 +548,8 @@ class Generator:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
             meta.apply_attrs(self.opts, self.ids, e, t, t.hold(), new=True)
+            if state.backups is not None:
+                state.backups.keep(pfd, name, e.path)
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
             try:

@@ -17,6 +17,7 @@ from collections import deque
 
 from fscsync import errors
 from fscsync.engine import idmap
+from fscsync.engine.backup import Backups
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
@@ -231,6 +232,8 @@ class Receiver:
         single = bool(protocol.load_json(payload).get("single_file"))
         self.open_root(single)
         state = self.state
+        if self.opts.backup and self.root_fd is not None and not self.opts.dry_run:
+            state.backups = Backups(self.opts, self.reporter, self.root_fd)
         chan.start_async()
         tree = self.tree()
         gen = Generator(state, self.opts, self.ids, tree, chan.send, self.abilities,
@@ -305,13 +308,15 @@ class Receiver:
             chan.stop_async()
         writer.close()
         final = Finalizer(self.opts, self.ids, self.reporter, self.stats, self.io_error,
-                          state.single_name)
+                          state.single_name, state.backups)
         tree = self.tree()
         try:
             final.run(tree, gen.decisions())
         finally:
             if tree is not None:
                 tree.close()
+            if state.backups is not None:
+                state.backups.close()
         self.stats.io_error = self.io_error
         return self.stats
 

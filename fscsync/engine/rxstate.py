@@ -18,6 +18,7 @@ from fscsync.errors import escape
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.backup import Backups
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.flist import Entry
     from fscsync.engine.report import Reporter
@@ -72,6 +73,7 @@ class RxState:
         self.pending: dict[int, Pending] = {}
         self.requested = 0
         self.completed = 0
+        self.backups: Backups | None = None  # -b: what is replaced or deleted is kept
 
     def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)

@@ -70,6 +70,8 @@ class Writer:
         e = state.entries[p.idx]
         pfd, name = state.locate(self.tree, e)
         if self.opts.inplace and e.enc is None and p.has_basis:
+            if state.backups is not None:
+                state.backups.copy(pfd, name, e.path)
             p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             p.tmpdir, p.tmpname = pfd, b""
         elif self._start_update(p, e, pfd, name):
@@ -93,7 +95,8 @@ class Writer:
     def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
         """Update in place under a redo journal? Only by default (neither --inplace nor
         --no-inplace), for a plain file with a basis, and not on a retry."""
-        if self.opts.inplace is not None or e.enc is not None or not p.has_basis or p.retried:
+        if (self.opts.inplace is not None or e.enc is not None or not p.has_basis or p.retried
+                or self.opts.backup or self.opts.partial_dir):
             return False
         p.update = inplace.Update.start(pfd, name, p.differ)
         return p.update is not None
@@ -320,6 +323,8 @@ class Writer:
             p.update = None
         elif p.tmpname:
             pfd, name = where or state.locate(self.tree, e)
+            if state.backups is not None:
+                state.backups.keep(pfd, name, e.path)
             try:
                 self._rename_in(p, pfd, name)
             except OSError as exc:
