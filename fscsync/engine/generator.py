@@ -79,7 +79,7 @@ class Generator:
         o = self.opts
         self._quick = tree is not None and state.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls or o.ignore_times or o.chmod or o.executability)
+            or o.acls or o.ignore_times or o.chmod or o.executability or o.partial_dir)
         self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
 
@@ -139,6 +139,7 @@ class Generator:
                             if self.incoming and head in self.incoming:
                                 self.incoming[head].add(name)
                             status[idx] = ok
+                            state.succeeded(idx, st)
                             if keep:
                                 all_entries[idx] = batch.entry(idx - base)
                             continue
@@ -418,7 +419,10 @@ class Generator:
         is_file = st is not None and st.st_mode & _S_IFMT == _S_IFREG
         if is_file and self.copies.may_hold_encdata(e, pfd, st):
             dest_enc = self.copies.encdata(pfd, name, e)
+        partial = state.partials.find(pfd, name) if state.partials is not None else None
         if is_file and self.copies.same(e, pfd, name, st, dest_enc):
+            if partial is not None:
+                state.partials.drop(partial)
             self._existing_attrs(idx, e, Target(pfd, name), st)
             return
         if not self.enc.writable(idx, e):
@@ -439,7 +443,7 @@ class Generator:
         if opts.dry_run:
             state.status[idx] = Status.OK
             return
-        self._request(idx, e, pfd, name, st, dest_enc, new)
+        self._request(idx, e, pfd, name, st, dest_enc, new, partial)
 
     def _left_alone(self, e: Entry, st) -> bool:
         """--max-size, --min-size and -u: files the run must not touch at all (rsync's
@@ -450,10 +454,17 @@ class Generator:
         return (opts.update and st is not None and stat.S_ISREG(st.st_mode)
                 and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < (opts.modify_window or 0))
 
-    def _request(self, idx: int, e: Entry, pfd: int, name: bytes, st, dest_enc, new) -> None:
+    def _request(self, idx: int, e: Entry, pfd: int, name: bytes, st, dest_enc, new,
+                 partial: tuple[int, bytes] | None = None) -> None:
+        """Ask for the file, against the destination's copy or, when an earlier run
+        left one, its --partial-dir file."""
         state = self.state
-        req, layout = self.copies.request(idx, e, pfd, name, None if new else st, dest_enc)
+        if partial is not None:
+            req, layout = state.partials.request(idx, partial), cipher.PLAIN
+        else:
+            req, layout = self.copies.request(idx, e, pfd, name, None if new else st, dest_enc)
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
+        pending.partial_at = partial
         pending.chunk = req.chunk
         pending.basis_size = req.basis_size
         if not new:
@@ -527,6 +538,7 @@ class Generator:
         exact = (self.opts.checksum and e.is_reg and not diff.time
                  and self.opts.keeps_time(e.mode) and st.st_mtime_ns != e.mtime_ns)
         if not diff and not exact:
+            self.state.succeeded(idx, st)
             return
         if self.opts.dry_run:
             changes = diff.letters()
@@ -535,6 +547,7 @@ class Generator:
                                        accurate_time=exact)
             if exact:
                 changes = changes.replace("t", "")
+        self.state.succeeded(idx, st)
         if changes:
             self._item(".", e, changes)
 
@@ -547,7 +560,8 @@ class Generator:
         try:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
-            meta.apply_attrs(self.opts, self.ids, e, t, t.hold(), new=True)
+            st = t.hold()
+            meta.apply_attrs(self.opts, self.ids, e, t, st, new=True)
             if state.backups is not None:
                 state.backups.keep(pfd, name, e.path)
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -558,6 +572,7 @@ class Generator:
                 pass
             raise
         state.status[idx] = Status.OK
+        state.succeeded(idx, st)
 
 
 def rel_dir(e: Entry) -> bytes:

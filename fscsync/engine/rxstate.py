@@ -11,6 +11,7 @@ merge, so the copy passes of several partitions can be finalised once.
 from __future__ import annotations
 
 import errno
+import os
 from enum import IntEnum
 
 from fscsync import errors
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from fscsync.engine.backup import Backups
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.flist import Entry
+    from fscsync.engine.partial import PartialDirs
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
     from fscsync.fs.destfs import DestTree
@@ -74,6 +76,16 @@ class RxState:
         self.requested = 0
         self.completed = 0
         self.backups: Backups | None = None  # -b: what is replaced or deleted is kept
+        self.partials: PartialDirs | None = None  # --partial-dir, --delay-updates
+        self.successes: list[tuple[int, int, int]] | None = None
+        """--remove-source-files: (index, st_dev, st_ino) of each entry now in place at
+        the destination, for the sender (sent and cleared by the receiver)."""
+
+    def succeeded(self, idx: int, st: os.stat_result | None) -> None:
+        """Entry idx is in place as inode `st`: with --remove-source-files the sender
+        may remove its source."""
+        if self.successes is not None and st is not None:
+            self.successes.append((idx, st.st_dev, st.st_ino))
 
     def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
@@ -101,7 +113,7 @@ class Pending:
 
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update", "basis_size", "replaced_mode")
+                 "data_end", "differ", "update", "basis_size", "replaced_mode", "partial_at")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -122,6 +134,7 @@ class Pending:
         self.update: Update | None = None  # set when the file is updated in place
         self.basis_size = 0  # what the request told the sender it may copy from
         self.replaced_mode: int | None = None  # the file it replaces: its mode stays
+        self.partial_at: tuple[int, bytes] | None = None  # its --partial-dir file: the basis
 
 
 class Decisions:

@@ -83,7 +83,8 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            p.basis_fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
+            bfd, bname = p.partial_at or (pfd, name)
+            p.basis_fd, direct = cipher.open_data(bname, p.basis_layout, dir_fd=bfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
     def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
@@ -292,6 +293,8 @@ class Writer:
         if e.enc is not None:
             state.stats.encrypted_bytes += size
         state.reporter.progress(e.path, size, size, idx)
+        if not self.opts.delay_updates:
+            state.succeeded(idx, st)
         self._complete(idx, ok=True)
 
     def _digest_result(self, p: Pending, size: int) -> bytes:
@@ -323,6 +326,9 @@ class Writer:
             p.update = None
         elif p.tmpname:
             pfd, name = where or state.locate(self.tree, e)
+            if self.opts.delay_updates:
+                state.partials.delay(p.tmpdir, p.tmpname, pfd, name, e.path, p.idx)
+                return
             if state.backups is not None:
                 state.backups.keep(pfd, name, e.path)
             try:
@@ -332,6 +338,8 @@ class Writer:
                     raise
                 self._move_beside(p, pfd, name)
                 self._rename_in(p, pfd, name)
+            if p.partial_at is not None:
+                state.partials.drop(p.partial_at)
 
     @staticmethod
     def _rename_in(p: Pending, pfd: int, name: bytes) -> None:
@@ -404,7 +412,10 @@ class Writer:
             try:
                 if keep:
                     pfd, name = self.state.locate(self.tree, self.state.entries[p.idx])
-                    os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+                    if self.state.partials is not None:  # --partial-dir: kept aside
+                        self.state.partials.keep(p.tmpdir, p.tmpname, pfd, name)
+                    else:
+                        os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
                 else:
                     os.unlink(p.tmpname, dir_fd=p.tmpdir)
             except OSError:
@@ -428,7 +439,7 @@ class Writer:
         p = self._pending(idx)
         state = self.state
         e = state.entries[idx]
-        pfd, name = state.locate(self.tree, e)
+        pfd, name = p.partial_at or state.locate(self.tree, e)
         block = self.opts.block_size
         try:
             fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
