@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from support import REPO, run_fscsync, run_rsync
 from support.e2e import item_lines
+from support.peer import FakeSender, default_options
 from support.stats import parse_stats
 from support.treecmp import assert_same_tree
 from support.trees import BASE_NS, set_times, write
 
 from fscsync.fs.destfs import TEMP_MARK
+from fscsync.wire import protocol
 
 MiB = 1 << 20
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"}
@@ -257,3 +259,27 @@ def test_remove_source_files_over_ssh(sshd, tmp_path: Path, direction: str) -> N
     assert b"sender removed sub/b" in out.stdout
     assert _left(src) == ["bad", "sub"]
     assert (dst / "sub" / "b").read_bytes() == b"b\n"
+
+
+@pytest.mark.parametrize("case", ["directory", "out-of-range", "malformed", "not-asked"])
+def test_a_hostile_success_frame_removes_nothing(tmp_path: Path, case: str) -> None:
+    """The sender takes SUCCESS only for a file it listed, in whole records, and only
+    with --remove-source-files: anything else is a protocol error (exit 12) and the
+    source stays whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "f", b"data\n")
+    peer = FakeSender(timeout=30)
+    opts = default_options(recursive=True, remove_source_files=case != "not-asked")
+    assert peer.setup(b"", opts, role="sender", paths=[os.fsencode(src) + b"/"]), (
+        peer.finish().describe())
+    assert peer.wait_type(protocol.FLIST_END) is not None, peer.finish().describe()
+    record = {"directory": (0, 1, 1), "out-of-range": (99, 1, 1), "not-asked": (1, 1, 1)}
+    payload = (protocol.encode_successes([record[case]]) if case in record
+               else b"\x00" * 7)
+    peer.send(protocol.SUCCESS, payload)
+    peer.wait_for(lambda t, p: t == protocol.FATAL)
+    result = peer.finish()
+    assert result.code == 12, result.describe()
+    assert "Traceback" not in result.text
+    assert (src / "f").read_bytes() == b"data\n"
