@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO, run_fscsync, run_rsync
+from support import REPO, needs_root, run_fscsync, run_rsync
 from support.e2e import item_lines
+from support.enctree import EncTree, read_encdata
 from support.peer import FakeSender, default_options
 from support.stats import parse_stats
 from support.treecmp import assert_same_tree
@@ -283,3 +284,49 @@ def test_a_hostile_success_frame_removes_nothing(tmp_path: Path, case: str) -> N
     assert result.code == 12, result.describe()
     assert "Traceback" not in result.text
     assert (src / "f").read_bytes() == b"data\n"
+
+
+@needs_root
+def test_partial_dir_of_an_encrypted_file(tmp_path: Path) -> None:
+    """An encrypted-layout file interrupted midway: its partial ciphertext waits in
+    .part/ (no encdata on it, so it is never taken for the file), the next run sends
+    only the rest and installs ciphertext and encdata exactly."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    t = EncTree(os.fsencode(src), seed="partial")
+    t.dir(b"enc", 0o700)
+    t.file(b"enc/big", 6 * MiB + 5)
+    t.finish()
+    proc = _popen("-aX", "--partial-dir=.part", "--bwlimit=2M", f"{src}/", f"{dst}/")
+    _wait_for(proc, lambda: _temp_with_data(dst, "big", MiB), "a half-written temp file")
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)
+    part = dst / "enc" / ".part" / "big"
+    assert part.exists() and not (dst / "enc" / "big").exists()
+    assert read_encdata(os.fsencode(part)) is None
+    kept = part.stat().st_size
+    out = run_fscsync("-aX", "--stats", "--partial-dir=.part", f"{src}/", f"{dst}/", check=True)
+    stats = parse_stats(out.stdout)
+    assert stats["matched"] >= kept - 4096, stats
+    assert (dst / "enc" / "big").read_bytes() == (src / "enc" / "big").read_bytes()
+    assert read_encdata(os.fsencode(dst / "enc" / "big")) == read_encdata(
+        os.fsencode(src / "enc" / "big"))
+    assert not (dst / "enc" / ".part").exists()
+
+
+@needs_root
+def test_delay_updates_of_encrypted_files(tmp_path: Path) -> None:
+    """Delayed encrypted files get their encdata in .~tmp~ and keep it when renamed
+    into place: the mirror equals the source, no .~tmp~ left."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    t = EncTree(os.fsencode(src), seed="delay")
+    t.dir(b"enc", 0o700)
+    t.file(b"enc/a", 100)
+    t.file(b"enc/b", 9000)
+    t.finish()
+    run_fscsync("-aX", f"{src}/", f"{dst}/", check=True)
+    t.file(b"enc/a", 200)
+    t.file(b"enc/c", 300)
+    t.finish()
+    run_fscsync("-aX", "--delay-updates", f"{src}/", f"{dst}/", check=True)
+    assert not list(dst.rglob(".~tmp~"))
+    assert_same_tree(src, dst)
