@@ -235,6 +235,13 @@ class TempDirOutsideAllowedTree(FscsyncError):
     code = FILE_SELECT
 
 
+class DirOptionOutsideAllowedTree(FscsyncError):
+    """--backup-dir or --partial-dir naming a place outside a --restrict-to tree."""
+
+    template = "--{option} outside the allowed tree (--restrict-to)"
+    code = FILE_SELECT
+
+
 # ---- one file fails, the run goes on (Reporter.failed) -------------------------------
 
 

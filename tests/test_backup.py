@@ -16,6 +16,7 @@ import xattr
 from support import needs_root, run_fscsync, run_rsync
 from support.e2e import item_lines
 from support.enctree import ENCDATA, EncTree, read_encdata
+from support.peer import FakeSender, default_options
 from support.treecmp import assert_same_tree, snapshot
 from support.trees import BASE_NS, set_times, write
 
@@ -221,3 +222,25 @@ def test_big_file_update_is_backed_up_whole(tmp_path: Path, inplace: bool) -> No
     run_fscsync("-a", *extra, "--backup-dir=../bak", f"{src}/", f"{dst}/", check=True)
     assert (tmp_path / "bak" / "big").read_bytes() == old
     assert (dst / "big").read_bytes() == (src / "big").read_bytes()
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("backup_dir", "{a}/other"), ("backup_dir", "../../other"),
+    ("partial_dir", "{a}/other"), ("partial_dir", "../up")])
+def test_restrict_to_refuses_a_backup_or_partial_dir_outside(tmp_path: Path, option: str,
+                                                              value: str) -> None:
+    """A --restrict-to server refuses, before anything is written, a --backup-dir or
+    --partial-dir that would put files outside its tree (exit 3)."""
+    allowed = tmp_path / "allowed"
+    (allowed / "tree").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    opts = default_options(**{option: os.fsencode(value.format(a=tmp_path)),
+                              "backup": option == "backup_dir"})
+    peer = FakeSender(["--restrict-to", str(allowed)], timeout=30)
+    ready = peer.setup(b"", opts, role="receiver", paths=[os.fsencode(allowed / "tree")])
+    result = peer.finish()
+    assert not ready, result.describe()
+    assert result.code == 3, result.describe()
+    fatal = " ".join(str(m.get("msg")) for m in result.fatal())
+    assert option.replace("_", "-") in fatal and "outside the allowed tree" in fatal, fatal
+    assert os.listdir(tmp_path / "other") == []

@@ -26,12 +26,13 @@ import xattr
 from fscsync.engine.generator import unsafe_link
 from fscsync.errors import BackupDirNotDirectory, escape
 from fscsync.fs import cipher, meta
-from fscsync.fs.destfs import DestTree, lstat_at, remove_tree
+from fscsync.fs.destfs import DestTree, lstat_at, remove_tree, temp_dir_path
 from fscsync.fs.fileio import copy_range
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
     from fscsync.engine.report import Reporter
+    from fscsync.fs.destfs import Confined
     from fscsync.options import Options
 
 DEFAULT_SUFFIX = b"~"
@@ -65,11 +66,16 @@ class Backups:
     """The backup tree of one receiving run. `root_fd` is the destination directory
     (the base of entry paths and of a relative --backup-dir)."""
 
-    def __init__(self, opts: Options, reporter: Reporter, root_fd: int):
+    def __init__(self, opts: Options, reporter: Reporter, root_fd: int,
+                 confined: Confined | None = None, root_path: bytes = b""):
+        """`confined`: a --restrict-to server's tree, through which an absolute or
+        climbing --backup-dir is opened (`root_path` is the destination's path)."""
         self.opts = opts
         self.reporter = reporter
         self.suffix = suffix_of(opts)
         self._root_fd = root_fd
+        self._confined = confined
+        self._root_path = root_path
         self._tree: DestTree | None = None  # the backup directory's, once made
         if opts.backup_dir:
             self._announce(opts.backup_dir.rstrip(b"/") or b"/")
@@ -202,6 +208,9 @@ class Backups:
     def _open_root(self) -> DestTree:
         """Open --backup-dir (relative to the destination), making it as mkdir -p."""
         path = self.opts.backup_dir
+        if self._confined is not None:
+            self._tree = DestTree(self._confined_root(temp_dir_path(self._root_path, path)))
+            return self._tree
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd)
         except FileNotFoundError:
@@ -215,6 +224,22 @@ class Backups:
                     os.close(base)
         self._tree = DestTree(fd)
         return self._tree
+
+    def _confined_root(self, path: bytes) -> int:
+        """mkdir -p and open of the backup directory, every step inside --restrict-to's
+        tree with no symlink followed."""
+        fs = self._confined
+        missing = []
+        while True:
+            try:
+                fs.stat(path)
+                break
+            except FileNotFoundError:
+                missing.append(path)
+                path = os.path.dirname(path)
+        for path in reversed(missing):
+            fs.mkdir(path, 0o777)
+        return fs.open(missing[0] if missing else path, os.O_RDONLY | os.O_DIRECTORY)
 
     # ---- attributes and copies ---------------------------------------------------------
 

@@ -25,6 +25,7 @@ from fscsync.fs.fileio import BlockReader
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
     from fscsync.engine.backup import Backups
+    from fscsync.fs.destfs import Confined
     from fscsync.options import Options
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -34,8 +35,11 @@ class PartialDirs:
     """The partial directory of one receiving run. Directory fds it hands out (the
     second member of a location) stay open until close()."""
 
-    def __init__(self, opts: Options):
+    def __init__(self, opts: Options, confined: Confined | None = None):
+        """`confined`: a --restrict-to server's tree, through which an absolute DIR is
+        opened."""
         self.opts = opts
+        self.confined = confined
         self.dir = opts.partial_dir
         self.absolute = self.dir.startswith(b"/")
         self._fds: dict[tuple[int, int], int] = {}  # (dev, ino) of a parent -> its DIR
@@ -57,8 +61,10 @@ class PartialDirs:
         if self.absolute:
             if self._abs_fd is None:
                 head, last = os.path.split(self.dir)
-                self._abs_fd = self._open(os.open(head, os.O_RDONLY | os.O_DIRECTORY
-                                                  | os.O_CLOEXEC), last, make)
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                base = (os.open(head, flags) if self.confined is None
+                        else self.confined.open(head, flags))
+                self._abs_fd = self._open(base, last, make)
             return self._abs_fd
         st = os.fstat(pfd)
         key = (st.st_dev, st.st_ino)

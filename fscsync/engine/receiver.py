@@ -235,9 +235,10 @@ class Receiver:
         state = self.state
         live = self.root_fd is not None and not self.opts.dry_run
         if self.opts.backup and live:
-            state.backups = Backups(self.opts, self.reporter, self.root_fd)
+            state.backups = Backups(self.opts, self.reporter, self.root_fd, self.confined,
+                                    self.root_path)
         if self.opts.partial_dir and live:
-            state.partials = PartialDirs(self.opts)
+            state.partials = PartialDirs(self.opts, self.confined)
         if self.opts.remove_source_files and live:
             state.successes = []
         chan.start_async()
