@@ -244,3 +244,18 @@ def test_restrict_to_refuses_a_backup_or_partial_dir_outside(tmp_path: Path, opt
     fatal = " ".join(str(m.get("msg")) for m in result.fatal())
     assert option.replace("_", "-") in fatal and "outside the allowed tree" in fatal, fatal
     assert os.listdir(tmp_path / "other") == []
+
+
+def test_one_file_copy_backs_up_under_the_destination_name(tmp_path: Path) -> None:
+    """`cp a b` style (one file to a new name): the backup is b~, or bk/b for a
+    backup dir taken from b's directory, as rsync names them."""
+    for tool, run in (("f", run_fscsync), ("r", run_rsync)):
+        top = tmp_path / tool
+        top.mkdir()
+        for n, opts in enumerate(([], ["-b"], ["--backup-dir=bk"])):
+            write(top / "src", f"version {n}\n".encode())
+            set_times(os.fsencode(top / "src"), BASE_NS + n * 10**9)
+            run("-a", *opts, top / "src", top / "dst", check=True)
+        assert (top / "dst~").read_bytes() == b"version 0\n"
+        assert (top / "bk" / "dst").read_bytes() == b"version 1\n"
+    assert_same_tree(tmp_path / "f", tmp_path / "r", ignore_dir_mtime=True)

@@ -285,7 +285,7 @@ class Generator:
                 self._remove_tree(pfd, name, e.path)
             return True
         if self.state.backups is not None:
-            self.state.backups.remove(pfd, name, e.path)
+            self.state.backups.remove(pfd, name, self.state.dest_path(e))
         else:
             os.unlink(name, dir_fd=pfd)
         return True
@@ -563,7 +563,7 @@ class Generator:
             st = t.hold()
             meta.apply_attrs(self.opts, self.ids, e, t, st, new=True)
             if state.backups is not None:
-                state.backups.keep(pfd, name, e.path)
+                state.backups.keep(pfd, name, state.dest_path(e))
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
             try:

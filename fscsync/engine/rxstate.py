@@ -90,6 +90,11 @@ class RxState:
     def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
 
+    def dest_path(self, e: Entry) -> bytes:
+        """The entry's path at the destination: a one-file list's file has the name
+        the destination gives it (where its backup goes, -b)."""
+        return self.single_name if self.single_name is not None else e.path
+
     def done_with(self, idx: int) -> None:
         """Drop an entry nothing later needs (directories wait for the final pass, and
         with -H any file may lead a link): a big no-change run would otherwise hold

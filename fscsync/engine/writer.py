@@ -71,7 +71,7 @@ class Writer:
         pfd, name = state.locate(self.tree, e)
         if self.opts.inplace and e.enc is None and p.has_basis:
             if state.backups is not None:
-                state.backups.copy(pfd, name, e.path)
+                state.backups.copy(pfd, name, state.dest_path(e))
             p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             p.tmpdir, p.tmpname = pfd, b""
         elif self._start_update(p, e, pfd, name):
@@ -327,10 +327,11 @@ class Writer:
         elif p.tmpname:
             pfd, name = where or state.locate(self.tree, e)
             if self.opts.delay_updates:
-                state.partials.delay(p.tmpdir, p.tmpname, pfd, name, e.path, p.idx)
+                state.partials.delay(p.tmpdir, p.tmpname, pfd, name, state.dest_path(e),
+                                     p.idx)
                 return
             if state.backups is not None:
-                state.backups.keep(pfd, name, e.path)
+                state.backups.keep(pfd, name, state.dest_path(e))
             try:
                 self._rename_in(p, pfd, name)
             except OSError as exc:
