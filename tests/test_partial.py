@@ -39,10 +39,12 @@ def _popen(*args: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
-def _temp_with_data(root: Path, name: str, at_least: int) -> bool:
-    """A temp file of `name` holds at least `at_least` bytes (the file is half sent)."""
+def _temp_with_data(root: Path, name: str, at_least: int, mark: str = TEMP_MARK.decode()
+                    ) -> bool:
+    """A temp file of `name` (its name holds `mark` too: fscsync's, or rsync's ".")
+    holds at least `at_least` bytes: the file is half sent."""
     for p in root.rglob("*"):
-        if TEMP_MARK.decode() in p.name and name in p.name:
+        if mark in p.name and name in p.name:
             try:
                 if p.stat().st_size >= at_least:
                     return True
@@ -93,8 +95,15 @@ def test_partial_dir_is_the_basis_of_the_next_run(tmp_path: Path) -> None:
     kept = (dst / ".part" / "big").read_bytes()
     assert MiB <= len(kept) < len(data) and data.startswith(kept)
     r_dst = tmp_path / "rsync"
-    (r_dst / ".part").mkdir(parents=True)
-    shutil.copy(dst / ".part" / "big", r_dst / ".part" / "big")
+    rsync = subprocess.Popen([shutil.which("rsync") or "rsync", "-a", "--partial-dir=.part",
+                              "--bwlimit=2048", f"{src}/", f"{r_dst}/"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(rsync, lambda: _temp_with_data(r_dst, ".big.", MiB, mark="."),
+              "rsync's temp file")
+    rsync.send_signal(signal.SIGTERM)
+    rsync.communicate(timeout=60)
+    assert (r_dst / ".part" / "big").exists() and not (r_dst / "big").exists()
+    shutil.copy(dst / ".part" / "big", r_dst / ".part" / "big")  # the same basis for both
 
     out = run_fscsync("-a", "--stats", "--partial-dir=.part", f"{src}/", f"{dst}/", check=True)
     stats = parse_stats(out.stdout)
