@@ -236,6 +236,11 @@ class OutsideAllowedTree(FscsyncError):
     code = FILE_SELECT
 
 
+class BackupDirNotDirectory(FscsyncError):
+    template = "The backup-dir is not a directory: {path}"
+    code = SYNTAX
+
+
 class TempDirOutsideAllowedTree(FscsyncError):
     template = "--temp-dir outside the allowed tree (--restrict-to)"
     code = FILE_SELECT
@@ -260,6 +265,13 @@ class DestinationNotADirectory(FscsyncError):
     """Several files, or a directory, sent to a destination that is a file."""
 
     template = 'destination "{path}" is not a directory'
+    code = FILE_SELECT
+
+
+class DirOptionOutsideAllowedTree(FscsyncError):
+    """--backup-dir or --partial-dir naming a place outside a --restrict-to tree."""
+
+    template = "--{option} outside the allowed tree (--restrict-to)"
     code = FILE_SELECT
 
 

@@ -45,6 +45,12 @@ class Options(Record):
     delete_after: bool = False
     max_delete: int = -1
     partial: bool = False
+    partial_dir: bytes | None = None  # --partial-dir (and --delay-updates' .~tmp~)
+    delay_updates: bool = False
+    remove_source_files: bool = False
+    backup: bool = False  # -b: what is replaced or deleted is kept (engine.backup)
+    backup_dir: bytes | None = None
+    backup_suffix: bytes | None = None  # None: rsync's default (engine.backup.suffix_of)
     dry_run: bool = False
     mkpath: bool = False
     itemize: int = 0

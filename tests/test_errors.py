@@ -16,12 +16,14 @@ from support import REPO
 from fscsync import errors
 from fscsync.errors import (
     AllowedTreeUnusable,
+    BackupDirNotDirectory,
     BadFilterRule,
     ChangedWhileSent,
     ClosedBeforeHandshake,
     DestinationNotADirectory,
     DestinationUnusable,
     DirEncdataUnsettable,
+    DirOptionOutsideAllowedTree,
     EncdataUnsettable,
     ExecFailed,
     FilesFromUnreadable,
@@ -74,6 +76,10 @@ CLASSES = [
     (OutsideAllowedTree(path=b"/etc", root=b"/srv"),
      'path "/etc" is outside the allowed tree "/srv" (--restrict-to)', 3),
     (TempDirOutsideAllowedTree(), "--temp-dir outside the allowed tree (--restrict-to)", 3),
+    (DirOptionOutsideAllowedTree(option="backup-dir"),
+     "--backup-dir outside the allowed tree (--restrict-to)", 3),
+    (BackupDirNotDirectory(path=b"/srv/b\xff"),
+     "The backup-dir is not a directory: /srv/b\\#377", 1),
     (NoDaemonMode(arg=b"host::mod"), "host::mod: fscsync has no daemon mode (rsync://, "
      "HOST::MODULE); use HOST:PATH over a remote shell", 5),
     (StartupFailed("malformed setup frame"), "malformed setup frame", 5),

@@ -176,6 +176,18 @@ TABLE: tuple[Opt, ...] = (
         convert=_int, metavar="NUM"),
     Opt("--partial", "keep partially transferred files", {"partial": True},
         neg=("partial",)),
+    Opt("--partial-dir", "put a partially transferred file into DIR", dest="partial_dir",
+        metavar="DIR"),
+    Opt("--delay-updates", "put all updated files into place at transfer's end",
+        {"delay_updates": True}, neg=("delay_updates",)),
+    Opt("--remove-source-files", "sender removes synchronized files (non-dirs)",
+        {"remove_source_files": True}, neg=("remove_source_files",)),
+    Opt("--backup -b", "make backups (see --suffix & --backup-dir)", {"backup": True},
+        neg=("backup",)),
+    Opt("--backup-dir", "make backups into hierarchy based in DIR", dest="backup_dir",
+        metavar="DIR"),
+    Opt("--suffix", "backup suffix (default ~ w/o --backup-dir)", dest="backup_suffix",
+        metavar="SUFFIX"),
     Opt("--usermap", "custom username mapping (implies --owner)", dest="usermap",
         convert=lambda t: [t], metavar="STRING"),
     Opt("--groupmap", "custom groupname mapping (implies --group)", dest="groupmap",
@@ -436,6 +448,52 @@ def _alt_dests(ns: SimpleNamespace, o: Options) -> None:
         o.alt_dest_dirs.append(path)
 
 
+def _backups(ns: SimpleNamespace, o: Options) -> None:
+    """-b, --backup-dir and --suffix, checked as rsync checks them; --backup adds its
+    protect rule after the line's own (engine.backup.protect_rules)."""
+    from fscsync.engine import backup
+
+    suffix = os.fsencode(ns.backup_suffix) if ns.backup_suffix is not None else None
+    if suffix is not None and b"/" in suffix:
+        raise UsageError(f"--suffix cannot contain slashes: {ns.backup_suffix}")
+    bdir = os.fsencode(ns.backup_dir) if ns.backup_dir is not None else None
+    if bdir is not None:
+        o.backup = True  # --backup-dir implies --backup
+        while bdir.startswith(b"./"):
+            bdir = bdir[2:]
+        bdir = None if bdir in (b"", b".") else bdir
+        if bdir is None and suffix == b"":
+            raise UsageError("--suffix cannot be empty when --backup-dir is the same as the "
+                             "dest dir")
+    elif suffix == b"":
+        raise UsageError("--suffix cannot be empty without a --backup-dir")
+    o.backup_dir, o.backup_suffix = bdir, suffix
+    if o.backup and not bdir:
+        o.omit_dir_times = True  # rsync forces -O: the backups would move dir times
+    ns.filter_rules.extend(("filter", rule) for rule in backup.protect_rules(o))
+
+
+def _partial_dir(ns: SimpleNamespace, o: Options) -> None:
+    """--partial-dir implies --partial; --delay-updates writes into .~tmp~ unless a
+    partial dir is given; neither goes with --inplace. A relative DIR is excluded from
+    the transfer (a perishable rule, so it never blocks deleting its directory)."""
+    if o.delay_updates and not o.partial_dir:
+        o.partial_dir = b".~tmp~"
+    if o.partial_dir is None:
+        return
+    pdir = os.fsencode(o.partial_dir) if isinstance(o.partial_dir, str) else o.partial_dir
+    pdir = os.path.normpath(pdir) if pdir else b""
+    if pdir in (b"", b"."):
+        o.partial_dir = None
+        return
+    if o.inplace:
+        raise UsageError(f"--inplace cannot be used with "
+                         f"--{'delay-updates' if o.delay_updates else 'partial-dir'}")
+    o.partial_dir, o.partial = pdir, True
+    if not pdir.startswith(b"/"):
+        ns.filter_rules.append(("filter", b"-p " + pdir + b"/"))
+
+
 def help_text() -> str:
     """--help, from the table: rsync's layout (long name first, then its short one)."""
     lines = [f"usage: {USAGE}", "",
@@ -468,6 +526,8 @@ def options_from(ns: SimpleNamespace) -> Options:
     _owner_maps(ns, o)
     _alt_dests(ns, o)
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
+    _backups(ns, o)
+    _partial_dir(ns, o)
     b = ns.block_size
     if b < 512 or b & (b - 1) or b > 1 << 24:
         raise UsageError(f"--block-size must be a power of two from 512 to 16M, not {b}")

@@ -14,7 +14,7 @@ import stat
 
 from fscsync import errors
 from fscsync.engine import itemize
-from fscsync.engine.generator import rel_dir
+from fscsync.engine.flist import rel_dir
 from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
 from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
@@ -24,6 +24,7 @@ from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.backup import Backups
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
@@ -48,10 +49,12 @@ class Finalizer:
 
     def __init__(self, opts: Options, ids: IdMapper, reporter: Reporter, stats: Stats,
                  io_error: bool = False, single_name: bytes | None = None,
-                 since_ns: int = 0):
+                 since_ns: int = 0, backups: Backups | None = None):
         """`io_error`: the sender could not read all it was asked to (no deletions
         then); `single_name` as for rxstate.locate; `since_ns`: when the run started
-        (--fsync syncs the directories changed since)."""
+        (--fsync syncs the directories changed since); `backups` keeps what is deleted
+        or replaced (-b)."""
+        self.backups = backups
         self.opts = opts
         self.ids = ids
         self.reporter = reporter
@@ -100,10 +103,19 @@ class Finalizer:
                 self._item_link(e, leader, new=st is None)
                 if not self.opts.dry_run:
                     if st is not None and stat.S_ISDIR(st.st_mode):
-                        remove_tree(pfd, name)
+                        remove_tree(pfd, name, unlink=self._unlinker(e.path))
+                    if self.backups is not None and st is not None:
+                        self.backups.keep(pfd, name, e.path)
                     link_in(lfd, lname, pfd, name)
             except OSError as exc:
                 self._os_fail(e, "hard-link of", exc)
+
+    def _unlinker(self, path: bytes):
+        """remove_tree's unlink for the subtree at `path`: into the backup, with -b."""
+        keep = self.backups
+        head = path.rpartition(b"/")[0]
+        prefix = head + b"/" if head else b""
+        return keep and (lambda fd, name, rel: keep.remove(fd, name, prefix + rel))
 
     def _item_link(self, e, leader, new: bool) -> None:
         if self.opts.itemize or self.opts.log_items:
@@ -189,6 +201,8 @@ class Finalizer:
                 if stat.S_ISDIR(st.st_mode):
                     tree.forget(path)
                     os.rmdir(name, dir_fd=dfd)
+                elif self.backups is not None:
+                    self.backups.remove(dfd, name, path)
                 else:
                     os.unlink(name, dir_fd=dfd)
             except OSError as exc:

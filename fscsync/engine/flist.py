@@ -421,3 +421,8 @@ def unsafe_link(target: bytes, path: bytes) -> bool:
         else:
             named = True
     return False
+
+
+def rel_dir(e: Entry) -> bytes:
+    """The destination-relative directory path of a directory entry."""
+    return b"" if e.path == b"." else e.path

@@ -18,7 +18,7 @@ from fscsync.engine.altdest import SETTLED, AltDests
 from fscsync.engine.basis import DestCopies, cleartext_size
 from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
-from fscsync.engine.flist import IMPLIED, Batch, Entry, unsafe_link
+from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
 from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
@@ -83,7 +83,8 @@ class Generator:
         o = self.opts
         self._quick = tree is not None and state.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls or o.ignore_times or o.chmod or o.executability or o.alt_dest_dirs)
+            or o.acls or o.ignore_times or o.chmod or o.executability or o.alt_dest_dirs
+            or o.partial_dir)
         self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
 
@@ -143,6 +144,7 @@ class Generator:
                             if self.incoming and head in self.incoming:
                                 self.incoming[head].add(name)
                             status[idx] = ok
+                            state.succeeded(idx, st)
                             if keep:
                                 all_entries[idx] = batch.entry(idx - base)
                             continue
@@ -303,7 +305,10 @@ class Generator:
                     return False
                 self._remove_tree(pfd, name, e.path)
             return True
-        os.unlink(name, dir_fd=pfd)
+        if self.state.backups is not None:
+            self.state.backups.remove(pfd, name, self.state.dest_path(e))
+        else:
+            os.unlink(name, dir_fd=pfd)
         return True
 
     def _remove_tree(self, pfd: int, name: bytes, path: bytes) -> None:
@@ -322,7 +327,9 @@ class Generator:
 
         if self.tree is not None:
             self.tree.forget(path)
-        remove_tree(pfd, name, removed)
+        keep = self.state.backups
+        remove_tree(pfd, name, removed, unlink=keep and (
+            lambda fd, n, rel: keep.remove(fd, n, prefix + rel)))
 
     # ---- directories ------------------------------------------------------------
 
@@ -437,7 +444,10 @@ class Generator:
         is_file = st is not None and st.st_mode & _S_IFMT == _S_IFREG
         if is_file and self.copies.may_hold_encdata(e, pfd, st):
             dest_enc = self.copies.encdata(pfd, name, e)
+        partial = state.partials.find(pfd, name) if state.partials is not None else None
         if is_file and self.copies.same(e, pfd, name, st, dest_enc):
+            if partial is not None:
+                state.partials.drop(partial)
             self._existing_attrs(idx, e, Target(pfd, name), st)
             return
         if not self.enc.writable(idx, e):
@@ -455,7 +465,7 @@ class Generator:
         if opts.dry_run:
             state.status[idx] = Status.OK
             return
-        self._request(idx, e, st if not new else None, where)
+        self._request(idx, e, st if not new else None, where, partial)
 
     def _changes(self, e: Entry, pfd: int, name: bytes, st, dest_enc) -> str:
         """The itemize letters of a file to be transferred over the copy at (pfd, name)."""
@@ -476,17 +486,23 @@ class Generator:
         return (opts.update and st is not None and stat.S_ISREG(st.st_mode)
                 and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < (opts.modify_window or 0))
 
-    def _request(self, idx: int, e: Entry, replaced, where) -> None:
-        """Ask for file `e` with the copy `where` (pfd, name, stat, encdata) as its basis;
-        `replaced`: the stat of the file it replaces, if any."""
+    def _request(self, idx: int, e: Entry, replaced, where,
+                 partial: tuple[int, bytes] | None = None) -> None:
+        """Ask for file `e` with the copy `where` (pfd, name, stat, encdata) as its basis,
+        or, when an earlier run left one, its --partial-dir file; `replaced`: the stat of
+        the file it replaces, if any."""
         state = self.state
-        req, layout = self.copies.request(idx, e, *where)
+        if partial is not None:
+            req, layout = state.partials.request(idx, partial), cipher.PLAIN
+        else:
+            req, layout = self.copies.request(idx, e, *where)
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
+        pending.partial_at = partial
         pending.chunk = req.chunk
         pending.basis_size = req.basis_size
         if replaced is not None:
             pending.replaced_mode = replaced.st_mode
-        elif pending.has_basis:  # a --link-dest/--copy-dest/--compare-dest DIR's copy
+        elif partial is None and pending.has_basis:  # a --link-dest/--copy-dest DIR copy
             pending.basis_from = (os.dup(where[0]), where[1])
         state.pending[idx] = pending
         state.requested += 1
@@ -566,6 +582,7 @@ class Generator:
         exact = (self.opts.checksum and e.is_reg and not diff.time
                  and self.opts.keeps_time(e.mode) and st.st_mtime_ns != e.mtime_ns)
         if not diff and not exact:
+            self.state.succeeded(idx, st)
             return
         if self.opts.dry_run:
             changes = diff.letters()
@@ -574,6 +591,7 @@ class Generator:
                                        accurate_time=exact)
             if exact:
                 changes = changes.replace("t", "")
+        self.state.succeeded(idx, st)
         if changes:
             self._item(".", e, changes)
 
@@ -581,18 +599,20 @@ class Generator:
         """make(tmp) the entry under a temp name, its attributes on it (encdata last but
         times), then rename it in. The temp entry is made inside the try: a signal
         landing just after it was made still removes it."""
+        state = self.state
+        held: list[os.stat_result] = []
+
         def build(tmp: bytes) -> None:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
-            meta.apply_attrs(self.opts, self.ids, e, t, t.hold(), new=True)
+            held.append(t.hold())
+            meta.apply_attrs(self.opts, self.ids, e, t, held[0], new=True)
+            if state.backups is not None:  # -b: the old entry kept just before it goes
+                state.backups.keep(pfd, name, state.dest_path(e))
 
         place(pfd, name, build)
-        self.state.status[idx] = Status.OK
-
-
-def rel_dir(e: Entry) -> bytes:
-    """The destination-relative directory path of a directory entry."""
-    return b"" if e.path == b"." else e.path
+        state.status[idx] = Status.OK
+        state.succeeded(idx, held[0])
 
 
 def _dir_behind(pfd: int, name: bytes) -> os.stat_result | None:

@@ -18,9 +18,11 @@ from collections import deque
 
 from fscsync import errors
 from fscsync.engine import idmap
+from fscsync.engine.backup import Backups
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
+from fscsync.engine.partial import PartialDirs
 from fscsync.engine.report import Reporter
 from fscsync.engine.rxstate import RxState
 from fscsync.engine.stats import Stats, read_final
@@ -237,6 +239,14 @@ class Receiver:
         single = bool(protocol.load_json(payload).get("single_file"))
         self.open_root(single)
         state = self.state
+        live = self.root_fd is not None and not self.opts.dry_run
+        if self.opts.backup and live:
+            state.backups = Backups(self.opts, self.reporter, self.root_fd, self.confined,
+                                    self.root_path)
+        if self.opts.partial_dir and live:
+            state.partials = PartialDirs(self.opts, self.confined)
+        if self.opts.remove_source_files and live:
+            state.successes = []
         chan.start_async()
         tree = self.tree()
         gen = Generator(state, self.opts, self.ids, tree, chan.send, self.abilities,
@@ -265,8 +275,13 @@ class Receiver:
                                             f"entries, {announced!r} announced")
                     gen.finish()
                 if gen_acked and not done_sent and state.completed == state.requested:
+                    if state.partials is not None and state.partials.delayed:
+                        self._commit_delayed()
+                    self._send_successes()
                     chan.send(protocol.DONE)
                     done_sent = True
+                if state.successes:
+                    self._send_successes()
                 chan.flush_before_wait()
                 ftype, payload = chan.recv()
                 if ftype == protocol.FILE:
@@ -313,13 +328,17 @@ class Receiver:
             chan.stop_async()
         writer.close()
         final = Finalizer(self.opts, self.ids, self.reporter, self.stats, self.io_error,
-                          state.single_name, self.started_ns)
+                          state.single_name, self.started_ns, state.backups)
         tree = self.tree()
         try:
             final.run(tree, gen.decisions())
         finally:
             if tree is not None:
                 tree.close()
+            if state.backups is not None:
+                state.backups.close()
+            if state.partials is not None:
+                state.partials.close()
         if self.opts.fsync and self.made_levels and not self.opts.dry_run:
             self._sync_made_root()
         self.stats.io_error = self.io_error
@@ -332,6 +351,26 @@ class Receiver:
             sync_parents(self.root_path, self.made_levels)
         except OSError as exc:
             self.reporter.failed(OSFailed("fsync of directory", self.root_path, exc))
+
+    def _commit_delayed(self) -> None:
+        """--delay-updates: all data is in; every delayed file goes into its place."""
+        state = self.state
+
+        def failed(path: bytes, what: str, exc: OSError) -> None:
+            self.reporter.failed(OSFailed(what, path, exc))
+
+        for idx, st in state.partials.commit(state.backups, failed):
+            state.succeeded(idx, st)
+
+    def _send_successes(self) -> None:
+        """--remove-source-files: tell the sender which entries are in place."""
+        items = self.state.successes
+        if not items:
+            return
+        for at in range(0, len(items), protocol.MAX_SUCCESSES):
+            self.chan.send(protocol.SUCCESS,
+                           protocol.encode_successes(items[at:at + protocol.MAX_SUCCESSES]))
+        items.clear()
 
     def _idname(self, payload: bytes) -> None:
         if len(payload) < 5 or payload[:1] not in (b"u", b"g") or len(payload) > 5 + 255:

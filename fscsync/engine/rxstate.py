@@ -10,14 +10,17 @@ merge, so the copy passes of several partitions can be finalised once.
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
 
 from fscsync import errors
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.backup import Backups
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.flist import Entry
+    from fscsync.engine.partial import PartialDirs
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
     from fscsync.fs.destfs import DestTree
@@ -58,9 +61,25 @@ class RxState:
         self.pending: dict[int, Pending] = {}
         self.requested = 0
         self.completed = 0
+        self.backups: Backups | None = None  # -b: what is replaced or deleted is kept
+        self.partials: PartialDirs | None = None  # --partial-dir, --delay-updates
+        self.successes: list[tuple[int, int, int]] | None = None
+        """--remove-source-files: (index, st_dev, st_ino) of each entry now in place at
+        the destination, for the sender (sent and cleared by the receiver)."""
+
+    def succeeded(self, idx: int, st: os.stat_result | None) -> None:
+        """Entry idx is in place as inode `st`: with --remove-source-files the sender
+        may remove its source."""
+        if self.successes is not None and st is not None:
+            self.successes.append((idx, st.st_dev, st.st_ino))
 
     def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
+
+    def dest_path(self, e: Entry) -> bytes:
+        """The entry's path at the destination: a one-file list's file has the name
+        the destination gives it (where its backup goes, -b)."""
+        return self.single_name if self.single_name is not None else e.path
 
     def done_with(self, idx: int) -> None:
         """Drop an entry nothing later needs (directories wait for the final pass, and
@@ -92,7 +111,7 @@ class Pending:
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
                  "data_end", "differ", "update", "basis_size", "replaced_mode",
-                 "basis_from")
+                 "basis_from", "partial_at")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -116,6 +135,7 @@ class Pending:
         self.basis_from: tuple[int, bytes] | None = None
         """A basis in a --link-dest/--copy-dest/--compare-dest DIR: (its directory's fd,
         owned by this Pending, and name); else the basis is the file being replaced."""
+        self.partial_at: tuple[int, bytes] | None = None  # its --partial-dir file: the basis
 
 
 class Decisions:

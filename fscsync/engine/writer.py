@@ -71,6 +71,8 @@ class Writer:
         if p.basis_from is not None:  # nothing of ours to update in place
             self._create_temp(p, pfd, name)
         elif self.opts.inplace and e.enc is None and p.has_basis:
+            if state.backups is not None:
+                state.backups.copy(pfd, name, state.dest_path(e))
             p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             p.tmpdir, p.tmpname = pfd, b""
         elif self._start_update(p, e, pfd, name):
@@ -82,7 +84,7 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            bfd, bname = p.basis_from or (pfd, name)
+            bfd, bname = p.partial_at or p.basis_from or (pfd, name)
             p.basis_fd, direct = cipher.open_data(bname, p.basis_layout, dir_fd=bfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
@@ -95,7 +97,8 @@ class Writer:
     def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
         """Update in place under a redo journal? Only by default (neither --inplace nor
         --no-inplace), for a plain file with a basis, and not on a retry."""
-        if self.opts.inplace is not None or e.enc is not None or not p.has_basis or p.retried:
+        if (self.opts.inplace is not None or e.enc is not None or not p.has_basis or p.retried
+                or self.opts.backup or self.opts.partial_dir):
             return False
         p.update = inplace.Update.start(pfd, name, p.differ)
         return p.update is not None
@@ -292,6 +295,8 @@ class Writer:
         if e.enc is not None:
             state.stats.encrypted_bytes += size
         state.reporter.progress(e.path, size, size, idx)
+        if not self.opts.delay_updates:
+            state.succeeded(idx, st)
         self._complete(idx, ok=True)
 
     def _digest_result(self, p: Pending, size: int) -> bytes:
@@ -325,6 +330,12 @@ class Writer:
             p.update = None
         elif p.tmpname:
             pfd, name = where or state.locate(self.tree, e)
+            if self.opts.delay_updates:
+                state.partials.delay(p.tmpdir, p.tmpname, pfd, name, state.dest_path(e),
+                                     p.idx)
+                return
+            if state.backups is not None:
+                state.backups.keep(pfd, name, state.dest_path(e))
             try:
                 self._rename_in(p, pfd, name)
             except OSError as exc:
@@ -332,6 +343,8 @@ class Writer:
                     raise
                 self._move_beside(p, pfd, name)
                 self._rename_in(p, pfd, name)
+            if p.partial_at is not None:
+                state.partials.drop(p.partial_at)
 
     @staticmethod
     def _rename_in(p: Pending, pfd: int, name: bytes) -> None:
@@ -409,7 +422,10 @@ class Writer:
             try:
                 if keep:
                     pfd, name = self.state.locate(self.tree, self.state.entries[p.idx])
-                    os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+                    if self.state.partials is not None:  # --partial-dir: kept aside
+                        self.state.partials.keep(p.tmpdir, p.tmpname, pfd, name)
+                    else:
+                        os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
                 else:
                     os.unlink(p.tmpname, dir_fd=p.tmpdir)
             except OSError:
@@ -435,7 +451,7 @@ class Writer:
         p = self._pending(idx)
         state = self.state
         e = state.entries[idx]
-        pfd, name = p.basis_from or state.locate(self.tree, e)
+        pfd, name = p.partial_at or p.basis_from or state.locate(self.tree, e)
         block = self.opts.block_size
         try:
             fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)

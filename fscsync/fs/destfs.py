@@ -161,22 +161,27 @@ def lstat_at(dirfd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
-def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"") -> None:
+def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"",
+                unlink=None) -> None:
     """rm -r of one entry inside dirfd, never following symlinks; on_entry(rel, is_dir)
-    hears of each removed entry, children before their directory."""
+    hears of each removed entry, children before their directory; unlink(dirfd, name,
+    rel), if given, removes each non-directory instead of os.unlink (--backup)."""
     rel = _rel or name
     st = lstat_at(dirfd, name)
     if st is None:
         return
     if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dirfd)
+        if unlink is None:
+            os.unlink(name, dir_fd=dirfd)
+        else:
+            unlink(dirfd, name, rel)
         if on_entry is not None:
             on_entry(rel, False)
         return
     fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
     try:
         for child in sorted(listdir(fd), reverse=True):
-            remove_tree(fd, child, on_entry, rel + b"/" + child)
+            remove_tree(fd, child, on_entry, rel + b"/" + child, unlink)
     finally:
         os.close(fd)
     try:

@@ -14,6 +14,7 @@ from fscsync.engine.report import KINDS, Reporter
 from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import (
     AllowedTreeUnusable,
+    DirOptionOutsideAllowedTree,
     FilesFromUnreadable,
     FscsyncError,
     InternalError,
@@ -336,3 +337,11 @@ def _check_restricted(confined: Confined, role: str, paths: list[bytes], opts: O
     if (opts.temp_dir is not None and role == "receiver"
             and not confined.inside(temp_dir_path(paths[0], opts.temp_dir))):
         raise TempDirOutsideAllowedTree()
+    if role != "receiver":
+        return
+    if opts.backup_dir and not confined.inside(temp_dir_path(paths[0], opts.backup_dir)):
+        raise DirOptionOutsideAllowedTree(option="backup-dir")
+    pdir = opts.partial_dir
+    if pdir and (b".." in pdir.split(b"/") or pdir.startswith(b"/")
+                 and not confined.inside(pdir)):
+        raise DirOptionOutsideAllowedTree(option="partial-dir")

@@ -70,6 +70,12 @@ NOMORE = 21
 NOMORE_ACK = 22
 FILE = 23
 """A small file whole: its end-of-file record and all its data in one frame."""
+SUCCESS = 24
+"""Version 5, receiver to sender, --remove-source-files only: entries now in place at
+the destination, each as file-list index, st_dev and st_ino of the destination's
+copy (rsync's MSG_SUCCESS with its local same-file check)."""
+_SUCCESS = struct.Struct(">IQQ")
+MAX_SUCCESSES = MAX_FRAME // _SUCCESS.size
 
 CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib"]
 try:
@@ -398,6 +404,17 @@ class Channel:
         except PeerClosed:
             return b""
         return bytes(self._in[self._pos : min(self._pos + n, self._end)])
+
+
+def encode_successes(items: list[tuple[int, int, int]]) -> bytes:
+    return b"".join(_SUCCESS.pack(*item) for item in items)
+
+
+def decode_successes(payload: bytes) -> list[tuple[int, int, int]]:
+    """A SUCCESS frame's records; a ProtocolError for anything but whole records."""
+    if not payload or len(payload) % _SUCCESS.size:
+        raise ProtocolError("malformed success frame")
+    return list(_SUCCESS.iter_unpack(payload))
 
 
 Hello = namedtuple("Hello", "version program capabilities")
