@@ -111,6 +111,8 @@ def test_no_change_run_syncs_nothing_and_matches_rsync(tmp_path: Path) -> None:
     assert_same_tree(ours, theirs)
     (src / "sub" / "b").write_bytes(b"changed")
     (src / "d" / "e").unlink()
+    for path in (src / "sub" / "b", src / "d"):  # rsync sets no time within the second
+        os.utime(path, (1_700_000_100, 1_700_000_100))
     again, calls = _traced("-ai", "--fsync", "--delete", f"{src}/", f"{ours}/")
     ref = run_rsync("-ai", "--fsync", "--delete", f"{src}/", f"{theirs}/", check=True)
     # the same lines; their order around deletions is --delete-during's (issue 22's)
