@@ -114,7 +114,7 @@ def machine_info(work: str, fscsync: Tool) -> dict[str, str]:
         "rsync": " ".join((_cmd("rsync", "--version") or "rsync ?").splitlines()[0].split()),
         "load": _loadavg(),
         "python": platform.python_version(),
-        "fscsync": _cmd(*fscsync.cli.argv, "--version"),
+        "fscsync": _cmd(*fscsync.argv, "--version"),
         "commit": commit,
         "fs": fs,
         "engine": engine_fingerprint(),

@@ -111,8 +111,8 @@ def test_no_change_run_syncs_nothing_and_matches_rsync(tmp_path: Path) -> None:
     assert_same_tree(ours, theirs)
     (src / "sub" / "b").write_bytes(b"changed")
     (src / "d" / "e").unlink()
-    for changed in (src / "sub", src / "d"):  # rsync compares whole seconds: keep them apart
-        os.utime(changed, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    for path in (src / "sub" / "b", src / "d"):  # rsync sets no time within the second
+        os.utime(path, (1_700_000_100, 1_700_000_100))
     again, calls = _traced("-ai", "--fsync", "--delete", f"{src}/", f"{ours}/")
     ref = run_rsync("-ai", "--fsync", "--delete", f"{src}/", f"{theirs}/", check=True)
     # the same lines; their order around deletions is --delete-during's (issue 22's)
@@ -124,3 +124,25 @@ def test_no_change_run_syncs_nothing_and_matches_rsync(tmp_path: Path) -> None:
     time.sleep(0.1)  # past CHANGE_SLACK_NS: the last run's changes are not this one's
     _, calls = _traced("-a", "--fsync", f"{src}/", f"{ours}/")
     assert [c for c, _ in calls if c == "fsync"] == []
+
+
+def test_fsync_reaches_a_remote_receiver(sshd, tmp_path: Path) -> None:
+    """A push over ssh: the server is the receiver, and it syncs (traced there through
+    --remote-fscsync, as rsync passes --fsync on to its server)."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    src, dst, log = tmp_path / "src", tmp_path / "dst", tmp_path / "server.strace"
+    _tree(src)
+    remote = f"strace -f -qq -e trace=fsync -o {log} {sshd.remote_fscsync}"
+    for extra, files in (([], 0), (["--fsync"], 4)):
+        subprocess.run([sys.executable, "-m", "fscsync", "-a", *extra, "-e", sshd.rsh,
+                        "--remote-fscsync", remote, f"{src}/", f"{sshd.host}:{dst}/"],
+                       check=True, capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        synced = [line for line in log.read_text().splitlines() if " fsync(" in line]
+        assert len(synced) >= files and (files or not synced), synced
+        assert_same_tree(src, dst)
+        (src / "a").write_bytes(b"changed")
+        (src / "sub" / "b").write_bytes(b"also")
+        (src / "sub" / "deep" / "c").write_bytes(b"new")
+        (src / "d" / "e").write_bytes(b"again")
