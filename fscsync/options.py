@@ -41,7 +41,8 @@ class Options(Record):
     groupmap: str = ""
     delete: bool = False
     delete_excluded: bool = False
-    delete_after: bool = False
+    delete_when: str = "during"  # before, during, delay or after (engine/deltiming.py)
+    ignore_errors: bool = False  # delete even after the sender's I/O errors
     max_delete: int = -1
     partial: bool = False
     dry_run: bool = False

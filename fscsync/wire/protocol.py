@@ -48,7 +48,7 @@ F_SETPIPE_SZ = 1031
 # sent by any version: item lines travel as LOG frames, a failed file as its DATA_END
 # status, progress not at all. They stay unassigned, so no number has meant two things.
 # Version 4: STATS holds its counters and exit code flat, as FINISHED does (version 3
-# nested them under "stats"), both made and read by engine.stats.
+# nested them under "stats"), both made and read by engine.stats. Version 5: IOERROR.
 HELLO = 1
 SETUP = 2
 READY = 3
@@ -70,6 +70,9 @@ NOMORE = 21
 NOMORE_ACK = 22
 FILE = 23
 """A small file whole: its end-of-file record and all its data in one frame."""
+IOERROR = 24
+"""Sender to receiver, empty: a file it listed could not be read (rsync's MSG_IO_ERROR);
+sent once, before FINISHED. --delete-after then deletes nothing (--ignore-errors)."""
 
 CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib"]
 try:
