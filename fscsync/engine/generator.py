@@ -211,7 +211,7 @@ class Generator:
                 if opts.existing and exc.errno == errno.ENOENT:
                     state.status[idx] = Status.OK  # below a directory --existing did not create
                     return
-                if opts.dry_run and exc.errno == errno.ENOENT:
+                if opts.dry_run and exc.errno in (errno.ENOENT, errno.ENOTDIR):  # not made
                     pfd, name, st = -1, b"", None
                 else:
                     state.os_fail(idx, "open parent of", exc)
@@ -275,9 +275,11 @@ class Generator:
 
     def _make_way(self, idx: int, e: Entry, pfd: int, name: bytes,
                   st: os.stat_result) -> bool:
-        """Remove what stands where a different kind of entry must go."""
+        """Remove what stands where a different kind of entry must go (a dry run lists
+        what a directory there holds, as rsync does)."""
         if self.opts.dry_run:
-            return True
+            return not (stat.S_ISDIR(st.st_mode) and self.opts.delete) or self._remove_tree(
+                idx, pfd, name, e)
         if stat.S_ISDIR(st.st_mode):
             try:
                 os.rmdir(name, dir_fd=pfd)

@@ -176,12 +176,16 @@ _PLAIN = RemoveHooks()
 
 
 def remove_tree(dirfd: int, name: bytes, hooks: RemoveHooks = _PLAIN, *, rel: bytes = b"",
-                st: os.stat_result | None = None, ctx=None) -> bool:
+                st: os.stat_result | None = None, ctx=None, _top: bool = True) -> bool:
     """rm -r of one entry inside dirfd, never following symlinks, in rsync's order
     (deletion_order; a directory's contents before it); the run's one deleter. `rel`
     names the entry to the hooks (default: name), `st` is its lstat if known, `ctx`
     the context of the directory it is in. True when the entry is gone (or was gone
-    already)."""
+    already).
+
+    A directory below the top whose contents stay is still tried, as rsync's
+    delete_dir_contents does: counted against the limit, then "not empty" again (and,
+    in a dry run, reported as deleted)."""
     rel = rel or name
     if st is None:
         st = lstat_at(dirfd, name)
@@ -191,7 +195,8 @@ def remove_tree(dirfd: int, name: bytes, hooks: RemoveHooks = _PLAIN, *, rel: by
         if stat.S_ISDIR(st.st_mode):
             if not _remove_contents(dirfd, name, hooks, rel, ctx):
                 hooks.not_empty(rel)
-                return False
+                if _top:
+                    return False
             if hooks.stop(rel, st):
                 return False
             if not hooks.dry_run:
@@ -223,8 +228,8 @@ def _remove_contents(dirfd: int, name: bytes, hooks: RemoveHooks, rel: bytes, ct
         empty = True
         for child, cst in deletion_order(children):
             crel = rel + b"/" + child
-            if hooks.keep(inner, crel, cst) or not remove_tree(fd, child, hooks, rel=crel,
-                                                              st=cst, ctx=inner):
+            if hooks.keep(inner, crel, cst) or not remove_tree(
+                    fd, child, hooks, rel=crel, st=cst, ctx=inner, _top=False):
                 empty = False
         return empty
     finally:
