@@ -297,7 +297,7 @@ class Receiver:
                     flist_done = True
                     gen.deleter.list_error = self.io_error
                     if hold:
-                        gen.deleter.list_complete(tree, self._names(backlog))
+                        gen.deleter.list_complete(tree, self._names(backlog, announced))
                 elif ftype == protocol.IOERROR and flist_done and not payload:
                     gen.deleter.send_error = True
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
@@ -329,14 +329,21 @@ class Receiver:
         return self.stats
 
     @staticmethod
-    def _names(backlog: deque[bytes]) -> ListNames:
-        """The names of the whole held file list, for the deleter (its paths checked here
-        too: the before pass opens directories by them)."""
+    def _names(backlog: deque[bytes], announced: object) -> ListNames:
+        """The names of the whole held file list, for the deleter; its paths and count
+        are checked here, before anything is deleted by them."""
         names = ListNames()
+        count = 0
         for payload in backlog:
             batch = unpack_batch(payload)
             check_paths(batch.paths)
             names.add(batch)
+            count += len(batch)
+            if count > MAX_ENTRIES:
+                raise ProtocolError("file list too long")
+        if announced != count:
+            raise ProtocolError(f"file list count mismatch: {count} entries, {announced!r} "
+                                "announced")
         return names
 
     def _idname(self, payload: bytes) -> None:
