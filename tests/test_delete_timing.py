@@ -18,15 +18,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import REPO
 from support.peer import default_options
 from support.treecmp import snapshot
 from support.trees import write
-from test_cli_errors import NOCAP, nocap  # noqa: F401 (the fixture)
+from test_cli_errors import nocap, run_both_nocap  # noqa: F401 (the fixture)
 from test_hostile import (  # noqa: F401 (the fixtures)
     DIR,
     assert_clean,
@@ -39,7 +37,7 @@ from test_hostile import (  # noqa: F401 (the fixtures)
     sb,
     start,
 )
-from test_local_sync import ENV, T0, Runs, Twin, assert_clean_stderr, settle, subst
+from test_local_sync import T0, Runs, Twin, settle
 
 from fscsync.engine.flist import Entry
 from fscsync.engine.stats import Stats, final_message
@@ -245,21 +243,6 @@ def test_conflicting_timings_are_refused(tmp_path: Path) -> None:
 # ---- the sender's I/O errors -----------------------------------------------------------
 
 
-def run_nocap(t: Twin, prefix: list[str], *args: str, code: int) -> Runs:
-    """Both tools without root's file-mode bypass (so a mode-000 file is unreadable)."""
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
-    procs = []
-    for tool, area in (([shutil.which("rsync") or "rsync"], t.r),
-                       ([sys.executable, "-m", "fscsync"], t.f)):
-        proc = subprocess.run([*prefix, *tool, *(subst(a, area) for a in args)],
-                              capture_output=True, env=env, stdin=subprocess.DEVNULL,
-                              timeout=60)
-        assert proc.returncode == code, (tool, proc.returncode, proc.stderr)
-        procs.append(proc)
-    assert_clean_stderr(procs[1])
-    return Runs(*procs)
-
-
 def skipped_note(proc: Proc) -> bool:
     """rsync prints the note on stdout, fscsync on stderr (with its other errors)."""
     return b"IO error encountered -- skipping file deletion" in proc.stdout + proc.stderr
@@ -278,7 +261,7 @@ def test_unreadable_file(tmp_path: Path, nocap: list[str],  # noqa: F811 (the fi
     os.chmod(t.src / "secret", 0)
     t.each(make_stale)
     extra = ["--ignore-errors"] if ignore else []
-    runs = run_nocap(t, nocap, "-ai", when, *extra, f"{t.src}/", "@D/dst", code=23)
+    runs = run_both_nocap(t, nocap, "-ai", when, *extra, f"{t.src}/", "@D/dst", code=23)
     assert_same_trees(t)
     kept = when == "--delete-after" and not ignore
     assert (t.f / "dst/gone").exists() == kept
@@ -307,7 +290,7 @@ def test_unreadable_directory(tmp_path: Path, nocap: list[str],  # noqa: F811 (t
         t.each(make_stale)
         extra = ["--ignore-errors"] if ignore else []
         # Without -p: a copied mode 000 would keep the capability-less rsync out of b/.
-        runs = run_nocap(t, nocap, "-rlti", when, *extra, f"{t.src}/", "@D/dst", code=23)
+        runs = run_both_nocap(t, nocap, "-rlti", when, *extra, f"{t.src}/", "@D/dst", code=23)
     finally:
         os.chmod(t.src / "b", 0o755)
     assert (t.f / "dst/gone").exists() != ignore
