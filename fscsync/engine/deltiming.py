@@ -139,7 +139,8 @@ class Deleter(RemoveHooks):
         delay and after delete now; every timing reports a --max-delete that stopped
         it."""
         self.reporter, self.stats = reporter, stats
-        if self.when in (DELAY, AFTER) and (self._allowed() and tree is not None):
+        allowed = bool(self.when) and self._allowed()  # said once, whatever the timing
+        if self.when in (DELAY, AFTER) and allowed and tree is not None:
             no_content = {b"" if e.path == b"." else e.path
                           for e, _ in decisions.dirs if e.no_content}
             for rel, names in decisions.existing.items():
