@@ -24,6 +24,7 @@ from fscsync.errors import (
     FilterFileUnreadable,
     FscsyncError,
     InternalError,
+    ListTooBigToHold,
     LogFileUnopenable,
     MalformedEncdata,
     NoAnswer,
@@ -89,6 +90,9 @@ CLASSES = [
     (OSFailed("mkdir", b"dst/a", EACCES, errors.FILE_IO),
      'mkdir "dst/a" failed: Permission denied (13)', 11),
     (Vanished(path=b"d/f"), 'file has vanished: "d/f"', 24),
+    (ListTooBigToHold(when="before", size=3 << 30),
+     "the file list is too big to hold for --delete-before (3221225472 bytes compressed); "
+     "use --delete-delay or --delete-after", 11),
     (NoReferent(path=b"src/l\xff"), 'symlink has no referent: "src/l\\#377"', 23),
     (UnknownOutputWord(option="--info", word="bogus"), 'Unknown --info item: "bogus"', 1),
     (SendOpenFailed(path=b"f", reason=EACCES),
