@@ -312,6 +312,15 @@ class DirEncdataUnsettable(EncdataUnsettable):
     template = 'cannot set encdata on directory "{path}": {reason}'
 
 
+class ListTooBigToHold(FscsyncError):
+    """--delete-before and --delete-during compare nothing until the whole file list
+    is in; past the receiver's bound a run stops rather than exhaust its memory."""
+
+    template = ("the file list is too big to hold for --delete-{when} ({size} bytes "
+                "compressed); use --delete-delay or --delete-after")
+    code = FILE_IO
+
+
 class Vanished(FscsyncError):
     """A source file listed, then gone before it was read: rsync's own code for it."""
 

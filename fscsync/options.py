@@ -42,7 +42,8 @@ class Options(Record):
     groupmap: str = ""
     delete: bool = False
     delete_excluded: bool = False
-    delete_after: bool = False
+    delete_when: str = "during"  # before, during, delay or after (engine/deltiming.py)
+    ignore_errors: bool = False  # delete even after the sender's I/O errors
     max_delete: int = -1
     partial: bool = False
     partial_dir: bytes | None = None  # --partial-dir (and --delay-updates' .~tmp~)

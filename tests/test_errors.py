@@ -31,6 +31,7 @@ from fscsync.errors import (
     FscsyncError,
     InternalError,
     JournalUnrecoverable,
+    ListTooBigToHold,
     LogFileUnopenable,
     MalformedEncdata,
     NoAnswer,
@@ -114,6 +115,9 @@ CLASSES = [
     (TempDirUnusable(path=b"tmp", reason=ENOENT),
      'cannot use --temp-dir "tmp": No such file or directory (2)', 11),
     (Vanished(path=b"d/f"), 'file has vanished: "d/f"', 24),
+    (ListTooBigToHold(when="before", size=3 << 30),
+     "the file list is too big to hold for --delete-before (3221225472 bytes compressed); "
+     "use --delete-delay or --delete-after", 11),
     (NoReferent(path=b"src/l\xff"), 'symlink has no referent: "src/l\\#377"', 23),
     (UnknownOutputWord(option="--info", word="bogus"), 'Unknown --info item: "bogus"', 1),
     (SendOpenFailed(path=b"f", reason=EACCES),

@@ -192,7 +192,8 @@ def test_top_directory_name_is_filtered_like_rsync(tmp_path: Path) -> None:
     assert_same_items(runs)
 
 
-@pytest.mark.parametrize("when", ["--delete", "--delete-delay", "--delete-after"])
+@pytest.mark.parametrize("when", ["--delete", "--delete-before", "--delete-delay",
+                                  "--delete-after"])
 def test_destination_rules_are_read_when_rsync_reads_them(tmp_path: Path, when: str) -> None:
     """--delete reads a directory's merge files before the run replaces them (rsync's
     delete-during), --delete-after the ones the run brought."""

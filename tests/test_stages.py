@@ -81,7 +81,9 @@ def test_two_partitions_decisions_merge_and_are_finalised_once(tmp_path: Path) -
     go, b/link is made once, and every directory gets its source time."""
     dest = tmp_path / "dest"
     _partitioned_dest(dest)
-    opts = Options(recursive=True, times=True, delete=True, hard_links=True, itemize=True)
+    # Partitions are finalised once, after merging: deletions wait (--delete-delay).
+    opts = Options(recursive=True, times=True, delete=True, delete_when="delay",
+                   hard_links=True, itemize=True)
     reporter = Collect()
     one, two = _Stage(dest, opts, reporter), _Stage(dest, opts, reporter)
     one.feed([Entry(b".", DIR, mtime_ns=T0 + 1), Entry(b"a", DIR, mtime_ns=T0 + 2),

@@ -166,12 +166,18 @@ TABLE: tuple[Opt, ...] = (
     Opt("--modify-window -@", "set the accuracy for mod-time comparisons (seconds)",
         dest="modify_window", convert=_int, metavar="NUM"),
     Opt("--delete", "delete extraneous files from dest dirs", {"delete": True}),
-    Opt("--delete-delay", "find deletions during, delete after (fscsync's --delete)",
-        {"delete": True}),
-    Opt("--delete-after", "receiver deletes after transfer (implies --delete)",
-        {"delete": True, "delete_after": True}),
+    Opt("--delete-before", "receiver deletes before xfer, not during",
+        {"delete": True, "when_before": True}),
+    Opt("--delete-during --del", "receiver deletes during the transfer",
+        {"delete": True, "when_during": "during"}),
+    Opt("--delete-delay", "find deletions during, delete after",
+        {"delete": True, "when_during": "delay"}),
+    Opt("--delete-after", "receiver deletes after transfer, not during",
+        {"delete": True, "when_after": True}),
     Opt("--delete-excluded", "also delete excluded files from dest dirs (implies --delete)",
         {"delete": True, "delete_excluded": True}),
+    Opt("--ignore-errors", "delete even if there are I/O errors", {"ignore_errors": True},
+        neg=("ignore_errors",)),
     Opt("--max-delete", "don't delete more than NUM files", dest="max_delete",
         convert=_int, metavar="NUM"),
     Opt("--partial", "keep partially transferred files", {"partial": True},
@@ -280,7 +286,8 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  log_file=None, out_format=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
                  debug=[], old_dirs=False, eight_bit=False,
-                 relative=None, recurse_asked=False, files_from_arg=None, alt_dests=[])
+                 relative=None, recurse_asked=False, files_from_arg=None, alt_dests=[],
+                 when_before=False, when_during="", when_after=False)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
@@ -494,6 +501,16 @@ def _partial_dir(ns: SimpleNamespace, o: Options) -> None:
         ns.filter_rules.append(("filter", b"-p " + pdir + b"/"))
 
 
+def _delete_when(ns: SimpleNamespace, o: Options) -> None:
+    """rsync's --delete-WHEN: at most one (--delete-during and --delete-delay are one
+    setting, the last given wins); plain --delete (or --delete-excluded) deletes
+    during the transfer, as rsync does with a protocol-30 peer."""
+    if ns.when_before + bool(ns.when_during) + ns.when_after > 1:
+        raise UsageError("You may not combine multiple --delete-WHEN options.")
+    o.delete_when = ("before" if ns.when_before else "after" if ns.when_after
+                     else ns.when_during or "during")
+
+
 def help_text() -> str:
     """--help, from the table: rsync's layout (long name first, then its short one)."""
     lines = [f"usage: {USAGE}", "",
@@ -520,6 +537,7 @@ def options_from(ns: SimpleNamespace) -> Options:
         setattr(o, name, getattr(ns, name))
     _files_from(ns, o)
     listed = o.files_from is not None or o.files_from_remote is not None
+    _delete_when(ns, o)
     if o.delete and not (o.recursive or o.dirs or ns.old_dirs or listed):
         raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)

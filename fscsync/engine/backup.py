@@ -26,7 +26,7 @@ import xattr
 from fscsync.engine.flist import unsafe_link
 from fscsync.errors import BackupDirNotDirectory, escape
 from fscsync.fs import cipher, meta
-from fscsync.fs.destfs import DestTree, lstat_at, remove_tree, temp_dir_path
+from fscsync.fs.destfs import DestTree, RemoveHooks, lstat_at, remove_tree, temp_dir_path
 from fscsync.fs.fileio import copy_range
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -114,6 +114,10 @@ class Backups:
             return
         if self._backup(pfd, name, path, move=True):
             os.unlink(name, dir_fd=pfd)
+
+    def removal(self) -> RemoveHooks:
+        """remove_tree's plain hooks, but each file goes into the backup."""
+        return _IntoBackup(self)
 
     # ---- rsync's make_backup --------------------------------------------------------
 
@@ -345,3 +349,11 @@ def _make_path(base: int, path: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+class _IntoBackup(RemoveHooks):
+    def __init__(self, backups: Backups):
+        self.backups = backups
+
+    def unlink(self, dirfd: int, name: bytes, rel: bytes) -> None:
+        self.backups.remove(dirfd, name, rel)

@@ -47,7 +47,7 @@ class DestListing:
         except OSError:
             return
         deletes = opts.delete and (opts.recursive or is_top)
-        if delete_rules is not None and not opts.delete_after:
+        if delete_rules is not None and opts.delete_when != "after":
             delete_rules.state(rel, tree.dirfd, fd)  # its merge files as they are now
         if TEMP_MARK not in b"/".join(names):  # one search instead of a match per name
             if deletes:

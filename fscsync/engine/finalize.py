@@ -1,5 +1,6 @@
-"""The finalisation pass, after all data is in: hard links, deletions, then directory
-attributes (post-order, so encdata goes on a directory after its entries exist).
+"""The finalisation pass, after all data is in: hard links, deletions (those their
+timing leaves until now, engine/deltiming.py), then directory attributes
+(post-order, so encdata goes on a directory after its entries exist).
 
 It is separate from the copy pass so that a partitioned run can copy many
 partitions first and finalise once: it reads only the Decisions the generator
@@ -8,24 +9,20 @@ handed on (merged, for several partitions), never the generator itself.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
-from fscsync import errors
 from fscsync.engine import itemize
-from fscsync.engine.flist import rel_dir
 from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
 from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
 from fscsync.fs import meta
-from fscsync.fs.destfs import link_in, listdir, lstat_at, remove_tree, sync_if_changed
+from fscsync.fs.destfs import RemoveHooks, link_in, lstat_at, remove_tree, sync_if_changed
 from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
     from fscsync.engine.backup import Backups
-    from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
     from fscsync.fs.destfs import DestTree
@@ -35,23 +32,14 @@ if TYPE_CHECKING:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def deletion_order(entries: list[tuple[bytes, os.stat_result]]
-                   ) -> list[tuple[bytes, os.stat_result]]:
-    """The order rsync deletes a directory's extraneous entries in (delete.c walks its
-    sorted list from the end): directories first, then the rest, last name first;
-    a directory's own contents go before it, in the same order."""
-    return sorted(entries, key=lambda e: (stat.S_ISDIR(e[1].st_mode), e[0]), reverse=True)
-
-
 class Finalizer:
     """Carries out Decisions at the destination; what it makes and deletes is counted
     in `stats`, what fails goes to `reporter`."""
 
     def __init__(self, opts: Options, ids: IdMapper, reporter: Reporter, stats: Stats,
-                 io_error: bool = False, single_name: bytes | None = None,
-                 since_ns: int = 0, backups: Backups | None = None):
-        """`io_error`: the sender could not read all it was asked to (no deletions
-        then); `single_name` as for rxstate.locate; `since_ns`: when the run started
+                 single_name: bytes | None = None, since_ns: int = 0,
+                 backups: Backups | None = None):
+        """`single_name` as for rxstate.locate; `since_ns`: when the run started
         (--fsync syncs the directories changed since); `backups` keeps what is deleted
         or replaced (-b)."""
         self.backups = backups
@@ -59,7 +47,6 @@ class Finalizer:
         self.ids = ids
         self.reporter = reporter
         self.stats = stats
-        self.io_error = io_error
         self.single_name = single_name
         self.since_ns = since_ns
 
@@ -67,7 +54,7 @@ class Finalizer:
         if tree is None:
             # A dry run into a destination that does not exist yet: nothing to delete,
             # but a walk with errors still earns its warning.
-            self._deletion_allowed()
+            self.deletions(tree, decisions)
             return
         self.hard_links(tree, decisions.links)
         self.deletions(tree, decisions)
@@ -103,19 +90,16 @@ class Finalizer:
                 self._item_link(e, leader, new=st is None)
                 if not self.opts.dry_run:
                     if st is not None and stat.S_ISDIR(st.st_mode):
-                        remove_tree(pfd, name, unlink=self._unlinker(e.path))
+                        remove_tree(pfd, name, self._removal(), rel=e.path)
                     if self.backups is not None and st is not None:
                         self.backups.keep(pfd, name, e.path)
                     link_in(lfd, lname, pfd, name)
             except OSError as exc:
                 self._os_fail(e, "hard-link of", exc)
 
-    def _unlinker(self, path: bytes):
-        """remove_tree's unlink for the subtree at `path`: into the backup, with -b."""
-        keep = self.backups
-        head = path.rpartition(b"/")[0]
-        prefix = head + b"/" if head else b""
-        return keep and (lambda fd, name, rel: keep.remove(fd, name, prefix + rel))
+    def _removal(self) -> RemoveHooks:
+        """remove_tree's hooks for making way: each file into the backup, with -b."""
+        return self.backups.removal() if self.backups is not None else RemoveHooks()
 
     def _item_link(self, e, leader, new: bool) -> None:
         if self.opts.itemize or self.opts.log_items:
@@ -126,98 +110,10 @@ class Finalizer:
 
     # ---- deletions ------------------------------------------------------------------
 
-    def _deletion_allowed(self) -> bool:
-        if not self.opts.delete:
-            return False
-        if self.io_error:
-            self.reporter.error("IO error encountered -- skipping file deletion", errors.PARTIAL)
-            return False
-        return True
-
-    def deletions(self, tree: DestTree, decisions: Decisions) -> None:
-        if not self._deletion_allowed():
-            return
-        rules = decisions.rules
-        limit = self.opts.max_delete
-        deleted = 0
-        skipped = 0
-        fence = _Fence(self.opts.one_file_system)
-        no_content = {rel_dir(e) for e, _ in decisions.dirs if e.no_content}
-        for rel, names in decisions.existing.items():
-            if rel in no_content:
-                continue
-            keep = decisions.children.get(rel, set())
-            try:
-                dfd = tree.dirfd(rel)
-            except OSError:
-                continue
-            if not fence.enter(dfd):
-                continue
-            state = rules.state(rel, tree.dirfd, dfd) if rules is not None else None
-            gone = [(name, st) for name in set(names) - keep
-                    if (st := lstat_at(dfd, name)) is not None]
-            for name, st in deletion_order(gone):
-                path = rel + b"/" + name if rel else name
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if rules is not None and rules.protected(state, path, is_dir):
-                    continue
-                if is_dir and fence.mount_point(st, path, self.reporter):
-                    continue
-                if limit >= 0 and deleted >= limit:
-                    skipped += 1
-                    continue
-                deleted += self._delete(tree, dfd, name, path, st, rules, state)
-        if skipped:
-            self.reporter.error(f"Deletions stopped due to --max-delete limit "
-                                f"({skipped} skipped)", errors.MAX_DELETE)
-
-    def _delete(self, tree: DestTree, dfd: int, name: bytes, path: bytes, st,
-                rules: DeleteFilter | None = None, state=None) -> int:
-        kind = "dir" if stat.S_ISDIR(st.st_mode) else "reg"
-        count = 0
-        if stat.S_ISDIR(st.st_mode) and not self.opts.dry_run:
-            try:
-                cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-            except OSError as exc:
-                self.reporter.failed(OSFailed("delete of", path, exc))
-                return 0
-            try:
-                inner = rules.state_below(state, path, cfd) if rules is not None else None
-                dev = os.fstat(cfd).st_dev if self.opts.one_file_system else None
-                inside = [(child, cst) for child in listdir(cfd)
-                          if (cst := lstat_at(cfd, child)) is not None]
-                for child, cst in deletion_order(inside):
-                    cpath = path + b"/" + child
-                    if rules is not None and rules.protected(
-                            inner, cpath, stat.S_ISDIR(cst.st_mode), perishable=False):
-                        continue
-                    if dev is not None and stat.S_ISDIR(cst.st_mode) and cst.st_dev != dev:
-                        continue  # a mount point pins its parent
-                    count += self._delete(tree, cfd, child, cpath, cst, rules, inner)
-            finally:
-                os.close(cfd)
-        if not self.opts.dry_run:
-            try:
-                if stat.S_ISDIR(st.st_mode):
-                    tree.forget(path)
-                    os.rmdir(name, dir_fd=dfd)
-                elif self.backups is not None:
-                    self.backups.remove(dfd, name, path)
-                else:
-                    os.unlink(name, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno == errno.ENOTEMPTY:
-                    self.reporter.info(f"cannot delete non-empty directory: {escape(path)}", 0)
-                    return count
-                if exc.errno != errno.ENOENT:
-                    self.reporter.failed(OSFailed("delete of", path, exc))
-                    return count
-        if self.opts.itemize or self.opts.log_items:
-            self.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
-        if not self.opts.itemize and self.opts.verbose:
-            self.reporter.info(f"deleting {escape(path)}{'/' if kind == 'dir' else ''}", 1)
-        tally(self.stats.deleted, kind)
-        return count + 1
+    def deletions(self, tree: DestTree | None, decisions: Decisions) -> None:
+        """--delete-delay's and --delete-after's deletions (engine/deltiming.py)."""
+        if decisions.deleter is not None:
+            decisions.deleter.final(tree, decisions, self.reporter, self.stats)
 
     # ---- litter -------------------------------------------------------------------
 
@@ -289,27 +185,3 @@ class Finalizer:
                 sync_if_changed(tree.root_fd, self.since_ns)
             except OSError as exc:
                 self.reporter.failed(OSFailed("fsync of directory", b".", exc))
-
-
-class _Fence:
-    """-x on the receiver: no deletions inside a directory of another filesystem than
-    the transfer's top one, and a mount point is never deleted (rsync's delete_in_dir)."""
-
-    def __init__(self, level: int):
-        self.level = level
-        self.dev: int | None = None
-
-    def enter(self, dfd: int) -> bool:
-        if not self.level:
-            return True
-        dev = os.fstat(dfd).st_dev
-        if self.dev is None:
-            self.dev = dev
-        return dev == self.dev
-
-    def mount_point(self, st, path: bytes, reporter: Reporter) -> bool:
-        if not self.level or st.st_dev == self.dev:
-            return False
-        if self.level == 1:
-            reporter.info(f"cannot delete mount point: {escape(path)}", 2)
-        return True

@@ -16,6 +16,7 @@ import stat
 from fscsync.engine import chmod, delta, filters, itemize
 from fscsync.engine.altdest import SETTLED, AltDests
 from fscsync.engine.basis import DestCopies, cleartext_size
+from fscsync.engine.deltiming import Deleter
 from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
 from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
@@ -23,7 +24,7 @@ from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, meta
-from fscsync.fs.destfs import DestTree, lstat_at, place, remove_tree
+from fscsync.fs.destfs import DestTree, lstat_at, place
 from fscsync.fs.meta import Target
 from fscsync.wire import protocol
 
@@ -39,6 +40,9 @@ _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
 _S_IFDIR = stat.S_IFDIR
 _S_IFLNK = stat.S_IFLNK
+_KIND_DESC = {stat.S_IFREG: "regular file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
+              stat.S_IFCHR: "device file", stat.S_IFBLK: "device file"}
+"""rsync's words for what a removed directory made way for."""
 _LOOK = object()
 """process()'s "no one has looked at the destination entry yet"."""
 
@@ -73,6 +77,8 @@ class Generator:
         self.litter = self.listing.litter  # names like our temp files, per directory
         self.incoming = self.listing.incoming  # the names the list brings there
         self.delete_rules = filters.delete_filter(opts, tree, self.existing)
+        self.deleter = Deleter(opts, state.reporter, state.stats, self.delete_rules,
+                               self.existing, self.children, state.backups)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
@@ -176,6 +182,7 @@ class Generator:
         out.existing, out.children = self.existing, self.children
         out.litter, out.incoming = self.litter, self.incoming
         out.rules = self.delete_rules
+        out.deleter = self.deleter
         return out
 
     # ---- per entry --------------------------------------------------------------
@@ -214,7 +221,7 @@ class Generator:
                 if opts.existing and exc.errno == errno.ENOENT:
                     state.status[idx] = Status.OK  # below a directory --existing did not create
                     return
-                if opts.dry_run and exc.errno == errno.ENOENT:
+                if opts.dry_run and exc.errno in (errno.ENOENT, errno.ENOTDIR):  # not made
                     pfd, name, st = -1, b"", None
                 else:
                     state.os_fail(idx, "open parent of", exc)
@@ -290,9 +297,11 @@ class Generator:
 
     def _make_way(self, idx: int, e: Entry, pfd: int, name: bytes,
                   st: os.stat_result) -> bool:
-        """Remove what stands where a different kind of entry must go."""
+        """Remove what stands where a different kind of entry must go (a dry run lists
+        what a directory there holds, as rsync does)."""
         if self.opts.dry_run:
-            return True
+            return not (stat.S_ISDIR(st.st_mode) and self.opts.delete) or self._remove_tree(
+                idx, pfd, name, e)
         if stat.S_ISDIR(st.st_mode):
             try:
                 os.rmdir(name, dir_fd=pfd)
@@ -303,7 +312,7 @@ class Generator:
                     self.state.fail(idx, f'cannot delete non-empty directory: "{escape(e.path)}"; '
                                          "could not make way for it (use --delete)")
                     return False
-                self._remove_tree(pfd, name, e.path)
+                return self._remove_tree(idx, pfd, name, e)
             return True
         if self.state.backups is not None:
             self.state.backups.remove(pfd, name, self.state.dest_path(e))
@@ -311,25 +320,14 @@ class Generator:
             os.unlink(name, dir_fd=pfd)
         return True
 
-    def _remove_tree(self, pfd: int, name: bytes, path: bytes) -> None:
-        """Remove a destination subtree, itemizing each entry as rsync's --delete does."""
-        head = path.rpartition(b"/")[0]
-        prefix = head + b"/" if head else b""
-
-        def removed(rel: bytes, is_dir: bool) -> None:
-            if rel == name:
-                return
-            tally(self.state.stats.deleted, "dir" if is_dir else "reg")
-            if self.opts.itemize or self.opts.log_items:
-                self.state.reporter.itemize(itemize.deleting(prefix + rel, is_dir))
-            if not self.opts.itemize and self.opts.verbose:
-                self.state.reporter.info(f"deleting {escape(prefix + rel)}", 1)
-
-        if self.tree is not None:
-            self.tree.forget(path)
-        keep = self.state.backups
-        remove_tree(pfd, name, removed, unlink=keep and (
-            lambda fd, n, rel: keep.remove(fd, n, prefix + rel)))
+    def _remove_tree(self, idx: int, pfd: int, name: bytes, e: Entry) -> bool:
+        """Remove the destination directory where `e` goes (its contents itemized, as
+        rsync's --delete does); False, with the entry failed, when something stays."""
+        if self.tree is not None and self.deleter.make_room(self.tree, pfd, name, e.path):
+            return True
+        kind = _KIND_DESC.get(stat.S_IFMT(e.mode), "special file")
+        self.state.fail(idx, f"could not make way for new {kind}: {escape(e.path)}")
+        return False
 
     # ---- directories ------------------------------------------------------------
 
@@ -364,8 +362,8 @@ class Generator:
                 return
             if not self.enc.writable(idx, e):
                 return
-            if not opts.dry_run:
-                self._remove_tree(pfd, name, e.path)
+            if not opts.dry_run and not self._remove_tree(idx, pfd, name, e):
+                return
             self._new_dir(idx, e, pfd, name, make=True)
             return
         if e.enc is not None and have is None and not self.enc.writable(idx, e):
@@ -381,6 +379,7 @@ class Generator:
             self._item(".", e, changes)
         if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
             self.listing.scan(tree, rel_dir(e), e.path == b".", self.delete_rules)
+            self.deleter.reached(tree, rel_dir(e), e.no_content)
 
     def _kept_dirlink(self, idx: int, e: Entry, pfd: int, name: bytes, st, there) -> None:
         """-K: the symlink stays. As in rsync 3.5 nothing is written through it (entries

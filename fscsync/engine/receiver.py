@@ -19,6 +19,7 @@ from collections import deque
 from fscsync import errors
 from fscsync.engine import idmap
 from fscsync.engine.backup import Backups
+from fscsync.engine.deltiming import ListNames, holds_list
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
@@ -30,6 +31,7 @@ from fscsync.engine.writer import Writer
 from fscsync.errors import (
     DestinationNotADirectory,
     DestinationUnusable,
+    ListTooBigToHold,
     OSFailed,
     ProtocolError,
     TempDirUnusable,
@@ -51,6 +53,9 @@ entries). Past it the oldest frames are decided at once: stopping to read would
 deadlock with the sender, which sends its whole list before it serves a request, and
 a protocol error would refuse a big list; -z made a few bytes on the wire a full frame
 held here."""
+MAX_HELD = 2 << 30
+"""Bytes of file-list frames held for --delete-before and --delete-during, which compare
+nothing before the list is complete (about 200 million entries)."""
 
 
 class Receiver:
@@ -258,12 +263,15 @@ class Receiver:
         held = 0
         announced = None
         flist_done = gen_acked = done_sent = finished = False
+        hold = holds_list(self.opts) and state.single_name is None
         try:
             while not finished:
                 # File-list batches wait, still compressed, while enough requests are
                 # in flight: a big initial copy would otherwise hold a request and an
-                # entry for every file at once.
-                while backlog and (len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
+                # entry for every file at once (and, for --delete-before/-during, until
+                # the list is complete).
+                while backlog and (flist_done or not hold) and (
+                        len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
                     held -= len(backlog[0])
                     batch = unpack_batch(backlog.popleft())
                     base = len(state.entries)
@@ -295,6 +303,8 @@ class Receiver:
                 elif ftype == protocol.FLIST and not flist_done:
                     backlog.append(payload)
                     held += len(payload)
+                    if hold and held > MAX_HELD:
+                        raise ListTooBigToHold(when=self.opts.delete_when, size=held)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
@@ -308,6 +318,11 @@ class Receiver:
                     if isinstance(announced, int):
                         self.reporter.listed(announced, self.stats.total_size)
                     flist_done = True
+                    gen.deleter.list_error = self.io_error
+                    if hold:
+                        gen.deleter.list_complete(tree, self._names(backlog, announced))
+                elif ftype == protocol.IOERROR and flist_done and not payload:
+                    gen.deleter.send_error = True
                 elif ftype == protocol.NOMORE_ACK and gen.sent_nomore and not gen_acked:
                     gen_acked = True
                 elif ftype == protocol.FINISHED and done_sent:
@@ -327,8 +342,8 @@ class Receiver:
             gen.close()
             chan.stop_async()
         writer.close()
-        final = Finalizer(self.opts, self.ids, self.reporter, self.stats, self.io_error,
-                          state.single_name, self.started_ns, state.backups)
+        final = Finalizer(self.opts, self.ids, self.reporter, self.stats, state.single_name,
+                          self.started_ns, state.backups)
         tree = self.tree()
         try:
             final.run(tree, gen.decisions())
@@ -371,6 +386,24 @@ class Receiver:
             self.chan.send(protocol.SUCCESS,
                            protocol.encode_successes(items[at:at + protocol.MAX_SUCCESSES]))
         items.clear()
+
+    @staticmethod
+    def _names(backlog: deque[bytes], announced: object) -> ListNames:
+        """The names of the whole held file list, for the deleter; its paths and count
+        are checked here, before anything is deleted by them."""
+        names = ListNames()
+        count = 0
+        for payload in backlog:
+            batch = unpack_batch(payload)
+            check_paths(batch.paths)
+            names.add(batch)
+            count += len(batch)
+            if count > MAX_ENTRIES:
+                raise ProtocolError("file list too long")
+        if announced != count:
+            raise ProtocolError(f"file list count mismatch: {count} entries, {announced!r} "
+                                "announced")
+        return names
 
     def _idname(self, payload: bytes) -> None:
         if len(payload) < 5 or payload[:1] not in (b"u", b"g") or len(payload) > 5 + 255:

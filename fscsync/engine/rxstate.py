@@ -18,6 +18,7 @@ from fscsync import errors
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
     from fscsync.engine.backup import Backups
+    from fscsync.engine.deltiming import Deleter
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.flist import Entry
     from fscsync.engine.partial import PartialDirs
@@ -148,9 +149,11 @@ class Decisions:
     looks at; children: the names the file list brings to each. litter: names like
     a killed run's temp files, per directory; incoming: the names the list brings
     to those directories (a real file that only looks like litter stays). rules: the
-    filter rules deletions obey, with the destination merge files read so far."""
+    filter rules deletions obey, with the destination merge files read so far;
+    deleter: the run's deletions, of which delay and after are still to do."""
 
-    __slots__ = ("dirs", "links", "existing", "children", "litter", "incoming", "rules")
+    __slots__ = ("dirs", "links", "existing", "children", "litter", "incoming", "rules",
+                 "deleter")
 
     def __init__(self) -> None:
         self.dirs: list[tuple[Entry, bool]] = []
@@ -160,6 +163,7 @@ class Decisions:
         self.litter: dict[bytes, list[bytes]] = {}
         self.incoming: dict[bytes, set[bytes]] = {}
         self.rules: DeleteFilter | None = None  # the receiver's filter rules for --delete
+        self.deleter: Deleter | None = None
 
     def merge(self, other: Decisions) -> Decisions:
         """Fold another partition's decisions in (and return self). A directory's names
@@ -169,6 +173,7 @@ class Decisions:
         self.dirs.sort(key=lambda d: () if d[0].path == b"." else tuple(d[0].path.split(b"/")))
         self.links += other.links
         self.rules = self.rules or other.rules
+        self.deleter = self.deleter or other.deleter
         for mine, theirs in ((self.existing, other.existing), (self.litter, other.litter)):
             for rel, names in theirs.items():
                 mine[rel] = list(dict.fromkeys(mine.get(rel, []) + names))

@@ -68,6 +68,7 @@ class Sender:
         self._parked: dict[int, _Parked] = {}
         self._ahead = None  # the scan-ahead queue, when a thread scans (scan_ahead)
         self._listed_size = 0  # sizes of the listed files and links, for progress only
+        self._read_error = False  # IOERROR sent
 
     def run(self) -> Stats:
         self.send_flist()
@@ -287,6 +288,8 @@ class Sender:
         else:
             self.reporter.failed(SendOpenFailed(path=e.src, reason=exc))
             status = delta.END_FAILED
+        if status == delta.END_FAILED:
+            self._io_error()
         self.chan.send(protocol.DATA_END,
                        delta.encode_end(idx, status, 0, bytes(16)))
 
@@ -357,7 +360,15 @@ class Sender:
         reader.close()
         os.close(fd)
         self.reporter.failed(ReadFailed(path=e.src, reason=exc))
+        self._io_error()
         self.chan.send(protocol.DATA_END, delta.encode_end(idx, delta.END_FAILED, 0, bytes(16)))
+
+    def _io_error(self) -> None:
+        """Tell the receiver, once, that a listed file could not be read (a vanished
+        one does not count, as in rsync): --delete-after then keeps everything."""
+        if not self._read_error:
+            self._read_error = True
+            self.chan.send(protocol.IOERROR)
 
     def _send_whole(self, idx: int, e: Entry, fd: int, reader: BlockReader,
                     out: delta.OpWriter,

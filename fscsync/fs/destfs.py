@@ -161,36 +161,111 @@ def lstat_at(dirfd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
-def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"",
-                unlink=None) -> None:
-    """rm -r of one entry inside dirfd, never following symlinks; on_entry(rel, is_dir)
-    hears of each removed entry, children before their directory; unlink(dirfd, name,
-    rel), if given, removes each non-directory instead of os.unlink (--backup)."""
-    rel = _rel or name
-    st = lstat_at(dirfd, name)
+def deletion_order(entries: list[tuple[bytes, os.stat_result]]
+                   ) -> list[tuple[bytes, os.stat_result]]:
+    """The order rsync deletes a directory's entries in (delete.c walks its sorted list
+    from the end): directories first, then the rest, last name first."""
+    return sorted(entries, key=lambda e: (stat.S_ISDIR(e[1].st_mode), e[0]), reverse=True)
+
+
+class RemoveHooks:
+    """What remove_tree asks and tells as it goes; this plain form keeps nothing back
+    and raises every error. The engine's deleter (engine/deltiming.py) answers with
+    the run's filter rules, -x fences, --max-delete and its itemize lines.
+
+    `ctx` is whatever enter() made of a directory (the filter state inside it)."""
+
+    dry_run = False
+
+    def enter(self, ctx, rel: bytes, fd: int):
+        """The context for the entries of directory `rel`, open as fd."""
+        return ctx
+
+    def keep(self, ctx, rel: bytes, st: os.stat_result) -> bool:
+        """True: leave entry `rel` in place (and so the directories above it)."""
+        return False
+
+    def stop(self, rel: bytes, st: os.stat_result) -> bool:
+        """Asked just before `rel` itself goes (a directory after its contents): True
+        leaves it (rsync's --max-delete checks there)."""
+        return False
+
+    def unlink(self, dirfd: int, name: bytes, rel: bytes) -> None:
+        """Remove a non-directory (a backup may take it instead)."""
+        os.unlink(name, dir_fd=dirfd)
+
+    def removed(self, rel: bytes, st: os.stat_result) -> None:
+        """Entry `rel` is gone (a dry run: would be); children before their directory."""
+
+    def not_empty(self, rel: bytes) -> None:
+        """Directory `rel` stays: something in it was kept or failed."""
+
+    def failed(self, rel: bytes, exc: OSError) -> None:
+        raise exc
+
+
+_PLAIN = RemoveHooks()
+
+
+def remove_tree(dirfd: int, name: bytes, hooks: RemoveHooks = _PLAIN, *, rel: bytes = b"",
+                st: os.stat_result | None = None, ctx=None, _top: bool = True) -> bool:
+    """rm -r of one entry inside dirfd, never following symlinks, in rsync's order
+    (deletion_order; a directory's contents before it); the run's one deleter. `rel`
+    names the entry to the hooks (default: name), `st` is its lstat if known, `ctx`
+    the context of the directory it is in. True when the entry is gone (or was gone
+    already).
+
+    A directory below the top whose contents stay is still tried, as rsync's
+    delete_dir_contents does: counted against the limit, then "not empty" again (and,
+    in a dry run, reported as deleted)."""
+    rel = rel or name
     if st is None:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        if unlink is None:
-            os.unlink(name, dir_fd=dirfd)
+        st = lstat_at(dirfd, name)
+        if st is None:
+            return True
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            if not _remove_contents(dirfd, name, hooks, rel, ctx):
+                hooks.not_empty(rel)
+                if _top:
+                    return False
+            if hooks.stop(rel, st):
+                return False
+            if not hooks.dry_run:
+                os.rmdir(name, dir_fd=dirfd)
         else:
-            unlink(dirfd, name, rel)
-        if on_entry is not None:
-            on_entry(rel, False)
-        return
+            if hooks.stop(rel, st):
+                return False
+            if not hooks.dry_run:
+                hooks.unlink(dirfd, name, rel)
+    except FileNotFoundError:
+        return True  # gone meanwhile: not ours to report
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            hooks.not_empty(rel)
+        else:
+            hooks.failed(rel, exc)
+        return False
+    hooks.removed(rel, st)
+    return True
+
+
+def _remove_contents(dirfd: int, name: bytes, hooks: RemoveHooks, rel: bytes, ctx) -> bool:
+    """Remove what directory `name` holds; False when anything stays."""
     fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
     try:
-        for child in sorted(listdir(fd), reverse=True):
-            remove_tree(fd, child, on_entry, rel + b"/" + child, unlink)
+        inner = hooks.enter(ctx, rel, fd)
+        children = [(child, cst) for child in listdir(fd)
+                    if (cst := lstat_at(fd, child)) is not None]
+        empty = True
+        for child, cst in deletion_order(children):
+            crel = rel + b"/" + child
+            if hooks.keep(inner, crel, cst) or not remove_tree(
+                    fd, child, hooks, rel=crel, st=cst, ctx=inner, _top=False):
+                empty = False
+        return empty
     finally:
         os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=dirfd)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-    if on_entry is not None:
-        on_entry(rel, True)
 
 
 _RESOLVE_NO_SYMLINKS = 0x04

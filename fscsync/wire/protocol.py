@@ -48,7 +48,8 @@ F_SETPIPE_SZ = 1031
 # sent by any version: item lines travel as LOG frames, a failed file as its DATA_END
 # status, progress not at all. They stay unassigned, so no number has meant two things.
 # Version 4: STATS holds its counters and exit code flat, as FINISHED does (version 3
-# nested them under "stats"), both made and read by engine.stats.
+# nested them under "stats"), both made and read by engine.stats. Version 5: SUCCESS and
+# IOERROR.
 HELLO = 1
 SETUP = 2
 READY = 3
@@ -76,6 +77,9 @@ the destination, each as file-list index, st_dev and st_ino of the destination's
 copy (rsync's MSG_SUCCESS with its local same-file check)."""
 _SUCCESS = struct.Struct(">IQQ")
 MAX_SUCCESSES = MAX_FRAME // _SUCCESS.size
+IOERROR = 25
+"""Version 5, sender to receiver, empty: a file it listed could not be read (rsync's MSG_IO_ERROR);
+sent once, before FINISHED. --delete-after then deletes nothing (--ignore-errors)."""
 
 CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib"]
 try:
