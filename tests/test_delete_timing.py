@@ -318,7 +318,7 @@ def test_ioerror_frame_is_checked(sb) -> None:  # noqa: F811 (the fixture)
         if not before_end:
             peer.send(protocol.FLIST_END, flist_end(2))
         peer.send(protocol.IOERROR, payload)
-        assert_refused(peer.finish(), sb, "unexpected frame type 24")
+        assert_refused(peer.finish(), sb, f"unexpected frame type {protocol.IOERROR}")
 
 
 def test_ioerror_frame_stops_delete_after(sb) -> None:  # noqa: F811 (the fixture)
