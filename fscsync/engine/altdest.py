@@ -43,6 +43,16 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def unchanged(opts: Options, reporter: Reporter, update: str, e: Entry) -> None:
+    """rsync lists an entry settled unchanged from a DIR's copy only at -ii, and names
+    it "is uptodate" at -vv."""
+    if opts.itemize > 1:
+        reporter.itemize(itemize.blank(update, e), e.size)
+    elif opts.verbose > 1:
+        name = "./" if e.path == b"." else escape(e.path) + "/" * e.is_dir
+        reporter.info(f"{name} is uptodate", 2)
+
+
 class Found:
     """The best copy of an entry in the DIRs: where it is, its stat and encdata."""
 
@@ -245,11 +255,7 @@ class AltDests:
             found.dirfd, found.name, is_link=is_link)).letters()
 
     def _blank(self, update: str, e: Entry, hooks) -> None:
-        """rsync lists an entry settled from a DIR unchanged only at -ii."""
-        if self.opts.itemize > 1:
-            hooks.state.reporter.itemize(itemize.blank(update, e), e.size)
-        elif self.opts.verbose > 1:
-            hooks.state.reporter.info(f"{itemize.display_name(e)} is uptodate", 2)
+        unchanged(self.opts, hooks.state.reporter, update, e)
 
     def _link(self, idx: int, e: Entry, found: Found, pfd: int, name: bytes, free: bool,
               hooks) -> bool:

@@ -14,7 +14,7 @@ import os
 import stat
 
 from fscsync.engine import chmod, delta, filters, itemize
-from fscsync.engine.altdest import SETTLED, AltDests
+from fscsync.engine.altdest import SETTLED, AltDests, unchanged
 from fscsync.engine.basis import DestCopies, cleartext_size
 from fscsync.engine.deltiming import Deleter
 from fscsync.engine.encpolicy import EncPolicy
@@ -289,8 +289,8 @@ class Generator:
             self._item("c", e, new=True)
         elif was:
             self._item("c", e, was)
-        elif self.opts.itemize > 1:
-            self.state.reporter.itemize(itemize.blank("c", e))
+        else:
+            unchanged(self.opts, self.state.reporter, "c", e)
 
     def _count_created(self, e: Entry) -> None:
         tally(self.state.stats.created, itemize.kind_name(e.mode))
