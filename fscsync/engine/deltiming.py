@@ -243,10 +243,8 @@ class Deleter(RemoveHooks):
             return
         self.deleted += 1
         tally(self.stats.deleted, itemize.kind_name(st.st_mode))
-        if self.opts.itemize or self.opts.log_items:
-            self.reporter.itemize(itemize.deleting(rel, is_dir))
-        if not self.opts.itemize and self.opts.verbose:
-            self.reporter.info(f"deleting {escape(rel)}{'/' if is_dir else ''}", 1)
+        itemize.tell(self.reporter, self.opts, lambda: itemize.deleting(rel, is_dir),
+                     lambda: f"deleting {escape(rel)}{'/' if is_dir else ''}")
 
     def not_empty(self, rel: bytes) -> None:
         self.reporter.info(f"cannot delete non-empty directory: {escape(rel)}", 0)

@@ -102,11 +102,9 @@ class Finalizer:
         return self.backups.removal() if self.backups is not None else RemoveHooks()
 
     def _item_link(self, e, leader, new: bool) -> None:
-        if self.opts.itemize or self.opts.log_items:
-            self.reporter.itemize(itemize.line("h", e, new=new,
-                                               suffix=f" => {escape(leader.path)}"))
-        if not self.opts.itemize and self.opts.verbose:
-            self.reporter.info(f"{escape(e.path)} => {escape(leader.path)}", 1)
+        itemize.tell(self.reporter, self.opts,
+                     lambda: itemize.line("h", e, new=new, suffix=f" => {escape(leader.path)}"),
+                     lambda: f"{escape(e.path)} => {escape(leader.path)}")
 
     # ---- deletions ------------------------------------------------------------------
 

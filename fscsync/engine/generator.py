@@ -274,11 +274,10 @@ class Generator:
 
     def _item(self, update: str, e: Entry, changes: str = "", new: bool = False,
               suffix: str = "") -> None:
-        state = self.state
-        if self.opts.itemize or self.opts.log_items:
-            state.reporter.itemize(itemize.line(update, e, changes, new, suffix), e.size)
-        if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
-            state.reporter.info(itemize.display_name(e), 1)
+        itemize.tell(self.state.reporter, self.opts,
+                     lambda: itemize.line(update, e, changes, new, suffix),
+                     (lambda: itemize.display_name(e)) if update != "." or e.is_dir else None,
+                     e.size)
 
     def _item_made(self, e: Entry, was: str | None) -> None:
         """List an entry this run makes: as new, or (`was`) as changed from its copy in

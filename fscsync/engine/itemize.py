@@ -10,6 +10,12 @@ from fscsync.fs.cipher import EncdataError, parse_encdata
 
 NEW = "+++++++++"
 
+TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fscsync.engine.report import Reporter
+    from fscsync.options import Options
 
 _KINDS = {stat.S_IFREG: ("f", "reg"), stat.S_IFDIR: ("d", "dir"), stat.S_IFLNK: ("L", "link"),
           stat.S_IFCHR: ("D", "dev"), stat.S_IFBLK: ("D", "dev")}
@@ -66,3 +72,14 @@ def listing(e, show_target: bool = True) -> str:
 
 def deleting(path: bytes, is_dir: bool) -> str:
     return f"*deleting   {escape(path)}{'/' if is_dir else ''}"
+
+
+def tell(reporter: Reporter, opts: Options, item: Callable[[], str],
+         name: Callable[[], str] | None, length: int | None = None) -> None:
+    """rsync's one rule for an entry's line: its itemized form with -i (and for a
+    --log-file's items), else with -v its name (`name` None: nothing at -v). The
+    lines are made only when shown."""
+    if opts.itemize or opts.log_items:
+        reporter.itemize(item(), length)
+    if name is not None and not opts.itemize and opts.verbose:
+        reporter.info(name(), 1)
