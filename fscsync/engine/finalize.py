@@ -19,7 +19,7 @@ from fscsync.engine.rxstate import Decisions, locate, os_failure
 from fscsync.engine.stats import tally
 from fscsync.errors import escape
 from fscsync.fs import meta
-from fscsync.fs.destfs import listdir, lstat_at, remove_tree, temp_name
+from fscsync.fs.destfs import in_use, listdir, lstat_at, remove_tree, temp_name
 from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -227,7 +227,7 @@ class Finalizer:
             except OSError:
                 continue
             for name in names:
-                if name not in keep:
+                if name not in keep and not in_use(dfd, name):  # another run's: it stays
                     try:
                         remove_tree(dfd, name)
                     except OSError:

@@ -450,7 +450,12 @@ class Generator:
         self._count_created(e)
         self._item("c", e, new=True)
         if make and not self.opts.dry_run:
-            os.mkdir(name, 0o700, dir_fd=pfd)
+            try:
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            except FileExistsError:  # made just now by another run into this destination
+                st = lstat_at(pfd, name)
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    raise
         self.fresh.add(rel_dir(e))
         self.dirs.append((idx, True))
         self.state.status[idx] = Status.OK
