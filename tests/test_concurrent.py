@@ -7,6 +7,7 @@ them), and --lock-file makes the second run wait for the first.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import subprocess
@@ -14,23 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from support import REPO
 from support.treecmp import assert_same_tree
+from test_kill import ENV, T_A, T_B, MiB, _put
+from test_kill import temp_files as _temp_files
 
 from fscsync.fs import inplace
 
-TEMP_MARK = ".~fscsync~"
-MiB = 1 << 20
-T_OLD = 1_500_000_000_000_000_000
-T_NEW = 1_600_000_000_000_000_000
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C"}
+T_OLD, T_NEW = T_A, T_B
 HANG_GUARD_S = 120
-
-
-def _put(path: Path, data: bytes, ns: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.utime(path, ns=(ns, ns))
 
 
 def _tree(root: Path, seed: int, big: int = 6 * MiB) -> None:
@@ -47,10 +39,6 @@ def _start(*args: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "fscsync", *map(str, args)], env=ENV,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-
-
-def _temp_files(root: Path) -> list[str]:
-    return [str(p) for p in root.rglob("*") if TEMP_MARK in p.name]
 
 
 def _wait_for_temp(proc: subprocess.Popen[bytes], root: Path, name: str) -> bool:
@@ -135,3 +123,54 @@ def test_second_run_meets_the_first_runs_redo_journal(tmp_path: Path) -> None:
     b = _start("-a", f"{src}/", dst)
     _check(_finish(b, a), src, dst, "in-place update")
     assert (dst / "big").read_bytes() == bytes(data)
+
+
+def _held(lock: Path) -> bool:
+    """Whether some process holds an exclusive flock on `lock`."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_lock_file_makes_the_second_run_wait_for_the_first(tmp_path: Path) -> None:
+    """With --lock-file the second run says it waits, and starts only once the first is
+    done: it then finds nothing to do (its -i lists nothing), where without the lock
+    it would have copied everything itself while the throttled first run went on."""
+    src, dst, lock = tmp_path / "src", tmp_path / "dst", tmp_path / "nightly.lock"
+    _tree(src, 7)
+    a = _start("-a", "--delete", "--bwlimit", "4M", "--lock-file", lock, f"{src}/", dst)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not _held(lock):
+        assert a.poll() is None and time.monotonic() < deadline, _finish(a)
+        time.sleep(0.002)
+    b = _start("-a", "--delete", "-iv", "--lock-file", lock, f"{src}/", dst)
+    a_out = _finish(a)
+    b_proc_out = b.communicate(timeout=HANG_GUARD_S)
+    assert a_out[0][0] == 0, a_out
+    assert b.returncode == 0, b_proc_out
+    lines = b_proc_out[0].decode().splitlines()
+    assert f"waiting for the lock on {lock} (another run holds it)" in lines, lines
+    assert not [ln for ln in lines if ln.startswith(("<", ">", "c", "h", "*"))], lines
+    assert lock.exists() and not _held(lock)
+    assert not _temp_files(dst)
+    assert_same_tree(src, dst)
+
+
+def test_lock_file_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    lock = tmp_path / "no-such-dir" / "x.lock"
+    proc = subprocess.run([sys.executable, "-m", "fscsync", "-a", "--lock-file", str(lock),
+                           f"{tmp_path}/", str(tmp_path / "dst")], env=ENV,
+                          capture_output=True, timeout=HANG_GUARD_S)
+    err = proc.stderr.decode()
+    assert proc.returncode == 11, err
+    assert err.startswith(f"fscsync: cannot lock {lock} (--lock-file): No such file or "
+                          "directory (2)"), err
+    assert not (tmp_path / "dst").exists()
