@@ -18,11 +18,14 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from support import run_fscsync
+from support.peer import default_options
+from support.treecmp import assert_same_tree
 from test_kill import (
     ENV,
     T_A,
@@ -234,6 +237,33 @@ def test_frozen_client_over_ssh_is_given_up_by_the_remote_server(sshd, tmp_path:
     assert code == 30, err
 
 
+# ---- runs that go well --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["push", "pull", "push-z", "ssh"])
+def test_runs_with_a_timeout_complete(request, tmp_path: Path, how: str) -> None:
+    """--timeout changes nothing in a run whose sides answer: deltas against old copies,
+    the round trips of block hashes, compression, a remote shell; exit 0, same tree."""
+    src, dst, _ = _versions(tmp_path)
+    base = bytearray((dst / "big").read_bytes())  # the new big differs in a few blocks
+    for off in range(0, len(base), 1 << 20):
+        base[off : off + 10] = b"0123456789"
+    _put(src / "big", bytes(base), T_NEW)
+    args = ["-a", "--timeout=2", f"{src}/", str(dst)]
+    if how == "pull":
+        args[-2:] = ["-e", _local_rsh(tmp_path), f"localhost:{src}/", str(dst)]
+    elif how == "push-z":
+        args.insert(0, "-z")
+    elif how == "ssh":
+        sshd = request.getfixturevalue("sshd")
+        args[-1:] = ["-e", sshd.rsh, "--remote-fscsync", sshd.remote_fscsync,
+                     f"{sshd.host}:{dst}"]
+    proc = run_fscsync(*args, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert_same_tree(src, dst)
+    assert not _temp_files(dst)
+
+
 # ---- the handshake ------------------------------------------------------------------------
 
 
@@ -293,8 +323,6 @@ def test_bad_timeout_values_are_usage_errors(tmp_path: Path, value: str) -> None
 @pytest.mark.parametrize("value", ["3", -1, 10**9, True])
 def test_a_server_refuses_a_malformed_timeout(tmp_path: Path, value: object) -> None:
     """The value travels in the setup frame: a server checks it as it checks the rest."""
-    from support.peer import default_options
-
     opts = default_options().to_wire()
     opts["timeout"] = value
     server = subprocess.Popen([sys.executable, "-m", "fscsync", "--server"], env=ENV,
@@ -342,6 +370,28 @@ def test_a_peer_that_never_reads_times_out_a_write() -> None:
         for _ in range(64):
             chan.send(protocol.DATA, bytes(1 << 20))
             chan.flush()
+
+
+def test_keepalives_keep_a_waiting_peer_from_giving_up() -> None:
+    """One side is busy (silent) for 2.5 times the timeout; its keepalives keep the side
+    waiting for it from timing out, and the frame it sends at last arrives."""
+    a_r, b_w = os.pipe2(os.O_CLOEXEC)
+    b_r, a_w = os.pipe2(os.O_CLOEXEC)
+    busy, waiting = Channel(a_r, a_w), Channel(b_r, b_w)
+    busy.set_timeout(1, "sender", keepalive=True)
+    waiting.set_timeout(1, "receiver", keepalive=False)
+
+    def done() -> None:
+        busy.send(protocol.DONE)
+        busy.flush()
+
+    timer = threading.Timer(2.5, done)
+    timer.start()
+    try:
+        assert waiting.recv() == (protocol.DONE, b"")
+    finally:
+        timer.cancel()
+        busy.stop_keepalive()
 
 
 def test_keepalives_are_sent_while_this_side_is_silent_and_skipped_by_recv() -> None:

@@ -237,7 +237,7 @@ class Channel:
         self._keepalive = None
 
     def _keep_alive(self) -> None:
-        lull = (self._timeout + 1) / 2  # rsync's allowed_lull
+        lull = self._timeout / 3  # rsync allows half, but checks only each second
         while not self._stop_keepalive.wait(lull / 4):
             if time.monotonic() - self._last_sent < lull:
                 continue
