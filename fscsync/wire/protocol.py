@@ -74,7 +74,7 @@ NOMORE = 21
 NOMORE_ACK = 22
 FILE = 23
 """A small file whole: its end-of-file record and all its data in one frame."""
-NOOP = 24
+NOOP = 25
 """Empty keepalive under --timeout, sent only to a peer whose handshake lists
 "keepalive"; recv skips it wherever it comes."""
 
@@ -213,9 +213,10 @@ class Channel:
     def set_timeout(self, seconds: int, side: str, keepalive: bool) -> None:
         """--timeout: from now on a wait for the peer that lasts `seconds` after the last
         data in either direction ends the run with IoTimeout (`side` names this end in
-        its line). Writes stop blocking (O_NONBLOCK) so that a frozen peer cannot hold
-        a write forever; with `keepalive` (the peer reads NOOP frames) a thread sends
-        one whenever this side has been silent for half the time, so a peer that waits
+        its line). Reads and writes stop blocking (O_NONBLOCK): each is tried first and
+        waited for with select only when the pipe is empty or full, so a frozen peer
+        cannot hold one forever; with `keepalive` (the peer reads NOOP frames) a thread sends
+        one whenever this side has been silent for a third of the time, so a peer that waits
         while this side works (hashing a huge file, the final pass) does not give up.
         A keepalive is no sign of life from the peer: it never counts as data sent."""
         if not seconds:
@@ -223,7 +224,8 @@ class Channel:
         self._timeout = seconds
         self._side = side
         self._last_in = self._last_out = self._last_sent = time.monotonic()
-        os.set_blocking(self.wfd, False)
+        for fd in (self.rfd, self.wfd):
+            os.set_blocking(fd, False)
         if keepalive:
             self._keepalive = threading.Thread(target=self._keep_alive, name="keepalive",
                                                daemon=True)
@@ -304,11 +306,9 @@ class Channel:
     def _read(self, n: int) -> bytes:
         """os.read of the stream, waiting as --timeout allows."""
         while True:
-            if self._timeout:
-                self._await(self.rfd, False)
             try:
                 data = os.read(self.rfd, n)
-            except BlockingIOError:  # stdin and stdout of one socket: it shares O_NONBLOCK
+            except BlockingIOError:
                 self._await(self.rfd, False)
                 continue
             if data and self._timeout:
@@ -441,13 +441,11 @@ class Channel:
             ready, _, _ = select.select([self.rfd], [], [], timeout)
             if not ready:
                 raise NoAnswer(seconds=timeout)
-        elif self._timeout:
-            self._await(self.rfd, False)
         # Straight into the buffer: no new 1 MiB object per read, no copy after it.
         self._room(_DIRECT_READ + _HDR.size)
         try:
             got = os.readv(self.rfd, [memoryview(self._in)[self._end :]])
-        except BlockingIOError:  # stdin and stdout of one socket: it shares O_NONBLOCK
+        except BlockingIOError:  # under --timeout: wait as it allows, then read again
             self._await(self.rfd, False)
             return
         self._end += got
@@ -527,8 +525,6 @@ class Channel:
         view[:have] = memoryview(self._in)[start : start + have]
         self._pos = start + have
         while have < length:
-            if self._timeout:
-                self._await(self.rfd, False)
             try:
                 n = os.readv(self.rfd, [view[have:]])
             except BlockingIOError:
