@@ -7,6 +7,7 @@
 
 Scenarios (fscsync / rsync, medians; targets from issues 7 and 25):
   S1   initial local copy: one big file + many small files      time <= 1.0
+  S1f  the same with --fsync (both tools)                         no target
   S2a  no-change rescan of the S1 tree                           time <= 2.0
   S2b  no-change rescan of a 100,000-file tree                   time <= 1.5
   S3   10 random 4 KiB blocks changed in the big file            time <= 0.5, wire <= 0.2

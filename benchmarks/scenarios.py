@@ -214,6 +214,26 @@ class S1(InitialCopy):
         return [*tool.argv, "-a", "--stats", self.src + "/", self.dest(tool) + "/"]
 
 
+class S1f(S1):
+    """S1 with --fsync on both sides (issue 22): each file synced before its rename.
+    No target: it shows what durability costs next to rsync's; fsync_cost.py sets it
+    against S1 itself."""
+
+    key, time_target = "S1f", None
+    more_reps = False  # each run syncs 10,000 files: a run takes three times S1's
+
+    @property
+    def title(self) -> str:
+        return f"{super().title}, --fsync"
+
+    def setup(self) -> None:
+        super().setup()
+        os.makedirs(self.b.path("s1f"), exist_ok=True)
+
+    def command(self, tool: Tool) -> list[str]:
+        return [*tool.argv, "-a", "--fsync", "--stats", self.src + "/", self.dest(tool) + "/"]
+
+
 class Populated(Scenario):
     """A rescan of a tree each destination already mirrors: setup populates them."""
 
@@ -440,7 +460,7 @@ class S4b(Remote, Populated):
         self.populate()
 
 
-SCENARIOS: list[type[Scenario]] = [S1, S2a, S2b, S3, S4a, S4b, S5, S6a, S6b]
+SCENARIOS: list[type[Scenario]] = [S1, S1f, S2a, S2b, S3, S4a, S4b, S5, S6a, S6b]
 
 
 def select(only: str | None) -> list[type[Scenario]]:

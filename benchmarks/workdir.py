@@ -75,10 +75,12 @@ def space_needed(cfg: Config, keys: set[str], reps: dict[str, int]) -> int:
     and S6a keep every run's copy until the end, see set_aside)."""
     small = cfg.small_files * 8 * KiB + cfg.small_dirs * 4 * KiB
     need = 0
-    if keys & {"S1", "S2a", "S4a", "S4b"}:
+    if keys & {"S1", "S1f", "S2a", "S4a", "S4b"}:
         need += cfg.big + small  # the S1 source tree
     if keys & {"S1", "S2a"}:
         need += 2 * (cfg.big + small) * (reps["S1"] + 1 if "S1" in keys else 1)
+    if "S1f" in keys:
+        need += 2 * (cfg.big + small) * (reps["S1f"] + 1)
     if keys & {"S4a", "S4b"}:
         need += 2 * small * (reps["S4a"] + 1 if "S4a" in keys else 1)
     if "S2b" in keys:

@@ -7,6 +7,7 @@ run goes on. Anything else that reaches the top is InternalError: a bug."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 OK = 0
@@ -59,12 +60,18 @@ def closing_line(code: int) -> str:
     return f"fscsync error: {MEANING.get(code, 'error')} (code {code})"
 
 
-def os_reason(exc: OSError) -> str:
-    """The one way an OS error is shown, rsync's: "Permission denied (13)". An error
-    without an errno (raised by Python itself) shows its text."""
+def os_reason(exc: OSError, with_errno: bool = True) -> str:
+    """The one way an OS error is shown, rsync's: "Permission denied (13)" (without the
+    number where rsync's line has none). An error without an errno (raised by Python
+    itself, or a condition fscsync names) shows its text."""
     if exc.errno is None:
         return str(exc) or type(exc).__name__
-    return f"{exc.strerror or os.strerror(exc.errno)} ({exc.errno})"
+    text = exc.strerror or os.strerror(exc.errno)
+    return f"{text} ({exc.errno})" if with_errno else text
+
+
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A full disk or quota: rsync reports it as an error in file I/O (11), not 23."""
 
 
 class FscsyncError(Exception):
@@ -80,6 +87,8 @@ class FscsyncError(Exception):
     code = FILE_IO
     bare = False
     """Printed without the "fscsync: " in front (where rsync prints its line bare)."""
+    errno_shown = True
+    """An OSError field shows its number (False where rsync's line has none)."""
 
     def __init__(self, message: str | None = None, code: int | None = None,
                  **fields: object):
@@ -88,14 +97,15 @@ class FscsyncError(Exception):
         self.fields = fields
         if code is not None:
             self.code = code
-        super().__init__(self.template.format_map({k: _shown(v) for k, v in fields.items()}))
+        super().__init__(self.template.format_map(
+            {k: _shown(v, self.errno_shown) for k, v in fields.items()}))
 
 
-def _shown(value: object) -> object:
+def _shown(value: object, errno_shown: bool) -> object:
     if isinstance(value, bytes):
         return escape(value)
     if isinstance(value, OSError):
-        return os_reason(value)
+        return os_reason(value, errno_shown)
     return value
 
 
@@ -225,6 +235,7 @@ class FilesFromUnreadable(UsageError):
     its errno, and a usage error's code)."""
 
     template = "failed to open files-from file {path}: {reason}"
+    errno_shown = False
 
 
 class BadFilterRule(UsageError):
@@ -251,8 +262,42 @@ class OutsideAllowedTree(FscsyncError):
     code = FILE_SELECT
 
 
+class BackupDirNotDirectory(FscsyncError):
+    template = "The backup-dir is not a directory: {path}"
+    code = SYNTAX
+
+
 class TempDirOutsideAllowedTree(FscsyncError):
     template = "--temp-dir outside the allowed tree (--restrict-to)"
+    code = FILE_SELECT
+
+
+class TempDirUnusable(FscsyncError):
+    """-T DIR cannot be opened as a directory from the destination."""
+
+    template = 'cannot use --temp-dir "{path}": {reason}'
+    code = FILE_IO
+
+
+class DestinationUnusable(FscsyncError):
+    """The destination cannot be looked at or opened (rsync's code 3): `what` is the
+    step, "stat" or "open"."""
+
+    template = 'cannot {what} destination "{path}": {reason}'
+    code = FILE_SELECT
+
+
+class DestinationNotADirectory(FscsyncError):
+    """Several files, or a directory, sent to a destination that is a file."""
+
+    template = 'destination "{path}" is not a directory'
+    code = FILE_SELECT
+
+
+class DirOptionOutsideAllowedTree(FscsyncError):
+    """--backup-dir or --partial-dir naming a place outside a --restrict-to tree."""
+
+    template = "--{option} outside the allowed tree (--restrict-to)"
     code = FILE_SELECT
 
 
@@ -268,7 +313,29 @@ class OSFailed(FscsyncError):
     code = PARTIAL
 
     def __init__(self, what: str, path: bytes | str, reason: OSError, code: int | None = None):
+        if code is None and reason.errno in OUT_OF_SPACE:
+            code = FILE_IO
         super().__init__(code=code, what=what, path=os.fsencode(path), reason=reason)
+
+
+class JournalUnrecoverable(FscsyncError):
+    """The redo journal a killed in-place update left cannot be applied; the file is
+    compared as it is (the journal is litter for the final pass)."""
+
+    template = 'cannot recover "{path}": {reason}'
+    code = PARTIAL
+
+
+class EncdataUnsettable(FscsyncError):
+    """The destination inode refuses the entry's encdata (already encrypted with
+    another context, say): the entry fails, its previous copy stays."""
+
+    template = 'cannot set encdata on "{path}": {reason}'
+    code = PARTIAL
+
+
+class DirEncdataUnsettable(EncdataUnsettable):
+    template = 'cannot set encdata on directory "{path}": {reason}'
 
 
 class Vanished(FscsyncError):

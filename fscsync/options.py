@@ -14,6 +14,7 @@ DEFAULT_BLOCK = 4096
 MAX_TIMEOUT = 10**8
 """The longest --timeout or --contimeout in seconds (about three years), so that every
 wait stays within what select takes."""
+_BYTES_LISTS = ("filter_rules", "files_from", "alt_dest_dirs")
 
 
 class Options(Record):
@@ -47,6 +48,12 @@ class Options(Record):
     delete_after: bool = False
     max_delete: int = -1
     partial: bool = False
+    partial_dir: bytes | None = None  # --partial-dir (and --delay-updates' .~tmp~)
+    delay_updates: bool = False
+    remove_source_files: bool = False
+    backup: bool = False  # -b: what is replaced or deleted is kept (engine.backup)
+    backup_dir: bytes | None = None
+    backup_suffix: bytes | None = None  # None: rsync's default (engine.backup.suffix_of)
     dry_run: bool = False
     mkpath: bool = False
     itemize: int = 0
@@ -69,6 +76,7 @@ class Options(Record):
     whole_file: bool | None = None
     inplace: bool | None = None  # None: big files with few changes go through a redo journal
     temp_dir: bytes | None = None
+    fsync: bool = False  # --fsync: each file before its rename, changed directories at the end
     block_size: int = DEFAULT_BLOCK
     filter_rules: list[bytes] = []  # rule texts (fscsync.engine.filters), merge files read
     cvs_exclude: bool = False
@@ -78,6 +86,8 @@ class Options(Record):
     files_from: list[bytes] | None = None  # --files-from's names, read by the client
     files_from_remote: bytes | None = None  # --files-from=:FILE, read on the sending side
     one_file_system: int = 0  # -x: 1 keeps mount points as empty directories, -xx omits them
+    alt_dest: str = ""  # "link", "compare" or "copy": which --*-dest option gave alt_dest_dirs
+    alt_dest_dirs: list[bytes] = []  # searched in order; relative ones from the destination
     encdata_xattr: bytes = b"security.encdata"
     refuse_ino_policies: bool = False
     compress: str | None = None
@@ -111,7 +121,7 @@ class Options(Record):
             v = getattr(self, name)
             if isinstance(v, bytes):
                 v = {"b": v.hex()}
-            elif name in ("filter_rules", "files_from") and v is not None:
+            elif name in _BYTES_LISTS and v is not None:
                 v = [text.hex() for text in v]
             out[name] = v
         return out
@@ -124,7 +134,7 @@ class Options(Record):
                 continue
             if isinstance(v, dict) and "b" in v:
                 v = bytes.fromhex(v["b"])
-            elif name in ("filter_rules", "files_from") and v is not None:
+            elif name in _BYTES_LISTS and v is not None:
                 v = [bytes.fromhex(text) for text in v]
             kwargs[name] = v
         return cls(**kwargs)

@@ -16,16 +16,23 @@ from support import REPO
 from fscsync import errors
 from fscsync.errors import (
     AllowedTreeUnusable,
+    BackupDirNotDirectory,
     BadFilterRule,
     ChangedWhileSent,
     ClosedBeforeHandshake,
     ConnectTimeout,
+    DestinationNotADirectory,
+    DestinationUnusable,
+    DirEncdataUnsettable,
+    DirOptionOutsideAllowedTree,
+    EncdataUnsettable,
     ExecFailed,
     FilesFromUnreadable,
     FilterFileUnreadable,
     FscsyncError,
     InternalError,
     IoTimeout,
+    JournalUnrecoverable,
     LockFileUnusable,
     LogFileUnopenable,
     MalformedEncdata,
@@ -45,6 +52,7 @@ from fscsync.errors import (
     SshFailed,
     StartupFailed,
     TempDirOutsideAllowedTree,
+    TempDirUnusable,
     UnknownOutputWord,
     UsageError,
     Vanished,
@@ -60,7 +68,7 @@ CLASSES = [
     (FilterFileUnreadable(kind="exclude", path=b"rules", reason=EACCES),
      "failed to open exclude file rules: Permission denied (13)", 11),
     (BadFilterRule("Unknown filter rule: foo"), "Unknown filter rule: foo", 1),
-    (FilesFromUnreadable(path=b"/nonexist", reason="No such file or directory"),
+    (FilesFromUnreadable(path=b"/nonexist", reason=ENOENT),
      "failed to open files-from file /nonexist: No such file or directory", 1),
     (LogFileUnopenable(path=b"/no/log", reason=ENOENT),
      "failed to open log-file /no/log: No such file or directory (2)", 11),
@@ -71,6 +79,10 @@ CLASSES = [
     (OutsideAllowedTree(path=b"/etc", root=b"/srv"),
      'path "/etc" is outside the allowed tree "/srv" (--restrict-to)', 3),
     (TempDirOutsideAllowedTree(), "--temp-dir outside the allowed tree (--restrict-to)", 3),
+    (DirOptionOutsideAllowedTree(option="backup-dir"),
+     "--backup-dir outside the allowed tree (--restrict-to)", 3),
+    (BackupDirNotDirectory(path=b"/srv/b\xff"),
+     "The backup-dir is not a directory: /srv/b\\#377", 1),
     (NoDaemonMode(arg=b"host::mod"), "host::mod: fscsync has no daemon mode (rsync://, "
      "HOST::MODULE); use HOST:PATH over a remote shell", 5),
     (StartupFailed("malformed setup frame"), "malformed setup frame", 5),
@@ -97,6 +109,19 @@ CLASSES = [
      23),
     (OSFailed("mkdir", b"dst/a", EACCES, errors.FILE_IO),
      'mkdir "dst/a" failed: Permission denied (13)', 11),
+    (OSFailed("write", b"f", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))),
+     'write "f" failed: No space left on device (28)', 11),
+    (JournalUnrecoverable(path=b"d/.f.~fscsync~redo", reason=EACCES),
+     'cannot recover "d/.f.~fscsync~redo": Permission denied (13)', 23),
+    (EncdataUnsettable(path=b"f", reason=OSError("already encrypted with another context")),
+     'cannot set encdata on "f": already encrypted with another context', 23),
+    (DirEncdataUnsettable(path=b"d", reason=EACCES),
+     'cannot set encdata on directory "d": Permission denied (13)', 23),
+    (DestinationUnusable(what="stat", path=b"dst/x", reason=EACCES),
+     'cannot stat destination "dst/x": Permission denied (13)', 3),
+    (DestinationNotADirectory(path=b"dst"), 'destination "dst" is not a directory', 3),
+    (TempDirUnusable(path=b"tmp", reason=ENOENT),
+     'cannot use --temp-dir "tmp": No such file or directory (2)', 11),
     (Vanished(path=b"d/f"), 'file has vanished: "d/f"', 24),
     (NoReferent(path=b"src/l\xff"), 'symlink has no referent: "src/l\\#377"', 23),
     (UnknownOutputWord(option="--info", word="bogus"), 'Unknown --info item: "bogus"', 1),
@@ -154,6 +179,7 @@ def test_os_reason_is_rsyncs_shape() -> None:
     assert errors.os_reason(EACCES) == "Permission denied (13)"
     assert errors.os_reason(OSError(errno.ENOSPC, "")) == "No space left on device (28)"
     assert errors.os_reason(OSError("no errno here")) == "no errno here"
+    assert errors.os_reason(EACCES, with_errno=False) == "Permission denied"
 
 
 def test_every_code_is_documented_and_has_its_closing_line() -> None:

@@ -16,10 +16,10 @@ from support import REPO
 from support.treecmp import assert_same_tree
 from support.trees import make_rich_tree, write
 
-from fscsync.engine import filters
+from fscsync.engine import filterrules, filters
 
 EXAMPLES = REPO / "examples"
-SCRIPTS = ("demo.sh", "demo-encrypted.sh", "restore.sh")
+SCRIPTS = ("demo.sh", "demo-encrypted.sh", "restore.sh", "snapshot-rotation.sh")
 FSCSYNC = f"{shlex.quote(sys.executable)} -m fscsync"
 # What the shipped command lines name, and what a test puts in their place.
 HOME = "/home/"
@@ -332,7 +332,7 @@ KEPT = [
 
 def excludes_rules() -> list[filters.Filters]:
     """Each rule of the file on its own."""
-    texts = filters.parse_cli([("exclude-from", os.fsencode(EXAMPLES / "excludes.txt"))],
+    texts = filterrules.parse_cli([("exclude-from", os.fsencode(EXAMPLES / "excludes.txt"))],
                               False, False)
     return [filters.Filters([text], "sender") for text in texts]
 
@@ -419,3 +419,70 @@ def test_demo_encrypted(tmp_path):
         assert "(encrypted)" in proc.stdout
     finally:
         assert not mounts_under(work), "demo-encrypted.sh left mounts behind"
+
+
+# -- snapshot-rotation.sh / .service / .timer ---------------------------------------------
+
+
+def rotate(src: Path, snaps: Path, stamp: str, **kw: str) -> subprocess.CompletedProcess[str]:
+    env = {"SRC": f"{src}/", "SNAPSHOTS": str(snaps), "STAMP": stamp, "KEEP": "2",
+           "FSCSYNC": FSCSYNC, **kw}
+    return run(["bash", str(EXAMPLES / "snapshot-rotation.sh")], env=env)
+
+
+def test_snapshot_rotation(tmp_path):
+    """Three nights with KEEP=2: each snapshot a whole tree, unchanged files one inode
+    across the nights, the changed one not, the oldest night pruned, latest -> newest."""
+    src, snaps = tmp_path / "home", tmp_path / "snapshots"
+    home_tree(src)
+    report = src / "bob" / "projects" / "report.txt"
+    nights = ["2026-12-01-031500", "2026-12-02-031500", "2026-12-03-031500"]
+    for n, stamp in enumerate(nights):
+        if n == 2:
+            write(report, b"new numbers\n")
+        proc = rotate(src, snaps, stamp)
+        assert proc.returncode == 0, explain(proc)
+        assert_same_tree(src, snaps / stamp)
+    assert "unchanged files linked to 2026-12-02-031500" in proc.stdout
+    assert sorted(p.name for p in snaps.iterdir()) == [*nights[1:], "latest"]
+    assert os.readlink(snaps / "latest") == nights[2]
+    two, three = (snaps / stamp / "bob" / "projects" for stamp in nights[1:])
+    assert os.stat(two / "report.txt").st_ino != os.stat(three / "report.txt").st_ino
+    unchanged = [p.relative_to(snaps / nights[2]) for p in (snaps / nights[2]).rglob("*")
+                 if p.is_file() and not p.is_symlink() and p.name != "report.txt"]
+    assert unchanged
+    for rel in unchanged:
+        assert os.stat(snaps / nights[1] / rel).st_ino == os.stat(snaps / nights[2] / rel).st_ino
+
+
+def test_snapshot_rotation_failed_run_is_no_snapshot(tmp_path):
+    src, snaps = tmp_path / "home", tmp_path / "snapshots"
+    home_tree(src)
+    assert rotate(src, snaps, "2026-12-01-031500").returncode == 0
+    proc = rotate(tmp_path / "missing", snaps, "2026-12-02-031500")
+    assert proc.returncode == 23, explain(proc)
+    assert "is not a snapshot" in proc.stderr
+    assert os.readlink(snaps / "latest") == "2026-12-01-031500"
+    proc = rotate(src, snaps, "2026-12-03-031500")
+    assert proc.returncode == 0, explain(proc)
+    assert sorted(p.name for p in snaps.iterdir()) == [
+        "2026-12-01-031500", "2026-12-03-031500", "latest"]
+    assert rotate(src, snaps, "2026-12-03-031500").returncode == 1, "an existing name"
+    assert rotate(src, snaps, "x", KEEP="0").returncode == 2
+
+
+def test_snapshot_units():
+    service = unit_sections(EXAMPLES / "snapshot-rotation.service")
+    timer = unit_sections(EXAMPLES / "snapshot-rotation.timer")
+    assert service["Service"]["Type"] == ["oneshot"]
+    env = dict(v.strip('"').split("=", 1) for v in service["Service"]["Environment"])
+    assert env["SRC"] == HOME and env["KEEP"] == "14"
+    assert env["SNAPSHOTS"].startswith(service["Service"]["ReadWritePaths"][0])
+    assert timer["Timer"]["Unit"] == ["snapshot-rotation.service"]
+    assert timer["Timer"]["Persistent"] == ["true"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    tool = shutil.which("systemd-analyze")
+    if tool is not None:
+        (calendar,) = timer["Timer"]["OnCalendar"]
+        proc = run([tool, "calendar", calendar], timeout=60)
+        assert proc.returncode == 0 and "Next elapse" in proc.stdout, explain(proc)

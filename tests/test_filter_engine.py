@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from support import run_rsync
 from support.trees import write
 
-from fscsync.engine import filters
-from fscsync.engine.filters import Filters, Parser, Rule, _Target
+from fscsync.engine import filterrules, filters
+from fscsync.engine.filterrules import Parser, Rule, Target
+from fscsync.engine.filters import Filters
 from fscsync.errors import BadFilterRule, FilterFileUnreadable
 
 NAMES = [
@@ -52,7 +53,7 @@ def engine_list(src: Path, args: list[str], cvs: bool = False,
     for arg in args:
         kind, _, value = arg.partition("=")
         items.append((kind.lstrip("-"), os.fsencode(value)))
-    texts = filters.parse_cli(items, delete_excluded, False)
+    texts = filterrules.parse_cli(items, delete_excluded, False)
     f = Filters(texts, "sender", delete_excluded, cvs)
     base = os.fsencode(src)
     out: set[str] = set()
@@ -187,7 +188,7 @@ def test_cvs_exclude_like_rsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_delete_excluded_makes_rules_sender_side() -> None:
     """With --delete-excluded a plain rule no longer protects on the receiver."""
-    texts = filters.parse_cli([("exclude", b"*.o"), ("filter", b"P keep.o")], True, False)
+    texts = filterrules.parse_cli([("exclude", b"*.o"), ("filter", b"P keep.o")], True, False)
     assert texts == [b"-s *.o", b"-r keep.o"]
     rx = Filters(texts, "receiver", delete_excluded=True)
     top = rx.top(b"/d")
@@ -224,7 +225,7 @@ def test_xattr_rules_match_names_of_xattrs_only() -> None:
 def test_bad_rules_are_refused_as_rsync_refuses_them(tmp_path: Path, rule: str,
                                                      message: str) -> None:
     with pytest.raises(BadFilterRule) as info:
-        filters.parse_cli([("filter", os.fsencode(rule))], False, False)
+        filterrules.parse_cli([("filter", os.fsencode(rule))], False, False)
     assert str(info.value) == message and info.value.code == 1
     proc = run_rsync("-a", f"--filter={rule}", f"{tmp_path}/", str(tmp_path / "d"), check=1)
     assert message in proc.stderr.decode()
@@ -234,14 +235,14 @@ def test_rules_from_a_merge_file_are_not_echoed(tmp_path: Path) -> None:
     """A peer chooses which file a dir-merge reads: its lines never come back in errors."""
     (tmp_path / "rules").write_text("secret line\n")
     with pytest.raises(BadFilterRule) as info:
-        filters.parse_cli([("filter", b"merge " + os.fsencode(tmp_path / "rules"))],
+        filterrules.parse_cli([("filter", b"merge " + os.fsencode(tmp_path / "rules"))],
                           False, False)
     assert "secret" not in str(info.value) and "<rule from" in str(info.value)
 
 
 def test_missing_rule_file_is_exit_11(tmp_path: Path) -> None:
     with pytest.raises(FilterFileUnreadable) as info:
-        filters.parse_cli([("exclude-from", os.fsencode(tmp_path / "nope"))], False, False)
+        filterrules.parse_cli([("exclude-from", os.fsencode(tmp_path / "nope"))], False, False)
     assert info.value.code == 11
     assert str(info.value).startswith("failed to open exclude file ")
 
@@ -250,8 +251,8 @@ def test_rule_texts_round_trip() -> None:
     """What the client sends parses back to the same rules on the far side."""
     items = [("filter", t) for t in (b"- *.o", b"+/! x/", b"P /k", b":n- .e", b"-C",
                                      b":C", b"H,p y", b"-x user.*", b"dir-merge,e .f")]
-    texts = filters.parse_cli(items, False, False)
-    again = filters.parse_cli([("filter", t) for t in texts], False, False)
+    texts = filterrules.parse_cli(items, False, False)
+    again = filterrules.parse_cli([("filter", t) for t in texts], False, False)
     assert again == texts
 
 
@@ -280,10 +281,10 @@ def test_random_rules_like_rsync(tmp_path_factory: pytest.TempPathFactory,
 
 def test_parser_reads_lines_as_rsync() -> None:
     """CR, LF and CRLF end rules; --from0 makes NUL the only separator."""
-    target = _Target()
+    target = Target()
     Parser("sender").parse_file(target, b"- a\r\n- b\r- c\n#- d\n", 0, 0)
     assert [r.pattern for r in target.rules] == [b"a", b"b", b"c"]
-    target = _Target()
+    target = Target()
     Parser("sender", from0=True).parse_file(target, b"- a b\n\0- c", 0, 0)
     assert [r.pattern for r in target.rules] == [b"a b\n", b"c"]
     assert isinstance(target.rules[0], Rule)
@@ -303,13 +304,13 @@ def test_grouped_rules_answer_as_each_rule_would(rules: list[tuple[str, str]], p
     still decide, exactly as checking the rules one by one."""
     texts = [os.fsencode(f"{kind} {pat}") for kind, pat in rules]
     f = Filters(texts, "sender")
-    p, target = Parser("sender"), _Target()
+    p, target = Parser("sender"), Target()
     for t in texts:
         p.parse(target, t)
     want = 0
     for r in target.rules:
         if r.matches(os.fsencode(path), is_dir, b"tmp"):
-            want = 1 if r.flags & filters.INCLUDE else -1
+            want = 1 if r.flags & filterrules.INCLUDE else -1
             break
     assert f.excluded(f.top(b"/tmp"), os.fsencode(path), is_dir) == (want < 0)
     assert len(f.rules) <= len(target.rules)

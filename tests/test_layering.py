@@ -17,7 +17,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "fscsync"
 BASE = {"fscsync", "fscsync.errors", "fscsync.record", "fscsync.options"}
 LAYERS = ["base", "fs", "wire", "engine", "run", "cli"]
-STAGES = {"fscsync.engine.generator", "fscsync.engine.writer", "fscsync.engine.finalize"}
+STAGES = {f"fscsync.engine.{m}" for m in (
+    "generator", "writer", "finalize", "basis", "encpolicy", "existing")}
+"""The receiving stages and the generator's helpers: typed hand-offs, never the receiver."""
+SENDING = {f"fscsync.engine.{m}" for m in ("sender", "scan", "sources", "srcfiles")}
+RECEIVING = STAGES | {"fscsync.engine.receiver", "fscsync.engine.rxstate"}
+"""The two sides meet only in the modules both use (flist, filters, delta, ...) and on
+the wire: neither imports the other's modules."""
 FOREIGN = {
     "fs": {"rich", "argparse", "mpi4py"},
     "wire": {"rich", "argparse", "mpi4py"},
@@ -86,6 +92,9 @@ def violations(module: str, source: str) -> list[str]:
             out.append(f"{module} ({mine}) imports {name} ({theirs}), a layer above it")
         if module in STAGES and name == "fscsync.engine.receiver":
             out.append(f"{module} (a receiving stage) imports the receiver")
+        for side, other in ((SENDING, RECEIVING), (RECEIVING, SENDING)):
+            if module in side and name in other:
+                out.append(f"{module} imports {name}, a module of the other side")
     return out
 
 
@@ -115,6 +124,14 @@ def test_every_module_belongs_to_a_layer():
     ("fscsync.engine.writer", "from fscsync.engine.receiver import Receiver\n",
      "imports the receiver"),
     ("fscsync.engine.generator", "from . import receiver\n", "imports the receiver"),
+    ("fscsync.engine.existing", "from fscsync.engine import receiver\n",
+     "imports the receiver"),
+    ("fscsync.engine.scan", "def f():\n    from fscsync.engine.generator import g\n",
+     "the other side"),
+    ("fscsync.engine.srcfiles", "from fscsync.engine.rxstate import RxState\n",
+     "the other side"),
+    ("fscsync.engine.basis", "from fscsync.engine.sources import split_source\n",
+     "the other side"),
     ("fscsync.errors", "from fscsync.fs import cipher\n", "a layer above"),
     ("fscsync.testfs.model", "from fscsync.engine import scan\n", "testfs"),
 ])
@@ -128,3 +145,7 @@ def test_allowed_edges_pass():
                       "from fscsync.wire import protocol\nimport os\n") == []
     assert violations("fscsync.testfs.model", "from fscsync.fs.cipher import pack_context\n") == []
     assert violations("fscsync.cli.main", "from fscsync.run.session import run_client\n") == []
+    assert violations("fscsync.engine.scan", "from fscsync.engine import filters, flist\n"
+                      "from fscsync.engine.sources import split_source\n") == []
+    assert violations("fscsync.engine.generator", "from fscsync.engine import basis, filters\n"
+                      "from fscsync.engine.rxstate import RxState\n") == []

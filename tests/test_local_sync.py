@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 from support import REPO, needs_root, run_fscsync, run_rsync
+from support.reporter import Collect
 from support.treecmp import assert_same_tree, snapshot
 from support.trees import FOREIGN_GID, FOREIGN_UID, make_rich_tree, pattern, set_times, write
 
 from fscsync.engine.flist import BatchBuilder, encode_entries
-from fscsync.engine.report import Reporter
 from fscsync.engine.scan import RUN_MAX, PlainRun, Scanner
 from fscsync.fs.inplace import is_journal_name
 from fscsync.options import Options
@@ -476,15 +476,6 @@ def _walked(root: bytes) -> set[bytes]:
     return found
 
 
-class _Collect(Reporter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, kind: str, message: str, length: int | None = None) -> None:
-        self.lines.append(f"{kind}: {message}")
-
-
 def test_scan_lists_from_inside_each_directory_and_comes_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The walk lstats bare names from inside each directory, and is back in the caller's
@@ -495,7 +486,7 @@ def test_scan_lists_from_inside_each_directory_and_comes_back(
     os.mkdir(odd)
     write(os.path.join(odd, b"in\nner"), b"x")
     monkeypatch.chdir(tmp_path)
-    reporter = _Collect()
+    reporter = Collect()
     scanner = Scanner(EVERY_KIND, reporter)
     seen = set()
     for run in scanner.scan([b"src/"]):
@@ -525,7 +516,7 @@ def test_scan_beside_another_thread_keeps_the_working_directory(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        paths = {e.path for run in Scanner(EVERY_KIND, _Collect()).scan([b"src/"])
+        paths = {e.path for run in Scanner(EVERY_KIND, Collect()).scan([b"src/"])
                  for e in run}
     finally:
         stop.set()
@@ -540,7 +531,7 @@ def test_scan_hands_out_a_big_directory_in_bounded_runs(tmp_path: Path) -> None:
     big.mkdir(parents=True)
     for i in range(2 * RUN_MAX + 5):
         (big / f"f{i:05d}").touch()
-    runs = list(Scanner(EVERY_KIND, _Collect()).scan([bytes(tmp_path / "src") + b"/"]))
+    runs = list(Scanner(EVERY_KIND, Collect()).scan([bytes(tmp_path / "src") + b"/"]))
     assert max(len(run) for run in runs) == RUN_MAX
     files = [e.path for run in runs for e in run if e.path.startswith(b"big/")]
     assert files == sorted(files) and len(files) == 2 * RUN_MAX + 5
@@ -558,7 +549,7 @@ def test_scan_keeps_name_order_across_plain_runs_and_other_entries(tmp_path: Pat
         write(src / f"f{i:02d}", b"x" * (8192 if i in (3, 4, 9) else i + 1))
     os.setxattr(src / "f05", "user.k", b"v")
     os.symlink("f00", src / "f06b")
-    runs = list(Scanner(EVERY_KIND, _Collect()).scan([bytes(src) + b"/"]))
+    runs = list(Scanner(EVERY_KIND, Collect()).scan([bytes(src) + b"/"]))
     kinds = [(type(run) is PlainRun, [e.path for e in run]) for run in runs[1:]]
     assert kinds == [
         (True, [b"f00", b"f01", b"f02"]), (False, [b"f03", b"f04"]),

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import xxhash
+from support.reporter import Collect
 
 from fscsync.engine import delta
 from fscsync.engine.finalize import Finalizer
@@ -28,15 +29,6 @@ from fscsync.wire import protocol
 T0 = 1_600_000_000_000_000_000
 FILE = stat.S_IFREG | 0o644
 DIR = stat.S_IFDIR | 0o755
-
-
-class _Collect(Reporter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[tuple[str, str]] = []
-
-    def emit(self, kind: str, message: str, length: int | None = None) -> None:
-        self.lines.append((kind, message))
 
 
 class _Stage:
@@ -90,7 +82,7 @@ def test_two_partitions_decisions_merge_and_are_finalised_once(tmp_path: Path) -
     dest = tmp_path / "dest"
     _partitioned_dest(dest)
     opts = Options(recursive=True, times=True, delete=True, hard_links=True, itemize=True)
-    reporter = _Collect()
+    reporter = Collect()
     one, two = _Stage(dest, opts, reporter), _Stage(dest, opts, reporter)
     one.feed([Entry(b".", DIR, mtime_ns=T0 + 1), Entry(b"a", DIR, mtime_ns=T0 + 2),
               Entry(b"a/keep", FILE, 10, T0)])
@@ -146,7 +138,7 @@ def test_generator_requests_a_new_file_and_settles_an_unchanged_one(tmp_path: Pa
     dest = tmp_path / "dest"
     dest.mkdir()
     _file(dest / "same", b"s" * 7)
-    stage = _Stage(dest, Options(times=True), _Collect())
+    stage = _Stage(dest, Options(times=True), Collect())
     stage.feed([Entry(b"same", FILE, 7, T0), Entry(b"new", FILE, 3, T0)])
     assert list(stage.state.status) == [Status.OK, Status.UNDECIDED]
     assert [f for f, _ in stage.sent] == [protocol.REQ]
@@ -163,7 +155,7 @@ def test_writer_installs_a_requested_file_and_completes_it(tmp_path: Path) -> No
     dest = tmp_path / "dest"
     dest.mkdir()
     opts = Options(times=True)
-    stage = _Stage(dest, opts, _Collect())
+    stage = _Stage(dest, opts, Collect())
     stage.feed([Entry(b"new", FILE, 3, T0)])
     writer = Writer(stage.state, opts, stage.ids, DestTree(stage.root_fd), stage._send)
     data = b"abc"
@@ -183,7 +175,7 @@ def test_writer_failed_verification_twice_keeps_the_old_copy(tmp_path: Path) -> 
     dest.mkdir()
     _file(dest / "f", b"old!", T0 - 10**9)
     opts = Options(times=True, whole_file=True)
-    reporter = _Collect()
+    reporter = Collect()
     stage = _Stage(dest, opts, reporter)
     stage.feed([Entry(b"f", FILE, 3, T0)])
     writer = Writer(stage.state, opts, stage.ids, DestTree(stage.root_fd), stage._send)
@@ -200,7 +192,7 @@ def test_writer_failed_verification_twice_keeps_the_old_copy(tmp_path: Path) -> 
 def test_finaliser_refuses_a_link_to_a_leader_not_in_place(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
-    reporter = _Collect()
+    reporter = Collect()
     decisions = Decisions()
     decisions.links = [(Entry(b"l", FILE, link=0), Entry(b"f", FILE), False)]
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from fscsync.cli import outflags
-from fscsync.engine import chmod, filters, idmap
+from fscsync.engine import chmod, filterrules, idmap, sources
 from fscsync.errors import FilesFromUnreadable, UsageError
 from fscsync.options import MAX_TIMEOUT, Options
 
@@ -185,6 +185,18 @@ TABLE: tuple[Opt, ...] = (
         convert=_int, metavar="NUM"),
     Opt("--partial", "keep partially transferred files", {"partial": True},
         neg=("partial",)),
+    Opt("--partial-dir", "put a partially transferred file into DIR", dest="partial_dir",
+        metavar="DIR"),
+    Opt("--delay-updates", "put all updated files into place at transfer's end",
+        {"delay_updates": True}, neg=("delay_updates",)),
+    Opt("--remove-source-files", "sender removes synchronized files (non-dirs)",
+        {"remove_source_files": True}, neg=("remove_source_files",)),
+    Opt("--backup -b", "make backups (see --suffix & --backup-dir)", {"backup": True},
+        neg=("backup",)),
+    Opt("--backup-dir", "make backups into hierarchy based in DIR", dest="backup_dir",
+        metavar="DIR"),
+    Opt("--suffix", "backup suffix (default ~ w/o --backup-dir)", dest="backup_suffix",
+        metavar="SUFFIX"),
     Opt("--usermap", "custom username mapping (implies --owner)", dest="usermap",
         convert=lambda t: [t], metavar="STRING"),
     Opt("--groupmap", "custom groupname mapping (implies --group)", dest="groupmap",
@@ -196,6 +208,7 @@ TABLE: tuple[Opt, ...] = (
     Opt("--size-only", "skip files that match in size", {"size_only": True}),
     Opt("--temp-dir -T", "create temporary files in directory DIR", dest="temp_dir",
         metavar="DIR"),
+    Opt("--fsync", "fsync every written file", {"fsync": True}),
     Opt("--compress -z", "compress file data during the transfer", {"compress": True},
         neg=("compress",)),
     # ---- file selection (issue 23) ----
@@ -223,6 +236,12 @@ TABLE: tuple[Opt, ...] = (
     Opt("--files-from", "read list of source-file names from FILE ('-': stdin, "
         "[HOST]:FILE: on the remote host)", dest="files_from_arg", metavar="FILE"),
     # ---- end of file selection ----
+    Opt("--compare-dest", "also compare destination files relative to DIR",
+        dest="alt_dests", convert=lambda t: [("compare", os.fsencode(t))], metavar="DIR"),
+    Opt("--copy-dest", "... and include copies of unchanged files", dest="alt_dests",
+        convert=lambda t: [("copy", os.fsencode(t))], metavar="DIR"),
+    Opt("--link-dest", "hardlink to files in DIR when unchanged", dest="alt_dests",
+        convert=lambda t: [("link", os.fsencode(t))], metavar="DIR"),
     Opt("--stats", "give some file-transfer stats", {"stats": True}),
     Opt("--progress", "show progress during transfer", {"progress": True},
         neg=("progress",)),
@@ -278,7 +297,8 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  log_file=None, out_format=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
                  debug=[], old_dirs=False, eight_bit=False,
-                 relative=None, recurse_asked=False, files_from_arg=None, lock_file=None)
+                 relative=None, recurse_asked=False, files_from_arg=None, alt_dests=[],
+                 lock_file=None)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 
@@ -426,8 +446,70 @@ def _files_from(ns: SimpleNamespace, o: Options) -> None:
             with open(arg, "rb") as f:
                 data = f.read()
     except OSError as exc:
-        raise FilesFromUnreadable(path=os.fsencode(arg), reason=exc.strerror) from None
-    o.files_from = filters.files_from_names(data, o.from0)
+        raise FilesFromUnreadable(path=os.fsencode(arg), reason=exc) from None
+    o.files_from = sources.files_from_names(data, o.from0)
+
+
+MAX_BASIS_DIRS = 20
+
+
+def _alt_dests(ns: SimpleNamespace, o: Options) -> None:
+    """--link-dest, --compare-dest, --copy-dest: one kind per run, at most 20 DIRs (rsync's
+    limits and messages)."""
+    for kind, path in ns.alt_dests:
+        if o.alt_dest and o.alt_dest != kind:
+            raise UsageError(f"the --{kind}-dest option conflicts with the --{o.alt_dest}-dest "
+                             "option")
+        if len(o.alt_dest_dirs) >= MAX_BASIS_DIRS:
+            raise UsageError(f"at most {MAX_BASIS_DIRS} --{kind}-dest args may be specified")
+        o.alt_dest = kind
+        o.alt_dest_dirs.append(path)
+
+
+def _backups(ns: SimpleNamespace, o: Options) -> None:
+    """-b, --backup-dir and --suffix, checked as rsync checks them; --backup adds its
+    protect rule after the line's own (engine.backup.protect_rules)."""
+    from fscsync.engine import backup
+
+    suffix = os.fsencode(ns.backup_suffix) if ns.backup_suffix is not None else None
+    if suffix is not None and b"/" in suffix:
+        raise UsageError(f"--suffix cannot contain slashes: {ns.backup_suffix}")
+    bdir = os.fsencode(ns.backup_dir) if ns.backup_dir is not None else None
+    if bdir is not None:
+        o.backup = True  # --backup-dir implies --backup
+        while bdir.startswith(b"./"):
+            bdir = bdir[2:]
+        bdir = None if bdir in (b"", b".") else bdir
+        if bdir is None and suffix == b"":
+            raise UsageError("--suffix cannot be empty when --backup-dir is the same as the "
+                             "dest dir")
+    elif suffix == b"":
+        raise UsageError("--suffix cannot be empty without a --backup-dir")
+    o.backup_dir, o.backup_suffix = bdir, suffix
+    if o.backup and not bdir:
+        o.omit_dir_times = True  # rsync forces -O: the backups would move dir times
+    ns.filter_rules.extend(("filter", rule) for rule in backup.protect_rules(o))
+
+
+def _partial_dir(ns: SimpleNamespace, o: Options) -> None:
+    """--partial-dir implies --partial; --delay-updates writes into .~tmp~ unless a
+    partial dir is given; neither goes with --inplace. A relative DIR is excluded from
+    the transfer (a perishable rule, so it never blocks deleting its directory)."""
+    if o.delay_updates and not o.partial_dir:
+        o.partial_dir = b".~tmp~"
+    if o.partial_dir is None:
+        return
+    pdir = os.fsencode(o.partial_dir) if isinstance(o.partial_dir, str) else o.partial_dir
+    pdir = os.path.normpath(pdir) if pdir else b""
+    if pdir in (b"", b"."):
+        o.partial_dir = None
+        return
+    if o.inplace:
+        raise UsageError(f"--inplace cannot be used with "
+                         f"--{'delay-updates' if o.delay_updates else 'partial-dir'}")
+    o.partial_dir, o.partial = pdir, True
+    if not pdir.startswith(b"/"):
+        ns.filter_rules.append(("filter", b"-p " + pdir + b"/"))
 
 
 def help_text() -> str:
@@ -460,7 +542,10 @@ def options_from(ns: SimpleNamespace) -> Options:
         raise UsageError("--delete does not work without --recursive (-r) or --dirs (-d).")
     o.chmod = ",".join(ns.chmod)
     _owner_maps(ns, o)
+    _alt_dests(ns, o)
     o.temp_dir = os.fsencode(ns.temp_dir) if ns.temp_dir else None
+    _backups(ns, o)
+    _partial_dir(ns, o)
     b = ns.block_size
     if b < 512 or b & (b - 1) or b > 1 << 24:
         raise UsageError(f"--block-size must be a power of two from 512 to 16M, not {b}")
@@ -468,7 +553,7 @@ def options_from(ns: SimpleNamespace) -> Options:
     if ns.old_dirs:  # rsync's --old-d: -r with --exclude='/*/*' after the line's rules
         o.recursive = True
         ns.filter_rules.append(("exclude", b"/*/*"))
-    o.filter_rules = filters.parse_cli(ns.filter_rules, o.delete_excluded, o.from0)
+    o.filter_rules = filterrules.parse_cli(ns.filter_rules, o.delete_excluded, o.from0)
     o.encdata_xattr = os.fsencode(ns.encdata_xattr)
     o.compress = "auto" if ns.compress else None
     info = outflags.levels("--info", ns.info)

@@ -14,6 +14,7 @@ import struct
 import xxhash
 
 from fscsync.errors import ProtocolError
+from fscsync.fs import cipher
 from fscsync.fs.fileio import READ_SIZE, BlockReader
 
 WHOLE = 0
@@ -64,7 +65,7 @@ def chunk_hash(data: bytes) -> bytes:
 class Request:
     __slots__ = ("idx", "kind", "retry", "block", "chunk", "basis_size", "hashes")
 
-    def __init__(self, idx: int, kind: int, retry: bool = False, block: int = 4096,
+    def __init__(self, idx: int, kind: int, retry: bool = False, block: int = cipher.UNIT,
                  chunk: int = 0, basis_size: int = 0, hashes: bytes = b""):
         self.idx = idx
         self.kind = kind

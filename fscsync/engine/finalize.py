@@ -14,16 +14,17 @@ import stat
 
 from fscsync import errors
 from fscsync.engine import itemize
-from fscsync.engine.generator import rel_dir
-from fscsync.engine.rxstate import Decisions, locate, os_failure
+from fscsync.engine.flist import rel_dir
+from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
-from fscsync.errors import escape
+from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
 from fscsync.fs import meta
-from fscsync.fs.destfs import in_use, listdir, lstat_at, remove_tree, temp_name
+from fscsync.fs.destfs import in_use, link_in, listdir, lstat_at, remove_tree, sync_if_changed
 from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.backup import Backups
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
@@ -47,15 +48,20 @@ class Finalizer:
     in `stats`, what fails goes to `reporter`."""
 
     def __init__(self, opts: Options, ids: IdMapper, reporter: Reporter, stats: Stats,
-                 io_error: bool = False, single_name: bytes | None = None):
+                 io_error: bool = False, single_name: bytes | None = None,
+                 since_ns: int = 0, backups: Backups | None = None):
         """`io_error`: the sender could not read all it was asked to (no deletions
-        then); `single_name` as for rxstate.locate."""
+        then); `single_name` as for rxstate.locate; `since_ns`: when the run started
+        (--fsync syncs the directories changed since); `backups` keeps what is deleted
+        or replaced (-b)."""
+        self.backups = backups
         self.opts = opts
         self.ids = ids
         self.reporter = reporter
         self.stats = stats
         self.io_error = io_error
         self.single_name = single_name
+        self.since_ns = since_ns
 
     def run(self, tree: DestTree | None, decisions: Decisions) -> None:
         if tree is None:
@@ -67,12 +73,14 @@ class Finalizer:
         self.deletions(tree, decisions)
         self.litter(tree, decisions.litter, decisions.incoming)
         self.directories(tree, decisions.dirs)
+        if self.opts.fsync and not self.opts.dry_run:
+            self.sync_directories(tree, decisions.dirs)
 
     def _locate(self, tree: DestTree, e) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
 
     def _os_fail(self, e, what: str, exc: OSError) -> None:
-        self.reporter.error(*os_failure(what, e.path, exc))
+        self.reporter.failed(OSFailed(what, e.path, exc))
 
     # ---- hard links ---------------------------------------------------------------
 
@@ -95,20 +103,19 @@ class Finalizer:
                 self._item_link(e, leader, new=st is None)
                 if not self.opts.dry_run:
                     if st is not None and stat.S_ISDIR(st.st_mode):
-                        remove_tree(pfd, name)
-                    tmp = temp_name(name)
-                    try:  # the link inside: a signal just after it still removes it
-                        os.link(lname, tmp, src_dir_fd=lfd, dst_dir_fd=pfd,
-                                follow_symlinks=False)
-                        os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-                    except BaseException:
-                        try:
-                            os.unlink(tmp, dir_fd=pfd)
-                        except OSError:
-                            pass
-                        raise
+                        remove_tree(pfd, name, unlink=self._unlinker(e.path))
+                    if self.backups is not None and st is not None:
+                        self.backups.keep(pfd, name, e.path)
+                    link_in(lfd, lname, pfd, name)
             except OSError as exc:
                 self._os_fail(e, "hard-link of", exc)
+
+    def _unlinker(self, path: bytes):
+        """remove_tree's unlink for the subtree at `path`: into the backup, with -b."""
+        keep = self.backups
+        head = path.rpartition(b"/")[0]
+        prefix = head + b"/" if head else b""
+        return keep and (lambda fd, name, rel: keep.remove(fd, name, prefix + rel))
 
     def _item_link(self, e, leader, new: bool) -> None:
         if self.opts.itemize or self.opts.log_items:
@@ -172,7 +179,7 @@ class Finalizer:
             try:
                 cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             except OSError as exc:
-                self.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror}')
+                self.reporter.failed(OSFailed("delete of", path, exc))
                 return 0
             try:
                 inner = rules.state_below(state, path, cfd) if rules is not None else None
@@ -194,6 +201,8 @@ class Finalizer:
                 if stat.S_ISDIR(st.st_mode):
                     tree.forget(path)
                     os.rmdir(name, dir_fd=dfd)
+                elif self.backups is not None:
+                    self.backups.remove(dfd, name, path)
                 else:
                     os.unlink(name, dir_fd=dfd)
             except OSError as exc:
@@ -201,8 +210,7 @@ class Finalizer:
                     self.reporter.info(f"cannot delete non-empty directory: {escape(path)}", 0)
                     return count
                 if exc.errno != errno.ENOENT:
-                    self.reporter.error(f'delete of "{escape(path)}" failed: {exc.strerror} '
-                                        f"({exc.errno})")
+                    self.reporter.failed(OSFailed("delete of", path, exc))
                     return count
         if self.opts.itemize or self.opts.log_items:
             self.reporter.itemize(itemize.deleting(path, stat.S_ISDIR(st.st_mode)))
@@ -251,12 +259,36 @@ class Finalizer:
                 meta.apply_attrs(self.opts, self.ids, e, Target(pfd, name, fd=fd), os.fstat(fd),
                                  new=new)
             except meta.EncdataConflict as exc:
-                self.reporter.error(f'cannot set encdata on directory "{escape(e.path)}": '
-                                    f"{exc.strerror}")
+                self.reporter.failed(DirEncdataUnsettable(path=e.path, reason=exc))
             except OSError as exc:
                 self._os_fail(e, "setting attributes of", exc)
             finally:
                 os.close(fd)
+
+
+    def sync_directories(self, tree: DestTree, dirs: list) -> None:
+        """--fsync: every directory this run changed, deepest first, once all entries
+        and attributes are in place (after them all, so on ext4 the first fsync commits
+        the journal for every directory and the rest find nothing left to commit)."""
+        root_done = False
+        for e, _ in reversed(dirs):
+            try:
+                pfd, name = self._locate(tree, e)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd) if name else os.dup(pfd)
+            except OSError:
+                continue  # reported by the attribute pass
+            root_done = root_done or not name
+            try:
+                sync_if_changed(fd, self.since_ns)
+            except OSError as exc:
+                self._os_fail(e, "fsync of directory", exc)
+            finally:
+                os.close(fd)
+        if not root_done:  # a one-file list, or names listed without their directory
+            try:
+                sync_if_changed(tree.root_fd, self.since_ns)
+            except OSError as exc:
+                self.reporter.failed(OSFailed("fsync of directory", b".", exc))
 
 
 class _Fence:

@@ -401,3 +401,28 @@ def _decode_extras(e: Entry, flags: int, r: _Reader) -> None:
         e.enc = format_encdata(EncData(size, ctx, r.take(nlen)))
     if flags & F_SUM:
         e.checksum = r.take(16)
+
+
+def unsafe_link(target: bytes, path: bytes) -> bool:
+    """rsync's unsafe_symlink: an absolute target, a '..' after any other component,
+    even '.' or an empty one (rsync 3.4's rule: `sub/../..`, `./..` and `..//..` are
+    unsafe however deep the link sits), or leading '..' steps that climb above the
+    transfer's top from the link's directory (`path` is transfer-relative). The
+    receiver's --safe-links and the sender's --copy-unsafe-links ask it."""
+    if not target or target.startswith(b"/"):
+        return True
+    depth = path.count(b"/")
+    named = False
+    for part in target.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if named or depth < 0:
+                return True
+        else:
+            named = True
+    return False
+
+
+def rel_dir(e: Entry) -> bytes:
+    """The destination-relative directory path of a directory entry."""
+    return b"" if e.path == b"." else e.path

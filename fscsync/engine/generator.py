@@ -14,23 +14,16 @@ import os
 import stat
 
 from fscsync.engine import chmod, delta, filters, itemize
-from fscsync.engine.flist import IMPLIED, Batch, Entry
+from fscsync.engine.altdest import SETTLED, AltDests
+from fscsync.engine.basis import DestCopies, cleartext_size
+from fscsync.engine.encpolicy import EncPolicy
+from fscsync.engine.existing import DestListing
+from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
 from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
-from fscsync.errors import escape
+from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, meta
-from fscsync.fs.destfs import (
-    TEMP_MARK,
-    DestTree,
-    is_temp_name,
-    listdir,
-    lstat_at,
-    proc_path,
-    remove_tree,
-    temp_name,
-)
-from fscsync.fs.fileio import BlockReader, digest_fd
-from fscsync.fs.inplace import is_journal_name, recover
+from fscsync.fs.destfs import DestTree, lstat_at, place, remove_tree
 from fscsync.fs.meta import Target
 from fscsync.wire import protocol
 
@@ -46,8 +39,6 @@ _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
 _S_IFDIR = stat.S_IFDIR
 _S_IFLNK = stat.S_IFLNK
-_INO_IV_MEANS = ("its ciphertext is bound to the inode numbers of the source, so a copy on "
-                 "another inode or filesystem cannot be decrypted, even with the key")
 _LOOK = object()
 """process()'s "no one has looked at the destination entry yet"."""
 
@@ -63,35 +54,37 @@ class Generator:
 
     def __init__(self, state: RxState, opts: Options, ids: IdMapper, tree: DestTree | None,
                  send: Callable[[int, bytes], None], abilities: Callable[[], DestAbilities],
-                 item_dir: str = ">", root_created: bool = False):
+                 item_dir: str = ">", root_created: bool = False, alt_root: bytes = b""):
         """`send` puts a frame on the way to the sender; `abilities` probes what the
         destination can store (asked only before an encrypted entry is written);
         `item_dir` is the itemize letter of a transfer (> or <); `root_created`: this
-        run made the destination directory."""
+        run made the destination directory; `alt_root`: the destination directory's
+        path, which relative --link-dest/--compare-dest/--copy-dest DIRs start from."""
         self.state = state
         self.opts = opts
         self.ids = ids
         self.tree = tree
         self.send = send
-        self.abilities = abilities
         self.item_dir = item_dir
         self.root_created = root_created
         self.children: dict[bytes, set[bytes]] = {}
-        self.existing: dict[bytes, list[bytes]] = {}
+        self.listing = DestListing(opts, state.reporter)
+        self.existing = self.listing.existing
+        self.litter = self.listing.litter  # names like our temp files, per directory
+        self.incoming = self.listing.incoming  # the names the list brings there
         self.delete_rules = filters.delete_filter(opts, tree, self.existing)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
-        self.litter: dict[bytes, list[bytes]] = {}  # names like our temp files, per directory
-        self.incoming: dict[bytes, set[bytes]] = {}  # the names the list brings there
-        self._warned_policies: set[bytes] = set()
-        self._enc_dir_key: tuple[int, bytes] | None = None
-        self._enc_dir = False
-        self.finder = cipher.EncdataFinder(self.opts.encdata_xattr)
+        self.copies = DestCopies(opts)
+        self.enc = EncPolicy(state, opts, abilities)
+        self.alt = AltDests(opts, ids, self.copies, alt_root, state.reporter) \
+            if opts.alt_dest_dirs else None
         o = self.opts
         self._quick = tree is not None and state.single_name is None and not (
             o.list_only or o.checksum or o.size_only or o.ignore_existing or o.xattrs
-            or o.acls or o.ignore_times or o.chmod or o.executability)
+            or o.acls or o.ignore_times or o.chmod or o.executability or o.alt_dest_dirs
+            or o.partial_dir)
         self._chmod = chmod.parse(o.chmod) if o.chmod else None
         self.sent_nomore = False
 
@@ -151,6 +144,7 @@ class Generator:
                             if self.incoming and head in self.incoming:
                                 self.incoming[head].add(name)
                             status[idx] = ok
+                            state.succeeded(idx, st)
                             if keep:
                                 all_entries[idx] = batch.entry(idx - base)
                             continue
@@ -159,6 +153,10 @@ class Generator:
         if done:
             tally(state.stats.files, itemize.kind_name(_S_IFREG), done)
             state.stats.total_size += total
+
+    def close(self) -> None:
+        if self.alt is not None:
+            self.alt.close()
 
     def finish(self) -> None:
         """The file list is complete: tell the sender no more requests will come."""
@@ -205,7 +203,7 @@ class Generator:
                 self.children.setdefault(head, set()).add(name)
             if head in self.incoming:
                 self.incoming[head].add(name)
-        if e.enc is not None and not self._encryption_ok(idx, e):
+        if e.enc is not None and not self.enc.accepted(idx, e):
             return
         if tree is None:
             pfd, name, st = -1, b"", None
@@ -241,7 +239,7 @@ class Generator:
             else:
                 self.special(idx, e, pfd, name, st)
         except meta.EncdataConflict as exc:
-            state.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+            state.failed(idx, EncdataUnsettable(path=e.path, reason=exc))
         except OSError as exc:
             state.os_fail(idx, "update of", exc)
         if state.status[idx]:
@@ -267,55 +265,6 @@ class Generator:
             return self.opts.specials
         return False
 
-    def _encryption_ok(self, idx: int, e: Entry) -> bool:
-        state = self.state
-        try:
-            enc = cipher.parse_encdata(e.enc)
-        except cipher.EncdataError as exc:
-            state.fail(idx, f'malformed encdata for "{escape(e.path)}" from the sender: {exc}')
-            return False
-        if enc.ino_based_iv:
-            if self.opts.refuse_ino_policies:
-                state.fail(idx, f'"{escape(e.path)}" uses a policy with '
-                                f"{enc.ino_policy_flag()} (flags 0x{enc.flags:02x}): "
-                                f"{_INO_IV_MEANS} (--refuse-ino-policies)")
-                return False
-            self._warn_once(enc, f"policy with key {enc.master_key_id.hex()} sets "
-                                 f"{enc.ino_policy_flag()} (flags 0x{enc.flags:02x}): "
-                                 f"{_INO_IV_MEANS}; the copy is only a backup of the ciphertext")
-        if e.is_reg:
-            self.state.stats.encrypted_files += 1
-        return True
-
-    def _warn_once(self, enc: cipher.EncData, text: str) -> None:
-        """One warning per policy, however many of its entries the run meets."""
-        if enc.policy not in self._warned_policies:
-            self._warned_policies.add(enc.policy)
-            self.state.reporter.warning(text)
-
-    def _writable_encrypted(self, idx: int, e: Entry) -> bool:
-        """Can the destination take entry `e`'s encdata? Asked only just before an
-        encrypted entry is written, so a run that writes none probes nothing."""
-        if e.enc is None or self.opts.dry_run:
-            return True
-        state = self.state
-        ab = self.abilities()
-        if not ab.encdata:
-            state.fail(idx, f'cannot store "{escape(e.path)}" encrypted: {ab.encdata_why}')
-            return False
-        enc = cipher.parse_encdata(e.enc)  # _encryption_ok has parsed it already
-        if enc.is_v2:
-            return True
-        if ab.encdata_virtual and not e.enc_alt:
-            state.fail(idx, f'cannot restore "{escape(e.path)}" key-less: its fscrypt '
-                            f"context is v{enc.enc_ctx[0]} ({len(enc.enc_ctx)} bytes), and "
-                            f"security.encdata installs only {cipher.CTX_V2_LEN}-byte v2 contexts")
-            return False
-        self._warn_once(enc, f"policy with key descriptor {enc.master_key_id.hex()} is "
-                             "fscrypt v1: its entries are stored as they are on this plain "
-                             "backup, but no encdata interface can restore them key-less")
-        return True
-
     def _item(self, update: str, e: Entry, changes: str = "", new: bool = False,
               suffix: str = "") -> None:
         state = self.state
@@ -323,6 +272,18 @@ class Generator:
             state.reporter.itemize(itemize.line(update, e, changes, new, suffix), e.size)
         if not self.opts.itemize and self.opts.verbose and (update != "." or e.is_dir):
             state.reporter.info(itemize.display_name(e), 1)
+
+    def _item_made(self, e: Entry, was: str | None) -> None:
+        """List an entry this run makes: as new, or (`was`) as changed from its copy in
+        a --link-dest/--compare-dest/--copy-dest DIR, which rsync lists only at -ii
+        when nothing differs."""
+        if was is None:
+            self._count_created(e)
+            self._item("c", e, new=True)
+        elif was:
+            self._item("c", e, was)
+        elif self.opts.itemize > 1:
+            self.state.reporter.itemize(itemize.blank("c", e))
 
     def _count_created(self, e: Entry) -> None:
         tally(self.state.stats.created, itemize.kind_name(e.mode))
@@ -344,7 +305,10 @@ class Generator:
                     return False
                 self._remove_tree(pfd, name, e.path)
             return True
-        os.unlink(name, dir_fd=pfd)
+        if self.state.backups is not None:
+            self.state.backups.remove(pfd, name, self.state.dest_path(e))
+        else:
+            os.unlink(name, dir_fd=pfd)
         return True
 
     def _remove_tree(self, pfd: int, name: bytes, path: bytes) -> None:
@@ -363,7 +327,9 @@ class Generator:
 
         if self.tree is not None:
             self.tree.forget(path)
-        remove_tree(pfd, name, removed)
+        keep = self.state.backups
+        remove_tree(pfd, name, removed, unlink=keep and (
+            lambda fd, n, rel: keep.remove(fd, n, prefix + rel)))
 
     # ---- directories ------------------------------------------------------------
 
@@ -387,22 +353,22 @@ class Generator:
                 return
             st = None
         if st is None:
-            if self._writable_encrypted(idx, e):
+            if self.enc.writable(idx, e):
                 self._new_dir(idx, e, pfd, name, make=True)
             return
-        have = self._dest_encdata(pfd, name, e) if e.enc is not None else None
+        have = self.copies.encdata(pfd, name, e) if e.enc is not None else None
         if have is not None and meta.ctx_of(have) != meta.ctx_of(e.enc):
             if not opts.delete:
                 state.fail(idx, f'directory "{escape(e.path)}" was recreated with a new encryption '
                                 "context; use --delete to replace the old one")
                 return
-            if not self._writable_encrypted(idx, e):
+            if not self.enc.writable(idx, e):
                 return
             if not opts.dry_run:
                 self._remove_tree(pfd, name, e.path)
             self._new_dir(idx, e, pfd, name, make=True)
             return
-        if e.enc is not None and have is None and not self._writable_encrypted(idx, e):
+        if e.enc is not None and have is None and not self.enc.writable(idx, e):
             return
         if e.path == b"." and self.root_created:
             self._new_dir(idx, e, pfd, name, make=False)
@@ -414,7 +380,7 @@ class Generator:
         if changes:
             self._item(".", e, changes)
         if opts.delete or opts.size_only or st.st_mtime_ns != e.mtime_ns:
-            self._scan_existing(tree, e)
+            self.listing.scan(tree, rel_dir(e), e.path == b".", self.delete_rules)
 
     def _kept_dirlink(self, idx: int, e: Entry, pfd: int, name: bytes, st, there) -> None:
         """-K: the symlink stays. As in rsync 3.5 nothing is written through it (entries
@@ -447,8 +413,7 @@ class Generator:
     def _new_dir(self, idx: int, e: Entry, pfd: int, name: bytes, make: bool) -> None:
         """A directory that is new at the destination (made here unless it exists
         already, as a freshly created root does); attributes come in the final pass."""
-        self._count_created(e)
-        self._item("c", e, new=True)
+        self._item_made(e, self.alt.dir_changes(e) if self.alt is not None else None)
         if make and not self.opts.dry_run:
             try:
                 os.mkdir(name, 0o700, dir_fd=pfd)
@@ -459,94 +424,6 @@ class Generator:
         self.fresh.add(rel_dir(e))
         self.dirs.append((idx, True))
         self.state.status[idx] = Status.OK
-
-    def _may_hold_encdata(self, e: Entry, pfd: int, st) -> bool:
-        """Can the regular destination file in the way of entry `e` be encrypted?
-
-        Asking every file costs a listxattr per entry, the largest single cost of a
-        no-change run. A plain source entry skips it when the destination file's size
-        is no whole number of encryption units (ciphertext always is) or its
-        directory carries no encdata (fscrypt files inherit their directory's
-        policy, and the backup layout keeps that shape)."""
-        if e.enc is not None:
-            return True
-        if st.st_size % cipher.UNIT:
-            return False
-        key = (pfd, e.path.rpartition(b"/")[0])
-        if self._enc_dir_key != key:
-            self._enc_dir_key = key
-            self._enc_dir = self._dest_encdata(pfd, b"", e) is not None
-        return self._enc_dir
-
-    def _dest_encdata(self, pfd: int, name: bytes, e: Entry) -> bytes | None:
-        """The destination entry's encdata, under the name this entry's would be stored
-        (for a plain source entry: under either name)."""
-        path = proc_path(pfd, name) if name else pfd
-        names = (meta.encdata_target(self.opts, e),) if e.enc is not None else None
-        return self.finder.ask(path, names)[0]
-
-    def _dest_layout(self, pfd: int, name: bytes, st, e: Entry, dest_enc: bytes | None) -> int:
-        """How to read the destination file as a basis or for -c: as this entry's kind
-        of data (a plain basis is never used for an encrypted entry, nor the reverse)."""
-        if dest_enc is None or e.enc is None:
-            return cipher.PLAIN
-        return self.finder.learn(proc_path(pfd, name), st.st_dev, meta.encdata_target(self.opts, e))
-
-    def _scan_existing(self, tree: DestTree, e: Entry) -> None:
-        """List an existing destination directory once: clean up temp files a killed
-        run left behind, finish its committed in-place updates, and remember the
-        names for --delete.
-
-        Without --delete, a directory whose time still equals the source's is not
-        listed (a tenth of a no-change run's receiver time): making a temp file or a
-        journal in it set its time to that moment, and a killed run never gets as far
-        as setting it back. What such a directory can still hold is what a finished
-        run failed to remove: litter, or the committed journal of an update that
-        failed half applied, whose file then carries the time of those writes and is
-        sent again; only --size-only could miss that, and it lists."""
-        rel = rel_dir(e)
-        try:
-            fd = tree.dirfd(rel)
-            names = listdir(fd)
-        except OSError:
-            return
-        # -d without -r lists the contents of `src/` only: no other directory's rest goes
-        deletes = self.opts.delete and (self.opts.recursive or e.path == b".")
-        if self.delete_rules is not None and not self.opts.delete_after:
-            self.delete_rules.state(rel, tree.dirfd, fd)  # its merge files as they are now
-        if TEMP_MARK not in b"/".join(names):  # one search instead of a match per name
-            if deletes:
-                self.existing[rel] = names
-            return
-        keep = []
-        litter = []
-        for n in names:
-            if is_journal_name(n) and not self.opts.dry_run and self._recover(fd, rel, n):
-                continue
-            if is_temp_name(n) or is_journal_name(n):
-                litter.append(n)
-                continue
-            keep.append(n)
-        if litter:
-            self.litter[rel] = litter
-            self.incoming.setdefault(rel, set())
-        if deletes:
-            self.existing[rel] = keep
-
-    def _recover(self, fd: int, rel: bytes, jname: bytes) -> bool:
-        """Finish an in-place update a killed run committed, before any entry of this
-        directory is compared; True when the journal is gone. Anything else of that name
-        is litter for the final pass, unless the file list brings that name."""
-        path = rel + b"/" + jname if rel else jname
-        try:
-            applied = recover(fd, jname, drop_invalid=False)
-        except OSError as exc:
-            self.state.reporter.error(f'cannot recover "{escape(path)}": {exc.strerror} '
-                                      f"({exc.errno})")
-            return True
-        if applied:
-            self.state.reporter.info(f'finished the interrupted update of "{escape(path)}"', 0)
-        return applied is not None
 
     # ---- regular files --------------------------------------------------------------
 
@@ -563,55 +440,47 @@ class Generator:
         if (st is not None and opts.ignore_existing) or self._left_alone(e, st):
             state.status[idx] = Status.OK
             return
+        basis = None
+        if self.alt is not None:
+            basis = self.alt.regular(idx, e, state.single_name or e.path, pfd, name, st, self)
+            if basis is SETTLED:
+                return
         dest_enc = None
         is_file = st is not None and st.st_mode & _S_IFMT == _S_IFREG
-        if is_file and self._may_hold_encdata(e, pfd, st):
-            dest_enc = self._dest_encdata(pfd, name, e)
-        if is_file and self._same(e, pfd, name, st, dest_enc):
+        if is_file and self.copies.may_hold_encdata(e, pfd, st):
+            dest_enc = self.copies.encdata(pfd, name, e)
+        partial = state.partials.find(pfd, name) if state.partials is not None else None
+        if is_file and self.copies.same(e, pfd, name, st, dest_enc):
+            if partial is not None:
+                state.partials.drop(partial)
             self._existing_attrs(idx, e, Target(pfd, name), st)
             return
-        if not self._writable_encrypted(idx, e):
+        if not self.enc.writable(idx, e):
             return
         new = st is None or not stat.S_ISREG(st.st_mode)
-        if new:
+        where = (pfd, name, None if new else st, dest_enc)
+        if new and basis is not None:  # listed and built as a change of the DIR's copy
+            where = (basis.dirfd, basis.name, basis.st, basis.enc)
+            self._item(self.item_dir, e, self._changes(e, *where))
+        elif new:
             self._count_created(e)
             self._item(self.item_dir, e, new=True)
         else:
-            changes = "s" if _cleartext_size(dest_enc, st.st_size) != _cleartext_size(
-                e.enc, e.size) else ""
-            if opts.checksum:
-                changes = "c" + changes
-            changes += meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
-            if not opts.times:
-                changes = changes.replace("t", "")
-            self._item(self.item_dir, e, changes)
+            self._item(self.item_dir, e, self._changes(e, *where))
         if opts.dry_run:
             state.status[idx] = Status.OK
             return
-        self._request(idx, e, pfd, name, st, dest_enc, new)
+        self._request(idx, e, st if not new else None, where, partial)
 
-    def _same(self, e: Entry, pfd: int, name: bytes, st, dest_enc: bytes | None) -> bool:
-        """rsync's quick check, made encryption-aware: cleartext size from encdata, and
-        a different context (new nonce) always means a new file."""
+    def _changes(self, e: Entry, pfd: int, name: bytes, st, dest_enc) -> str:
+        """The itemize letters of a file to be transferred over the copy at (pfd, name)."""
         opts = self.opts
-        if e.enc is not None:
-            if dest_enc is None:
-                return False
-            try:
-                mine = cipher.parse_encdata(e.enc)
-                theirs = cipher.parse_encdata(dest_enc)
-            except cipher.EncdataError:
-                return False
-            if mine.enc_ctx != theirs.enc_ctx or mine.size != theirs.size:
-                return False
-        elif dest_enc is not None or st.st_size != e.size:
-            return False
+        changes = "s" if cleartext_size(dest_enc, st.st_size) != cleartext_size(
+            e.enc, e.size) else ""
         if opts.checksum:
-            layout = self._dest_layout(pfd, name, st, e, dest_enc)
-            return self._dest_digest(pfd, name, layout) == e.checksum
-        if opts.size_only:
-            return True
-        return not opts.ignore_times and opts.same_time(st.st_mtime_ns, e.mtime_ns)
+            changes = "c" + changes
+        changes += meta.differences(opts, self.ids, e, st, Target(pfd, name)).letters()
+        return changes if opts.times else changes.replace("t", "")
 
     def _left_alone(self, e: Entry, st) -> bool:
         """--max-size, --min-size and -u: files the run must not touch at all (rsync's
@@ -622,56 +491,24 @@ class Generator:
         return (opts.update and st is not None and stat.S_ISREG(st.st_mode)
                 and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < (opts.modify_window or 0))
 
-    @staticmethod
-    def _dest_digest(pfd: int, name: bytes, layout: int) -> bytes | None:
-        try:
-            fd, direct = cipher.open_data(name, layout, dir_fd=pfd)
-        except OSError:
-            return None
-        reader = BlockReader(fd, direct)
-        try:
-            return digest_fd(reader)
-        finally:
-            reader.close()
-            os.close(fd)
-
-    def _request(self, idx: int, e: Entry, pfd: int, name: bytes, st, dest_enc, new) -> None:
+    def _request(self, idx: int, e: Entry, replaced, where,
+                 partial: tuple[int, bytes] | None = None) -> None:
+        """Ask for file `e` with the copy `where` (pfd, name, stat, encdata) as its basis,
+        or, when an earlier run left one, its --partial-dir file; `replaced`: the stat of
+        the file it replaces, if any."""
         state = self.state
-        opts = self.opts
-        use_basis = not new and not opts.whole_file
-        if use_basis and (e.enc is None) != (dest_enc is None):
-            use_basis = False
-        if use_basis and e.enc is not None:
-            try:
-                same_ctx = (cipher.parse_encdata(e.enc).enc_ctx
-                            == cipher.parse_encdata(dest_enc).enc_ctx)
-            except cipher.EncdataError:
-                same_ctx = False
-            use_basis = same_ctx
-        layout = self._dest_layout(pfd, name, st, e, dest_enc) if use_basis else cipher.PLAIN
-        req = None
-        if use_basis:
-            try:
-                fd, direct = cipher.open_data(name, layout, dir_fd=pfd)
-            except OSError:
-                fd = None
-            if fd is not None:
-                reader = BlockReader(fd, direct)
-                try:
-                    size = os.fstat(fd).st_size
-                    req = delta.make_request(idx, reader, size, opts.block_size)
-                except OSError:
-                    req = None
-                finally:
-                    reader.close()
-                    os.close(fd)
-        if req is None:
-            req = delta.Request(idx, delta.WHOLE)
+        if partial is not None:
+            req, layout = state.partials.request(idx, partial), cipher.PLAIN
+        else:
+            req, layout = self.copies.request(idx, e, *where)
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
+        pending.partial_at = partial
         pending.chunk = req.chunk
         pending.basis_size = req.basis_size
-        if not new:
-            pending.replaced_mode = st.st_mode
+        if replaced is not None:
+            pending.replaced_mode = replaced.st_mode
+        elif partial is None and pending.has_basis:  # a --link-dest/--copy-dest DIR copy
+            pending.basis_from = (os.dup(where[0]), where[1])
         state.pending[idx] = pending
         state.requested += 1
         self.send(protocol.REQ, req.encode())
@@ -690,11 +527,11 @@ class Generator:
                 return
             st = None
         if st is not None and stat.S_ISLNK(st.st_mode):
-            same_enc = self._dest_encdata(pfd, name, e) == e.enc
+            same_enc = self.copies.encdata(pfd, name, e) == e.enc
             if os.readlink(name, dir_fd=pfd) == e.target and same_enc:
                 self._existing_attrs(idx, e, Target(pfd, name, is_link=True), st)
                 return
-            if not self._writable_encrypted(idx, e):
+            if not self.enc.writable(idx, e):
                 return
             changes = "c"
             if self.opts.keeps_time(e.mode) and not self.opts.same_time(st.st_mtime_ns,
@@ -702,10 +539,10 @@ class Generator:
                 changes += "t"
             self._item("c", e, changes)
         else:
-            if not self._writable_encrypted(idx, e):
+            was = self._from_alt(idx, e, pfd, name, st)
+            if was is SETTLED or not self.enc.writable(idx, e):
                 return
-            self._count_created(e)
-            self._item("c", e, new=True)
+            self._item_made(e, was)
         if self.opts.dry_run:
             state.status[idx] = Status.OK
             return
@@ -720,17 +557,26 @@ class Generator:
             st = None
         if (st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode)
                 and (st.st_rdev == e.rdev or not e.rdev)
-                and self._dest_encdata(pfd, name, e) == e.enc):
+                and self.copies.encdata(pfd, name, e) == e.enc):
             self._existing_attrs(idx, e, Target(pfd, name), st)
             return
-        self._count_created(e)
-        self._item("c", e, new=True)
+        was = self._from_alt(idx, e, pfd, name, st)
+        if was is SETTLED:
+            return
+        self._item_made(e, was)
         if self.opts.dry_run:
             state.status[idx] = Status.OK
             return
         self._place(idx, e, pfd, name,
                     lambda tmp: os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600, e.rdev, dir_fd=pfd),
                     is_link=False)
+
+    def _from_alt(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> object:
+        """A symlink or special file with nothing of its own at the destination: what
+        the DIRs make of it (altdest.AltDests.other)."""
+        if self.alt is None or st is not None:
+            return None
+        return self.alt.other(idx, e, self.state.single_name or e.path, pfd, name, self)
 
     def _existing_attrs(self, idx: int, e: Entry, t: Target, st) -> None:
         """An entry whose data is in place: its attributes brought in line, itemized as
@@ -741,6 +587,7 @@ class Generator:
         exact = (self.opts.checksum and e.is_reg and not diff.time
                  and self.opts.keeps_time(e.mode) and st.st_mtime_ns != e.mtime_ns)
         if not diff and not exact:
+            self.state.succeeded(idx, st)
             return
         if self.opts.dry_run:
             changes = diff.letters()
@@ -749,6 +596,7 @@ class Generator:
                                        accurate_time=exact)
             if exact:
                 changes = changes.replace("t", "")
+        self.state.succeeded(idx, st)
         if changes:
             self._item(".", e, changes)
 
@@ -757,24 +605,19 @@ class Generator:
         times), then rename it in. The temp entry is made inside the try: a signal
         landing just after it was made still removes it."""
         state = self.state
-        tmp = temp_name(name)
-        try:
+        held: list[os.stat_result] = []
+
+        def build(tmp: bytes) -> None:
             make(tmp)
             t = Target(pfd, tmp, is_link=is_link)
-            meta.apply_attrs(self.opts, self.ids, e, t, t.hold(), new=True)
-            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=pfd)
-            except OSError:
-                pass
-            raise
+            held.append(t.hold())
+            meta.apply_attrs(self.opts, self.ids, e, t, held[0], new=True)
+            if state.backups is not None:  # -b: the old entry kept just before it goes
+                state.backups.keep(pfd, name, state.dest_path(e))
+
+        place(pfd, name, build)
         state.status[idx] = Status.OK
-
-
-def rel_dir(e: Entry) -> bytes:
-    """The destination-relative directory path of a directory entry."""
-    return b"" if e.path == b"." else e.path
+        state.succeeded(idx, held[0])
 
 
 def _dir_behind(pfd: int, name: bytes) -> os.stat_result | None:
@@ -785,31 +628,3 @@ def _dir_behind(pfd: int, name: bytes) -> os.stat_result | None:
         return None
     return there if stat.S_ISDIR(there.st_mode) else None
 
-
-def unsafe_link(target: bytes, path: bytes) -> bool:
-    """rsync's unsafe_symlink: an absolute target, a '..' after any other component,
-    even '.' or an empty one (rsync 3.4's rule: `sub/../..`, `./..` and `..//..` are
-    unsafe however deep the link sits), or leading '..' steps that climb above the
-    transfer's top from the link's directory (`path` is transfer-relative)."""
-    if not target or target.startswith(b"/"):
-        return True
-    depth = path.count(b"/")
-    named = False
-    for part in target.split(b"/"):
-        if part == b"..":
-            depth -= 1
-            if named or depth < 0:
-                return True
-        else:
-            named = True
-    return False
-
-
-def _cleartext_size(enc: bytes | None, plain_size: int) -> int:
-    """Size as the user sees it: from encdata for encrypted entries (-1 if malformed)."""
-    if enc is None:
-        return plain_size
-    try:
-        return cipher.parse_encdata(enc).size
-    except cipher.EncdataError:
-        return -1

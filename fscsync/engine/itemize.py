@@ -42,6 +42,13 @@ def line(update: str, e, changes: str = "", new: bool = False, suffix: str = "")
     return text
 
 
+def blank(update: str, e) -> str:
+    """rsync's line for an entry settled unchanged from a --link-dest/--compare-dest/
+    --copy-dest copy (`hf`, `.f`, `cf`, `cd`: shown only at -ii): no change letters."""
+    text = f"{update}{type_letter(e.mode)}{' ' * 9} {display_name(e)}"
+    return text + " (encrypted)" if e.enc is not None else text
+
+
 def listing(e, show_target: bool = True) -> str:
     """One line of --list-only, as rsync prints it (cleartext size for encrypted files)."""
     size = e.size

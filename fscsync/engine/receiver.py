@@ -13,19 +13,29 @@ import errno
 import os
 import stat
 import struct
+import time
 from collections import deque
 
 from fscsync import errors
 from fscsync.engine import idmap
+from fscsync.engine.backup import Backups
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
+from fscsync.engine.partial import PartialDirs
 from fscsync.engine.report import Reporter
 from fscsync.engine.rxstate import RxState
 from fscsync.engine.stats import Stats, read_final
 from fscsync.engine.writer import Writer
-from fscsync.errors import FscsyncError, ProtocolError, escape
-from fscsync.fs.destfs import Confined, DestTree, check_paths, temp_dir_path
+from fscsync.errors import (
+    DestinationNotADirectory,
+    DestinationUnusable,
+    OSFailed,
+    ProtocolError,
+    TempDirUnusable,
+    escape,
+)
+from fscsync.fs.destfs import Confined, DestTree, check_paths, sync_parents, temp_dir_path
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
@@ -65,10 +75,12 @@ class Receiver:
         self.root_path = b""  # the destination directory's path, for -T DIR relative to it
         self._abilities: DestAbilities | None = None
         self.root_created = False
+        self.made_levels = 0  # directories made for the destination, from it upwards
         self.root_seen = False
         self.io_error = False
         self.sender_stats: Stats | None = None
         self.sender_exit_code = 0
+        self.started_ns = time.time_ns()  # --fsync syncs the directories changed since
 
     # ---- setup -----------------------------------------------------------------
 
@@ -86,15 +98,15 @@ class Receiver:
             st = None
         except OSError as exc:  # below a regular file, say: rsync's code 3 ...
             if not (self.opts.mkpath and exc.errno == errno.ENOTDIR):
-                raise FscsyncError(f'cannot stat destination "{escape(dest)}": '
-                                   f"{exc.strerror} ({exc.errno})", errors.FILE_SELECT) from None
+                raise DestinationUnusable(what="stat", path=dest, reason=exc) from None
             st = None  # ... unless --mkpath's mkdir is to fail on it, with rsync's 11
         if single_file and not trailing and (st is None or not stat.S_ISDIR(st.st_mode)):
             head, _, name = path.rpartition(b"/")
             self.state.single_name = name  # the destination's name for a one-file list
             path = head or (b"/" if path.startswith(b"/") else b".")
             if st is None and self.opts.mkpath:
-                self._report_made(path, self._make_path(path))
+                self.made_levels = self._make_path(path)
+                self._report_made(path, self.made_levels)
         elif st is None:
             made = self._make_path(path) if self.opts.mkpath else 1
             if self.opts.dry_run:
@@ -107,17 +119,16 @@ class Receiver:
             if not self.opts.mkpath:
                 made = int(self._mkdir(path))
             self.root_created = made > 0
+            self.made_levels = made
             self._report_made(path, made)
         elif not stat.S_ISDIR(st.st_mode):
-            raise FscsyncError(f'destination "{escape(dest)}" is not a directory',
-                               errors.FILE_SELECT)
+            raise DestinationNotADirectory(path=dest)
         self.root_path = path
         try:
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             self.root_fd = os.open(path, flags) if fs is None else fs.open(path, flags)
         except OSError as exc:
-            raise FscsyncError(f'cannot open destination "{escape(path)}": {exc.strerror} '
-                               f"({exc.errno})", errors.FILE_SELECT) from None
+            raise DestinationUnusable(what="open", path=path, reason=exc) from None
 
     def abilities(self) -> DestAbilities:
         """What the destination can store, probed the first time an encrypted entry is
@@ -128,8 +139,8 @@ class Receiver:
                 self._abilities = probe_dest(self.root_fd, self.opts.encdata_xattr)
             except OSError as exc:
                 self._abilities = DestAbilities(
-                    encdata=False, encdata_why=f"the destination is not writable: "
-                    f"{exc.strerror} ({exc.errno})")
+                    encdata=False,
+                    encdata_why=f"the destination is not writable: {errors.os_reason(exc)}")
             for line in self._abilities.lines():
                 self.reporter.info(line, 1)
         return self._abilities
@@ -162,8 +173,7 @@ class Receiver:
                         return False
                 except OSError:
                     pass
-            raise FscsyncError(f'mkdir "{escape(path)}" failed: {exc.strerror} '
-                               f"({exc.errno})", errors.FILE_IO) from None
+            raise OSFailed("mkdir", path, exc, errors.FILE_IO) from None
         return True
 
     def _report_made(self, path: bytes, made: int) -> None:
@@ -188,8 +198,7 @@ class Receiver:
                 return self.confined.open(temp_dir_path(self.root_path, opts.temp_dir), flags)
             return os.open(opts.temp_dir, flags, dir_fd=tree.root_fd)
         except OSError as exc:
-            raise FscsyncError(f'cannot use --temp-dir "{escape(opts.temp_dir)}": '
-                               f"{exc.strerror}", errors.FILE_IO) from None
+            raise TempDirUnusable(path=opts.temp_dir, reason=exc) from None
 
     # ---- the stream -----------------------------------------------------------------
 
@@ -240,10 +249,19 @@ class Receiver:
         single = bool(protocol.load_json(payload).get("single_file"))
         self.open_root(single)
         state = self.state
+        live = self.root_fd is not None and not self.opts.dry_run
+        if self.opts.backup and live:
+            state.backups = Backups(self.opts, self.reporter, self.root_fd, self.confined,
+                                    self.root_path)
+        if self.opts.partial_dir and live:
+            state.partials = PartialDirs(self.opts, self.confined)
+        if self.opts.remove_source_files and live:
+            state.successes = []
         chan.start_async()
         tree = self.tree()
         gen = Generator(state, self.opts, self.ids, tree, chan.send, self.abilities,
-                        self.item_dir, self.root_created)
+                        self.item_dir, self.root_created,
+                        self.root_path or self.dest.rstrip(b"/") or b"/")
         wtree = self.tree()
         writer = Writer(state, self.opts, self.ids, wtree, chan.send, self.open_temp_dir(wtree))
         backlog: deque[bytes] = deque()
@@ -267,8 +285,13 @@ class Receiver:
                                             f"entries, {announced!r} announced")
                     gen.finish()
                 if gen_acked and not done_sent and state.completed == state.requested:
+                    if state.partials is not None and state.partials.delayed:
+                        self._commit_delayed()
+                    self._send_successes()
                     chan.send(protocol.DONE)
                     done_sent = True
+                if state.successes:
+                    self._send_successes()
                 chan.flush_before_wait()
                 ftype, payload = chan.recv()
                 if ftype == protocol.FILE:
@@ -311,18 +334,53 @@ class Receiver:
         finally:
             if tree is not None:
                 tree.close()
+            gen.close()
             chan.stop_async()
         writer.close()
         final = Finalizer(self.opts, self.ids, self.reporter, self.stats, self.io_error,
-                          state.single_name)
+                          state.single_name, self.started_ns, state.backups)
         tree = self.tree()
         try:
             final.run(tree, gen.decisions())
         finally:
             if tree is not None:
                 tree.close()
+            if state.backups is not None:
+                state.backups.close()
+            if state.partials is not None:
+                state.partials.close()
+        if self.opts.fsync and self.made_levels and not self.opts.dry_run:
+            self._sync_made_root()
         self.stats.io_error = self.io_error
         return self.stats
+
+    def _sync_made_root(self) -> None:
+        """--fsync: a destination directory this run made (and --mkpath's parents) must
+        keep its name too."""
+        try:
+            sync_parents(self.root_path, self.made_levels)
+        except OSError as exc:
+            self.reporter.failed(OSFailed("fsync of directory", self.root_path, exc))
+
+    def _commit_delayed(self) -> None:
+        """--delay-updates: all data is in; every delayed file goes into its place."""
+        state = self.state
+
+        def failed(path: bytes, what: str, exc: OSError) -> None:
+            self.reporter.failed(OSFailed(what, path, exc))
+
+        for idx, st in state.partials.commit(state.backups, failed):
+            state.succeeded(idx, st)
+
+    def _send_successes(self) -> None:
+        """--remove-source-files: tell the sender which entries are in place."""
+        items = self.state.successes
+        if not items:
+            return
+        for at in range(0, len(items), protocol.MAX_SUCCESSES):
+            self.chan.send(protocol.SUCCESS,
+                           protocol.encode_successes(items[at:at + protocol.MAX_SUCCESSES]))
+        items.clear()
 
     def _idname(self, payload: bytes) -> None:
         if len(payload) < 5 or payload[:1] not in (b"u", b"g") or len(payload) > 5 + 255:

@@ -10,24 +10,22 @@ merge, so the copy passes of several partitions can be finalised once.
 
 from __future__ import annotations
 
-import errno
+import os
 from enum import IntEnum
 
 from fscsync import errors
-from fscsync.errors import escape
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
+    from fscsync.engine.backup import Backups
     from fscsync.engine.filters import DeleteFilter
     from fscsync.engine.flist import Entry
+    from fscsync.engine.partial import PartialDirs
     from fscsync.engine.report import Reporter
     from fscsync.engine.stats import Stats
     from fscsync.fs.destfs import DestTree
     from fscsync.fs.fileio import BlockReader
     from fscsync.fs.inplace import Update
-
-_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
 
 class Status(IntEnum):
     """An entry's state in RxState.status (a bytearray: one byte an entry)."""
@@ -35,15 +33,6 @@ class Status(IntEnum):
     UNDECIDED = 0
     OK = 1  # in place at the destination (or settled: left alone, listed, dry run)
     FAILED = 2
-
-
-def os_failure(what: str, path: bytes, exc: OSError) -> tuple[str, int]:
-    """The message and exit code of a file that failed on an OS error: 23 at the end,
-    as rsync's, except a full disk or quota, which rsync reports as an error in file
-    I/O (11)."""
-    return (f'{what} "{escape(path)}" failed: {exc.strerror or exc} '
-            f"({exc.errno if exc.errno is not None else errno.EIO})",
-            errors.FILE_IO if exc.errno in _OUT_OF_SPACE else errors.PARTIAL)
 
 
 def locate(tree: DestTree, e: Entry, single_name: bytes | None) -> tuple[int, bytes]:
@@ -72,9 +61,25 @@ class RxState:
         self.pending: dict[int, Pending] = {}
         self.requested = 0
         self.completed = 0
+        self.backups: Backups | None = None  # -b: what is replaced or deleted is kept
+        self.partials: PartialDirs | None = None  # --partial-dir, --delay-updates
+        self.successes: list[tuple[int, int, int]] | None = None
+        """--remove-source-files: (index, st_dev, st_ino) of each entry now in place at
+        the destination, for the sender (sent and cleared by the receiver)."""
+
+    def succeeded(self, idx: int, st: os.stat_result | None) -> None:
+        """Entry idx is in place as inode `st`: with --remove-source-files the sender
+        may remove its source."""
+        if self.successes is not None and st is not None:
+            self.successes.append((idx, st.st_dev, st.st_ino))
 
     def locate(self, tree: DestTree, e: Entry) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
+
+    def dest_path(self, e: Entry) -> bytes:
+        """The entry's path at the destination: a one-file list's file has the name
+        the destination gives it (where its backup goes, -b)."""
+        return self.single_name if self.single_name is not None else e.path
 
     def done_with(self, idx: int) -> None:
         """Drop an entry nothing later needs (directories wait for the final pass, and
@@ -89,8 +94,14 @@ class RxState:
         self.status[idx] = Status.FAILED
         self.reporter.error(message, code)
 
+    def failed(self, idx: int, err: errors.FscsyncError) -> None:
+        """The entry failed on a condition named by its class: its line, its code."""
+        self.status[idx] = Status.FAILED
+        self.reporter.failed(err)
+
     def os_fail(self, idx: int, what: str, exc: OSError) -> None:
-        self.fail(idx, *os_failure(what, self.entries[idx].path, exc))
+        """The entry failed on an OS error (a full disk or quota ends the run with 11)."""
+        self.failed(idx, errors.OSFailed(what, self.entries[idx].path, exc))
 
 
 class Pending:
@@ -99,7 +110,8 @@ class Pending:
 
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update", "basis_size", "replaced_mode")
+                 "data_end", "differ", "update", "basis_size", "replaced_mode",
+                 "basis_from", "partial_at")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -120,6 +132,10 @@ class Pending:
         self.update: Update | None = None  # set when the file is updated in place
         self.basis_size = 0  # what the request told the sender it may copy from
         self.replaced_mode: int | None = None  # the file it replaces: its mode stays
+        self.basis_from: tuple[int, bytes] | None = None
+        """A basis in a --link-dest/--copy-dest/--compare-dest DIR: (its directory's fd,
+        owned by this Pending, and name); else the basis is the file being replaced."""
+        self.partial_at: tuple[int, bytes] | None = None  # its --partial-dir file: the basis
 
 
 class Decisions:

@@ -16,8 +16,15 @@ from collections.abc import Iterator
 
 from fscsync import errors
 from fscsync.engine import filters
-from fscsync.engine.flist import IMPLIED, NO_CONTENT, Entry
+from fscsync.engine.flist import IMPLIED, NO_CONTENT, Entry, unsafe_link
 from fscsync.engine.report import Reporter
+from fscsync.engine.sources import (
+    files_from_names,
+    in_file_list_order,
+    relative_parts,
+    split_source,
+)
+from fscsync.engine.srcfiles import SourceFiles
 from fscsync.errors import (
     MalformedEncdata,
     NoKeylessRead,
@@ -26,25 +33,13 @@ from fscsync.errors import (
     Vanished,
     escape,
 )
-from fscsync.fs import cipher, meta
+from fscsync.fs import cipher
 from fscsync.fs.fileio import BlockReader, digest_fd
-from fscsync.fs.probe import WHY_NO_KEYLESS, keyless_readable
 from fscsync.options import Options
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
     from fscsync.fs.destfs import Confined
-
-
-def split_source(src: bytes) -> tuple[bytes, bytes | None]:
-    """(base directory, top name) for one SRC argument; name None means 'the contents'."""
-    if src.endswith(b"/") or src in (b".", b"..") or src.endswith(b"/.") or src.endswith(b"/.."):
-        base = src.rstrip(b"/") or b"/"
-        return base, None
-    head, _, name = src.rpartition(b"/")
-    if not head and src.startswith(b"/"):
-        head = b"/"
-    return head or b".", name
 
 
 _S_IFMT = 0o170000
@@ -98,18 +93,13 @@ class Scanner:
         self.count = 0
         self._links: dict[tuple[int, int], int] = {}
         self._seen: set[bytes] = set()
-        self._want_xattrs = opts.xattrs or opts.acls
-        self.finder = cipher.EncdataFinder(opts.encdata_xattr)
-        self._keyless: bool | None = None  # of encdata-interface files
-        self._stored_seen = False
         self._root_starts: list[int] = []
         self._roots: list[tuple[bytes, bytes]] = []
         # A regular file without xattrs is the common entry: built in few steps in
         # _walk (what _entry would build), unless the run wants xattrs, links or sums.
-        self._quick = not (self._want_xattrs or opts.hard_links or opts.checksum)
+        self._quick = not (opts.xattrs or opts.acls or opts.hard_links or opts.checksum)
         self._home = -1
         self._source_of: list[int] | None = None  # by entry, when sources were merged
-        self.open_flags = os.O_NOATIME if opts.open_noatime else 0
         self._held: list[Entry] = []
         """-m: directories listed once something other than a directory is found below
         them (rsync prunes on its receiver, which is where a skipped symlink or special
@@ -119,6 +109,7 @@ class Scanner:
             opts.copy_links or opts.copy_unsafe_links or opts.copy_dirlinks)
         """-L, -k, --copy-unsafe-links: some symlinks are sent as what they point to (not
         under --restrict-to, whose tree a followed link would leave)."""
+        self.files = SourceFiles(opts, reporter, confined, self.filters, self._follows)
 
     def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         """The entries of the sources in file-list order, a run at a time (a list of
@@ -135,38 +126,14 @@ class Scanner:
             os.close(self._home)
 
     def _in_order(self, runs: Iterator[list[Entry] | PlainRun]) -> Iterator[list[Entry]]:
-        """Several sources: their entries as one list in file-list order. Where two
-        give the same path the first source's entry is kept, unless a later one is a
-        directory and it is not (rsync's rule: the directory may have contents). The
-        receiver refuses a path that repeats or comes out of order (a hostile sender's
-        cheap duplicates), so one source's walk order must hold across sources too.
-        The list is held whole, as rsync holds it; a single source streams."""
-        kept: list[tuple[list[tuple[int, bytes]], int, Entry]] = []
-        seen: dict[bytes, int] = {}
-        dirs = {b""}
-        idx = 0
-        for run in runs:
-            for e in run:
-                at = seen.get(e.path)
-                if at is None:
-                    keep = e.path == b"." or e.path.rpartition(b"/")[0] in dirs
-                    if keep:
-                        seen[e.path] = len(kept)
-                        kept.append((_order_key(e), idx, e))
-                else:
-                    was = kept[at][2]  # a directory's contents outrank an implied one
-                    keep = e.is_dir and (not was.is_dir or was.no_content and not e.no_content)
-                    if keep:
-                        kept[at] = (_order_key(e), idx, e)
-                if keep and e.is_dir:
-                    dirs.add(e.path)
-                idx += 1
-        kept.sort(key=lambda k: k[0])
+        """Several sources: their entries as one list in file-list order (held whole,
+        as rsync holds it; a single source streams)."""
+        kept = in_file_list_order(runs)
         starts = self._root_starts
-        self._source_of = [bisect.bisect_right(starts, i) - 1 for _, i, _ in kept]
-        entries = [e for _, _, e in kept]
+        self._source_of = [bisect.bisect_right(starts, i) - 1 for i, _ in kept]
+        entries = [e for _, e in kept]
         if self.opts.hard_links:
-            self._relink(entries, [i for _, i, _ in kept])
+            self._relink(entries, [i for i, _ in kept])
         self.count = len(entries)
         for i in range(0, len(entries), RUN_MAX):
             yield entries[i : i + RUN_MAX]
@@ -180,7 +147,7 @@ class Scanner:
             first = leaders.setdefault(group, i)
             e.link = -1 if first == i else first
             if first == i and self.opts.checksum and e.is_reg and e.checksum is None:
-                layout = self.finder.layout(e.src, e.enc is not None, e.enc_alt)
+                layout = self.files.finder.layout(e.src, e.enc is not None, e.enc_alt)
                 e.checksum = self._checksum(e.src, layout)
 
     def _scan_sources(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
@@ -210,12 +177,12 @@ class Scanner:
     def _remote_list(self, path: bytes) -> list[bytes]:
         """--files-from=HOST:FILE, read here on the sending side."""
         try:
-            fd = self.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self.files.open(path, os.O_RDONLY | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as f:
                 data = f.read()
         except OSError as exc:
-            raise errors.FilesFromUnreadable(path=path, reason=exc.strerror) from None
-        return filters.files_from_names(data, self.opts.from0)
+            raise errors.FilesFromUnreadable(path=path, reason=exc) from None
+        return files_from_names(data, self.opts.from0)
 
     def _scan_relative(self, src: bytes) -> Iterator[list[Entry] | PlainRun]:
         """-R: the path after a "/./" (or the whole path, less a leading "/") is the
@@ -308,7 +275,7 @@ class Scanner:
             yield [root]
             encrypted = root.enc is not None
         else:
-            encrypted = self.finder.ask(base)[0] is not None
+            encrypted = self.files.finder.ask(base)[0] is not None
         yield from self._walk(base, b"", encrypted, self._top)
 
     def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry] | PlainRun]:
@@ -465,8 +432,6 @@ class Scanner:
                     return there
             if not opts.copy_unsafe_links:
                 return st
-            from fscsync.engine.generator import unsafe_link  # only these runs need it
-
             try:
                 target = os.readlink(path)
             except OSError as exc:
@@ -491,7 +456,7 @@ class Scanner:
 
         def read(name: bytes) -> bytes | None:
             try:
-                fd = self.open(base + name, os.O_RDONLY | os.O_CLOEXEC)
+                fd = self.files.open(base + name, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 return None
             try:
@@ -526,7 +491,7 @@ class Scanner:
         through a relative sys.path entry among them."""
         alone = threading.active_count() == 1 or self.confined is not None
         if alone:
-            fd = self.open(base, _DIR_FLAGS)
+            fd = self.files.open(base, _DIR_FLAGS)
             try:
                 os.fchdir(fd)
             finally:
@@ -583,17 +548,21 @@ class Scanner:
         e = Entry(rel, mode, 0, st.st_mtime_ns, st.st_uid, st.st_gid, src=path)
         try:
             if at is None:
-                layout = self._encdata(e, path, st, in_encrypted_dir)
+                layout = self.files.read_encdata(e, path, st, in_encrypted_dir)
             else:
-                layout = self._encdata(e, b"/proc/self/fd/%d" % at, st, in_encrypted_dir, True)
+                layout = self.files.read_encdata(e, b"/proc/self/fd/%d" % at, st,
+                                                 in_encrypted_dir, True)
         except OSError as exc:
             self._fail(path, "read xattrs of", exc)
             return None
         if fmt == _S_IFREG:
             e.size = st.st_size
             if e.enc is not None:
-                e.size = self._cipher_size(e, layout)
-                if e.size < 0:
+                try:
+                    e.size = self.files.cipher_size(e, layout)
+                except (MalformedEncdata, NoKeylessRead) as exc:
+                    self.io_error = True
+                    self.reporter.failed(exc)
                     return None
         elif fmt == stat.S_IFLNK:
             if not opts.links and not opts.list_only:
@@ -635,80 +604,9 @@ class Scanner:
         self.count += 1
         return e
 
-    def _encdata(self, e: Entry, path: bytes, st: os.stat_result, in_encrypted_dir: bool,
-                 follow: bool = False) -> int:
-        """Fill in e's xattrs (if wanted) and encdata; returns its data's layout (follow:
-        `path` is a /proc/self/fd link to the pinned entry).
-
-        A listing shows stored encdata (a backup); the encdata interface never lists
-        it, so an entry that may be encrypted is also asked by name."""
-        finder = self.finder
-        follow = follow or (self._follows and not stat.S_ISLNK(st.st_mode))  # its referent
-        if self._want_xattrs:
-            e.xattrs, e.enc, e.enc_alt = meta.split_xattrs(meta.read_xattrs(path, follow),
-                                                           self.opts)
-            if self.filters is not None and self.filters.xattr_rules:
-                e.xattrs = [(n, v) for n, v in e.xattrs if not self.filters.xattr_excluded(n)]
-            if e.enc is not None:
-                name = self.opts.encdata_xattr if e.enc_alt else cipher.ENCDATA_XATTR
-                return finder.learn(path, st.st_dev, name, listed=True, follow=follow)
-            if not cipher.may_be_encrypted(st.st_mode, st.st_size, in_encrypted_dir):
-                return cipher.PLAIN
-            e.enc, found = finder.ask(path, (cipher.ENCDATA_XATTR,), follow)
-        elif cipher.may_be_encrypted(st.st_mode, st.st_size, in_encrypted_dir):
-            e.enc, found = finder.ask(path, follow=follow)
-        else:
-            return cipher.PLAIN
-        if e.enc is None:
-            return cipher.PLAIN
-        e.enc_alt = found != cipher.ENCDATA_XATTR
-        return finder.learn(path, st.st_dev, found, follow=follow)
-
-    def _cipher_size(self, e: Entry, layout: int) -> int:
-        """Ciphertext bytes of an encrypted file: its cleartext size padded to the unit."""
-        try:
-            enc = cipher.parse_encdata(e.enc)
-        except cipher.EncdataError as exc:
-            self.io_error = True
-            self.reporter.failed(MalformedEncdata(path=e.src, why=exc))
-            return -1
-        if layout != cipher.VIRTUAL:
-            if not self._stored_seen:
-                self._stored_seen = True
-                self.reporter.info("source keeps encdata as an ordinary xattr (a plain "
-                                   "backup): key-less ciphertext reads: yes", 1)
-            return cipher.padded_size(enc.size)
-        if self._keyless is None:
-            self._keyless, why = keyless_readable(e.src)
-            self.reporter.info("source gives key-less ciphertext reads: "
-                               + ("yes" if self._keyless else f"no ({why})"), 1)
-        if not self._keyless:
-            self.io_error = True
-            self.reporter.failed(NoKeylessRead(path=e.src, why=WHY_NO_KEYLESS))
-            return -1
-        return cipher.padded_size(enc.size)
-
-    def open(self, path: bytes, flags: int) -> int:
-        """os.open of a source path, confined to --restrict-to's tree when there is one."""
-        if self.confined is None:
-            return os.open(path, flags)
-        return self.confined.open(path, flags)
-
-    def open_data(self, path: bytes, layout: int) -> tuple[int, bool]:
-        """cipher.open_data of a source file, confined like `open`."""
-        if self.confined is None:
-            if self._follows:  # the file a followed symlink points to
-                path = os.path.realpath(path)
-            return cipher.open_data(path, layout, extra=self.open_flags)
-        pfd, name = self.confined.at(path)
-        try:
-            return cipher.open_data(name, layout, dir_fd=pfd, extra=self.open_flags)
-        finally:
-            os.close(pfd)
-
     def _checksum(self, path: bytes, layout: int) -> bytes | None:
         try:
-            fd, direct = self.open_data(path, layout)
+            fd, direct = self.files.open_data(path, layout)
         except OSError as exc:
             self._fail(path, "open", exc)
             return None
@@ -721,27 +619,3 @@ class Scanner:
         finally:
             reader.close()
             os.close(fd)
-
-
-def relative_parts(src: bytes) -> tuple[bytes, bytes]:
-    """(the directory a -R path is read from, the name it gets at the destination):
-    split at the first "/./", else the working directory and the path less its leading
-    slashes; "." and empty components are dropped (rsync's clean_fname)."""
-    at = src.find(b"/./")
-    if at >= 0:
-        base, rel = src[:at] or b"/", src[at + 3:]
-    elif src.startswith(b"./"):
-        base, rel = b".", src[2:]
-    else:
-        base, rel = (b"/" if src.startswith(b"/") else b"."), src.lstrip(b"/")
-    parts = [p for p in rel.split(b"/") if p not in (b"", b".")]
-    return base, b"/".join(parts)
-
-
-def _order_key(e: Entry) -> list[tuple[int, bytes]]:
-    """Where an entry goes in file-list order: under each parent directory, its
-    non-directories (sorted) before its directories (sorted, each before its contents)."""
-    if e.path == b".":
-        return []
-    *parents, name = e.path.split(b"/")
-    return [(1, p) for p in parents] + [(int(e.is_dir), name)]

@@ -27,6 +27,7 @@ from fscsync.errors import (
     SendOpenFailed,
     Vanished,
     escape,
+    os_reason,
 )
 from fscsync.fs.fileio import READ_SIZE, BlockReader, data_segments
 from fscsync.fs.meta import group_name, user_name
@@ -203,6 +204,9 @@ class Sender:
                 self._blocks(*delta.decode_sigblocks(payload))
             elif ftype == protocol.NOMORE:
                 chan.send(protocol.NOMORE_ACK)
+            elif ftype == protocol.SUCCESS and self.opts.remove_source_files:
+                for idx, dev, ino in protocol.decode_successes(payload):
+                    self._remove_source(idx, dev, ino)
             elif ftype == protocol.DONE:
                 break
             elif self.on_control is not None and self.on_control(ftype, payload):
@@ -213,6 +217,49 @@ class Sender:
                            final_message(self.stats, self.reporter.exit_code))
         chan.flush()
 
+    def _remove_source(self, idx: int, dev: int, ino: int) -> None:
+        """--remove-source-files: entry idx is in place at the destination (as inode
+        dev/ino there). Its source goes unless it changed since it was listed, or is
+        that very inode (a source given as its own destination), as rsync checks."""
+        e = self.sent.get(idx)
+        if e is None or e.is_dir:
+            raise ProtocolError(f"success for entry {idx}, which is no file that was sent")
+        src = self.scanner.source_path(idx, e.path)
+        fs = self.scanner.confined
+        try:
+            st = os.lstat(src) if fs is None else fs.stat(src)
+            if stat.S_ISLNK(st.st_mode) and not e.is_link and fs is None:
+                st = os.stat(src)  # -L sent what it points to
+        except OSError as exc:
+            self._remove_failed(src, "re-lstat", exc)
+            return
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            self.reporter.error(f"ERROR: Skipping sender remove of destination file: "
+                                f"{escape(src)}")
+            return
+        if st.st_mtime_ns != e.mtime_ns or (e.is_reg and e.enc is None and st.st_size != e.size):
+            self.reporter.error(f"ERROR: Skipping sender remove for changed file: {escape(src)}")
+            return
+        try:
+            if fs is None:
+                os.unlink(src)
+            else:
+                pfd, name = fs.at(src)
+                try:
+                    os.unlink(name, dir_fd=pfd)
+                finally:
+                    os.close(pfd)
+        except OSError as exc:
+            self._remove_failed(src, "remove", exc)
+            return
+        self.reporter.info(f"sender removed {escape(e.path)}", 2)
+
+    def _remove_failed(self, src: bytes, what: str, exc: OSError) -> None:
+        if exc.errno == errno.ENOENT:
+            self.reporter.info(f"sender file already removed: {escape(src)}", 0)
+        else:
+            self.reporter.error(f"sender failed to {what} {escape(src)}: {os_reason(exc)}")
+
     def _entry(self, idx: int) -> Entry:
         e = self.sent.get(idx)
         if e is None or not e.is_reg:
@@ -222,8 +269,8 @@ class Sender:
 
     def _open(self, idx: int, e: Entry) -> tuple[int, bool] | None:
         try:
-            layout = self.scanner.finder.layout(e.src, e.enc is not None, e.enc_alt)
-            return self.scanner.open_data(e.src, layout)
+            layout = self.scanner.files.finder.layout(e.src, e.enc is not None, e.enc_alt)
+            return self.scanner.files.open_data(e.src, layout)
         except OSError as exc:
             self._open_failed(idx, e, exc)
             return None

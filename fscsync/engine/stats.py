@@ -23,6 +23,7 @@ class Stats(Record):
     flist_xfer_time: float = 0.0
     encrypted_files: int = 0
     encrypted_bytes: int = 0
+    linked: int = 0  # files hard-linked to their --link-dest copy
     io_error: bool = False
 
     def to_wire(self) -> dict:
@@ -121,7 +122,7 @@ def summary(sent: int, received: int, total_size: int, elapsed: float,
 
 def format_stats(s: Stats, sent: int, received: int, elapsed: float,
                  level: int = 1) -> list[str]:
-    """rsync's --stats block, plus fscsync's encrypted-file counters."""
+    """rsync's --stats block, plus fscsync's encrypted-file and --link-dest counters."""
     c = min(level, 1)
     return [
         "",
@@ -130,6 +131,7 @@ def format_stats(s: Stats, sent: int, received: int, elapsed: float,
         f"Number of deleted files: {_kinds(s.deleted, level)}",
         f"Number of regular files transferred: {human(s.files_sent, c)}",
         f"Number of encrypted files: {human(s.encrypted_files, c)}",
+        f"Number of linked files: {human(s.linked, c)}",
         f"Total file size: {human(s.total_size, level)} bytes",
         f"Total transferred file size: {human(s.transferred_size, level)} bytes",
         f"Encrypted data transferred: {human(s.encrypted_bytes, level)} bytes",

@@ -14,7 +14,7 @@ import xxhash
 from fscsync import errors
 from fscsync.engine import delta
 from fscsync.engine.rxstate import Pending, RxState, Status
-from fscsync.errors import escape
+from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, inplace, meta
 from fscsync.fs.destfs import DestTree, open_temp, proc_path, temp_name
 from fscsync.fs.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from fscsync.options import Options
 
 _ZEROS = bytes(READ_SIZE)
-UNIT = 4096
-_ZERO_UNIT = bytes(UNIT)
+_ZERO_UNIT = bytes(cipher.UNIT)
 FAULT_ENV = "FSCSYNC_FAULT_CORRUPT_LITERALS"
 
 
@@ -69,7 +68,11 @@ class Writer:
         state = self.state
         e = state.entries[p.idx]
         pfd, name = state.locate(self.tree, e)
-        if self.opts.inplace and e.enc is None and p.has_basis:
+        if p.basis_from is not None:  # nothing of ours to update in place
+            self._create_temp(p, pfd, name)
+        elif self.opts.inplace and e.enc is None and p.has_basis:
+            if state.backups is not None:
+                state.backups.copy(pfd, name, state.dest_path(e))
             p.fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             p.tmpdir, p.tmpname = pfd, b""
         elif self._start_update(p, e, pfd, name):
@@ -81,7 +84,8 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            p.basis_fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
+            bfd, bname = p.partial_at or p.basis_from or (pfd, name)
+            p.basis_fd, direct = cipher.open_data(bname, p.basis_layout, dir_fd=bfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
     def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
@@ -92,7 +96,8 @@ class Writer:
     def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
         """Update in place under a redo journal? Only by default (neither --inplace nor
         --no-inplace), for a plain file with a basis, and not on a retry."""
-        if self.opts.inplace is not None or e.enc is not None or not p.has_basis or p.retried:
+        if (self.opts.inplace is not None or e.enc is not None or not p.has_basis or p.retried
+                or self.opts.backup or self.opts.partial_dir):
             return False
         p.update = inplace.Update.start(pfd, name, p.differ)
         return p.update is not None
@@ -167,16 +172,17 @@ class Writer:
     def _write(p: Pending, off: int, data: bytes) -> None:
         """Write literal data, leaving aligned all-zero units of a fresh temp file as
         holes (sparse files stay sparse; encrypted holes stay holes)."""
-        if not p.tmpname or off % UNIT or len(data) < UNIT:
+        if not p.tmpname or off % cipher.UNIT or len(data) < cipher.UNIT:
             os.pwrite(p.fd, data, off)
             return
         view = memoryview(data)
         run = 0
-        for i in range(0, len(data) - UNIT + 1, UNIT):
-            if view[i] == 0 and view[i + UNIT - 1] == 0 and view[i : i + UNIT] == _ZERO_UNIT:
+        unit = cipher.UNIT
+        for i in range(0, len(data) - unit + 1, unit):
+            if view[i] == 0 and view[i + unit - 1] == 0 and view[i : i + unit] == _ZERO_UNIT:
                 if run < i:
                     os.pwrite(p.fd, view[run:i], off + run)
-                run = i + UNIT
+                run = i + unit
         if run < len(data):
             os.pwrite(p.fd, view[run:], off + run)
 
@@ -279,7 +285,7 @@ class Writer:
                 st = os.fstat(p.fd)
             self._install(p, st, where)
         except meta.EncdataConflict as exc:
-            state.fail(idx, f'cannot set encdata on "{escape(e.path)}": {exc.strerror}')
+            state.failed(idx, EncdataUnsettable(path=e.path, reason=exc))
             self._complete(idx, ok=False, quiet=True)
             return
         except OSError as exc:
@@ -288,6 +294,8 @@ class Writer:
         if e.enc is not None:
             state.stats.encrypted_bytes += size
         state.reporter.progress(e.path, size, size, idx)
+        if not self.opts.delay_updates:
+            state.succeeded(idx, st)
         self._complete(idx, ok=True)
 
     def _digest_result(self, p: Pending, size: int) -> bytes:
@@ -313,11 +321,21 @@ class Writer:
         t = meta.Target(p.tmpdir, p.tmpname, fd=p.fd)
         meta.apply_attrs(self.opts, self.ids, e, t, st, new=bool(p.tmpname),
                          replaced=p.replaced_mode if p.tmpname else None, accurate_time=True)
+        if self.opts.fsync:  # data, size and attributes on disk before the name moves
+            os.fsync(p.fd)
         if p.update is not None:
             p.update.finish()
             p.update = None
         elif p.tmpname:
             pfd, name = where or state.locate(self.tree, e)
+            if self.opts.delay_updates:
+                state.partials.delay(p.tmpdir, p.tmpname, pfd, name, state.dest_path(e),
+                                     p.idx)
+                os.close(p.fd)
+                p.fd = None
+                return
+            if state.backups is not None:
+                state.backups.keep(pfd, name, state.dest_path(e))
             try:
                 self._rename_in(p, pfd, name)
             except OSError as exc:
@@ -325,6 +343,8 @@ class Writer:
                     raise
                 self._move_beside(p, pfd, name)
                 self._rename_in(p, pfd, name)
+            if p.partial_at is not None:
+                state.partials.drop(p.partial_at)
         os.close(p.fd)
         p.fd = None
 
@@ -352,6 +372,8 @@ class Writer:
                 os.ftruncate(fd, size)
                 meta.apply_attrs(self.opts, self.ids, e, meta.Target(pfd, beside, fd=fd),
                                  os.fstat(fd), new=True)
+                if self.opts.fsync:
+                    os.fsync(fd)
             except BaseException:
                 os.unlink(beside, dir_fd=pfd)
                 raise
@@ -369,6 +391,9 @@ class Writer:
         if p.basis_fd is not None:
             os.close(p.basis_fd)
             p.basis_fd = None
+        if p.basis_from is not None:
+            os.close(p.basis_from[0])
+            p.basis_from = None
 
     def _discard(self, p: Pending, keep_partial: bool = False) -> None:
         self._close_basis(p)
@@ -398,7 +423,10 @@ class Writer:
             try:
                 if keep:
                     pfd, name = self.state.locate(self.tree, self.state.entries[p.idx])
-                    os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
+                    if self.state.partials is not None:  # --partial-dir: kept aside
+                        self.state.partials.keep(p.tmpdir, p.tmpname, pfd, name)
+                    else:
+                        os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
                 else:
                     os.unlink(p.tmpname, dir_fd=p.tmpdir)
             except OSError:
@@ -406,7 +434,9 @@ class Writer:
 
     def _complete(self, idx: int, ok: bool, quiet: bool = False) -> None:
         state = self.state
-        state.pending.pop(idx, None)
+        p = state.pending.pop(idx, None)
+        if p is not None:
+            self._close_basis(p)
         state.completed += 1
         if ok:
             state.status[idx] = Status.OK
@@ -422,7 +452,7 @@ class Writer:
         p = self._pending(idx)
         state = self.state
         e = state.entries[idx]
-        pfd, name = state.locate(self.tree, e)
+        pfd, name = p.partial_at or p.basis_from or state.locate(self.tree, e)
         block = self.opts.block_size
         try:
             fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)

@@ -160,6 +160,38 @@ class DestTree:
             os.close(self._cache.pop(key))
 
 
+def place(dirfd: int, name: bytes, make) -> None:
+    """make(tmp) an entry under a temp name in dirfd, then rename it over `name` (what
+    is there is replaced in one step). The temp entry is made inside the try: one a
+    failure or a signal leaves half made is removed."""
+    tmp = temp_name(name)
+    try:
+        make(tmp)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dirfd)
+        except OSError:
+            pass
+        raise
+
+
+def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes, free: bool = False) -> None:
+    """Hard-link src_name (in src_dir) as `name` in dirfd, replacing what is there (by
+    place()); never follows a symlink at either end. `free`: nothing was there, so the
+    link goes straight to its name (a rename less), unless something has appeared."""
+    def link(to: bytes) -> None:
+        os.link(src_name, to, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+
+    if free:
+        try:
+            link(name)
+            return
+        except FileExistsError:
+            pass
+    place(dirfd, name, link)
+
+
 def listdir(dirfd: int) -> list[bytes]:
     """Names in an open directory, as bytes (os.listdir on an fd gives str, and
     encoding each name back costs more than the listing)."""
@@ -173,9 +205,11 @@ def lstat_at(dirfd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
-def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"") -> None:
+def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"",
+                unlink=None) -> None:
     """rm -r of one entry inside dirfd, never following symlinks; on_entry(rel, is_dir)
-    hears of each removed entry, children before their directory."""
+    hears of each removed entry, children before their directory; unlink(dirfd, name,
+    rel), if given, removes each non-directory instead of os.unlink (--backup)."""
     rel = _rel or name
     try:
         st = lstat_at(dirfd, name)
@@ -184,14 +218,17 @@ def remove_tree(dirfd: int, name: bytes, on_entry=None, _rel: bytes = b"") -> No
     if st is None:
         return
     if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dirfd)
+        if unlink is None:
+            os.unlink(name, dir_fd=dirfd)
+        else:
+            unlink(dirfd, name, rel)
         if on_entry is not None:
             on_entry(rel, False)
         return
     fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
     try:
         for child in sorted(listdir(fd), reverse=True):
-            remove_tree(fd, child, on_entry, rel + b"/" + child)
+            remove_tree(fd, child, on_entry, rel + b"/" + child, unlink)
     finally:
         os.close(fd)
     try:
@@ -341,3 +378,34 @@ def _openat2_call():
 def temp_dir_path(dest: bytes, temp_dir: bytes) -> bytes:
     """Where -T DIR lies: a relative DIR is taken from the destination directory."""
     return temp_dir if temp_dir.startswith(b"/") else os.path.join(dest, temp_dir)
+
+
+CHANGE_SLACK_NS = 50 * 10**6
+"""How far before a run's start a directory's ctime may lie and still count as changed
+by the run: the kernel stamps ctime from a coarse clock, a tick (at most 10 ms) behind
+time.time_ns()."""
+
+
+def sync_if_changed(fd: int, since_ns: int) -> bool:
+    """--fsync for a directory: fsync it if its ctime says it changed since `since_ns`
+    (an entry added, renamed, removed, or its attributes set), so a no-change run
+    forces no journal commit per directory."""
+    if os.fstat(fd).st_ctime_ns < since_ns - CHANGE_SLACK_NS:
+        return False
+    os.fsync(fd)
+    return True
+
+
+def sync_parents(path: bytes, levels: int) -> None:
+    """--fsync for the destination directory a run made (`levels` of them with
+    --mkpath): the parent of each made directory is synced, nearest first, so the new
+    names survive a power cut too (the made directories themselves are synced with
+    the tree)."""
+    path = os.path.abspath(path)
+    for _ in range(levels):
+        path = os.path.dirname(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

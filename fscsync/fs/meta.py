@@ -399,7 +399,7 @@ def set_encdata(t: Target, text: bytes, name: bytes) -> bool:
     if have == text:
         return False
     if have is not None and ctx_of(have) != ctx_of(text):
-        raise EncdataConflict(errno.EEXIST, "already encrypted with another context")
+        raise EncdataConflict("already encrypted with another context")
     if have is not None:
         xattr.set(target, name, text, nofollow=nofollow, flags=xattr.XATTR_REPLACE)
         return True

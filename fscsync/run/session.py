@@ -15,6 +15,7 @@ from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import (
     AllowedTreeUnusable,
     ConnectTimeout,
+    DirOptionOutsideAllowedTree,
     FilesFromUnreadable,
     FscsyncError,
     InternalError,
@@ -317,7 +318,7 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
 def _read_files_from(path: bytes, confined: Confined | None, from0: bool) -> list[bytes]:
     """--files-from=HOST:FILE of a push: the remote receiver reads the list (inside
     --restrict-to's tree, if any) and hands it to the sending client with READY."""
-    from fscsync.engine.filters import files_from_names
+    from fscsync.engine.sources import files_from_names
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if confined is None else \
@@ -325,14 +326,14 @@ def _read_files_from(path: bytes, confined: Confined | None, from0: bool) -> lis
         with os.fdopen(fd, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise FilesFromUnreadable(path=path, reason=exc.strerror) from None
+        raise FilesFromUnreadable(path=path, reason=exc) from None
     return files_from_names(data, from0)
 
 
 def _listed_names(payload: bytes) -> list[bytes]:
     """The names a receiver read for --files-from=HOST:FILE, checked as a list of ours
     would be (no leading slash, no ..)."""
-    from fscsync.engine.filters import files_from_names
+    from fscsync.engine.sources import files_from_names
 
     try:
         names = [bytes.fromhex(n) for n in protocol.load_json(payload)["files_from"]]
@@ -368,3 +369,11 @@ def _check_restricted(confined: Confined, role: str, paths: list[bytes], opts: O
     if (opts.temp_dir is not None and role == "receiver"
             and not confined.inside(temp_dir_path(paths[0], opts.temp_dir))):
         raise TempDirOutsideAllowedTree()
+    if role != "receiver":
+        return
+    if opts.backup_dir and not confined.inside(temp_dir_path(paths[0], opts.backup_dir)):
+        raise DirOptionOutsideAllowedTree(option="backup-dir")
+    pdir = opts.partial_dir
+    if pdir and (b".." in pdir.split(b"/") or pdir.startswith(b"/")
+                 and not confined.inside(pdir)):
+        raise DirOptionOutsideAllowedTree(option="partial-dir")

@@ -42,10 +42,10 @@ _INFLATE_STEP = 1 << 20
 _IN_BUFFER = 256 << 10
 """Input buffer: four big frames' worth; frames of _DIRECT_READ or more skip it."""
 _IOV_MAX = 512
+"""Buffers per writev (the kernel takes up to 1024)."""
 _DRAIN_MAX = 64 << 20
 """Input read ahead while a write waits for the peer, at most (a peer that never reads
 must not fill our memory instead)."""
-"""Buffers per writev (the kernel takes up to 1024)."""
 F_SETPIPE_SZ = 1031
 
 # Frame types. 13, 17 and 18 were named (item, per-file failure, progress) but never
@@ -74,6 +74,12 @@ NOMORE = 21
 NOMORE_ACK = 22
 FILE = 23
 """A small file whole: its end-of-file record and all its data in one frame."""
+SUCCESS = 24
+"""Version 5, receiver to sender, --remove-source-files only: entries now in place at
+the destination, each as file-list index, st_dev and st_ino of the destination's
+copy (rsync's MSG_SUCCESS with its local same-file check)."""
+_SUCCESS = struct.Struct(">IQQ")
+MAX_SUCCESSES = MAX_FRAME // _SUCCESS.size
 NOOP = 25
 """Empty keepalive under --timeout, sent only to a peer whose handshake lists
 "keepalive"; recv skips it wherever it comes."""
@@ -546,6 +552,17 @@ class Channel:
         except PeerClosed:
             return b""
         return bytes(self._in[self._pos : min(self._pos + n, self._end)])
+
+
+def encode_successes(items: list[tuple[int, int, int]]) -> bytes:
+    return b"".join(_SUCCESS.pack(*item) for item in items)
+
+
+def decode_successes(payload: bytes) -> list[tuple[int, int, int]]:
+    """A SUCCESS frame's records; a ProtocolError for anything but whole records."""
+    if not payload or len(payload) % _SUCCESS.size:
+        raise ProtocolError("malformed success frame")
+    return list(_SUCCESS.iter_unpack(payload))
 
 
 Hello = namedtuple("Hello", "version program capabilities")

@@ -11,6 +11,7 @@ STAT_LINES = {
     "received": "Total bytes received",
     "transferred": "Number of regular files transferred",
     "encrypted": "Number of encrypted files",
+    "linked": "Number of linked files",
     "encrypted_bytes": "Encrypted data transferred",
     "deleted": "Number of deleted files",
 }
