@@ -23,6 +23,8 @@ SIGNAL = 20
 PARTIAL = 23
 VANISHED = 24
 MAX_DELETE = 25
+TIMEOUT = 30
+CONTIMEOUT = 35
 SSH = 255
 MEANING = {
     OK: "success",
@@ -38,6 +40,8 @@ MEANING = {
     PARTIAL: "some files/attrs were not transferred (see previous errors)",
     VANISHED: "some files vanished before they could be transferred",
     MAX_DELETE: "the --max-delete limit stopped deletions",
+    TIMEOUT: "timeout in data send/receive",
+    CONTIMEOUT: "timeout waiting for the other side's handshake",
     SSH: "unexplained error (ssh exited with 255)",
 }
 """What each code means, in rsync's words where rsync has the code: the closing
@@ -138,6 +142,28 @@ class NoAnswer(StartupFailed):
     """The peer said nothing within the time a step of the run allows."""
 
     template = "no answer from the other side in {seconds:.0f} s"
+
+
+class IoTimeout(ProtocolError):
+    """--timeout: nothing came from the other side, and nothing could be sent to it,
+    for that long (rsync's line; `side` is this end's role)."""
+
+    template = "[{side}] io timeout after {seconds} seconds -- exiting"
+    code = TIMEOUT
+
+
+class ConnectTimeout(StartupFailed):
+    """--contimeout: the other side did not answer the handshake in time."""
+
+    template = "timeout: the other side did not answer the handshake in {seconds} seconds"
+    code = CONTIMEOUT
+
+
+class LockFileUnusable(FscsyncError):
+    """--lock-file names a file that cannot be opened or locked."""
+
+    template = "cannot lock {path} (--lock-file): {reason}"
+    code = FILE_IO
 
 
 class VersionMismatch(ProtocolError):

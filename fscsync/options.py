@@ -11,6 +11,9 @@ import stat
 from fscsync.record import Record
 
 DEFAULT_BLOCK = 4096
+MAX_TIMEOUT = 10**8
+"""The longest --timeout or --contimeout in seconds (about three years), so that every
+wait stays within what select takes."""
 _BYTES_LISTS = ("filter_rules", "files_from", "alt_dest_dirs")
 
 
@@ -90,6 +93,8 @@ class Options(Record):
     refuse_ino_policies: bool = False
     compress: str | None = None
     bwlimit: int = 0
+    timeout: int = 0  # --timeout: seconds of silence that end the run (0: none)
+    contimeout: int = 0  # --contimeout: seconds the handshake may take (0: the default)
     stats: bool = False
     progress: bool = False
     log_items: bool = False

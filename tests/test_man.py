@@ -16,7 +16,8 @@ OPTION_RE = re.compile(r"(?<![\w-])(--?[A-Za-z0-9][\w-]*)")
 REQUIRED = ("--log-file", "--log-file-format", "--list-only")
 SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "ENCRYPTED TREES", "FILTER RULES",
             "THREAT MODEL", "EXIT VALUES", "ENVIRONMENT", "EXAMPLES", "SEE ALSO")
-EXIT_CODES = ("0", "1", "2", "3", "5", "11", "12", "14", "15", "20", "23", "24", "25", "255")
+EXIT_CODES = ("0", "1", "2", "3", "5", "11", "12", "14", "15", "20", "23", "24", "25", "30", "35",
+              "255")
 
 
 def help_options(text: str) -> set[str]:

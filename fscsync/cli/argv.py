@@ -19,7 +19,7 @@ from typing import NamedTuple
 from fscsync.cli import outflags
 from fscsync.engine import chmod, filterrules, idmap, sources
 from fscsync.errors import FilesFromUnreadable, UsageError
-from fscsync.options import Options
+from fscsync.options import MAX_TIMEOUT, Options
 
 USAGE = "fscsync [OPTION]... SRC [SRC]... DEST"
 INC = object()
@@ -62,6 +62,15 @@ def _size(text: str) -> int:
     base = 1000 if (m.group(3) or "").lower() == "b" else 1024
     mult = base ** " kmgtp".index(unit.lower()) if unit else 1
     return int(float(m.group(1)) * mult) + int(m.group(4) or 0)
+
+
+def _seconds(text: str) -> int:
+    """--timeout, --contimeout: whole seconds, 0 for none (rsync's reading of a
+    negative value as none is refused here: it is a typo, not a wish)."""
+    value = _int(text)
+    if not 0 <= value <= MAX_TIMEOUT:
+        raise BadValue(f"must be from 0 (none) to {MAX_TIMEOUT} seconds")
+    return value
 
 
 def _bwlimit(text: str) -> int:
@@ -254,6 +263,14 @@ TABLE: tuple[Opt, ...] = (
     Opt("--list-only", "list the files instead of copying them", {"list_only": True}),
     Opt("--bwlimit", "limit socket I/O bandwidth (KiB/s, or with a K/M/G suffix)",
         dest="bwlimit", convert=_bwlimit, metavar="RATE"),
+    Opt("--timeout", "set I/O timeout in seconds", dest="timeout", convert=_seconds,
+        metavar="SECONDS"),
+    Opt("--no-timeout", "no I/O timeout (the default)", {"timeout": 0}, hidden=True),
+    Opt("--contimeout", "set the handshake timeout in seconds", dest="contimeout",
+        convert=_seconds, metavar="SECONDS"),
+    Opt("--no-contimeout", "the default handshake timeout", {"contimeout": 0}, hidden=True),
+    Opt("--lock-file", "hold an exclusive lock on FILE for the run (a second run waits)",
+        dest="lock_file", metavar="FILE"),
     Opt("--encdata-xattr", "xattr that holds encdata on this run's plain-filesystem side",
         dest="encdata_xattr", metavar="NAME"),
     Opt("--refuse-ino-policies", "fail files whose policy uses inode-number based IVs "
@@ -287,7 +304,7 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
                  debug=[], old_dirs=False, eight_bit=False,
                  relative=None, recurse_asked=False, files_from_arg=None, alt_dests=[],
-                 when_before=False, when_during="", when_after=False)
+                 when_before=False, when_during="", when_after=False, lock_file=None)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 

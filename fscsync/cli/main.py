@@ -159,6 +159,8 @@ def _main(args: list[str]) -> int:
                                log=log, itemize=bool(opts.itemize),
                                human=ns.human_readable, out_format=out_format,
                                eight_bit=ns.eight_bit)
+    if ns.lock_file:
+        _lock(ns.lock_file, reporter)
     peer = None
     if p.peer is not None:  # connecting takes longest: start it before the imports below
         from fscsync.run.transport import remote_command, spawn
@@ -199,6 +201,33 @@ def _main(args: list[str]) -> int:
     if outcome.exit_code not in (errors.OK,):
         _final_error(outcome.exit_code)
     return outcome.exit_code
+
+
+def _lock(path: str, reporter) -> None:
+    """--lock-file: an exclusive flock on FILE (made if missing, never removed: removing
+    a lock file races with the next run opening it), held until this process ends. A
+    second run waits for the first, so overlapping cron jobs run one after the other;
+    the wait is interruptible (SIGINT, SIGTERM: exit 20)."""
+    import fcntl
+
+    from fscsync.errors import LockFileUnusable
+
+    where = os.fsencode(path)
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LockFileUnusable(path=where, reason=exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            reporter.info(f"waiting for the lock on {errors.escape(where)} (another run "
+                          "holds it)", 1)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        raise LockFileUnusable(path=where, reason=exc) from None
 
 
 def _sender_prefix(p, wanted: bool) -> str | None:

@@ -22,7 +22,7 @@ from fscsync.engine import itemize
 from fscsync.engine.rxstate import Status
 from fscsync.errors import escape, os_reason
 from fscsync.fs import cipher, meta
-from fscsync.fs.destfs import DestTree, link_in, lstat_at
+from fscsync.fs.destfs import DestTree, link_in, lstat_at, open_temp
 from fscsync.fs.fileio import copy_range
 from fscsync.fs.meta import Target
 
@@ -40,7 +40,6 @@ quick check, and with unchanged attributes too."""
 SETTLED = object()
 """regular()'s "this file is done" (linked, compared or copied here)."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def unchanged(opts: Options, reporter: Reporter, update: str, e: Entry) -> None:
@@ -290,7 +289,7 @@ class AltDests:
         def make(tmp: bytes) -> None:
             src, _ = cipher.open_data(found.name, layout, dir_fd=found.dirfd)
             try:
-                dst = os.open(tmp, _NEW_FILE, 0o600, dir_fd=pfd)
+                dst = open_temp(pfd, tmp)
                 try:
                     copy_range(src, dst, 0, os.fstat(src).st_size)
                 finally:

@@ -17,7 +17,14 @@ from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
 from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
 from fscsync.fs import meta
-from fscsync.fs.destfs import RemoveHooks, link_in, lstat_at, remove_tree, sync_if_changed
+from fscsync.fs.destfs import (
+    RemoveHooks,
+    in_use,
+    link_in,
+    lstat_at,
+    remove_tree,
+    sync_if_changed,
+)
 from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -129,7 +136,7 @@ class Finalizer:
             except OSError:
                 continue
             for name in names:
-                if name not in keep:
+                if name not in keep and not in_use(dfd, name):  # another run's: it stays
                     try:
                         remove_tree(dfd, name)
                     except OSError:

@@ -413,7 +413,12 @@ class Generator:
         already, as a freshly created root does); attributes come in the final pass."""
         self._item_made(e, self.alt.dir_changes(e) if self.alt is not None else None)
         if make and not self.opts.dry_run:
-            os.mkdir(name, 0o700, dir_fd=pfd)
+            try:
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            except FileExistsError:  # made just now by another run into this destination
+                st = lstat_at(pfd, name)
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    raise
         self.fresh.add(rel_dir(e))
         self.dirs.append((idx, True))
         self.state.status[idx] = Status.OK

@@ -122,14 +122,8 @@ class Receiver:
                                        0 if self.opts.itemize else 1)
                 return
             if not self.opts.mkpath:
-                try:
-                    if fs is None:
-                        os.mkdir(path, 0o777)
-                    else:
-                        fs.mkdir(path, 0o777)
-                except OSError as exc:
-                    raise OSFailed("mkdir", path, exc, errors.FILE_IO) from None
-            self.root_created = True
+                made = int(self._mkdir(path))
+            self.root_created = made > 0
             self.made_levels = made
             self._report_made(path, made)
         elif not stat.S_ISDIR(st.st_mode):
@@ -165,11 +159,27 @@ class Receiver:
             path = os.path.dirname(path)
         if not self.opts.dry_run:
             for path in reversed(missing):
-                try:
-                    os.mkdir(path, 0o777)
-                except OSError as exc:
-                    raise OSFailed("mkdir", path, exc, errors.FILE_IO) from None
+                self._mkdir(path, confined=False)
         return len(missing)
+
+    def _mkdir(self, path: bytes, confined: bool = True) -> bool:
+        """Make a directory of the destination's path; False when another run into the
+        same destination made it first (two overlapping cron jobs both complete)."""
+        fs = self.confined if confined else None
+        try:
+            if fs is None:
+                os.mkdir(path, 0o777)
+            else:
+                fs.mkdir(path, 0o777)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                try:
+                    if stat.S_ISDIR((os.stat(path) if fs is None else fs.stat(path)).st_mode):
+                        return False
+                except OSError:
+                    pass
+            raise OSFailed("mkdir", path, exc, errors.FILE_IO) from None
+        return True
 
     def _report_made(self, path: bytes, made: int) -> None:
         """rsync's line for a destination it made (counted with --mkpath)."""

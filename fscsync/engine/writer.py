@@ -16,7 +16,7 @@ from fscsync.engine import delta
 from fscsync.engine.rxstate import Pending, RxState, Status
 from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, inplace, meta
-from fscsync.fs.destfs import DestTree, proc_path, temp_name
+from fscsync.fs.destfs import DestTree, open_temp, proc_path, temp_name
 from fscsync.fs.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
 from fscsync.wire import protocol
 
@@ -91,8 +91,7 @@ class Writer:
     def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
         p.tmpdir = self._temp_dir_fd if self._temp_dir_fd is not None else pfd
         p.tmpname = temp_name(name)
-        p.fd = os.open(p.tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                       | os.O_CLOEXEC, 0o600, dir_fd=p.tmpdir)
+        p.fd = open_temp(p.tmpdir, p.tmpname)
 
     def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
         """Update in place under a redo journal? Only by default (neither --inplace nor
@@ -314,7 +313,8 @@ class Writer:
 
     def _install(self, p: Pending, st: os.stat_result,
                  where: tuple[int, bytes] | None = None) -> None:
-        """Attributes onto the verified temp file (`st` is its stat), then rename."""
+        """Attributes onto the verified temp file (`st` is its stat), then rename; its fd
+        (and so its flock) is kept until the rename is done."""
         state = self.state
         e = state.entries[p.idx]
         self._close_basis(p)
@@ -323,8 +323,6 @@ class Writer:
                          replaced=p.replaced_mode if p.tmpname else None, accurate_time=True)
         if self.opts.fsync:  # data, size and attributes on disk before the name moves
             os.fsync(p.fd)
-        os.close(p.fd)
-        p.fd = None
         if p.update is not None:
             p.update.finish()
             p.update = None
@@ -333,6 +331,8 @@ class Writer:
             if self.opts.delay_updates:
                 state.partials.delay(p.tmpdir, p.tmpname, pfd, name, state.dest_path(e),
                                      p.idx)
+                os.close(p.fd)
+                p.fd = None
                 return
             if state.backups is not None:
                 state.backups.keep(pfd, name, state.dest_path(e))
@@ -345,6 +345,8 @@ class Writer:
                 self._rename_in(p, pfd, name)
             if p.partial_at is not None:
                 state.partials.drop(p.partial_at)
+        os.close(p.fd)
+        p.fd = None
 
     @staticmethod
     def _rename_in(p: Pending, pfd: int, name: bytes) -> None:
@@ -363,8 +365,7 @@ class Writer:
         src = os.open(p.tmpname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=p.tmpdir)
         beside = temp_name(name)
         try:
-            fd = os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            fd = open_temp(pfd, beside)
             try:
                 size = os.fstat(src).st_size
                 copy_range(src, fd, 0, size)

@@ -9,6 +9,7 @@ where a directory should be therefore stops the entry instead of redirecting it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import stat
@@ -66,6 +67,49 @@ def temp_name(name: bytes) -> bytes:
 
 def is_temp_name(name: bytes) -> bool:
     return TEMP_RE.fullmatch(name) is not None
+
+
+def open_temp(dirfd: int, tmpname: bytes) -> int:
+    """Create a temp file for writing and hold an exclusive flock on it for as long as
+    the fd stays open: another run into the same directory (two overlapping cron
+    jobs) then sees it is in use and leaves it, where it would remove a killed run's."""
+    fd = os.open(tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dirfd)
+    lock(fd)
+    return fd
+
+
+def lock(fd: int) -> None:
+    """The exclusive flock that marks a temp file or journal as this run's."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a filesystem without flock: cleanup then works as before
+        pass
+
+
+def in_use(dirfd: int, name: bytes) -> bool:
+    """Whether a regular file named like our temp files is held by a running fscsync
+    (open_temp's flock), so that it is not litter; other kinds never are held."""
+    try:
+        st = lstat_at(dirfd, name)
+    except OSError:
+        return False
+    if st is None or not stat.S_ISREG(st.st_mode):  # never open a device to look
+        return False
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC, dir_fd=dirfd)
+    except OSError:  # gone, replaced by a symlink, or unreadable
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def proc_path(dirfd: int, name: bytes) -> bytes:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import os
 import stat
 import struct
 
 import xxhash
 
-from fscsync.fs.destfs import TEMP_MARK
+from fscsync.fs.destfs import TEMP_MARK, lock
 from fscsync.fs.fileio import READ_SIZE
 
 MIN_SIZE = 64 << 20
@@ -94,6 +95,7 @@ class Update:
         except OSError:
             os.close(fd)
             return None
+        lock(jfd)  # held until the journal is gone: another run's recover leaves it
         update = cls(dirfd, fd, jname, jfd)
         try:
             update._append(_HEAD.pack(_MAGIC, st.st_ino, len(name)) + name)
@@ -172,17 +174,23 @@ class Update:
                 os.posix_fallocate(self.fd, off, end - off)
 
     def finish(self) -> None:
-        """The file is complete and its attributes are set: drop the journal."""
-        self.close()
-        os.unlink(self.jname, dir_fd=self.dirfd)
+        """The file is complete and its attributes are set: drop the journal (its name
+        first, while the lock still holds)."""
+        try:
+            os.unlink(self.jname, dir_fd=self.dirfd)
+        finally:
+            self.close()
 
     def discard(self) -> bool:
         """Give up before the commit: the file was never touched. After the commit the
         journal stays for the next run to apply (False)."""
-        self.close()
         if self.committed:
+            self.close()
             return False
-        os.unlink(self.jname, dir_fd=self.dirfd)
+        try:
+            os.unlink(self.jname, dir_fd=self.dirfd)
+        finally:
+            self.close()
         return True
 
     def close(self) -> None:
@@ -212,8 +220,17 @@ def recover(dirfd: int, jname: bytes, drop_invalid: bool = True) -> bool | None:
     """Finish or drop the update a killed run left behind; the journal is removed
     either way. True when its data was written into the file. With drop_invalid
     False, a file that holds no committed journal stays (it may be a real file of that
-    name, which only the whole file list can tell) and None says so."""
+    name, which only the whole file list can tell) and None says so. A journal that a
+    running fscsync holds (its flock: two runs into one directory) is left to it: False,
+    as if nothing were there."""
     jfd = os.open(jname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        fcntl.flock(jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(jfd)
+        return False
+    except OSError:  # no flock here: recover as before
+        pass
     try:
         found = _read_journal(jfd)
         if found is None and not drop_invalid:

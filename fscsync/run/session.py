@@ -14,10 +14,13 @@ from fscsync.engine.report import KINDS, Reporter
 from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import (
     AllowedTreeUnusable,
+    ConnectTimeout,
     DirOptionOutsideAllowedTree,
     FilesFromUnreadable,
     FscsyncError,
     InternalError,
+    IoTimeout,
+    NoAnswer,
     OutsideAllowedTree,
     PeerClosed,
     PeerFailed,
@@ -29,7 +32,7 @@ from fscsync.errors import (
     escape_peer,
 )
 from fscsync.fs.destfs import Confined, temp_dir_path
-from fscsync.options import Options
+from fscsync.options import MAX_TIMEOUT, Options
 from fscsync.record import Record
 from fscsync.run.endpoint import Plan
 from fscsync.run.transport import Peer, fork_server
@@ -38,6 +41,9 @@ from fscsync.wire.protocol import Channel
 
 LAST_WORDS_S = 5.0
 """How long a client waits for the reason a peer closed the connection."""
+HANDSHAKE_S = 60
+"""How long either side waits for the other's handshake without --contimeout, and a
+server for the setup frame (it learns the run's --timeout only from that frame)."""
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -137,6 +143,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
         try:
             _last_words(chan, on_control)
         finally:
+            chan.stop_keepalive()
             status = peer.close()
         if p.peer is not None and status == 255:
             raise SshFailed() from None
@@ -144,14 +151,32 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
             raise PeerKilled(closed=str(exc), signal=-status) from None
         raise exc from None
     except BaseException:
+        chan.stop_keepalive()
         peer.stop()
         raise
+    chan.stop_keepalive()
     status = peer.close()
     code = errors.worst(reporter.exit_code, peer_code)
     if status not in (0, None) and code == errors.OK:
         code = status if 0 < status < 256 else errors.IPC
     return Outcome(code, stats, chan.bytes_sent, chan.bytes_received,
                    time.monotonic() - started)
+
+
+def _server_hello(chan: Channel, opts: Options, side: str) -> protocol.Hello:
+    """The server's handshake, waited for as long as --contimeout says (exit 35), else
+    as --timeout says (exit 30, rsync's io timeout), else HANDSHAKE_S."""
+    wait, error = HANDSHAKE_S, None
+    if opts.contimeout:
+        wait, error = opts.contimeout, ConnectTimeout(seconds=opts.contimeout)
+    elif opts.timeout:
+        wait, error = opts.timeout, IoTimeout(side=side, seconds=opts.timeout)
+    try:
+        return protocol.recv_hello(chan, "server", wait)
+    except NoAnswer:
+        if error is None:
+            raise
+        raise error from None
 
 
 def _last_words(chan: Channel, on_control) -> None:
@@ -168,7 +193,9 @@ def _last_words(chan: Channel, on_control) -> None:
 def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
                      on_control, sender: Sender | None) -> tuple[Stats, int]:
     protocol.send_hello(chan, "client")
-    hello = protocol.recv_hello(chan, "server")
+    side = "sender" if p.client_sends else "receiver"
+    hello = _server_hello(chan, opts, side)
+    chan.set_timeout(opts.timeout, side, "keepalive" in hello.capabilities)
     kind = None
     if opts.compress:
         kind = "zstd" if "zstd" in hello.capabilities and "zstd" in protocol.CAPABILITIES \
@@ -225,8 +252,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
     reporter = FrameReporter(chan)
     try:
         protocol.send_hello(chan, "server")
-        protocol.recv_hello(chan, "client")
-        ftype, payload = chan.recv()
+        hello = protocol.recv_hello(chan, "client", HANDSHAKE_S)
+        ftype, payload = chan.recv(HANDSHAKE_S)
         if ftype != protocol.SETUP:
             raise StartupFailed("expected the setup frame")
         setup = protocol.load_json(payload)
@@ -239,8 +266,11 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         except (KeyError, TypeError, ValueError):
             raise StartupFailed("malformed setup frame") from None
         if (role not in ("sender", "receiver") or not paths
-                or kind not in (None, *protocol.COMPRESSIONS)):
+                or kind not in (None, *protocol.COMPRESSIONS)
+                or not all(type(t) is int and 0 <= t <= MAX_TIMEOUT
+                           for t in (opts.timeout, opts.contimeout))):
             raise StartupFailed("malformed setup frame")
+        chan.set_timeout(opts.timeout, role, "keepalive" in hello.capabilities)
         confined = None
         if restrict_to is not None:
             confined = _confine(restrict_to)
@@ -281,6 +311,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             traceback.print_exc()
         bug = InternalError(exc, " on the server")
         return _fatal(chan, str(bug), bug.code)
+    finally:
+        chan.stop_keepalive()
 
 
 def _read_files_from(path: bytes, confined: Confined | None, from0: bool) -> list[bytes]:

@@ -67,11 +67,14 @@ class Peer:
     def stop(self, grace: float = STOP_GRACE_S) -> int:
         """End the peer before the exchange is over: SIGTERM first, which a server
         handles as SIGINT (its temp files removed, the partial file kept with
-        --partial; ssh ends and so the remote server sees the end of its input), then
-        our ends of the pipes close; SIGKILL only if it is still there after `grace`."""
+        --partial; ssh ends and so the remote server sees the end of its input), and
+        SIGCONT, in case it was stopped (a peer frozen with SIGSTOP is what --timeout
+        gives up on); then our ends of the pipes close; SIGKILL only if it is still
+        there after `grace`."""
         if self._status is None:
             try:
                 os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, signal.SIGCONT)  # a stopped peer could not clean up
             except ProcessLookupError:
                 pass
         return self.close(grace)

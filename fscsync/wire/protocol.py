@@ -21,6 +21,7 @@ from collections import namedtuple
 from fscsync import PROTOCOL_VERSION, __version__
 from fscsync.errors import (
     ClosedBeforeHandshake,
+    IoTimeout,
     NoAnswer,
     NotFscsync,
     PeerClosed,
@@ -42,6 +43,9 @@ _IN_BUFFER = 256 << 10
 """Input buffer: four big frames' worth; frames of _DIRECT_READ or more skip it."""
 _IOV_MAX = 512
 """Buffers per writev (the kernel takes up to 1024)."""
+_DRAIN_MAX = 64 << 20
+"""Input read ahead while a write waits for the peer, at most (a peer that never reads
+must not fill our memory instead)."""
 F_SETPIPE_SZ = 1031
 
 # Frame types. 13, 17 and 18 were named (item, per-file failure, progress) but never
@@ -80,8 +84,11 @@ MAX_SUCCESSES = MAX_FRAME // _SUCCESS.size
 IOERROR = 25
 """Version 5, sender to receiver, empty: a file it listed could not be read (rsync's MSG_IO_ERROR);
 sent once, before FINISHED. --delete-after then deletes nothing (--ignore-errors)."""
+NOOP = 26
+"""Empty keepalive under --timeout, sent only to a peer whose handshake lists
+"keepalive"; recv skips it wherever it comes."""
 
-CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib"]
+CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib", "keepalive"]
 try:
     import zstandard
 
@@ -111,11 +118,13 @@ class _Codec:
 
 class _Source:
     """The compressed bytes of one direction: what was read past the switch to
-    compression first, then the fd (waiting at most `timeout`)."""
+    compression first, then the fd (waiting at most `timeout`, else as the channel's
+    --timeout allows)."""
 
-    def __init__(self, rfd: int, rest: bytes):
+    def __init__(self, rfd: int, rest: bytes, chan: Channel):
         self.rfd = rfd
         self.rest = rest
+        self.chan = chan
         self.received = 0
         self.eof = False
         self.timeout: float | None = None
@@ -128,7 +137,7 @@ class _Source:
             ready, _, _ = select.select([self.rfd], [], [], self.timeout)
             if not ready:
                 raise NoAnswer(seconds=self.timeout)
-        data = os.read(self.rfd, n)
+        data = self.chan._read(n)
         self.received += len(data)
         self.eof = not data
         return data
@@ -140,8 +149,8 @@ class _Decodec:
     from an untrusted peer must not inflate into gigabytes at once. (zstandard's
     decompressobj has no output bound; its stream reader's read1 has.)"""
 
-    def __init__(self, kind: str, rfd: int, rest: bytes):
-        self.source = _Source(rfd, rest)
+    def __init__(self, kind: str, rfd: int, rest: bytes, chan: Channel):
+        self.source = _Source(rfd, rest, chan)
         self._zstd = None
         if kind == "zstd":
             self._zstd = zstandard.ZstdDecompressor().stream_reader(
@@ -205,6 +214,116 @@ class Channel:
         self._queue: queue.Queue | None = None
         self._writer: threading.Thread | None = None
         self._write_error: BaseException | None = None
+        self._timeout = 0
+        self._side = ""
+        self._last_in = self._last_out = self._last_sent = 0.0
+        self._keepalive: threading.Thread | None = None
+        self._stop_keepalive = threading.Event()
+
+    def set_timeout(self, seconds: int, side: str, keepalive: bool) -> None:
+        """--timeout: from now on a wait for the peer that lasts `seconds` after the last
+        data in either direction ends the run with IoTimeout (`side` names this end in
+        its line). Reads and writes stop blocking (O_NONBLOCK): each is tried first and
+        waited for with select only when the pipe is empty or full, so a frozen peer
+        cannot hold one forever; with `keepalive` (the peer reads NOOP frames) a thread sends
+        one whenever this side has been silent for a third of the time, so a peer that waits
+        while this side works (hashing a huge file, the final pass) does not give up.
+        A keepalive is no sign of life from the peer: it never counts as data sent."""
+        if not seconds:
+            return
+        self._timeout = seconds
+        self._side = side
+        self._last_in = self._last_out = self._last_sent = time.monotonic()
+        for fd in (self.rfd, self.wfd):
+            os.set_blocking(fd, False)
+        if keepalive:
+            self._keepalive = threading.Thread(target=self._keep_alive, name="keepalive",
+                                               daemon=True)
+            self._keepalive.start()
+
+    def stop_keepalive(self) -> None:
+        """End the keepalive thread before the caller closes the fds it writes to."""
+        self._stop_keepalive.set()
+        if self._keepalive is not None and self._keepalive is not threading.current_thread():
+            self._keepalive.join()
+        self._keepalive = None
+
+    def _keep_alive(self) -> None:
+        lull = self._timeout / 3  # rsync allows half, but checks only each second
+        while not self._stop_keepalive.wait(lull / 4):
+            if time.monotonic() - self._last_sent < lull:
+                continue
+            if not self._lock.acquire(blocking=False):
+                continue  # the owner is sending: try again in a moment
+            try:
+                real = bool(self._out)
+                self._out.append(_HDR.pack(NOOP, 0))
+                self._out_len += _HDR.size
+                self._flush_locked(real)
+            except Exception:  # the owner meets the same trouble on its next read or write
+                return
+            finally:
+                self._lock.release()
+
+    def _await(self, fd: int, write: bool) -> None:
+        """Wait until fd is ready (readable, or writable); IoTimeout once --timeout has
+        passed since the last data in either direction. A sync-mode writer reads what
+        arrives meanwhile into the input buffer, as rsync does: two sides each blocked
+        on a full pipe must not wait for each other."""
+        keepalive = threading.current_thread() is self._keepalive
+        drain = write and self._queue is None and not self._eof and not keepalive
+        while True:
+            left = wait = None
+            if self._timeout:
+                left = max(self._last_in, self._last_out) + self._timeout - time.monotonic()
+                wait = max(left, 0)
+                if keepalive:  # in slices, so that stop_keepalive is heard
+                    wait = min(wait, 0.1)
+                    if self._stop_keepalive.is_set():
+                        raise PeerClosed()
+            drain = drain and self._buffered() < _DRAIN_MAX
+            rl = [self.rfd] if drain or not write else []
+            ready, writable, _ = select.select(rl, [fd] if write else [], [], wait)
+            if writable or (ready and not write):
+                return  # data waiting counts even past the deadline (we were stopped)
+            if ready:
+                drain = self._drain_input()
+            elif left is not None and left <= 0:
+                raise IoTimeout(side=self._side, seconds=self._timeout)
+
+    def _buffered(self) -> int:
+        if self._decodec is not None:
+            return len(self._decodec.source.rest)
+        return self._end - self._pos
+
+    def _drain_input(self) -> bool:
+        """Read what the peer sent into the input buffer (raw bytes, still compressed
+        if the stream is); False at the end of the stream, which the next read meets."""
+        try:
+            data = os.read(self.rfd, _READ_CHUNK)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        self._last_in = time.monotonic()
+        self.bytes_received += len(data)
+        if self._decodec is not None:
+            self._decodec.source.rest += data
+        else:
+            self._append(data)
+        return True
+
+    def _read(self, n: int) -> bytes:
+        """os.read of the stream, waiting as --timeout allows."""
+        while True:
+            try:
+                data = os.read(self.rfd, n)
+            except BlockingIOError:
+                self._await(self.rfd, False)
+                continue
+            if data and self._timeout:
+                self._last_in = time.monotonic()
+            return data
 
     def start_async(self) -> None:
         """From now on, writes happen in a background thread and never block the caller.
@@ -223,20 +342,21 @@ class Channel:
         self.flush()
         self._queue.put(None)
         self._writer.join()
-        self._queue = None
+        with self._lock:  # a keepalive flushing now writes itself, not into the queue
+            self._queue = None
         self._writer = None
         if self._write_error is not None:
             raise self._write_error
 
     def _drain(self) -> None:
         while True:
-            data = self._queue.get()
-            if data is None:
+            item = self._queue.get()
+            if item is None:
                 return
             if self._write_error is not None:
                 continue
             try:
-                self._write_all(data)
+                self._write_all(*item)
             except BaseException as exc:
                 self._write_error = exc
 
@@ -244,7 +364,8 @@ class Channel:
         """Switch both directions to a compressed stream from here on."""
         if kind:
             self._codec = _Codec(kind)
-            self._decodec = _Decodec(kind, self.rfd, bytes(self._in[self._pos : self._end]))
+            self._decodec = _Decodec(kind, self.rfd, bytes(self._in[self._pos : self._end]),
+                                     self)
             self._pos = self._end = 0
 
     def set_bwlimit(self, bytes_per_second: int) -> None:
@@ -269,7 +390,8 @@ class Channel:
         with self._lock:
             self._flush_locked()
 
-    def _flush_locked(self) -> None:
+    def _flush_locked(self, real: bool = True) -> None:
+        """Write (or queue) what is buffered; `real` False for a lone keepalive."""
         if not self._out:
             return
         data = self._out
@@ -280,19 +402,27 @@ class Channel:
         if self._queue is not None:
             if self._write_error is not None:
                 raise self._write_error
-            self._queue.put(data)
+            self._queue.put((data, real))
             return
-        self._write_all(data)
+        self._write_all(data, real)
 
-    def _write_all(self, parts: list) -> None:
+    def _write_all(self, parts: list, real: bool = True) -> None:
         """writev the buffers (bytes-like, one byte per item), resuming after partial
-        writes; a blocking pipe takes each batch whole unless a signal cuts it short."""
+        writes; a blocking pipe takes each batch whole unless a signal cuts it short.
+        Under --timeout the fd does not block: a full pipe is waited for (_await)."""
         while parts:
             batch = parts[:_IOV_MAX]
             try:
                 n = os.writev(self.wfd, batch)
             except BrokenPipeError:
                 raise PeerClosed() from None
+            except BlockingIOError:
+                self._await(self.wfd, True)
+                continue
+            if self._timeout:
+                self._last_sent = time.monotonic()
+                if real:
+                    self._last_out = self._last_sent
             self.bytes_sent += n
             if self._bwlimit:
                 self._throttle(n)
@@ -323,12 +453,18 @@ class Channel:
                 raise NoAnswer(seconds=timeout)
         # Straight into the buffer: no new 1 MiB object per read, no copy after it.
         self._room(_DIRECT_READ + _HDR.size)
-        got = os.readv(self.rfd, [memoryview(self._in)[self._end :]])
+        try:
+            got = os.readv(self.rfd, [memoryview(self._in)[self._end :]])
+        except BlockingIOError:  # under --timeout: wait as it allows, then read again
+            self._await(self.rfd, False)
+            return
         self._end += got
         if not got:
             self._eof = True
             raise PeerClosed()
         self.bytes_received += got
+        if self._timeout:
+            self._last_in = time.monotonic()
 
     def _fill_decompressed(self, timeout: float | None) -> None:
         source = self._decodec.source
@@ -362,8 +498,10 @@ class Channel:
         """Flush only when the next recv would wait for the peer: answers to frames
         already here go out together, one write for many small files."""
         have = self._end - self._pos
-        if have >= _HDR.size and have >= _HDR.size + _HDR.unpack_from(self._in, self._pos)[1]:
-            return
+        if have >= _HDR.size:
+            ftype, length = _HDR.unpack_from(self._in, self._pos)
+            if have >= _HDR.size + length and ftype != NOOP:
+                return
         self.flush()
 
     def _need(self, n: int, timeout: float | None) -> None:
@@ -371,9 +509,13 @@ class Channel:
             self._fill(timeout)
 
     def recv(self, timeout: float | None = None) -> tuple[int, bytes]:
-        """The next frame; raises PeerClosed at end of stream."""
+        """The next frame other than a keepalive; raises PeerClosed at end of stream."""
         self._need(_HDR.size, timeout)
         ftype, length = _HDR.unpack_from(self._in, self._pos)
+        while ftype == NOOP and not length:
+            self._pos += _HDR.size
+            self._need(_HDR.size, timeout)
+            ftype, length = _HDR.unpack_from(self._in, self._pos)
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
         if length >= _DIRECT_READ and self._decodec is None:
@@ -393,12 +535,18 @@ class Channel:
         view[:have] = memoryview(self._in)[start : start + have]
         self._pos = start + have
         while have < length:
-            n = os.readv(self.rfd, [view[have:]])
+            try:
+                n = os.readv(self.rfd, [view[have:]])
+            except BlockingIOError:
+                self._await(self.rfd, False)
+                continue
             if n == 0:
                 self._eof = True
                 raise PeerClosed()
             have += n
             self.bytes_received += n
+            if self._timeout:
+                self._last_in = time.monotonic()
         return buf
 
     def read_raw_prefix(self, n: int, timeout: float) -> bytes:
