@@ -159,16 +159,21 @@ def _main(args: list[str]) -> int:
                                log=log, itemize=bool(opts.itemize),
                                human=ns.human_readable, out_format=out_format,
                                eight_bit=ns.eight_bit)
+    if not 1 <= ns.parallel <= 64:
+        raise UsageError("--parallel takes a number of streams from 1 to 64")
+    parallel = ns.parallel > 1 and _parallel(opts, p)
     peer = None
-    if p.peer is not None:  # connecting takes longest: start it before the imports below
-        from fscsync.run.transport import remote_command, spawn
-
-        rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
-        peer = spawn(remote_command(p.peer, rsh, ns.remote_fscsync))
+    if p.peer is not None and not parallel:  # connecting takes longest: start it first
+        peer = _connect(p, ns)()
     from fscsync.run.session import run_client
 
     try:
-        outcome = run_client(opts, p, reporter, peer)
+        if parallel:
+            from fscsync.run.parallel import run_parallel
+
+            outcome = run_parallel(opts, p, reporter, ns.parallel, _connect(p, ns))
+        else:
+            outcome = run_client(opts, p, reporter, peer)
     except (FscsyncError, KeyboardInterrupt) as exc:
         if log is not None:
             code = exc.code if isinstance(exc, FscsyncError) else errors.SIGNAL
@@ -199,6 +204,24 @@ def _main(args: list[str]) -> int:
     if outcome.exit_code not in (errors.OK,):
         _final_error(outcome.exit_code)
     return outcome.exit_code
+
+
+def _parallel(opts, p) -> bool:
+    """--parallel N: whether this run splits (it refuses what it cannot do)."""
+    from fscsync.run.parallel import usable
+
+    return usable(opts, p)
+
+
+def _connect(p, ns):
+    """What starts one connection to the remote peer (None: the run is local)."""
+    if p.peer is None:
+        return lambda: None
+    from fscsync.run.transport import remote_command, spawn
+
+    rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
+    argv = remote_command(p.peer, rsh, ns.remote_fscsync)
+    return lambda: spawn(argv)
 
 
 def _sender_prefix(p, wanted: bool) -> str | None:

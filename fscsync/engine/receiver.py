@@ -16,7 +16,7 @@ import struct
 from collections import deque
 
 from fscsync import errors
-from fscsync.engine import idmap
+from fscsync.engine import idmap, spool
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
@@ -308,7 +308,15 @@ class Receiver:
                           state.single_name)
         tree = self.tree()
         try:
-            final.run(tree, gen.decisions())
+            if self.opts.spool is None:
+                final.run(tree, gen.decisions())
+            else:  # one stream of --parallel: the rest is done once, for every stream
+                decisions = gen.decisions()
+                if tree is not None:
+                    final.hard_links(tree, decisions.links)
+                token, _, name = self.opts.spool.partition(b"/")
+                spool.write(token, name, decisions, (self.ids.user_names, self.ids.group_names),
+                            self.io_error)
         finally:
             if tree is not None:
                 tree.close()

@@ -112,11 +112,12 @@ class Outcome(Record):
     elapsed: float = 0.0
 
 
-def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = None
-               ) -> Outcome:
+def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = None,
+               partition=None) -> Outcome:
     """Run the client's side against `peer`, the remote shell the command line started
     (as early as it could: connecting takes longest), or against a local server forked
-    here when it is None."""
+    here when it is None. `partition`: the part of the tree a stream of --parallel
+    sends (run.partition.Partition)."""
     started = time.monotonic()
     from fscsync.engine.receiver import Receiver  # noqa: F401  (before a fork)
     from fscsync.engine.sender import Sender
@@ -128,6 +129,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
     sender = None
     if p.client_sends:
         sender = Sender(chan, opts, reporter, p.sources, on_control)
+        sender.scanner.partition = partition
         if p.peer is not None and opts.files_from_remote is None:
             sender.scan_ahead()  # ssh and the remote start-up take long enough to scan
     try:
@@ -237,13 +239,13 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             kind = setup.get("compress")
         except (KeyError, TypeError, ValueError):
             raise StartupFailed("malformed setup frame") from None
-        if (role not in ("sender", "receiver") or not paths
+        if (role not in ("sender", "receiver", "finalize") or not paths
                 or kind not in (None, *protocol.COMPRESSIONS)):
             raise StartupFailed("malformed setup frame")
         confined = None
         if restrict_to is not None:
             confined = _confine(restrict_to)
-            _check_restricted(confined, role, paths, opts)
+            _check_restricted(confined, role, paths[:1] if role == "finalize" else paths, opts)
         if role == "sender":  # what rsync's remote shell would expand
             from fscsync.run.wildcards import expand
 
@@ -259,7 +261,14 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         chan.set_compression(kind)
         if opts.bwlimit:
             chan.set_bwlimit(opts.bwlimit)
-        if role == "receiver":
+        if role == "finalize":  # the one final pass of a --parallel run
+            from fscsync.run.finalpass import finalize
+
+            if len(paths) != 2:
+                raise StartupFailed("malformed setup frame")
+            stats = finalize(opts, reporter, paths[0], paths[1], confined)
+            protocol.send_json(chan, protocol.STATS, final_message(stats, reporter.exit_code))
+        elif role == "receiver":
             rx = Receiver(chan, opts, reporter, paths[0], item_dir, confined=confined)
             stats = rx.run()
             protocol.send_json(chan, protocol.STATS, final_message(stats, reporter.exit_code))

@@ -1,0 +1,328 @@
+"""`--parallel N`: one run as N sender/receiver pairs, then one final pass.
+
+The coordinator (this module, in the client) forks every stream: each is a whole
+client run (run_client) with its own peer, a forked local server or its own ssh
+connection, sending the part of the tree its Partition gives it. Three steps:
+
+1. directories: one stream lists every directory and nothing else, so each is
+   made, compared and itemized once, before any file lands in it;
+2. files: N streams list the directories as implied and share the files
+   (run.partition: slices drawn from a shared ticket counter, hard-link groups
+   routed by inode);
+3. the final pass (run.finalpass), a server role on the receiving host: every
+   stream's spooled Decisions merged, then deletions and directory attributes,
+   once, and only if every stream ended well and no sender missed anything
+   (the same rule that skips deletions after source errors in one run).
+
+The streams' lines come here as the peer's LOG frames do, one whole line a
+frame, and only this process prints them (never interleaved mid-line); their
+counters are summed into one --stats and their exit codes into one.
+It knows nothing of the terminal: lines go to the Reporter it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from fscsync import errors
+from fscsync.engine.report import Reporter
+from fscsync.engine.stats import Stats, final_message, read_final
+from fscsync.errors import (
+    FscsyncError,
+    InternalError,
+    PeerClosed,
+    ProtocolError,
+    StartupFailed,
+    StreamEnded,
+    UsageError,
+)
+from fscsync.options import Options
+from fscsync.run.endpoint import Plan
+from fscsync.run.partition import Partition, Tickets
+from fscsync.run.session import FrameReporter, Outcome, control_handler, run_client, run_server
+from fscsync.run.transport import Peer, fork_server
+from fscsync.wire import protocol
+from fscsync.wire.protocol import Channel
+
+PROGRESS = 200
+RESULT = 201
+"""Frame types between a stream and the coordinator only (never on a peer's wire)."""
+
+Connect = Callable[[], "Peer | None"]
+"""Starts one stream's peer: the remote shell, or None for a forked local server."""
+
+
+class _StreamReporter(FrameReporter):
+    """A stream's reporter: each line goes to the coordinator at once, whole."""
+
+    def error(self, message: str, code: int = errors.PARTIAL) -> None:
+        super().error(message, code)
+        self.chan.flush()
+
+    def emit(self, kind: str, message: str, length: int | None = None) -> None:
+        super().emit(kind, message, length)
+        self.chan.flush()
+
+    def progress(self, path: bytes, done: int, total: int, idx: int = -1) -> None:
+        protocol.send_json(self.chan, PROGRESS, {"p": path.hex(), "d": done, "t": total})
+        self.chan.flush()
+
+
+def usable(opts: Options, p: Plan) -> bool:
+    """Whether --parallel can split this run; a run it cannot split runs as one stream
+    (one file, no recursion, a listing). A command line it must refuse raises."""
+    if not p.client_sends:
+        raise UsageError("--parallel needs the source on this side (a local copy or a push)")
+    if opts.files_from is not None or opts.files_from_remote is not None:
+        raise UsageError("--parallel does not take --files-from")
+    if opts.prune_empty_dirs:
+        raise UsageError("--parallel does not take --prune-empty-dirs (-m)")
+    if not opts.recursive or opts.list_only:
+        return False
+    return any(src.endswith(b"/") or os.path.isdir(src) for src in p.sources)
+
+
+def run_parallel(opts: Options, p: Plan, reporter: Reporter, n: int, connect: Connect
+                 ) -> Outcome:
+    started = time.monotonic()
+    from fscsync.engine.receiver import Receiver  # noqa: F401  (once, before the forks)
+    from fscsync.engine.sender import Sender  # noqa: F401
+
+    token = secrets.token_hex(8).encode()
+    run = _Run(opts, p, reporter, connect, token)
+    tickets = Tickets()
+    try:
+        run.streams([Partition(0, 1, None, opts.hard_links, dirs_only=True)])
+        if run.fatal is None:
+            run.streams([Partition(i, n, tickets, opts.hard_links) for i in range(n)])
+        if run.fatal is None and len(run.digests) > 1:
+            reporter.error("the source changed while --parallel walked it -- skipping file "
+                           "deletion", errors.PARTIAL)
+            opts.delete = False
+        if run.fatal is None:
+            run.final_pass()
+        else:
+            reporter.warning("a stream of --parallel failed: no deletions, no directory "
+                             "attributes")
+            if p.peer is None:
+                from fscsync.engine import spool
+
+                spool.remove(token)
+    finally:
+        tickets.close()
+    code = errors.worst(reporter.exit_code, run.code)
+    return Outcome(code, run.stats, run.sent, run.received, time.monotonic() - started)
+
+
+class _Run:
+    """The coordinator's state: what the streams reported so far."""
+
+    def __init__(self, opts: Options, p: Plan, reporter: Reporter, connect: Connect,
+                 token: bytes):
+        self.opts = opts
+        self.p = p
+        self.reporter = reporter
+        self.connect = connect
+        self.token = token
+        self.stats = Stats()
+        self.sent = self.received = 0
+        self.code = errors.OK
+        self.fatal: str | None = None
+        self.digests: set[bytes] = set()
+        self.on_control = control_handler(reporter)
+        self._said: set[str] = set()  # lines the directories' stream said of the root
+
+    def streams(self, parts: list[Partition]) -> None:
+        """Run one stream per partition at once, printing their lines as they come."""
+        lines: queue.Queue = queue.Queue()
+        kids = []
+        for i, part in enumerate(parts):
+            pid, rfd = self._fork(i, part)
+            kids.append((pid, rfd))
+        readers = [threading.Thread(target=_read, args=(i, rfd, lines), daemon=True)
+                   for i, (_, rfd) in enumerate(kids)]
+        for t in readers:
+            t.start()
+        results: dict[int, bool] = {}
+        first = parts[0].dirs_only
+        try:
+            open_streams = len(kids)
+            while open_streams:
+                i, ftype, payload = lines.get()
+                if ftype is None:
+                    open_streams -= 1
+                    continue
+                if not self._frame(i, ftype, payload, first):
+                    results[i] = True
+        except BaseException:
+            for pid, _ in kids:
+                _signal(pid)
+            raise
+        finally:
+            for t in readers:
+                t.join()
+            statuses = [_wait(pid) for pid, _ in kids]
+            for _, rfd in kids:
+                os.close(rfd)
+        for i, status in enumerate(statuses):
+            if i not in results and self.fatal is None:
+                why = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+                err = StreamEnded(index=i + 1, why=why)
+                self.reporter.failed(err)
+                self.fatal = str(err)
+
+    def _frame(self, i: int, ftype: int, payload: bytes, first: bool) -> bool:
+        """Handle one frame of stream `i`; False once it sent its result."""
+        if ftype == protocol.LOG:
+            if not first and self._repeats(payload):
+                return True
+            try:
+                self.on_control(ftype, payload)
+            except ProtocolError as exc:
+                self._failed(str(exc), errors.STREAM)
+            return True
+        if ftype == protocol.FATAL:
+            try:
+                self.on_control(ftype, payload)
+            except FscsyncError as exc:
+                self.reporter.failed(exc)
+                self._failed(str(exc), exc.code)
+            return True
+        if ftype == PROGRESS:
+            msg = protocol.load_json(payload)
+            self.reporter.progress(bytes.fromhex(msg["p"]), msg["d"], msg["t"])
+            return True
+        if ftype == RESULT:
+            msg = protocol.load_json(payload)
+            stats, code = read_final(msg["final"])
+            if not first:
+                stats.files.pop("dir", None)  # implied here: the first step counted them
+            self.stats.merge(stats)
+            self.code = errors.worst(self.code, code)
+            self.sent += msg["sent"]
+            self.received += msg["received"]
+            self.digests.add(bytes.fromhex(msg["digest"]))
+            return False
+        self._failed(f"unexpected frame {ftype} from stream {i + 1}", errors.STREAM)
+        return True
+
+    def _repeats(self, payload: bytes) -> bool:
+        """A line about the destination's root that the first step said already (a
+        dry run into a new destination: each stream finds it missing again)."""
+        msg = protocol.load_json(payload)
+        text = msg.get("msg")
+        return msg.get("kind", "").startswith("info") and text in self._said
+
+    def _failed(self, why: str, code: int) -> None:
+        self.code = errors.worst(self.code, code)
+        if self.fatal is None:
+            self.fatal = why
+
+    def _fork(self, i: int, part: Partition) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            code = errors.SSH
+            try:
+                os.close(r)
+                code = self._stream(i, part, w)
+            finally:
+                os._exit(code)
+        os.close(w)
+        return pid, r
+
+    def _stream(self, i: int, part: Partition, wfd: int) -> int:
+        """One stream, in its own process: a whole client run over its partition."""
+        chan = Channel(wfd, wfd)
+        reporter = _StreamReporter(chan)
+        opts = self.opts
+        opts.spool = self.token + (b"/dirs" if part.dirs_only else b"/files%d" % i)
+        try:
+            outcome = run_client(opts, self.p, reporter, self.connect(), part)
+            protocol.send_json(chan, RESULT, {
+                "final": final_message(outcome.stats, outcome.exit_code),
+                "sent": outcome.bytes_sent, "received": outcome.bytes_received,
+                "digest": part.digest.hexdigest()})
+            chan.flush()
+            return outcome.exit_code
+        except FscsyncError as exc:
+            return _fatal(chan, str(exc), exc.code)
+        except KeyboardInterrupt:
+            return _fatal(chan, "received SIGINT", errors.SIGNAL)
+        except Exception as exc:
+            bug = InternalError(exc, f" in stream {i + 1}")
+            return _fatal(chan, str(bug), bug.code)
+
+    def final_pass(self) -> None:
+        """Deletions and directory attributes, once, where the streams received."""
+        peer = self.connect()
+        if peer is None:
+            peer = fork_server(run_server)
+        chan = Channel(peer.rfd, peer.wfd)
+        host = self.p.peer.host if self.p.peer is not None else None
+        on_control = control_handler(self.reporter, host)
+        try:
+            protocol.send_hello(chan, "client")
+            protocol.recv_hello(chan, "server")
+            protocol.send_json(chan, protocol.SETUP, {
+                "role": "finalize", "options": self.opts.to_wire(),
+                "paths": [self.p.dest.hex(), self.token.hex()], "compress": None})
+            chan.flush()
+            while True:
+                ftype, payload = chan.recv()
+                if ftype == protocol.READY or on_control(ftype, payload):
+                    continue
+                if ftype != protocol.STATS:
+                    raise StartupFailed(f"unexpected frame {ftype} from the final pass")
+                stats, code = read_final(protocol.load_json(payload))
+                break
+        except PeerClosed:
+            peer.close()
+            raise
+        except BaseException:
+            peer.stop()
+            raise
+        peer.close()
+        self.stats.merge(stats)
+        self.code = errors.worst(self.code, code)
+        self.sent += chan.bytes_sent
+        self.received += chan.bytes_received
+
+
+def _read(i: int, rfd: int, lines: queue.Queue) -> None:
+    """Stream `i`'s frames into `lines`, then (i, None, None) at its end."""
+    chan = Channel(rfd, rfd)
+    try:
+        while True:
+            ftype, payload = chan.recv()
+            lines.put((i, ftype, payload))
+    except (ProtocolError, OSError):
+        pass
+    lines.put((i, None, None))
+
+
+def _fatal(chan: Channel, message: str, code: int) -> int:
+    try:
+        protocol.send_json(chan, protocol.FATAL, {"msg": message, "code": code})
+        chan.flush()
+    except (OSError, FscsyncError):
+        pass
+    return code
+
+
+def _signal(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
