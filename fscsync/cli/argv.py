@@ -263,7 +263,7 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  log_file=None, out_format=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
                  debug=[], old_dirs=False, eight_bit=False,
-                 relative=None, recurse_asked=False, files_from_arg=None, parallel=1)
+                 relative=None, recurse_asked=False, files_from_arg=None, parallel=0)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 

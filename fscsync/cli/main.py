@@ -159,9 +159,9 @@ def _main(args: list[str]) -> int:
                                log=log, itemize=bool(opts.itemize),
                                human=ns.human_readable, out_format=out_format,
                                eight_bit=ns.eight_bit)
-    if not 1 <= ns.parallel <= 64:
+    if not 0 <= ns.parallel <= 64:
         raise UsageError("--parallel takes a number of streams from 1 to 64")
-    parallel = ns.parallel > 1 and _parallel(opts, p)
+    parallel = ns.parallel > 0 and _parallel(opts, p)
     peer = None
     if p.peer is not None and not parallel:  # connecting takes longest: start it first
         peer = _connect(p, ns)()

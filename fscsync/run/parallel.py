@@ -135,7 +135,9 @@ class _Run:
         self.fatal: str | None = None
         self.digests: set[bytes] = set()
         self.on_control = control_handler(reporter)
-        self._said: set[str] = set()  # lines the directories' stream said of the root
+        self._said: set[str] = set()
+        """Lines the directories' step said (of the root, of the destination's
+        abilities) that each stream would say again."""
 
     def streams(self, parts: list[Partition]) -> None:
         """Run one stream per partition at once, printing their lines as they come."""
@@ -179,7 +181,9 @@ class _Run:
     def _frame(self, i: int, ftype: int, payload: bytes, first: bool) -> bool:
         """Handle one frame of stream `i`; False once it sent its result."""
         if ftype == protocol.LOG:
-            if not first and self._repeats(payload):
+            if first:
+                self._remember(payload)
+            elif self._repeats(payload):
                 return True
             try:
                 self.on_control(ftype, payload)
@@ -211,12 +215,16 @@ class _Run:
         self._failed(f"unexpected frame {ftype} from stream {i + 1}", errors.STREAM)
         return True
 
+    def _remember(self, payload: bytes) -> None:
+        msg = protocol.load_json(payload)
+        if str(msg.get("kind")).startswith("info") and type(msg.get("msg")) is str:
+            self._said.add(msg["msg"])
+
     def _repeats(self, payload: bytes) -> bool:
         """A line about the destination's root that the first step said already (a
         dry run into a new destination: each stream finds it missing again)."""
         msg = protocol.load_json(payload)
-        text = msg.get("msg")
-        return msg.get("kind", "").startswith("info") and text in self._said
+        return str(msg.get("kind")).startswith("info") and msg.get("msg") in self._said
 
     def _failed(self, why: str, code: int) -> None:
         self.code = errors.worst(self.code, code)
