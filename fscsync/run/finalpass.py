@@ -33,7 +33,7 @@ def finalize(opts: Options, reporter: Reporter, dest: bytes, token: bytes,
                        idmap.rules(opts.groupmap, "--groupmap", reporter.warning))
         ids.user_names.update(users)
         ids.group_names.update(groups)
-        for rel, names in decisions.litter.items():  # the streams' files are no litter
+        for rel in decisions.litter:  # the files the streams brought are no litter
             decisions.incoming.setdefault(rel, set()).update(decisions.children.get(rel, ()))
         tree = _open(dest, confined, opts.dry_run)
         try:
