@@ -222,11 +222,12 @@ def test_a_killed_stream_keeps_old_copies(tmp_path: Path) -> None:
                              "--bwlimit=1500K", "--parallel", "2", f"{src}/", dst],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not any(
+            (dst / d / f"f{i}").stat().st_size > 8 for d in ("x", "y") for i in range(30)):
         time.sleep(0.02)
-    time.sleep(0.5)
-    victim = _children(proc.pid)[0]
-    os.kill(victim, signal.SIGKILL)
+    streams = [pid for pid in _children(proc.pid) if _children(pid)]  # with their servers
+    assert streams, "the streams are moving files"
+    os.kill(streams[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert b"ended before its transfer did (killed by signal 9)" in err, err

@@ -51,6 +51,7 @@ from fscsync.wire.protocol import Channel
 
 PROGRESS = 200
 RESULT = 201
+LISTED = 202
 """Frame types between a stream and the coordinator only (never on a peer's wire)."""
 
 Connect = Callable[[], "Peer | None"]
@@ -70,6 +71,10 @@ class _StreamReporter(FrameReporter):
 
     def progress(self, path: bytes, done: int, total: int, idx: int = -1) -> None:
         protocol.send_json(self.chan, PROGRESS, {"p": path.hex(), "d": done, "t": total})
+        self.chan.flush()
+
+    def listed(self, count: int, size: int) -> None:
+        protocol.send_json(self.chan, LISTED, {"n": count, "s": size})
         self.chan.flush()
 
 
@@ -96,16 +101,31 @@ def run_parallel(opts: Options, p: Plan, reporter: Reporter, n: int, connect: Co
     token = secrets.token_hex(8).encode()
     run = _Run(opts, p, reporter, connect, token)
     tickets = Tickets()
+    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+    final = None
     try:
-        run.streams([Partition(0, 1, None, opts.hard_links, dirs_only=True)])
+        # Every connection starts now: the streams and the final pass wait, connected,
+        # while the directories' step runs (ssh and the remote start-up take longest).
+        final = run.connect_final()
+        run.not_inherited = [gate_w, final.rfd, final.wfd]
+        dirs = run.start([Partition(0, 1, None, opts.hard_links, dirs_only=True)])
+        files = run.start([Partition(i, n, tickets, opts.hard_links) for i in range(n)],
+                          gate_r)
+        os.close(gate_r)
+        gate_r = -1
+        run.collect(dirs, first=True)
         if run.fatal is None:
-            run.streams([Partition(i, n, tickets, opts.hard_links) for i in range(n)])
+            os.write(gate_w, b"go" * n)
+        os.close(gate_w)
+        gate_w = -1
+        run.collect(files, first=False)
         if run.fatal is None and len(run.digests) > 1:
             reporter.error("the source changed while --parallel walked it -- skipping file "
                            "deletion", errors.PARTIAL)
             opts.delete = False
         if run.fatal is None:
-            run.final_pass()
+            run.final_pass(final)
+            final = None
         else:
             reporter.warning("a stream of --parallel failed: no deletions, no directory "
                              "attributes")
@@ -114,9 +134,18 @@ def run_parallel(opts: Options, p: Plan, reporter: Reporter, n: int, connect: Co
 
                 spool.remove(token)
     finally:
+        if final is not None:
+            final.stop()
+        for fd in (gate_r, gate_w):
+            if fd >= 0:
+                os.close(fd)
         tickets.close()
     code = errors.worst(reporter.exit_code, run.code)
     return Outcome(code, run.stats, run.sent, run.received, time.monotonic() - started)
+
+
+class _NotStarted(Exception):
+    """The directories' step failed: a waiting stream ends without a transfer."""
 
 
 class _Run:
@@ -135,32 +164,33 @@ class _Run:
         self.fatal: str | None = None
         self.digests: set[bytes] = set()
         self.on_control = control_handler(reporter)
+        self.not_inherited: list[int] = []  # the coordinator's fds a stream closes
+        self._listed: dict[tuple[bool, int], tuple[int, int]] = {}
         self._said: set[str] = set()
         """Lines the directories' step said (of the root, of the destination's
         abilities) that each stream would say again."""
 
-    def streams(self, parts: list[Partition]) -> None:
-        """Run one stream per partition at once, printing their lines as they come."""
+    def start(self, parts: list[Partition], gate: int = -1) -> list[tuple[int, int]]:
+        """Fork one stream per partition; each waits for two bytes from `gate` (when
+        given) once connected. Returns (pid, the fd its frames come on) of each."""
+        return [self._fork(i, part, gate) for i, part in enumerate(parts)]
+
+    def collect(self, kids: list[tuple[int, int]], first: bool) -> None:
+        """Print the streams' lines as they come, and gather their results."""
         lines: queue.Queue = queue.Queue()
-        kids = []
-        for i, part in enumerate(parts):
-            pid, rfd = self._fork(i, part)
-            kids.append((pid, rfd))
         readers = [threading.Thread(target=_read, args=(i, rfd, lines), daemon=True)
                    for i, (_, rfd) in enumerate(kids)]
         for t in readers:
             t.start()
-        results: dict[int, bool] = {}
-        first = parts[0].dirs_only
+        results: set[int] = set()
         try:
             open_streams = len(kids)
             while open_streams:
                 i, ftype, payload = lines.get()
                 if ftype is None:
                     open_streams -= 1
-                    continue
-                if not self._frame(i, ftype, payload, first):
-                    results[i] = True
+                elif not self._frame(i, ftype, payload, first):
+                    results.add(i)
         except BaseException:
             for pid, _ in kids:
                 _signal(pid)
@@ -176,7 +206,7 @@ class _Run:
                 why = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
                 err = StreamEnded(index=i + 1, why=why)
                 self.reporter.failed(err)
-                self.fatal = str(err)
+                self._failed(str(err), err.code)
 
     def _frame(self, i: int, ftype: int, payload: bytes, first: bool) -> bool:
         """Handle one frame of stream `i`; False once it sent its result."""
@@ -200,6 +230,12 @@ class _Run:
         if ftype == PROGRESS:
             msg = protocol.load_json(payload)
             self.reporter.progress(bytes.fromhex(msg["p"]), msg["d"], msg["t"])
+            return True
+        if ftype == LISTED:  # progress counts against every stream's list
+            msg = protocol.load_json(payload)
+            self._listed[first, i] = (msg["n"], msg["s"])
+            self.reporter.listed(sum(n for n, _ in self._listed.values()),
+                                 sum(s for _, s in self._listed.values()))
             return True
         if ftype == RESULT:
             msg = protocol.load_json(payload)
@@ -231,33 +267,41 @@ class _Run:
         if self.fatal is None:
             self.fatal = why
 
-    def _fork(self, i: int, part: Partition) -> tuple[int, int]:
+    def _fork(self, i: int, part: Partition, gate: int) -> tuple[int, int]:
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             code = errors.SSH
             try:
-                os.close(r)
-                code = self._stream(i, part, w)
+                for fd in (r, *self.not_inherited):
+                    os.close(fd)  # the gate's write end: else a closed gate never shows
+                code = self._stream(i, part, w, gate)
             finally:
                 os._exit(code)
         os.close(w)
         return pid, r
 
-    def _stream(self, i: int, part: Partition, wfd: int) -> int:
+    def _stream(self, i: int, part: Partition, wfd: int, gate: int) -> int:
         """One stream, in its own process: a whole client run over its partition."""
         chan = Channel(wfd, wfd)
         reporter = _StreamReporter(chan)
         opts = self.opts
         opts.spool = self.token + (b"/dirs" if part.dirs_only else b"/files%d" % i)
+
+        def wait() -> None:
+            if gate >= 0 and len(os.read(gate, 2)) < 2:
+                raise _NotStarted()
+
         try:
-            outcome = run_client(opts, self.p, reporter, self.connect(), part)
+            outcome = run_client(opts, self.p, reporter, self.connect(), part, wait)
             protocol.send_json(chan, RESULT, {
                 "final": final_message(outcome.stats, outcome.exit_code),
                 "sent": outcome.bytes_sent, "received": outcome.bytes_received,
                 "digest": part.digest.hexdigest()})
             chan.flush()
             return outcome.exit_code
+        except _NotStarted:
+            return errors.OK
         except FscsyncError as exc:
             return _fatal(chan, str(exc), exc.code)
         except KeyboardInterrupt:
@@ -266,16 +310,23 @@ class _Run:
             bug = InternalError(exc, f" in stream {i + 1}")
             return _fatal(chan, str(bug), bug.code)
 
-    def final_pass(self) -> None:
-        """Deletions and directory attributes, once, where the streams received."""
+    def connect_final(self) -> Peer:
+        """The final pass's peer, started and greeted now, set up once the streams are
+        done (a server waits for its setup frame as long as it takes)."""
         peer = self.connect()
         if peer is None:
             peer = fork_server(run_server)
         chan = Channel(peer.rfd, peer.wfd)
+        protocol.send_hello(chan, "client")
+        chan.flush()
+        return peer
+
+    def final_pass(self, peer: Peer) -> None:
+        """Deletions and directory attributes, once, where the streams received."""
+        chan = Channel(peer.rfd, peer.wfd)
         host = self.p.peer.host if self.p.peer is not None else None
         on_control = control_handler(self.reporter, host)
         try:
-            protocol.send_hello(chan, "client")
             protocol.recv_hello(chan, "server")
             protocol.send_json(chan, protocol.SETUP, {
                 "role": "finalize", "options": self.opts.to_wire(),

@@ -43,8 +43,8 @@ class Tickets:
     open file)."""
 
     def __init__(self) -> None:
-        self.fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
-                          0o600)
+        self.file = tempfile.TemporaryFile()  # already unlinked: nothing to clean up
+        self.fd = self.file.fileno()
         os.pwrite(self.fd, _TICKET.pack(0), 0)
 
     def draw(self) -> int:
@@ -57,7 +57,7 @@ class Tickets:
         return n
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.file.close()
 
 
 class Partition:

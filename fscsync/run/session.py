@@ -113,11 +113,12 @@ class Outcome(Record):
 
 
 def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = None,
-               partition=None) -> Outcome:
+               partition=None, wait=None) -> Outcome:
     """Run the client's side against `peer`, the remote shell the command line started
     (as early as it could: connecting takes longest), or against a local server forked
     here when it is None. `partition`: the part of the tree a stream of --parallel
-    sends (run.partition.Partition)."""
+    sends (run.partition.Partition); `wait`, called once the peer has answered the
+    handshake, holds the setup back (a stream connects while another step runs)."""
     started = time.monotonic()
     from fscsync.engine.receiver import Receiver  # noqa: F401  (before a fork)
     from fscsync.engine.sender import Sender
@@ -133,7 +134,7 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
         if p.peer is not None and opts.files_from_remote is None:
             sender.scan_ahead()  # ssh and the remote start-up take long enough to scan
     try:
-        stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control, sender)
+        stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control, sender, wait)
     except PeerClosed as exc:
         try:
             _last_words(chan, on_control)
@@ -167,9 +168,11 @@ def _last_words(chan: Channel, on_control) -> None:
 
 
 def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
-                     on_control, sender: Sender | None) -> tuple[Stats, int]:
+                     on_control, sender: Sender | None, wait=None) -> tuple[Stats, int]:
     protocol.send_hello(chan, "client")
     hello = protocol.recv_hello(chan, "server")
+    if wait is not None:
+        wait()
     kind = None
     if opts.compress:
         kind = "zstd" if "zstd" in hello.capabilities and "zstd" in protocol.CAPABILITIES \
