@@ -36,6 +36,8 @@ from scenarios import _support  # noqa: E402
 from tools import compile_sources, make_tools  # noqa: E402
 
 NS = (1, 2, 4)
+FPSYNC_OPTS = "-lptgoD --numeric-ids"
+"""rsync's -a without -r, which fpsync refuses (it hands each rsync a list of files)."""
 
 
 def commands(where: str, src: str, dst: str, sshd, cm: bool) -> dict[str, tuple[list, dict]]:
@@ -62,7 +64,8 @@ def commands(where: str, src: str, dst: str, sshd, cm: bool) -> dict[str, tuple[
         if where == "ssh":
             env["RSYNC_RSH"] = sshd.rsh
         for n in NS:
-            out[f"fpsync -n {n}"] = ([fpsync, "-n", str(n), "-o", "-a", f"{src}/", target], env)
+            out[f"fpsync -n {n}"] = ([fpsync, "-n", str(n), "-o", FPSYNC_OPTS, f"{src}/", target],
+                                     env)
     return out
 
 

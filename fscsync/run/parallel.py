@@ -101,12 +101,13 @@ def run_parallel(opts: Options, p: Plan, reporter: Reporter, n: int, connect: Co
     token = secrets.token_hex(8).encode()
     run = _Run(opts, p, reporter, connect, token)
     tickets = Tickets()
-    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+    gate_r = gate_w = -1
     final = None
     try:
         # Every connection starts now: the streams and the final pass wait, connected,
         # while the directories' step runs (ssh and the remote start-up take longest).
         final = run.connect_final()
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)  # (after the final pass's fork)
         run.not_inherited = [gate_w, final.rfd, final.wfd]
         dirs = run.start([Partition(0, 1, None, opts.hard_links, dirs_only=True)])
         files = run.start([Partition(i, n, tickets, opts.hard_links) for i in range(n)],
