@@ -187,6 +187,34 @@ def test_push_over_ssh(sshd: Sshd, source: Path, reference: dict, tmp_path: Path
     assert spools() == before, "the final pass removes the streams' spool files"
 
 
+def test_source_errors_skip_deletions_as_one_stream(source: Path, tmp_path: Path) -> None:
+    """A source that cannot be read: every file that can is copied, nothing is deleted,
+    the same lines and code 23 as one stream."""
+    got = {}
+    for name, extra in (("one", []), ("par", ["--parallel", "2"])):
+        dst = tmp_path / name
+        stale(dst)
+        proc = run_fscsync("-av", "--delete", *extra, f"{source}/", tmp_path / "missing",
+                           dst, env=ENV, check=23)
+        assert_clean_stderr(proc)
+        assert (dst / "gone/sub/f").exists()
+        got[name] = (sorted(proc.stdout.decode(errors="replace").splitlines()[:-2]),
+                     sorted(proc.stderr.decode().splitlines()))
+    assert got["one"] == got["par"]
+    assert "IO error encountered -- skipping file deletion" in "\n".join(got["par"][1])
+    assert_same_tree(tmp_path / "one", tmp_path / "par")
+
+
+def test_a_destination_it_cannot_make(source: Path, tmp_path: Path) -> None:
+    """The directories' step fails: its error and exit code, the streams never start."""
+    write(tmp_path / "file", b"")
+    one = run_fscsync("-a", f"{source}/", tmp_path / "file/sub/", env=ENV, timeout=60)
+    par = run_fscsync("-a", "--parallel", "3", f"{source}/", tmp_path / "file/sub/", env=ENV,
+                      timeout=60)
+    assert par.returncode == one.returncode != 0
+    assert one.stderr.splitlines()[0] == par.stderr.splitlines()[0]
+
+
 def test_pull_is_refused(tmp_path: Path) -> None:
     proc = run_fscsync("-a", "--parallel", "2", "host:src/", tmp_path, env=ENV, check=1)
     assert b"--parallel needs the source on this side" in proc.stderr

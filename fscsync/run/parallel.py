@@ -168,8 +168,7 @@ class _Run:
         self.not_inherited: list[int] = []  # the coordinator's fds a stream closes
         self._listed: dict[tuple[bool, int], tuple[int, int]] = {}
         self._said: set[str] = set()
-        """Lines the directories' step said (of the root, of the destination's
-        abilities) that each stream would say again."""
+        """Lines that each stream would say again (_repeats)."""
 
     def start(self, parts: list[Partition], gate: int = -1) -> list[tuple[int, int]]:
         """Fork one stream per partition; each waits for two bytes from `gate` (when
@@ -212,9 +211,7 @@ class _Run:
     def _frame(self, i: int, ftype: int, payload: bytes, first: bool) -> bool:
         """Handle one frame of stream `i`; False once it sent its result."""
         if ftype == protocol.LOG:
-            if first:
-                self._remember(payload)
-            elif self._repeats(payload):
+            if self._repeats(payload, first):
                 return True
             try:
                 self.on_control(ftype, payload)
@@ -252,16 +249,19 @@ class _Run:
         self._failed(f"unexpected frame {ftype} from stream {i + 1}", errors.STREAM)
         return True
 
-    def _remember(self, payload: bytes) -> None:
+    def _repeats(self, payload: bytes, first: bool) -> bool:
+        """Whether a line was said already by another stream: what the directories'
+        step said of the root or of the destination's abilities, and errors of the
+        walk (a source or directory that cannot be read), which every stream meets.
+        Only those lines are kept to compare, never one line per file."""
         msg = protocol.load_json(payload)
-        if str(msg.get("kind")).startswith("info") and type(msg.get("msg")) is str:
-            self._said.add(msg["msg"])
-
-    def _repeats(self, payload: bytes) -> bool:
-        """A line about the destination's root that the first step said already (a
-        dry run into a new destination: each stream finds it missing again)."""
-        msg = protocol.load_json(payload)
-        return str(msg.get("kind")).startswith("info") and msg.get("msg") in self._said
+        kind, text = str(msg.get("kind")), msg.get("msg")
+        if type(text) is not str or kind == "item" or (kind.startswith("info") and not first):
+            return text in self._said
+        if text in self._said:
+            return True
+        self._said.add(text)
+        return False
 
     def _failed(self, why: str, code: int) -> None:
         self.code = errors.worst(self.code, code)
