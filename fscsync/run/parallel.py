@@ -106,12 +106,17 @@ def run_parallel(opts: Options, p: Plan, reporter: Reporter, n: int, connect: Co
     try:
         # Every connection starts now: the streams and the final pass wait, connected,
         # while the directories' step runs (ssh and the remote start-up take longest).
-        final = run.connect_final()
-        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)  # (after the final pass's fork)
-        run.not_inherited = [gate_w, final.rfd, final.wfd]
+        # A local final pass is forked first (it must not hold the gate open), ssh
+        # after the streams' forks (its stderr thread must not be running in a fork).
+        if p.peer is None:
+            final = run.connect_final()
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+        run.not_inherited = [gate_w, *((final.rfd, final.wfd) if final else ())]
         dirs = run.start([Partition(0, 1, None, opts.hard_links, dirs_only=True)])
         files = run.start([Partition(i, n, tickets, opts.hard_links) for i in range(n)],
                           gate_r)
+        if final is None:
+            final = run.connect_final()
         os.close(gate_r)
         gate_r = -1
         run.collect(dirs, first=True)
