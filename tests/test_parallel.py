@@ -163,6 +163,17 @@ def test_rich_tree_and_sources_without_slash(tmp_path: Path) -> None:
         assert_same_tree(tmp_path / "one" / top, tmp_path / "par" / top)
 
 
+def test_relative_paths(source: Path, tmp_path: Path) -> None:
+    """-R: the implied directories are the directories' step's, as the others."""
+    got = {}
+    for name, extra in (("one", []), ("par", ["--parallel", "2"])):
+        got[name] = sync("-aRi", *extra, f"{source}/./a/deep", f"{source}/./b",
+                         tmp_path / name)[0]
+    assert got["one"] == got["par"]
+    for top in ("a", "b"):  # (the destination itself is no entry of the list)
+        assert_same_tree(tmp_path / "one" / top, tmp_path / "par" / top)
+
+
 def test_encrypted_layout(tmp_path: Path) -> None:
     tree = build_standard(tmp_path / "src")
     src = os.fsdecode(tree.root)

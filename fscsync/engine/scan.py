@@ -259,6 +259,8 @@ class Scanner:
         e = self._entry(rel, lead + rel, st, True)
         if e is not None:
             e.rdev = NO_CONTENT if self.opts.implied_dirs else IMPLIED
+            if self.partition is not None:
+                self.partition.directory(e)
             yield [e]
 
     def _scan_listed(self, lead: bytes, rel: bytes) -> Iterator[list[Entry]]:
