@@ -53,7 +53,7 @@ def commands(where: str, src: str, dst: str, sshd, cm: bool) -> dict[str, tuple[
         out[f"fscsync N={n}"] = ([*fs.argv, "-a", *ssh, *remote, *par, f"{src}/", target],
                                  fs.env)
     if cm and where == "ssh":
-        sock = os.path.join(tempfile.gettempdir(), "fscsync-scale-cm-%p")
+        sock = os.path.join(tempfile.gettempdir(), "scale-bench-cm-%p")
         rsh = sshd.rsh + f" -o ControlMaster=auto -o ControlPath={sock} -o ControlPersist=60"
         out["fscsync N=4 (ControlMaster)"] = (
             [*fs.argv, "-a", "-e", rsh, *remote, "--parallel", "4", f"{src}/", target], fs.env)

@@ -74,7 +74,9 @@ def stats_of(out: bytes) -> dict[str, str]:
 
 
 def spools() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fscsync-")}
+    """The --parallel spool directories in this host's temporary directory."""
+    return {n for n in os.listdir(tempfile.gettempdir())
+            if re.fullmatch(r"fscsync-[0-9a-f]{16}", n)}
 
 
 def sync(*args, code: int = 0) -> tuple[set[str], dict[str, str], object]:
