@@ -284,3 +284,37 @@ def test_a_killed_stream_keeps_old_copies(tmp_path: Path) -> None:
     sync("-a", "--delete", "--parallel", "2", f"{src}/", dst)
     assert_same_tree(src, dst)
     shutil.rmtree(tmp_path)
+
+
+def _mpi_missing() -> str | None:
+    import importlib.util
+    import shutil as sh
+
+    if sh.which("mpirun") is None:
+        return "mpirun is not installed (Debian's openmpi-bin)"
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install 'fscsync[mpi]')"
+    return None
+
+
+@pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+def test_mpi_ranks_like_one_stream(source: Path, reference: dict, tmp_path: Path) -> None:
+    """3 ranks (a coordinator, two streams): the tree, -i lines and --stats of one stream."""
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    dst = tmp_path / "dst"
+    stale(dst)
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_mpi_warn_on_fork": "0"}
+    proc = subprocess.run(["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "3",
+                           sys.executable, "-m", "fscsync", "--mpi", "-aHi", "--stats",
+                           "--delete", f"{source}/", dst], env=env, capture_output=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert_clean_stderr(proc)
+    lines = items(proc)
+    assert len(lines) == len(set(lines))
+    assert (set(lines), stats_of(proc.stdout)) == reference["first"]
+    assert_same_tree(reference["dst"], dst)

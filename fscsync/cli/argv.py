@@ -253,6 +253,8 @@ TABLE: tuple[Opt, ...] = (
         convert=lambda t: _words("--debug", t), metavar="FLAGS"),
     Opt("--parallel", "run N sender/receiver pairs at once (a local copy or a push)",
         dest="parallel", convert=_int, metavar="N"),
+    Opt("--mpi", "run as the ranks of mpirun: rank 0 coordinates, each other rank is "
+        "a stream (needs fscsync[mpi])", {"mpi": True}),
     Opt("--server", "", {"server": True}, hidden=True),
     Opt("--restrict-to", "", dest="restrict_to", metavar="PATH", hidden=True),
 )
@@ -263,7 +265,7 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  log_file=None, out_format=None, log_file_format=None, server=False,
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
                  debug=[], old_dirs=False, eight_bit=False,
-                 relative=None, recurse_asked=False, files_from_arg=None, parallel=0)
+                 relative=None, recurse_asked=False, files_from_arg=None, parallel=0, mpi=False)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 

@@ -289,17 +289,24 @@ class _Run:
 
     def _stream(self, i: int, part: Partition, wfd: int, gate: int) -> int:
         """One stream, in its own process: a whole client run over its partition."""
-        chan = Channel(wfd, wfd)
-        reporter = _StreamReporter(chan)
-        opts = self.opts
-        opts.spool = self.token + (b"/dirs" if part.dirs_only else b"/files%d" % i)
+        self.opts.spool = self.token + (b"/dirs" if part.dirs_only else b"/files%d" % i)
 
         def wait() -> None:
             if gate >= 0 and len(os.read(gate, 2)) < 2:
                 raise _NotStarted()
 
+        return self.run_stream(Channel(wfd, wfd), part, i, wait)
+
+    def run_stream(self, chan, part: Partition, i: int, wait=None, before_result=None
+                   ) -> int:
+        """Run one stream, its lines and result sent as frames on `chan` (a pipe to the
+        coordinator, or run.mpi's frames to rank 0); `before_result` runs after the
+        transfer, before the result is sent."""
+        reporter = _StreamReporter(chan)
         try:
-            outcome = run_client(opts, self.p, reporter, self.connect(), part, wait)
+            outcome = run_client(self.opts, self.p, reporter, self.connect(), part, wait)
+            if before_result is not None:
+                before_result()
             protocol.send_json(chan, RESULT, {
                 "final": final_message(outcome.stats, outcome.exit_code),
                 "sent": outcome.bytes_sent, "received": outcome.bytes_received,
