@@ -297,24 +297,37 @@ def _mpi_missing() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
-def test_mpi_ranks_like_one_stream(source: Path, reference: dict, tmp_path: Path) -> None:
-    """3 ranks (a coordinator, two streams): the tree, -i lines and --stats of one stream."""
+def _mpirun(*args, timeout: float = 300):
     import subprocess
     import sys
 
     from support import REPO
 
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_mpi_warn_on_fork": "0"}
+    return subprocess.run(["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "3",
+                           sys.executable, "-m", "fscsync", "--mpi", *map(str, args)],
+                          env=env, capture_output=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_mpi_ranks_like_one_stream(source: Path, reference: dict, tmp_path: Path,
+                                   request: pytest.FixtureRequest, where: str) -> None:
+    """3 ranks (a coordinator, two streams), into a destination every rank sees or
+    pushing over ssh from every rank: the tree, -i lines and --stats of one stream."""
     dst = tmp_path / "dst"
     stale(dst)
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_mpi_warn_on_fork": "0"}
-    proc = subprocess.run(["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "3",
-                           sys.executable, "-m", "fscsync", "--mpi", "-aHi", "--stats",
-                           "--delete", f"{source}/", dst], env=env, capture_output=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+    target, ssh, want = dst, [], reference["first"][0]
+    if where == "ssh":
+        sshd = request.getfixturevalue("sshd")
+        target = f"{sshd.host}:{dst}"
+        ssh = ["-e", sshd.rsh, "--remote-fscsync", sshd.remote_fscsync]
+        want = {ln.replace(">f", "<f", 1) for ln in want}
+    proc = _mpirun(*ssh, "-aHi", "--stats", "--delete", f"{source}/", target)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert_clean_stderr(proc)
     lines = items(proc)
     assert len(lines) == len(set(lines))
-    assert (set(lines), stats_of(proc.stdout)) == reference["first"]
+    assert (set(lines), stats_of(proc.stdout)) == (want, reference["first"][1])
     assert_same_tree(reference["dst"], dst)
