@@ -331,3 +331,43 @@ def test_mpi_ranks_like_one_stream(source: Path, reference: dict, tmp_path: Path
     assert len(lines) == len(set(lines))
     assert (set(lines), stats_of(proc.stdout)) == (want, reference["first"][1])
     assert_same_tree(reference["dst"], dst)
+
+
+@pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+def test_a_killed_rank_ends_the_job(tmp_path: Path) -> None:
+    """SIGKILL to a stream's rank midway: mpirun ends the job (no hang), with an error,
+    every file its old copy or its new one; the next run completes."""
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in ("x", "y"):
+        (src / d).mkdir(parents=True)
+        (dst / d).mkdir(parents=True)
+        for i in range(30):
+            write(src / d / f"f{i}", pattern(200_000, f"new{d}{i}"))
+            write(dst / d / f"f{i}", b"old copy")
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_mpi_warn_on_fork": "0"}
+    proc = subprocess.Popen(["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "3",
+                             sys.executable, "-m", "fscsync", "--mpi", "-a", "--delete",
+                             "--bwlimit=1500K", f"{src}/", dst], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            (dst / d / f"f{i}").stat().st_size > 8 for d in ("x", "y") for i in range(30)):
+        time.sleep(0.02)
+    ranks = [pid for pid in _children(proc.pid) if _children(pid)]
+    assert ranks, "the ranks are moving files"
+    os.kill(ranks[-1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and err, err
+    for d in ("x", "y"):
+        for i in range(30):
+            assert (dst / d / f"f{i}").read_bytes() in (b"old copy",
+                                                      pattern(200_000, f"new{d}{i}"))
+    proc = _mpirun("-a", "--delete", f"{src}/", dst)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert_same_tree(src, dst)
