@@ -198,6 +198,12 @@ class PeerKilled(ProtocolError):
     template = "{closed} (the other side was killed by signal {signal})"
 
 
+class StreamEnded(ProtocolError):
+    """A stream of --parallel ended without its result (a kill, a crash)."""
+
+    template = "stream {index} of --parallel ended before its transfer did ({why})"
+
+
 class SshFailed(FscsyncError):
     """ssh ends with 255 when it cannot connect or log in: rsync's code for that."""
 

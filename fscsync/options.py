@@ -99,6 +99,9 @@ class Options(Record):
     progress: bool = False
     log_items: bool = False
     list_only: bool = False
+    spool: bytes | None = None
+    """One stream of --parallel: TOKEN/NAME of the file (engine.spool) the receiver
+    leaves its final pass in, for the run's one final pass."""
 
     def keeps_time(self, mode: int) -> bool:
         """Whether an entry of this mode gets its source mtime (-t, less -O and -J)."""

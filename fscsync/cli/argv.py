@@ -293,6 +293,10 @@ TABLE: tuple[Opt, ...] = (
         neg=("eight_bit",)),
     Opt("--debug", "fine-grained debug verbosity (rsync's words, accepted)", dest="debug",
         convert=lambda t: _words("--debug", t), metavar="FLAGS"),
+    Opt("--parallel", "run N sender/receiver pairs at once (a local copy or a push)",
+        dest="parallel", convert=_int, metavar="N"),
+    Opt("--mpi", "run as the ranks of mpirun: rank 0 coordinates, each other rank is "
+        "a stream (needs fscsync[mpi])", {"mpi": True}),
     Opt("--server", "", {"server": True}, hidden=True),
     Opt("--restrict-to", "", dest="restrict_to", metavar="PATH", hidden=True),
 )
@@ -304,7 +308,8 @@ _CLI_ONLY = dict(help=False, version=False, human_readable=1, info=[], quiet=Fal
                  restrict_to=None, compress=False, encdata_xattr="security.encdata",
                  debug=[], old_dirs=False, eight_bit=False,
                  relative=None, recurse_asked=False, files_from_arg=None, alt_dests=[],
-                 when_before=False, when_during="", when_after=False, lock_file=None)
+                 when_before=False, when_during="", when_after=False, lock_file=None,
+                 parallel=0, mpi=False)
 DEFAULTS = {**{name: getattr(Options, name) for name in Options.fields}, **_CLI_ONLY}
 """Where parsing starts: the engine's defaults, and the settings only the CLI reads."""
 

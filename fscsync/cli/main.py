@@ -138,8 +138,14 @@ def _main(args: list[str]) -> int:
     progress_mode = "progress2" if info.get("PROGRESS") == 2 else (
         "progress" if opts.progress else None)
     stats_level = info.get("STATS", 2 if opts.stats else int(opts.verbose > 0))
+    mpi_rank = None
+    if ns.mpi:
+        from fscsync.run.mpi import world_rank
+
+        _parallel(opts, p)
+        mpi_rank = world_rank()
     log = None
-    if ns.log_file:
+    if ns.log_file and not mpi_rank:  # (rank 0 writes the log of an MPI run)
         from fscsync.cli.logfile import LogFile
 
         log = LogFile(ns.log_file, ns.log_file_format)
@@ -161,16 +167,25 @@ def _main(args: list[str]) -> int:
                                eight_bit=ns.eight_bit)
     if ns.lock_file:
         _lock(ns.lock_file, reporter)
+    if not 0 <= ns.parallel <= 64:
+        raise UsageError("--parallel takes a number of streams from 1 to 64")
+    parallel = ns.parallel > 0 and not ns.mpi and _parallel(opts, p)
     peer = None
-    if p.peer is not None:  # connecting takes longest: start it before the imports below
-        from fscsync.run.transport import remote_command, spawn
-
-        rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
-        peer = spawn(remote_command(p.peer, rsh, ns.remote_fscsync))
+    if p.peer is not None and not (parallel or ns.mpi):  # connecting takes longest
+        peer = _connect(p, ns)()
     from fscsync.run.session import run_client
 
     try:
-        outcome = run_client(opts, p, reporter, peer)
+        if ns.mpi:
+            from fscsync.run.mpi import run_mpi
+
+            outcome = run_mpi(opts, p, reporter, _connect(p, ns))
+        elif parallel:
+            from fscsync.run.parallel import run_parallel
+
+            outcome = run_parallel(opts, p, reporter, ns.parallel, _connect(p, ns))
+        else:
+            outcome = run_client(opts, p, reporter, peer)
     except (FscsyncError, KeyboardInterrupt) as exc:
         if log is not None:
             code = exc.code if isinstance(exc, FscsyncError) else errors.SIGNAL
@@ -181,6 +196,8 @@ def _main(args: list[str]) -> int:
         raise
     finally:
         reporter.close()
+    if mpi_rank:  # rank 0 says how the run went
+        return outcome.exit_code
     if log is not None:
         log.summary(outcome.bytes_sent, outcome.bytes_received, outcome.stats.total_size)
         if outcome.exit_code != errors.OK:
@@ -228,6 +245,22 @@ def _lock(path: str, reporter) -> None:
     except OSError as exc:
         os.close(fd)
         raise LockFileUnusable(path=where, reason=exc) from None
+def _parallel(opts, p) -> bool:
+    """--parallel N: whether this run splits (it refuses what it cannot do)."""
+    from fscsync.run.parallel import usable
+
+    return usable(opts, p)
+
+
+def _connect(p, ns):
+    """What starts one connection to the remote peer (None: the run is local)."""
+    if p.peer is None:
+        return lambda: None
+    from fscsync.run.transport import remote_command, spawn
+
+    rsh = ns.rsh or os.environ.get("FSCSYNC_RSH") or "ssh"
+    argv = remote_command(p.peer, rsh, ns.remote_fscsync)
+    return lambda: spawn(argv)
 
 
 def _sender_prefix(p, wanted: bool) -> str | None:

@@ -57,7 +57,8 @@ WHENS = (BEFORE, DURING, DELAY, AFTER)
 
 def holds_list(opts: Options) -> bool:
     """Whether the receiver must have the whole file list before it compares."""
-    return opts.delete and opts.delete_when in (BEFORE, DURING) and not opts.list_only
+    return (opts.delete and opts.delete_when in (BEFORE, DURING) and not opts.list_only
+            and opts.spool is None)
 
 
 class ListNames:
@@ -99,7 +100,9 @@ class Deleter(RemoveHooks):
         self.rules = rules
         self.existing = existing
         self.children = children
-        self.when = opts.delete_when if opts.delete else ""
+        # One stream of --parallel sees only part of each directory: it deletes nothing,
+        # the final pass does it for all (as --delete-delay).
+        self.when = opts.delete_when if opts.delete and opts.spool is None else ""
         self.dry_run = opts.dry_run
         self.list_error = False  # the sender could not list all it was asked to
         self.send_error = False  # ... or read a listed file (known after the transfer)

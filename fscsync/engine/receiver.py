@@ -17,7 +17,7 @@ import time
 from collections import deque
 
 from fscsync import errors
-from fscsync.engine import idmap
+from fscsync.engine import idmap, spool
 from fscsync.engine.backup import Backups
 from fscsync.engine.deltiming import ListNames, holds_list
 from fscsync.engine.finalize import Finalizer
@@ -356,7 +356,15 @@ class Receiver:
                           self.started_ns, state.backups)
         tree = self.tree()
         try:
-            final.run(tree, gen.decisions())
+            if self.opts.spool is None:
+                final.run(tree, gen.decisions())
+            else:  # one stream of --parallel: the rest is done once, for every stream
+                decisions = gen.decisions()
+                if tree is not None:
+                    final.hard_links(tree, decisions.links)
+                token, _, name = self.opts.spool.partition(b"/")
+                spool.write(token, name, decisions, (self.ids.user_names, self.ids.group_names),
+                            self.io_error)
         finally:
             if tree is not None:
                 tree.close()

@@ -110,6 +110,9 @@ class Scanner:
         """-L, -k, --copy-unsafe-links: some symlinks are sent as what they point to (not
         under --restrict-to, whose tree a followed link would leave)."""
         self.files = SourceFiles(opts, reporter, confined, self.filters, self._follows)
+        self.partition = None
+        """One stream of --parallel (fscsync.run.partition.Partition): which entries of
+        each directory this walk lists; None lists them all."""
 
     def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
         """The entries of the sources in file-list order, a run at a time (a list of
@@ -223,6 +226,8 @@ class Scanner:
         e = self._entry(rel, lead + rel, st, True)
         if e is not None:
             e.rdev = NO_CONTENT if self.opts.implied_dirs else IMPLIED
+            if self.partition is not None:
+                self.partition.directory(e)
             yield [e]
 
     def _scan_listed(self, lead: bytes, rel: bytes) -> Iterator[list[Entry]]:
@@ -272,6 +277,8 @@ class Scanner:
         self._dev = st.st_dev
         root = self._entry(b".", base, st, True) if self._first(b".") else None
         if root is not None:
+            if self.partition is not None:
+                self.partition.directory(root)
             yield [root]
             encrypted = root.enc is not None
         else:
@@ -305,6 +312,8 @@ class Scanner:
             if self._nondir:
                 yield from self._out(None)
             return
+        if self.partition is not None and not self.partition.top(entry, st):
+            return
         if not entry.is_dir:
             yield from self._out([entry])
             return
@@ -325,10 +334,11 @@ class Scanner:
         if flt is not None:
             rules = flt.enter(rules, prefix[:-1], self._merge_reader(base))
         try:
-            names, stats, plain = self._list(base, encrypted)
+            names, stats, plain = self._list(base, encrypted, prefix)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
             return
+        part = self.partition
         subdirs = []
         files: list[Entry] = []
         bare_names: list[bytes] = []
@@ -346,6 +356,8 @@ class Scanner:
                 if st is None:
                     continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
+            if part is not None and not is_dir and not part.mine(name, st):
+                continue
             if flt is not None and flt.excluded(rules, prefix + name, is_dir):
                 continue
             if bare:
@@ -395,6 +407,8 @@ class Scanner:
         """A directory entry and (with -r) what is below it; with -m it is held until
         something other than a directory turns up below it, and left out if nothing
         does. A mount point under -x is sent without its contents."""
+        if self.partition is not None:
+            self.partition.directory(e)
         if not self.opts.prune_empty_dirs:
             yield [e]
         else:
@@ -476,7 +490,8 @@ class Scanner:
         self.count += len(names)
         return PlainRun(base, prefix, names, stats)
 
-    def _list(self, base: bytes, encrypted: bool) -> tuple[list[bytes], list, list[bool]]:
+    def _list(self, base: bytes, encrypted: bool, prefix: bytes = b""
+              ) -> tuple[list[bytes], list, list[bool]]:
         """The sorted names in directory `base` (its path, ending in "/"), the lstat of
         each (or the OSError it gave), and whether each is a regular file that needs
         no more than its lstat (the quick path: no xattrs wanted, and a size that rules
@@ -488,7 +503,9 @@ class Scanner:
         back before this returns, so nothing else sees it moved. With other threads
         running (a scan ahead of the connection, a progress display) the calls take
         whole paths: another thread could resolve a relative path meanwhile, an import
-        through a relative sys.path entry among them."""
+        through a relative sys.path entry among them. One stream of --parallel lstats
+        only the names its partition may list (`prefix`: the directory's path in the
+        transfer)."""
         alone = threading.active_count() == 1 or self.confined is not None
         if alone:
             fd = self.files.open(base, _DIR_FLAGS)
@@ -498,7 +515,10 @@ class Scanner:
                 os.close(fd)
         where, lead = (b".", b"") if alone else (base, base)
         try:
-            names = sorted(os.listdir(where))
+            if self.partition is None:
+                names = sorted(os.listdir(where))
+            else:
+                names = self.partition.names(where, prefix, self._follows)
             stats: list = []
             plain = [False] * len(names)
             lstat, quick = os.lstat, self._quick and not encrypted

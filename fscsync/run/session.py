@@ -119,11 +119,13 @@ class Outcome(Record):
     elapsed: float = 0.0
 
 
-def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = None
-               ) -> Outcome:
+def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = None,
+               partition=None, wait=None) -> Outcome:
     """Run the client's side against `peer`, the remote shell the command line started
     (as early as it could: connecting takes longest), or against a local server forked
-    here when it is None."""
+    here when it is None. `partition`: the part of the tree a stream of --parallel
+    sends (run.partition.Partition); `wait`, called once the peer has answered the
+    handshake, holds the setup back (a stream connects while another step runs)."""
     started = time.monotonic()
     from fscsync.engine.receiver import Receiver  # noqa: F401  (before a fork)
     from fscsync.engine.sender import Sender
@@ -135,10 +137,11 @@ def run_client(opts: Options, p: Plan, reporter: Reporter, peer: Peer | None = N
     sender = None
     if p.client_sends:
         sender = Sender(chan, opts, reporter, p.sources, on_control)
+        sender.scanner.partition = partition
         if p.peer is not None and opts.files_from_remote is None:
             sender.scan_ahead()  # ssh and the remote start-up take long enough to scan
     try:
-        stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control, sender)
+        stats, peer_code = _client_exchange(chan, opts, p, reporter, on_control, sender, wait)
     except PeerClosed as exc:
         try:
             _last_words(chan, on_control)
@@ -191,11 +194,13 @@ def _last_words(chan: Channel, on_control) -> None:
 
 
 def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
-                     on_control, sender: Sender | None) -> tuple[Stats, int]:
+                     on_control, sender: Sender | None, wait=None) -> tuple[Stats, int]:
     protocol.send_hello(chan, "client")
     side = "sender" if p.client_sends else "receiver"
     hello = _server_hello(chan, opts, side)
     chan.set_timeout(opts.timeout, side, "keepalive" in hello.capabilities)
+    if wait is not None:
+        wait()
     kind = None
     if opts.compress:
         kind = "zstd" if "zstd" in hello.capabilities and "zstd" in protocol.CAPABILITIES \
@@ -265,7 +270,7 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             kind = setup.get("compress")
         except (KeyError, TypeError, ValueError):
             raise StartupFailed("malformed setup frame") from None
-        if (role not in ("sender", "receiver") or not paths
+        if (role not in ("sender", "receiver", "finalize") or not paths
                 or kind not in (None, *protocol.COMPRESSIONS)
                 or not all(type(t) is int and 0 <= t <= MAX_TIMEOUT
                            for t in (opts.timeout, opts.contimeout))):
@@ -274,7 +279,7 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         confined = None
         if restrict_to is not None:
             confined = _confine(restrict_to)
-            _check_restricted(confined, role, paths, opts)
+            _check_restricted(confined, role, paths[:1] if role == "finalize" else paths, opts)
         if role == "sender":  # what rsync's remote shell would expand
             from fscsync.run.wildcards import expand
 
@@ -290,7 +295,14 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         chan.set_compression(kind)
         if opts.bwlimit:
             chan.set_bwlimit(opts.bwlimit)
-        if role == "receiver":
+        if role == "finalize":  # the one final pass of a --parallel run
+            from fscsync.run.finalpass import finalize
+
+            if len(paths) != 2:
+                raise StartupFailed("malformed setup frame")
+            stats = finalize(opts, reporter, paths[0], paths[1], confined)
+            protocol.send_json(chan, protocol.STATS, final_message(stats, reporter.exit_code))
+        elif role == "receiver":
             rx = Receiver(chan, opts, reporter, paths[0], item_dir, confined=confined)
             stats = rx.run()
             protocol.send_json(chan, protocol.STATS, final_message(stats, reporter.exit_code))
