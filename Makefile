@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 MANPAGE := man/fscsync.1
 MANDIR := /usr/local/share/man/man1
 APT_PACKAGES := rsync openssh-server openssh-client fuse3 libfuse3-3 acl attr e2fsprogs \
-	strace man-db
+	strace man-db openmpi-bin
 LINT_DIRS := $(wildcard fscsync tests benchmarks examples)
 
 export DEBIAN_FRONTEND := noninteractive

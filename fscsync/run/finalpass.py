@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from fscsync.engine import idmap, spool
-from fscsync.engine.filters import delete_filter
 from fscsync.engine.deltiming import DELAY, Deleter
+from fscsync.engine.filters import delete_filter
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.report import Reporter
 from fscsync.engine.stats import Stats
