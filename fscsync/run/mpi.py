@@ -98,17 +98,10 @@ def _coordinate(comm, size: int, opts: Options, p: Plan, reporter: Reporter,
         comm.bcast(token if go else None, root=0)
         if go:
             _serve(comm, size, run, token)
-        if run.fatal is None and len(run.digests) > 1:
-            reporter.error("the source changed while --mpi walked it -- skipping file "
-                           "deletion", errors.PARTIAL)
-            opts.delete = False
-        if run.fatal is None:
-            run.final_pass(final)
+        if run.conclude(final, "--mpi", "rank"):
             final = None
-        else:
-            reporter.warning("a rank of --mpi failed: no deletions, no directory attributes")
-            if p.peer is None:
-                spool.remove(token)
+        elif p.peer is None:
+            spool.remove(token)
     finally:
         if final is not None:
             final.stop()

@@ -44,7 +44,14 @@ from fscsync.errors import (
 from fscsync.options import Options
 from fscsync.run.endpoint import Plan
 from fscsync.run.partition import Partition, Tickets
-from fscsync.run.session import FrameReporter, Outcome, control_handler, run_client, run_server
+from fscsync.run.session import (
+    FrameReporter,
+    Outcome,
+    control_handler,
+    run_client,
+    run_server,
+    send_fatal,
+)
 from fscsync.run.transport import Peer, fork_server
 from fscsync.wire import protocol
 from fscsync.wire.protocol import Channel
@@ -131,20 +138,12 @@ def run_parallel(opts: Options, p: Plan, reporter: Reporter, n: int, connect: Co
         os.close(gate_w)
         gate_w = -1
         run.collect(files, first=False)
-        if run.fatal is None and len(run.digests) > 1:
-            reporter.error("the source changed while --parallel walked it -- skipping file "
-                           "deletion", errors.PARTIAL)
-            opts.delete = False
-        if run.fatal is None:
-            run.final_pass(final)
+        if run.conclude(final, "--parallel", "stream"):
             final = None
-        else:
-            reporter.warning("a stream of --parallel failed: no deletions, no directory "
-                             "attributes")
-            if p.peer is None:
-                from fscsync.engine import spool
+        elif p.peer is None:
+            from fscsync.engine import spool
 
-                spool.remove(token)
+            spool.remove(token)
     finally:
         if final is not None:
             final.stop()
@@ -322,12 +321,12 @@ class _Run:
         except _NotStarted:
             return errors.OK
         except FscsyncError as exc:
-            return _fatal(chan, str(exc), exc.code)
+            return send_fatal(chan, str(exc), exc.code)
         except KeyboardInterrupt:
-            return _fatal(chan, "received SIGINT", errors.SIGNAL)
+            return send_fatal(chan, "received SIGINT", errors.SIGNAL)
         except Exception as exc:
             bug = InternalError(exc, f" in stream {i + 1}")
-            return _fatal(chan, str(bug), bug.code)
+            return send_fatal(chan, str(bug), bug.code)
 
     def connect_final(self) -> Peer:
         """The final pass's peer, started and greeted now, set up once the streams are
@@ -339,6 +338,20 @@ class _Run:
         protocol.send_hello(chan, "client")
         chan.flush()
         return peer
+
+    def conclude(self, final: Peer, what: str, unit: str) -> bool:
+        """After every stream: the one final pass, unless a stream (`unit`) failed; no
+        deletions if the streams saw the source differently. True: it ran."""
+        if self.fatal is not None:
+            self.reporter.warning(f"a {unit} of {what} failed: no deletions, no directory "
+                                  "attributes")
+            return False
+        if len(self.digests) > 1:
+            self.reporter.error(f"the source changed while {what} walked it -- skipping file "
+                                "deletion", errors.PARTIAL)
+            self.opts.delete = False
+        self.final_pass(final)
+        return True
 
     def final_pass(self, peer: Peer) -> None:
         """Deletions and directory attributes, once, where the streams received."""
@@ -382,15 +395,6 @@ def _read(i: int, rfd: int, lines: queue.Queue) -> None:
     except (ProtocolError, OSError):
         pass
     lines.put((i, None, None))
-
-
-def _fatal(chan: Channel, message: str, code: int) -> int:
-    try:
-        protocol.send_json(chan, protocol.FATAL, {"msg": message, "code": code})
-        chan.flush()
-    except (OSError, FscsyncError):
-        pass
-    return code
 
 
 def _signal(pid: int) -> None:

@@ -313,16 +313,16 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
     except PeerClosed:
         return errors.STREAM
     except FscsyncError as exc:
-        return _fatal(chan, str(exc), exc.code)
+        return send_fatal(chan, str(exc), exc.code)
     except KeyboardInterrupt as exc:  # the client may still be listening: say why
-        return _fatal(chan, str(exc) or "received SIGINT", errors.SIGNAL)
+        return send_fatal(chan, str(exc) or "received SIGINT", errors.SIGNAL)
     except Exception as exc:
         if os.environ.get("FSCSYNC_DEBUG"):
             import traceback
 
             traceback.print_exc()
         bug = InternalError(exc, " on the server")
-        return _fatal(chan, str(bug), bug.code)
+        return send_fatal(chan, str(bug), bug.code)
     finally:
         chan.stop_keepalive()
 
@@ -354,7 +354,7 @@ def _listed_names(payload: bytes) -> list[bytes]:
     return files_from_names(b"\0".join(names), True)
 
 
-def _fatal(chan: Channel, message: str, code: int) -> int:
+def send_fatal(chan: Channel, message: str, code: int) -> int:
     """Tell the client why the server stops (it may no longer be listening)."""
     try:
         protocol.send_json(chan, protocol.FATAL, {"msg": message, "code": code})
