@@ -42,10 +42,10 @@ _INFLATE_STEP = 1 << 20
 _IN_BUFFER = 256 << 10
 """Input buffer: four big frames' worth; frames of _DIRECT_READ or more skip it."""
 _IOV_MAX = 512
+"""Buffers per writev (the kernel takes up to 1024)."""
 _DRAIN_MAX = 64 << 20
 """Input read ahead while a write waits for the peer, at most (a peer that never reads
 must not fill our memory instead)."""
-"""Buffers per writev (the kernel takes up to 1024)."""
 F_SETPIPE_SZ = 1031
 
 # Frame types. 13, 17 and 18 were named (item, per-file failure, progress) but never
