@@ -31,11 +31,12 @@ from test_kill import (
     ENV,
     T_A,
     T_B,
-    TEMP_MARK,
     MiB,
     _alive,
     _children,
+    _holders,
     _local_rsh,
+    _partial,
     _popen,
     _put,
     _wait_gone,
@@ -75,24 +76,6 @@ def _check_dest(dst: Path, allowed: dict[str, set[str]]) -> None:
         got = hashlib.sha256((dst / name).read_bytes()).hexdigest()
         assert got in digests, f"{name} is neither the old nor the new copy"
 
-
-def _holding(root: Path) -> list[int]:
-    """Processes with a temp file under root open (whoever builds the big file)."""
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(str(root)) and TEMP_MARK in target:
-                out.append(int(pid))
-                break
-    return out
 
 
 def _wait_until(what: str, proc: subprocess.Popen[bytes], cond) -> object:
@@ -157,8 +140,8 @@ def test_frozen_local_server_ends_the_run_with_exit_30(tmp_path: Path, frozen: F
     gives up with exit 30, and reaps the server (which removes its temp file)."""
     src, dst, allowed = _versions(tmp_path)
     proc = _popen("-a", "--timeout=3", "--bwlimit=2M", *compress, f"{src}/", dst)
-    server = _wait_until("a server writing the big file", proc,
-                         lambda: [p for p in _children(proc.pid) if p in _holding(dst)])[0]
+    _wait_until("the big file half written", proc, lambda: _partial(dst, "big"))
+    server = _children(proc.pid)[0]
     frozen.stop(server)
     code, err = _finish(proc)
     assert code == 30, err
@@ -174,7 +157,7 @@ def test_frozen_sender_of_a_pull_ends_the_run_with_exit_30(tmp_path: Path,
     src, dst, allowed = _versions(tmp_path)
     proc = _popen("-a", "--timeout=3", "--bwlimit=2M", "-e", _local_rsh(tmp_path),
                   f"localhost:{src}/", dst)
-    _wait_until("a temp file of the big file", proc, lambda: _holding(dst))
+    _wait_until("the big file half written", proc, lambda: _partial(dst, "big"))
     server = _children(proc.pid)[0]
     frozen.stop(server)
     code, err = _finish(proc)
@@ -191,8 +174,8 @@ def test_frozen_local_client_is_given_up_by_the_server(tmp_path: Path,
     the server's reason and ends with exit 30 too."""
     src, dst, allowed = _versions(tmp_path)
     proc = _popen("-a", "--timeout=3", "--bwlimit=2M", f"{src}/", dst)
-    server = _wait_until("a server writing the big file", proc,
-                         lambda: [p for p in _children(proc.pid) if p in _holding(dst)])[0]
+    _wait_until("the big file half written", proc, lambda: _partial(dst, "big"))
+    server = _children(proc.pid)[0]
     frozen.stop(proc.pid)
     assert not _wait_gone([server], HANG_GUARD_S), "the server lingers after its client froze"
     _check_dest(dst, allowed)
@@ -209,7 +192,8 @@ def test_frozen_remote_server_over_ssh(sshd, tmp_path: Path, frozen: Frozen) -> 
     src, dst, allowed = _versions(tmp_path)
     remote = ["-e", sshd.rsh, "--remote-fscsync", sshd.remote_fscsync]
     proc = _popen("-a", "--timeout=3", "--bwlimit=2M", *remote, f"{src}/", f"{sshd.host}:{dst}")
-    server = _wait_until("a remote server writing the big file", proc, lambda: _holding(dst))[0]
+    _wait_until("the big file half written", proc, lambda: _partial(dst, "big"))
+    server = _holders(dst)[0]
     kids = _children(proc.pid)
     frozen.stop(server)
     code, err = _finish(proc)
@@ -228,7 +212,8 @@ def test_frozen_client_over_ssh_is_given_up_by_the_remote_server(sshd, tmp_path:
     src, dst, allowed = _versions(tmp_path)
     remote = ["-e", sshd.rsh, "--remote-fscsync", sshd.remote_fscsync]
     proc = _popen("-a", "--timeout=3", "--bwlimit=2M", *remote, f"{src}/", f"{sshd.host}:{dst}")
-    server = _wait_until("a remote server writing the big file", proc, lambda: _holding(dst))[0]
+    _wait_until("the big file half written", proc, lambda: _partial(dst, "big"))
+    server = _holders(dst)[0]
     frozen.stop(proc.pid)
     left = _wait_gone([server], HANG_GUARD_S)
     assert not left, "the remote server lingers after its client froze"
