@@ -17,7 +17,7 @@ import time
 from collections import deque
 
 from fscsync import errors
-from fscsync.engine import idmap, spool
+from fscsync.engine import idmap
 from fscsync.engine.backup import Backups
 from fscsync.engine.deltiming import ListNames, holds_list
 from fscsync.engine.finalize import Finalizer
@@ -359,6 +359,8 @@ class Receiver:
             if self.opts.spool is None:
                 final.run(tree, gen.decisions())
             else:  # one stream of --parallel: the rest is done once, for every stream
+                from fscsync.engine import spool
+
                 decisions = gen.decisions()
                 if tree is not None:
                     final.hard_links(tree, decisions.links)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import marshal
 import os
 import stat
-import tempfile
 
 from fscsync.engine.flist import decode_entries, encode_entries
 from fscsync.engine.rxstate import Decisions
@@ -29,6 +28,8 @@ def spool_dir(token: bytes, make: bool = False) -> bytes:
     another user made, or a symlink, is refused."""
     if not token or b"/" in token or token.startswith(b"."):
         raise FscsyncError("malformed spool name for --parallel")
+    import tempfile  # 8 ms (shutil, random, bz2, lzma): only --parallel runs need it
+
     path = os.path.join(os.fsencode(tempfile.gettempdir()), b"fscsync-" + token)
     if make:
         try:
