@@ -762,3 +762,27 @@ def test_several_sources_merge_as_rsyncs_do(tmp_path: Path, flags: list[str]) ->
     assert (tmp_path / "f/x").read_bytes() == b"A"
     linked = os.stat(tmp_path / "f/e").st_ino == os.stat(tmp_path / "f/y").st_ino
     assert linked == ("H" in flags[0]), "hard links across sources"
+
+
+def test_dry_run_hard_links_into_directories_it_would_make(tmp_path: Path) -> None:
+    """-aHn: links whose directories the run would create are listed (hf lines, as
+    rsync's), nothing is made and the run exits 0 (it used to fail them with ENOENT)."""
+    src = tmp_path / "src"
+    for d in ("a", "b", "c"):
+        (src / d).mkdir(parents=True)
+    write(src / "a" / "f", b"x")
+    os.link(src / "a" / "f", src / "b" / "g")
+    os.link(src / "a" / "f", src / "c" / "h")
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    theirs.mkdir()
+    mine = run_fscsync("-aHni", f"{src}/", f"{ours}/")
+    ref = run_rsync("-aHni", f"{src}/", f"{theirs}/", check=True)
+    assert mine.returncode == 0, mine.stderr
+    assert os.listdir(ours) == []
+
+    def names(out: bytes) -> set[bytes]:  # the leader rsync picks differs: names only
+        return {line.split()[1] for line in out.splitlines() if not line.startswith(b".d")}
+
+    assert names(mine.stdout) == names(ref.stdout)
+    assert sum(line.startswith(b"hf") for line in mine.stdout.splitlines()) == 2

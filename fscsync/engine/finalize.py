@@ -73,6 +73,14 @@ class Finalizer:
     def _locate(self, tree: DestTree, e) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
 
+    def _there(self, tree: DestTree, e) -> bool:
+        """Is entry `e`'s directory at the destination? (A dry run makes none.)"""
+        try:
+            self._locate(tree, e)
+        except FileNotFoundError:
+            return False
+        return True
+
     def _os_fail(self, e, what: str, exc: OSError) -> None:
         self.reporter.failed(OSFailed(what, e.path, exc))
 
@@ -83,6 +91,10 @@ class Finalizer:
             if not leader_ok:
                 self.reporter.error(f'cannot hard-link "{escape(e.path)}": '
                                     f'"{escape(leader.path)}" was not transferred')
+                continue
+            if self.opts.dry_run and not self._there(tree, e):
+                tally(self.stats.created, itemize.kind_name(e.mode))
+                self._item_link(e, leader, new=True)  # into a directory the run would make
                 continue
             try:
                 lfd, lname = self._locate(tree, leader)
