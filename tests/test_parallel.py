@@ -19,6 +19,7 @@ from support.enctree import build_standard
 from support.sshd import Sshd
 from support.treecmp import assert_same_tree
 from support.trees import make_rich_tree, pattern, set_tree_times, write
+from test_kill import _children
 from test_local_sync import ENV, assert_clean_stderr, items
 
 BIG_DIR = 12_000
@@ -233,12 +234,17 @@ def test_pull_is_refused(tmp_path: Path) -> None:
     assert b"--parallel needs the source on this side" in proc.stderr
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+def _old_copies(tmp_path: Path) -> tuple[Path, Path]:
+    """Two directories of 30 files each, new in the source and "old copy" at the
+    destination: what a killed stream or rank is checked against."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in ("x", "y"):
+        (src / d).mkdir(parents=True)
+        (dst / d).mkdir(parents=True)
+        for i in range(30):
+            write(src / d / f"f{i}", pattern(200_000, f"new{d}{i}"))
+            write(dst / d / f"f{i}", b"old copy")
+    return src, dst
 
 
 def test_a_killed_stream_keeps_old_copies(tmp_path: Path) -> None:
@@ -248,13 +254,7 @@ def test_a_killed_stream_keeps_old_copies(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    for d in ("x", "y"):
-        (src / d).mkdir(parents=True)
-        (dst / d).mkdir(parents=True)
-        for i in range(30):
-            write(src / d / f"f{i}", pattern(200_000, f"new{d}{i}"))
-            write(dst / d / f"f{i}", b"old copy")
+    src, dst = _old_copies(tmp_path)
     write(dst / "extraneous", b"stays: no deletion after a failed stream")
     from support import REPO
 
@@ -342,13 +342,7 @@ def test_a_killed_rank_ends_the_job(tmp_path: Path) -> None:
 
     from support import REPO
 
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    for d in ("x", "y"):
-        (src / d).mkdir(parents=True)
-        (dst / d).mkdir(parents=True)
-        for i in range(30):
-            write(src / d / f"f{i}", pattern(200_000, f"new{d}{i}"))
-            write(dst / d / f"f{i}", b"old copy")
+    src, dst = _old_copies(tmp_path)
     env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_mpi_warn_on_fork": "0"}
     proc = subprocess.Popen(["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "3",
                              sys.executable, "-m", "fscsync", "--mpi", "-a", "--delete",

@@ -100,8 +100,6 @@ def _coordinate(comm, size: int, opts: Options, p: Plan, reporter: Reporter,
             _serve(comm, size, run, token)
         if run.conclude(final, "--mpi", "rank"):
             final = None
-        elif p.peer is None:
-            spool.remove(token)
     finally:
         if final is not None:
             final.stop()

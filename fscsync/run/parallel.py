@@ -140,10 +140,6 @@ def run_parallel(opts: Options, p: Plan, reporter: Reporter, n: int, connect: Co
         run.collect(files, first=False)
         if run.conclude(final, "--parallel", "stream"):
             final = None
-        elif p.peer is None:
-            from fscsync.engine import spool
-
-            spool.remove(token)
     finally:
         if final is not None:
             final.stop()
@@ -340,11 +336,16 @@ class _Run:
         return peer
 
     def conclude(self, final: Peer, what: str, unit: str) -> bool:
-        """After every stream: the one final pass, unless a stream (`unit`) failed; no
-        deletions if the streams saw the source differently. True: it ran."""
+        """After every stream: the one final pass, unless a stream (`unit`) failed (then
+        a local run's spool goes); no deletions if the streams saw the source
+        differently. True: it ran."""
         if self.fatal is not None:
             self.reporter.warning(f"a {unit} of {what} failed: no deletions, no directory "
                                   "attributes")
+            if self.p.peer is None:  # a remote final pass removes its own spool
+                from fscsync.engine import spool
+
+                spool.remove(self.token)
             return False
         if len(self.digests) > 1:
             self.reporter.error(f"the source changed while {what} walked it -- skipping file "
