@@ -37,7 +37,7 @@ class _Stage:
     def __init__(self, dest: Path, opts: Options, reporter: Reporter) -> None:
         self.opts = opts
         self.ids = IdMapper(True)
-        self.state = RxState(reporter, Stats(), None, keep_entries=opts.hard_links)
+        self.state = RxState(reporter, Stats(), None)
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
         self.tree = DestTree(self.root_fd)
         self.sent: list[tuple[int, bytes]] = []
@@ -48,10 +48,9 @@ class _Stage:
         self.sent.append((ftype, payload))
 
     def feed(self, entries: list[Entry]) -> None:
-        """What the receiver does with a file-list batch: room for it, then decide."""
-        base = len(self.state.entries)
-        self.state.entries += [None] * len(entries)
-        self.state.status.extend(bytes(len(entries)))
+        """What the receiver does with a file-list batch: count it, then decide."""
+        base = self.state.count
+        self.state.count += len(entries)
         self.gen.batch(base, unpack_batch(pack_batch(entries)))
 
     def close(self) -> None:
@@ -89,10 +88,13 @@ def test_two_partitions_decisions_merge_and_are_finalised_once(tmp_path: Path) -
     one.feed([Entry(b".", DIR, mtime_ns=T0 + 1), Entry(b"a", DIR, mtime_ns=T0 + 2),
               Entry(b"a/keep", FILE, 10, T0)])
     two.feed([Entry(b"a/z", FILE, 5, T0), Entry(b"b", DIR, mtime_ns=T0 + 3),
-              Entry(b"b/keep", FILE, 10, T0), Entry(b"b/link", FILE, 10, T0, link=2)])
+              Entry(b"b/keep", FILE, 10, T0, link=2), Entry(b"b/link", FILE, 10, T0, link=2)])
     assert one.sent == two.sent == []  # all up to date: nothing to request
-    assert set(one.state.status) == {Status.OK}
-    assert list(two.state.status) == [Status.OK] * 3 + [Status.UNDECIDED]  # the link waits
+    # Kept: the directories and the hard-link leader (its link is its own index), each
+    # OK; the settled files have left nothing behind; the link waits for the final pass.
+    assert one.state.status == {0: Status.OK, 1: Status.OK} and list(one.state.entries) == [0, 1]
+    assert two.state.status == {1: Status.OK, 2: Status.OK}
+    assert list(two.state.entries) == [1, 2, 3] and 3 not in two.state.status
 
     first = one.gen.decisions()
     assert set(first.existing[b""]) - first.children[b""] == {b"b"}
@@ -142,11 +144,11 @@ def test_generator_requests_a_new_file_and_settles_an_unchanged_one(tmp_path: Pa
     _file(dest / "same", b"s" * 7)
     stage = _Stage(dest, Options(times=True), Collect())
     stage.feed([Entry(b"same", FILE, 7, T0), Entry(b"new", FILE, 3, T0)])
-    assert list(stage.state.status) == [Status.OK, Status.UNDECIDED]
+    assert stage.state.status == {}  # the settled one left nothing, the new one waits
     assert [f for f, _ in stage.sent] == [protocol.REQ]
     assert list(stage.state.pending) == [1] and stage.state.requested == 1
     assert stage.state.stats.created == {"reg": 1}
-    assert stage.state.entries == [None, stage.state.entries[1]]  # the settled one dropped
+    assert list(stage.state.entries) == [1]  # no Entry for the settled one
     stage.gen.finish()
     assert stage.sent[-1][0] == protocol.NOMORE
     stage.close()
@@ -164,8 +166,8 @@ def test_writer_installs_a_requested_file_and_completes_it(tmp_path: Path) -> No
     writer.file(delta.encode_end(0, delta.END_OK, 3, xxhash.xxh3_128_digest(data)) + data)
     assert (dest / "new").read_bytes() == data
     assert os.stat(dest / "new").st_mtime_ns == T0
-    assert list(stage.state.status) == [Status.OK]
     assert stage.state.completed == 1 and stage.state.pending == {}
+    assert stage.state.entries == stage.state.status == {}  # done with: nothing kept
     assert os.listdir(dest) == ["new"]
     stage.close()
 
@@ -185,7 +187,7 @@ def test_writer_failed_verification_twice_keeps_the_old_copy(tmp_path: Path) -> 
     writer.file(bad)
     assert stage.sent[-1][0] == protocol.REQ  # the retry
     writer.file(bad)
-    assert list(stage.state.status) == [Status.FAILED]
+    assert stage.state.completed == 1 and stage.state.entries == stage.state.status == {}
     assert (dest / "f").read_bytes() == b"old!" and os.listdir(dest) == ["f"]
     assert any("failed verification -- update discarded" in m for _, m in reporter.lines)
     stage.close()

@@ -55,12 +55,6 @@ BEFORE, DURING, DELAY, AFTER = "before", "during", "delay", "after"
 WHENS = (BEFORE, DURING, DELAY, AFTER)
 
 
-def holds_list(opts: Options) -> bool:
-    """Whether the receiver must have the whole file list before it compares."""
-    return (opts.delete and opts.delete_when in (BEFORE, DURING) and not opts.list_only
-            and opts.spool is None)
-
-
 class ListNames:
     """The complete file list as --delete needs it: the names it brings to each
     directory, and the directories whose contents it holds, in list order."""
@@ -116,7 +110,7 @@ class Deleter(RemoveHooks):
     # ---- the timings ---------------------------------------------------------------
 
     def list_complete(self, tree: DestTree | None, names: ListNames) -> None:
-        """The held file list is all in (holds_list): before its first entry is
+        """The held file list is all in (Options.holds_list): before its first entry is
         compared, the before pass runs."""
         self.children.update(names.children)
         if self.when != BEFORE or tree is None or not self._allowed():

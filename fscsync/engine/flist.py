@@ -12,6 +12,7 @@ import os
 import stat
 import struct
 import zlib
+from collections import deque
 
 from fscsync.errors import ProtocolError
 from fscsync.fs.cipher import CTX_V2_LEN, EncData, EncdataError, format_encdata, parse_encdata
@@ -260,13 +261,16 @@ def pack_batch(entries: list[Entry]) -> bytes:
 class SentList:
     """The sender's memory of its file list: the batches as they went on the wire,
     decoded again when a request names an entry. Entry objects would cost about
-    300 bytes a file for the whole run; a compressed batch costs about 11.
-    Requests come in list order, so one decoded batch is kept at hand."""
+    300 bytes a file for the whole run; a compressed batch costs about 11, and only
+    until the receiver releases it (`release`): what is kept is the batches from the
+    receiver's oldest unfinished entry on, bounded by the sender's window, not the
+    list. Requests come in list order, so one decoded batch is kept at hand."""
 
     def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._payloads: list[bytes] = []
+        self._starts: deque[int] = deque()
+        self._payloads: deque[bytes] = deque()
         self.count = 0
+        self.released = 0
         self._decoded: tuple[int, Batch | None] = (-1, None)
 
     def add(self, payload: bytes, count: int) -> None:
@@ -274,13 +278,29 @@ class SentList:
         self._payloads.append(payload)
         self.count += count
 
+    def release(self, idx: int) -> None:
+        """The receiver is done with every entry before `idx`: their batches go."""
+        if not self.released <= idx <= self.count:
+            raise ProtocolError(f"release of entries up to {idx}, with {self.released} "
+                                f"released and {self.count} sent")
+        self.released = idx
+        starts = self._starts
+        while len(starts) > 1 and starts[1] <= idx:
+            starts.popleft()
+            self._payloads.popleft()
+            self._decoded = (-1, None)
+        if starts and idx == self.count:
+            starts.clear()
+            self._payloads.clear()
+            self._decoded = (-1, None)
+
     def get(self, idx: int) -> Entry | None:
-        """Entry `idx` as the receiver saw it, or None past the end."""
-        if not 0 <= idx < self.count:
+        """Entry `idx` as the receiver saw it, or None past the end or released."""
+        if not self.released <= idx < self.count:
             return None
         b = bisect.bisect_right(self._starts, idx) - 1
-        if self._decoded[0] != b:
-            self._decoded = (b, unpack_batch(self._payloads[b]))
+        if self._decoded[0] != self._starts[b]:
+            self._decoded = (self._starts[b], unpack_batch(self._payloads[b]))
         return self._decoded[1].entry(idx - self._starts[b])
 
 

@@ -117,8 +117,6 @@ class Generator:
         local_uid = {u: self.ids.uid(u) for u in set(batch.uids)} if owner else {}
         local_gid = {g: self.ids.gid(g) for g in set(batch.gids)} if group else {}
         children = self.children if opts.delete else None
-        keep = state.keep_entries  # else finished entries are dropped (RxState.done_with)
-        status, ok = state.status, Status.OK
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
         done = total = 0
         for idx, path, mode, size, mtime_ns, uid, gid, flags in zip(
@@ -149,10 +147,7 @@ class Generator:
                                 children.setdefault(head, set()).add(name)
                             if self.incoming and head in self.incoming:
                                 self.incoming[head].add(name)
-                            status[idx] = ok
-                            state.succeeded(idx, st)
-                            if keep:
-                                all_entries[idx] = batch.entry(idx - base)
+                            state.succeeded(idx, st)  # and no Entry, no status kept
                             continue
             e = all_entries[idx] = batch.entry(idx - base)
             self.process(tree, idx, e, st)
@@ -176,9 +171,10 @@ class Generator:
         state = self.state
         entries, status = state.entries, state.status
         out = Decisions()
-        out.dirs = [(entries[idx], new) for idx, new in self.dirs if status[idx] == Status.OK]
+        ok = Status.OK
+        out.dirs = [(entries[idx], new) for idx, new in self.dirs if status.get(idx) == ok]
         out.links = [(entries[idx], entries[entries[idx].link],
-                      status[entries[idx].link] == Status.OK) for idx in self.hardlinks]
+                      status.get(entries[idx].link) == ok) for idx in self.hardlinks]
         out.existing, out.children = self.existing, self.children
         out.litter, out.incoming = self.litter, self.incoming
         out.rules = self.delete_rules
@@ -249,7 +245,7 @@ class Generator:
             state.failed(idx, EncdataUnsettable(path=e.path, reason=exc))
         except OSError as exc:
             state.os_fail(idx, "update of", exc)
-        if state.status[idx]:
+        if state.status.get(idx):
             state.done_with(idx)
 
     def _count(self, fmt: int, e: Entry) -> None:
@@ -428,7 +424,7 @@ class Generator:
     def regular(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         state = self.state
         opts = self.opts
-        if e.link >= 0:
+        if e.link >= 0 and e.link != idx:  # a later name of a group: the final pass links it
             self.hardlinks.append(idx)
             return
         if st is not None and stat.S_ISDIR(st.st_mode):

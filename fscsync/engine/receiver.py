@@ -19,7 +19,7 @@ from collections import deque
 from fscsync import errors
 from fscsync.engine import idmap
 from fscsync.engine.backup import Backups
-from fscsync.engine.deltiming import ListNames, holds_list
+from fscsync.engine.deltiming import ListNames
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
@@ -53,6 +53,9 @@ entries). Past it the oldest frames are decided at once: stopping to read would
 deadlock with the sender, which sends its whole list before it serves a request, and
 a protocol error would refuse a big list; -z made a few bytes on the wire a full frame
 held here."""
+RELEASE_STEP = 4 << 10
+"""Entries done with between two RELEASE frames: one frame every few batches, well
+inside the sender's window (sender.WINDOW)."""
 MAX_HELD = 2 << 30
 """Bytes of file-list frames held for --delete-before and --delete-during, which compare
 nothing before the list is complete (about 200 million entries)."""
@@ -72,7 +75,11 @@ class Receiver:
                             idmap.rules(opts.usermap, "--usermap", reporter.warning),
                             idmap.rules(opts.groupmap, "--groupmap", reporter.warning))
         self.stats = Stats()
-        self.state = RxState(reporter, self.stats, None, keep_entries=opts.hard_links)
+        self.state = RxState(reporter, self.stats, None)
+        self.leaders: set[int] = set()
+        """-H: the entries that lead a hard-link group, which later names may link to
+        (one int a group, for checking the list only)."""
+        self.released = 0  # what the last RELEASE told the sender (protocol.RELEASE)
         self.dir_paths: dict[bytes, tuple[bool, bytes] | None] = {b"": None}
         """Each directory listed so far, with the last child entry it got (its place in
         the directory's order)."""
@@ -208,11 +215,10 @@ class Receiver:
     # ---- the stream -----------------------------------------------------------------
 
     def _add_entries(self, batch: Batch) -> None:
-        """Check a batch's place in the list and make room for its entries, which the
-        generator fills in as it decides them (or leaves None for files it settles)."""
+        """Check a batch's place in the list and count its entries, which the generator
+        then decides."""
         dir_paths = self.dir_paths
-        entries = self.state.entries
-        base = len(entries)
+        base = self.state.count
         paths = batch.paths
         check_paths(paths)
         for path, mode in zip(paths, batch.modes, strict=True):
@@ -239,11 +245,14 @@ class Receiver:
                 continue
             if not self.opts.hard_links:
                 raise ProtocolError(f"hard link entry {e.path[:100]!r} in a run without -H")
-            if e.link >= base + i or not e.is_reg:
-                raise ProtocolError("hard link to an entry that does not precede it")
-        entries += [None] * len(paths)
-        self.state.status.extend(bytes(len(paths)))
-        if len(entries) > MAX_ENTRIES:
+            if not e.is_reg:
+                raise ProtocolError(f"hard link entry {e.path[:100]!r} is no regular file")
+            if e.link == base + i:
+                self.leaders.add(e.link)
+            elif e.link not in self.leaders:
+                raise ProtocolError("hard link to an entry that leads no group before it")
+        self.state.count += len(paths)
+        if self.state.count > MAX_ENTRIES:
             raise ProtocolError("file list too long")
 
     def run(self) -> Stats:
@@ -273,7 +282,8 @@ class Receiver:
         held = 0
         announced = None
         flist_done = gen_acked = done_sent = finished = False
-        hold = holds_list(self.opts) and state.single_name is None
+        hold = self.opts.holds_list() and state.single_name is None
+        release = self.opts.releases_list()
         try:
             while not finished:
                 # File-list batches wait, still compressed, while enough requests are
@@ -284,12 +294,12 @@ class Receiver:
                         len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
                     held -= len(backlog[0])
                     batch = unpack_batch(backlog.popleft())
-                    base = len(state.entries)
+                    base = state.count
                     self._add_entries(batch)
                     gen.batch(base, batch)
                 if flist_done and not backlog and not gen.sent_nomore:
-                    if announced != len(state.entries):
-                        raise ProtocolError(f"file list count mismatch: {len(state.entries)} "
+                    if announced != state.count:
+                        raise ProtocolError(f"file list count mismatch: {state.count} "
                                             f"entries, {announced!r} announced")
                     gen.finish()
                 if gen_acked and not done_sent and state.completed == state.requested:
@@ -300,6 +310,8 @@ class Receiver:
                     done_sent = True
                 if state.successes:
                     self._send_successes()
+                if release and state.count - self.released >= RELEASE_STEP:
+                    self._release()
                 chan.flush_before_wait()
                 ftype, payload = chan.recv()
                 if ftype == protocol.FILE:
@@ -396,6 +408,15 @@ class Receiver:
 
         for idx, st in state.partials.commit(state.backups, failed):
             state.succeeded(idx, st)
+
+    def _release(self) -> None:
+        """Tell the sender it may forget the entries before the oldest one still in flight
+        (after any SUCCESS naming them, which goes first on the same stream)."""
+        state = self.state
+        low = min(state.pending, default=state.count)
+        if low - self.released >= RELEASE_STEP:
+            self.chan.send(protocol.RELEASE, protocol.encode_release(low))
+            self.released = low
 
     def _send_successes(self) -> None:
         """--remove-source-files: tell the sender which entries are in place."""

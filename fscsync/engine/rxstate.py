@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fscsync.fs.inplace import Update
 
 class Status(IntEnum):
-    """An entry's state in RxState.status (a bytearray: one byte an entry)."""
+    """An entry's state in RxState.status (no key: undecided)."""
 
     UNDECIDED = 0
     OK = 1  # in place at the destination (or settled: left alone, listed, dry run)
@@ -51,14 +51,21 @@ class RxState:
     """The file list as it arrives, each entry's status, the requests in flight and the
     counters: what the generator and the writer both read and change."""
 
-    def __init__(self, reporter: Reporter, stats: Stats, single_name: bytes | None,
-                 keep_entries: bool):
+    def __init__(self, reporter: Reporter, stats: Stats, single_name: bytes | None):
         self.reporter = reporter
         self.stats = stats
         self.single_name = single_name
-        self.keep_entries = keep_entries  # -H: any file may lead a later link
-        self.entries: list[Entry | None] = []
-        self.status = bytearray()
+        self.count = 0  # entries the list has brought so far (decided or being decided)
+        self.entries: dict[int, Entry] = {}
+        """The entries still needed, by index: a file from its decision until it is
+        settled or its request completes (at most the sender's window of them); a
+        directory until the final pass sets its attributes (one Entry a directory, as
+        rsync keeps its directory list); with -H a hard-link leader (whose link is its own
+        index) and
+        each later name of its group until the final pass links it. A file settled from
+        the batch's columns never gets an Entry at all."""
+        self.status: dict[int, Status] = {}
+        """The status of each decided entry that is in `entries`, or being decided."""
         self.pending: dict[int, Pending] = {}
         self.requested = 0
         self.completed = 0
@@ -84,12 +91,11 @@ class RxState:
 
     def done_with(self, idx: int) -> None:
         """Drop an entry nothing later needs (directories wait for the final pass, and
-        with -H any file may lead a link): a big no-change run would otherwise hold
-        its whole file list."""
-        if not self.keep_entries:
-            e = self.entries[idx]
-            if e is not None and not e.is_dir:
-                self.entries[idx] = None
+        so do hard-link leaders): a big run would otherwise hold its whole file list."""
+        e = self.entries.get(idx)
+        if e is not None and not e.is_dir and e.link != idx:
+            del self.entries[idx]
+            self.status.pop(idx, None)
 
     def fail(self, idx: int, message: str, code: int = errors.PARTIAL) -> None:
         self.status[idx] = Status.FAILED

@@ -91,7 +91,10 @@ class Scanner:
         self.reporter = reporter
         self.io_error = False
         self.count = 0
-        self._links: dict[tuple[int, int], int] = {}
+        self._links: dict[tuple[int, int], list[int]] = {}
+        """-H: (device, inode) -> [leader's index, names not yet listed], for inodes with
+        more than one name, until the walk has listed them all: what is kept is the
+        groups with names still to come (or outside the transfer), not every file."""
         self._seen: set[bytes] = set()
         self._root_starts: list[int] = []
         self._roots: list[tuple[bytes, bytes]] = []
@@ -136,19 +139,20 @@ class Scanner:
         self._source_of = [bisect.bisect_right(starts, i) - 1 for i, _ in kept]
         entries = [e for _, e in kept]
         if self.opts.hard_links:
-            self._relink(entries, [i for i, _ in kept])
+            self._relink(entries)
         self.count = len(entries)
         for i in range(0, len(entries), RUN_MAX):
             yield entries[i : i + RUN_MAX]
 
-    def _relink(self, entries: list[Entry], scanned_as: list[int]) -> None:
+    def _relink(self, entries: list[Entry]) -> None:
         """Hard links named their leader by its place in the walk: in the merged list the
         first of each group leads (and carries the checksum -c wants of a leader)."""
         leaders: dict[int, int] = {}
-        for i, (e, was) in enumerate(zip(entries, scanned_as, strict=True)):
-            group = e.link if e.link >= 0 else was
-            first = leaders.setdefault(group, i)
-            e.link = -1 if first == i else first
+        for i, e in enumerate(entries):
+            if e.link < 0:
+                continue
+            first = leaders.setdefault(e.link, i)
+            e.link = first  # the leader's own index marks it
             if first == i and self.opts.checksum and e.is_reg and e.checksum is None:
                 layout = self.files.finder.layout(e.src, e.enc is not None, e.enc_alt)
                 e.checksum = self._checksum(e.src, layout)
@@ -612,12 +616,16 @@ class Scanner:
             return None
         if opts.hard_links and fmt != stat.S_IFDIR and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
-            leader = self._links.get(key)
-            if leader is None:
-                self._links[key] = self.count + len(self._held)
+            group = self._links.get(key)
+            if group is None:
+                e.link = self.count + len(self._held)  # a leader: its own index
+                self._links[key] = [e.link, st.st_nlink - 1]
             else:
-                e.link = leader
-        if opts.checksum and fmt == stat.S_IFREG and e.link < 0:
+                e.link = group[0]
+                group[1] -= 1
+                if group[1] <= 0:  # every name of the inode is listed: forget it
+                    del self._links[key]
+        if opts.checksum and fmt == stat.S_IFREG and e.link in (-1, self.count + len(self._held)):
             e.checksum = self._checksum(path, layout)
             if e.checksum is None:
                 return None

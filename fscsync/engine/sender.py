@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 FLIST_BATCH = 48 << 10
 """Bytes of a file-list batch before compression (about a thousand entries)."""
+WINDOW = 64 << 10
+"""File-list entries the sender may have sent past the receiver's oldest unfinished
+one (protocol.RELEASE): what both sides hold of the list is bounded by it, not by the
+tree. A receiver that releases nothing (Options.releases_list) gets no window."""
 SCAN_AHEAD_FRAMES = 256
 """File-list frames a scan-ahead thread may hold before the connection is up (about
 256,000 entries: far more than a connection takes to set up, and little memory)."""
@@ -69,6 +73,9 @@ class Sender:
         self._ahead = None  # the scan-ahead queue, when a thread scans (scan_ahead)
         self._listed_size = 0  # sizes of the listed files and links, for progress only
         self._read_error = False  # IOERROR sent
+        self._window = WINDOW if opts.releases_list() else 0
+        self._listed = False  # FLIST_END sent
+        self._done = False  # DONE came: the receiver wants nothing more
 
     def run(self) -> Stats:
         self.send_flist()
@@ -107,7 +114,7 @@ class Sender:
 
         def scan() -> None:
             try:
-                self._scan(lambda ftype, payload: ahead.put((ftype, payload)))
+                self._scan(lambda *frame: ahead.put(frame))
             except BaseException as exc:  # handed to the sending thread, raised there
                 ahead.put(exc)
             ahead.put(None)
@@ -131,18 +138,28 @@ class Sender:
         self.stats.io_error = self.scanner.io_error
         protocol.send_json(chan, protocol.FLIST_END,
                            {"io_error": self.scanner.io_error, "count": self.sent.count})
+        self._listed = True
         chan.flush()
         self.stats.flist_gen_time = time.monotonic() - started - self.stats.flist_xfer_time
         self.reporter.listed(self.sent.count, self._listed_size)
 
-    def _send_frame(self, ftype: int, payload: bytes) -> None:
+    def _send_frame(self, ftype: int, payload: bytes, count: int = 0) -> None:
         """File-list batches go out at once (not when the output buffer fills), so the
-        receiver compares each while the scan goes on."""
+        receiver compares each while the scan goes on; between two, requests that have
+        come are answered, and past the window the scan waits for the receiver."""
         started = time.monotonic()
-        self.chan.send(ftype, payload)
+        chan = self.chan
+        chan.send(ftype, payload)
         if ftype == protocol.FLIST:
-            self.chan.flush()
-        self.stats.flist_xfer_time += time.monotonic() - started
+            self.sent.add(payload, count)
+            chan.flush()
+            self.stats.flist_xfer_time += time.monotonic() - started
+            sent = self.sent
+            while chan.ready() or (self._window and sent.count - sent.released > self._window):
+                chan.flush_before_wait()
+                self._handle(*chan.recv())
+        else:
+            self.stats.flist_xfer_time += time.monotonic() - started
 
     def _scan(self, emit) -> None:
         """Scan the sources into file-list frames (batches and owner names, in the
@@ -181,9 +198,8 @@ class Sender:
         if batch.size < at_least:
             return batch
         payload = batch.pack()
-        self.sent.add(payload, len(batch))
         self.stats.flist_size += len(payload)
-        emit(protocol.FLIST, payload)
+        emit(protocol.FLIST, payload, len(batch))
         return BatchBuilder()
 
     @staticmethod
@@ -196,27 +212,30 @@ class Sender:
 
     def serve(self) -> None:
         chan = self.chan
-        while True:
+        while not self._done:
             chan.flush_before_wait()
-            ftype, payload = chan.recv()
-            if ftype == protocol.REQ:
-                self._answer(delta.Request.decode(payload))
-            elif ftype == protocol.SIGBLOCKS:
-                self._blocks(*delta.decode_sigblocks(payload))
-            elif ftype == protocol.NOMORE:
-                chan.send(protocol.NOMORE_ACK)
-            elif ftype == protocol.SUCCESS and self.opts.remove_source_files:
-                for idx, dev, ino in protocol.decode_successes(payload):
-                    self._remove_source(idx, dev, ino)
-            elif ftype == protocol.DONE:
-                break
-            elif self.on_control is not None and self.on_control(ftype, payload):
-                continue
-            else:
-                raise ProtocolError(f"unexpected frame type {ftype} at the sender")
+            self._handle(*chan.recv())
         protocol.send_json(chan, protocol.FINISHED,
                            final_message(self.stats, self.reporter.exit_code))
         chan.flush()
+
+    def _handle(self, ftype: int, payload: bytes) -> None:
+        """One frame from the receiver, while the list is sent or after it."""
+        if ftype == protocol.REQ:
+            self._answer(delta.Request.decode(payload))
+        elif ftype == protocol.SIGBLOCKS:
+            self._blocks(*delta.decode_sigblocks(payload))
+        elif ftype == protocol.RELEASE:
+            self.sent.release(protocol.decode_release(payload))
+        elif ftype == protocol.NOMORE and self._listed:
+            self.chan.send(protocol.NOMORE_ACK)
+        elif ftype == protocol.SUCCESS and self.opts.remove_source_files:
+            for idx, dev, ino in protocol.decode_successes(payload):
+                self._remove_source(idx, dev, ino)
+        elif ftype == protocol.DONE and self._listed and not self._done:
+            self._done = True
+        elif self.on_control is None or not self.on_control(ftype, payload):
+            raise ProtocolError(f"unexpected frame type {ftype} at the sender")
 
     def _remove_source(self, idx: int, dev: int, ino: int) -> None:
         """--remove-source-files: entry idx is in place at the destination (as inode

@@ -53,7 +53,7 @@ F_SETPIPE_SZ = 1031
 # status, progress not at all. They stay unassigned, so no number has meant two things.
 # Version 4: STATS holds its counters and exit code flat, as FINISHED does (version 3
 # nested them under "stats"), both made and read by engine.stats. Version 5: SUCCESS and
-# IOERROR.
+# IOERROR. Version 6: RELEASE.
 HELLO = 1
 SETUP = 2
 READY = 3
@@ -87,6 +87,22 @@ sent once, before FINISHED. --delete-after then deletes nothing (--ignore-errors
 NOOP = 26
 """Empty keepalive under --timeout, sent only to a peer whose handshake lists
 "keepalive"; recv skips it wherever it comes."""
+RELEASE = 28
+"""Version 6, receiver to sender: a file-list index (u64); every entry before it is done
+with at the receiver (decided, its file in place or failed), so the sender forgets them
+and may list further ahead (engine/sender.py's window). Never lower than the last one,
+never past the list sent so far."""
+_RELEASE = struct.Struct(">Q")
+
+
+def encode_release(idx: int) -> bytes:
+    return _RELEASE.pack(idx)
+
+
+def decode_release(payload: bytes) -> int:
+    if len(payload) != _RELEASE.size:
+        raise ProtocolError(f"malformed release frame of {len(payload)} bytes")
+    return _RELEASE.unpack(payload)[0]
 
 CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib", "keepalive"]
 try:
@@ -503,6 +519,27 @@ class Channel:
             if have >= _HDR.size + length and ftype != NOOP:
                 return
         self.flush()
+
+    def ready(self) -> bool:
+        """Whether recv has a frame other than a keepalive to return without waiting (the
+        end of the stream counts: recv raises it). A sender between two file-list batches
+        answers what has come instead of letting it wait for the end of the scan; it
+        reads at most once, and never waits."""
+        for attempt in (0, 1):
+            while self._end - self._pos >= _HDR.size:
+                ftype, length = _HDR.unpack_from(self._in, self._pos)
+                if ftype != NOOP or length:
+                    return self._end - self._pos >= _HDR.size + length
+                self._pos += _HDR.size
+            if attempt or self._eof:
+                return self._eof
+            try:
+                self._fill(0)
+            except NoAnswer:
+                return False
+            except PeerClosed:
+                return True
+        return False
 
     def _need(self, n: int, timeout: float | None) -> None:
         while self._end - self._pos < n:
