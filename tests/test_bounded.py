@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,11 @@ def test_hard_links_keep_their_groups_only(tmp_path: Path,
 
     again = Held(monkeypatch)
     _sync(src, dest, opts)
-    assert again.entries <= 2 * groups + DIRS + 1, again.entries
+    # No change: each second name is settled when it is decided, and its leader (the
+    # group's last name has come) forgotten: what stays is a directory's worth of
+    # leaders waiting for the next directory, and the directories.
+    per_dir = max(Counter(i % DIRS for i in range(0, FILES, 10)).values())
+    assert again.entries <= per_dir + DIRS + 1, again.entries
 
 
 @pytest.mark.parametrize("when", ["before", "during"])

@@ -1,5 +1,6 @@
-"""The finalisation pass, after all data is in: hard links, deletions (those their
-timing leaves until now, engine/deltiming.py), then directory attributes
+"""The finalisation pass, after all data is in: hard links whose leader was in flight
+when they were decided (engine/hardlinks.py), deletions (those their timing leaves
+until now, engine/deltiming.py), then directory attributes
 (post-order, so encdata goes on a directory after its entries exist).
 
 It is separate from the copy pass so that a partitioned run can copy many
@@ -10,18 +11,13 @@ handed on (merged, for several partitions), never the generator itself.
 from __future__ import annotations
 
 import os
-import stat
 
-from fscsync.engine import itemize
+from fscsync.engine.hardlinks import Linker
 from fscsync.engine.rxstate import Decisions, locate
-from fscsync.engine.stats import tally
-from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
+from fscsync.errors import DirEncdataUnsettable, OSFailed
 from fscsync.fs import meta
 from fscsync.fs.destfs import (
-    RemoveHooks,
     in_use,
-    link_in,
-    lstat_at,
     remove_tree,
     sync_if_changed,
 )
@@ -73,57 +69,16 @@ class Finalizer:
     def _locate(self, tree: DestTree, e) -> tuple[int, bytes]:
         return locate(tree, e, self.single_name)
 
-    def _there(self, tree: DestTree, e) -> bool:
-        """Is entry `e`'s directory at the destination? (A dry run makes none.)"""
-        try:
-            self._locate(tree, e)
-        except FileNotFoundError:
-            return False
-        return True
-
     def _os_fail(self, e, what: str, exc: OSError) -> None:
         self.reporter.failed(OSFailed(what, e.path, exc))
 
     # ---- hard links ---------------------------------------------------------------
 
     def hard_links(self, tree: DestTree, links: list) -> None:
+        """The names whose leader was still in flight when they were decided."""
+        linker = Linker(self.opts, self.reporter, self.stats, self.single_name, self.backups)
         for e, leader, leader_ok in links:
-            if not leader_ok:
-                self.reporter.error(f'cannot hard-link "{escape(e.path)}": '
-                                    f'"{escape(leader.path)}" was not transferred')
-                continue
-            if self.opts.dry_run and not self._there(tree, e):
-                tally(self.stats.created, itemize.kind_name(e.mode))
-                self._item_link(e, leader, new=True)  # into a directory the run would make
-                continue
-            try:
-                lfd, lname = self._locate(tree, leader)
-                pfd, name = self._locate(tree, e)
-                lst = lstat_at(lfd, lname) if not self.opts.dry_run else None
-                st = lstat_at(pfd, name)
-                if lst is not None and st is not None and (st.st_dev, st.st_ino) == (
-                        lst.st_dev, lst.st_ino):
-                    continue
-                if st is None:
-                    tally(self.stats.created, itemize.kind_name(e.mode))
-                self._item_link(e, leader, new=st is None)
-                if not self.opts.dry_run:
-                    if st is not None and stat.S_ISDIR(st.st_mode):
-                        remove_tree(pfd, name, self._removal(), rel=e.path)
-                    if self.backups is not None and st is not None:
-                        self.backups.keep(pfd, name, e.path)
-                    link_in(lfd, lname, pfd, name)
-            except OSError as exc:
-                self._os_fail(e, "hard-link of", exc)
-
-    def _removal(self) -> RemoveHooks:
-        """remove_tree's hooks for making way: each file into the backup, with -b."""
-        return self.backups.removal() if self.backups is not None else RemoveHooks()
-
-    def _item_link(self, e, leader, new: bool) -> None:
-        itemize.tell(self.reporter, self.opts,
-                     lambda: itemize.line("h", e, new=new, suffix=f" => {escape(leader.path)}"),
-                     lambda: f"{escape(e.path)} => {escape(leader.path)}")
+            linker.link(tree, e, leader, leader_ok)
 
     # ---- deletions ------------------------------------------------------------------
 

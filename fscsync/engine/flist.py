@@ -40,6 +40,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _XA = struct.Struct(">BI")
+_LAST_LINK = 1 << 31
+"""In a hard link's leader index on the wire: the group's last name (Entry.link_last)."""
 
 MAX_PATH = 4096
 MAX_XATTRS = 1024
@@ -55,7 +57,7 @@ class Entry:
     """One file-list entry. `src` (the sender's full path) never crosses the wire."""
 
     __slots__ = ("path", "mode", "size", "mtime_ns", "uid", "gid", "rdev", "target",
-                 "xattrs", "enc", "enc_alt", "link", "checksum", "src")
+                 "xattrs", "enc", "enc_alt", "link", "link_last", "checksum", "src")
 
     def __init__(self, path: bytes, mode: int, size: int = 0, mtime_ns: int = 0,
                  uid: int = 0, gid: int = 0, rdev: int = 0, target: bytes | None = None,
@@ -73,6 +75,9 @@ class Entry:
         self.enc = enc
         self.enc_alt = False
         self.link = link
+        """-H: the index of its group's leader (its own, for the leader itself); -1 for
+        an entry in no group."""
+        self.link_last = False  # -H: the group's last name the list brings
         self.checksum = checksum
         self.src = src
 
@@ -198,7 +203,7 @@ def _encode_extras(e: Entry, out: bytearray) -> int:
         out += _U16.pack(len(e.target))
         out += e.target
     if flags & F_LINK:
-        out += _U32.pack(e.link)
+        out += _U32.pack(e.link | _LAST_LINK if e.link_last else e.link)
     if flags & F_XATTRS:
         out += _U16.pack(len(e.xattrs))
         for name, value in e.xattrs:
@@ -398,7 +403,8 @@ def _decode_extras(e: Entry, flags: int, r: _Reader) -> None:
         (n,) = r.unpack(_U16)
         e.target = r.take(n)
     if flags & F_LINK:
-        (e.link,) = r.unpack(_U32)
+        (link,) = r.unpack(_U32)
+        e.link, e.link_last = link & ~_LAST_LINK, bool(link & _LAST_LINK)
     if flags & F_XATTRS:
         (count,) = r.unpack(_U16)
         if count > MAX_XATTRS:

@@ -20,6 +20,7 @@ from fscsync.engine.deltiming import Deleter
 from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
 from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
+from fscsync.engine.hardlinks import Linker
 from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
@@ -81,7 +82,10 @@ class Generator:
                                self.existing, self.children, state.backups)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
-        self.hardlinks: list[int] = []
+        self.hardlinks: list[int] = []  # later names whose leader was in flight
+        self._awaited: set[int] = set()  # ... and those leaders, which stay until then
+        self.linker = Linker(opts, state.reporter, state.stats, state.single_name,
+                             state.backups)
         self.copies = DestCopies(opts)
         self.enc = EncPolicy(state, opts, abilities)
         self.alt = AltDests(opts, ids, self.copies, alt_root, state.reporter) \
@@ -421,11 +425,28 @@ class Generator:
 
     # ---- regular files --------------------------------------------------------------
 
+    def _later_name(self, idx: int, e: Entry) -> None:
+        """-H: a later name of a group is linked now if its leader is settled (in place,
+        or failed), else in the final pass, once the leader's data is in. The leader is
+        forgotten after its group's last name (Entry.link_last) unless a name waits."""
+        state = self.state
+        leader = e.link
+        if self.tree is None or leader in state.pending:
+            self.hardlinks.append(idx)
+            self._awaited.add(leader)
+            return
+        self.linker.link(self.tree, e, state.entries[leader],
+                         state.status.get(leader) == Status.OK)
+        state.status[idx] = Status.OK
+        if e.link_last and leader not in self._awaited:
+            del state.entries[leader]
+            state.status.pop(leader, None)
+
     def regular(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         state = self.state
         opts = self.opts
-        if e.link >= 0 and e.link != idx:  # a later name of a group: the final pass links it
-            self.hardlinks.append(idx)
+        if e.link >= 0 and e.link != idx:
+            self._later_name(idx, e)
             return
         if st is not None and stat.S_ISDIR(st.st_mode):
             if not self._make_way(idx, e, pfd, name, st):

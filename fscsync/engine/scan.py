@@ -153,6 +153,7 @@ class Scanner:
                 continue
             first = leaders.setdefault(e.link, i)
             e.link = first  # the leader's own index marks it
+            e.link_last = False  # the whole list is held: no leader need be forgotten
             if first == i and self.opts.checksum and e.is_reg and e.checksum is None:
                 layout = self.files.finder.layout(e.src, e.enc is not None, e.enc_alt)
                 e.checksum = self._checksum(e.src, layout)
@@ -625,6 +626,7 @@ class Scanner:
                 group[1] -= 1
                 if group[1] <= 0:  # every name of the inode is listed: forget it
                     del self._links[key]
+                    e.link_last = True
         if opts.checksum and fmt == stat.S_IFREG and e.link in (-1, self.count + len(self._held)):
             e.checksum = self._checksum(path, layout)
             if e.checksum is None:
