@@ -82,8 +82,9 @@ class Generator:
                                self.existing, self.children, state.backups)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
-        self.hardlinks: list[int] = []  # later names whose leader was in flight
-        self._awaited: set[int] = set()  # ... and those leaders, which stay until then
+        self.waiting: dict[int, list[int]] = {}
+        """-H: leader -> the later names decided while its data was in flight, linked
+        once it is in (looked at before each batch), or else by the final pass."""
         self.linker = Linker(opts, state.reporter, state.stats, state.single_name,
                              state.backups)
         self.copies = DestCopies(opts)
@@ -110,6 +111,8 @@ class Generator:
         tree = self.tree
         state = self.state
         all_entries = state.entries
+        if self.waiting and tree is not None:
+            self._link_waiting()
         if not self._quick:
             for idx, e in enumerate(batch.entries(), base):
                 all_entries[idx] = e
@@ -177,8 +180,8 @@ class Generator:
         out = Decisions()
         ok = Status.OK
         out.dirs = [(entries[idx], new) for idx, new in self.dirs if status.get(idx) == ok]
-        out.links = [(entries[idx], entries[entries[idx].link],
-                      status.get(entries[idx].link) == ok) for idx in self.hardlinks]
+        out.links = [(entries[idx], entries[leader], status.get(leader) == ok)
+                     for leader, names in self.waiting.items() for idx in names]
         out.existing, out.children = self.existing, self.children
         out.litter, out.incoming = self.litter, self.incoming
         out.rules = self.delete_rules
@@ -427,20 +430,31 @@ class Generator:
 
     def _later_name(self, idx: int, e: Entry) -> None:
         """-H: a later name of a group is linked now if its leader is settled (in place,
-        or failed), else in the final pass, once the leader's data is in. The leader is
-        forgotten after its group's last name (Entry.link_last) unless a name waits."""
+        or failed), else once the leader's data is in. The leader is forgotten after its
+        group's last name (Entry.link_last) is linked."""
+        leader = e.link
+        if self.tree is None or leader in self.state.pending or leader in self.waiting:
+            self.waiting.setdefault(leader, []).append(idx)
+            return
+        self._link(idx, e)
+
+    def _link(self, idx: int, e: Entry) -> None:
         state = self.state
         leader = e.link
-        if self.tree is None or leader in state.pending:
-            self.hardlinks.append(idx)
-            self._awaited.add(leader)
-            return
         self.linker.link(self.tree, e, state.entries[leader],
                          state.status.get(leader) == Status.OK)
         state.status[idx] = Status.OK
-        if e.link_last and leader not in self._awaited:
+        if e.link_last:
             del state.entries[leader]
             state.status.pop(leader, None)
+
+    def _link_waiting(self) -> None:
+        """The names whose leader's data has come in since: linked now."""
+        state = self.state
+        for leader in [k for k in self.waiting if k not in state.pending]:
+            for idx in self.waiting.pop(leader):
+                self._link(idx, state.entries[idx])
+                state.done_with(idx)
 
     def regular(self, idx: int, e: Entry, pfd: int, name: bytes, st) -> None:
         state = self.state
