@@ -49,10 +49,11 @@ MAX_IN_FLIGHT = 256
 """Requested files not yet complete before the next file-list batch is decided."""
 MAX_BACKLOG = 64 << 20
 """Bytes of file-list frames held while requests are in flight (about 6 million
-entries). Past it the oldest frames are decided at once: stopping to read would
-deadlock with the sender, which sends its whole list before it serves a request, and
-a protocol error would refuse a big list; -z made a few bytes on the wire a full frame
-held here."""
+entries). The sender's window (protocol.RELEASE) keeps the backlog far below this;
+without one (Options.releases_list) past it the oldest frames are decided at once:
+stopping to read would deadlock with the sender, which then sends its whole list before
+it serves a request, and a protocol error would refuse a big list; -z made a few bytes
+on the wire a full frame held here."""
 RELEASE_STEP = 4 << 10
 """Entries done with between two RELEASE frames: one frame every few batches, well
 inside the sender's window (sender.WINDOW)."""
@@ -77,8 +78,8 @@ class Receiver:
         self.stats = Stats()
         self.state = RxState(reporter, self.stats, None)
         self.leaders: set[int] = set()
-        """-H: the entries that lead a hard-link group, which later names may link to
-        (one int a group, for checking the list only)."""
+        """-H: the entries that lead a hard-link group whose last name has not come yet,
+        which later names may link to (one int a group, for checking the list only)."""
         self.released = 0  # what the last RELEASE told the sender (protocol.RELEASE)
         self.dir_paths: dict[bytes, tuple[bool, bytes] | None] = {b"": None}
         """Each directory listed so far, with the last child entry it got (its place in
@@ -251,6 +252,8 @@ class Receiver:
                 self.leaders.add(e.link)
             elif e.link not in self.leaders:
                 raise ProtocolError("hard link to an entry that leads no group before it")
+            elif e.link_last:  # no later name may name this leader
+                self.leaders.discard(e.link)
         self.state.count += len(paths)
         if self.state.count > MAX_ENTRIES:
             raise ProtocolError("file list too long")
