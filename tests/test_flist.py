@@ -43,7 +43,8 @@ def entries(draw) -> Entry:
                                                        st.binary(max_size=20)), max_size=3))
         e.enc = draw(st.none() | encdatas)
         e.enc_alt = draw(st.booleans())
-        e.link = draw(st.integers(-1, 2**32 - 1))
+        e.link = draw(st.integers(-1, 2**31 - 1))  # the top bit is link_last's
+        e.link_last = e.link >= 0 and draw(st.booleans())
         e.checksum = draw(st.none() | st.binary(min_size=16, max_size=16))
     return e
 
@@ -51,7 +52,7 @@ def entries(draw) -> Entry:
 def fields(e: Entry) -> tuple:
     """What crosses the wire (no xattrs and an empty list of them travel alike)."""
     return (e.path, e.mode, e.size, e.mtime_ns, e.uid, e.gid, e.rdev, e.target,
-            e.xattrs or None, e.enc, e.enc_alt, e.link, e.checksum)
+            e.xattrs or None, e.enc, e.enc_alt, e.link, e.link_last, e.checksum)
 
 
 @given(st.lists(entries(), max_size=12))
