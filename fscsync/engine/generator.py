@@ -20,7 +20,7 @@ from fscsync.engine.deltiming import Deleter
 from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
 from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
-from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
+from fscsync.engine.rxstate import BasisAt, Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, meta
@@ -490,23 +490,25 @@ class Generator:
                 and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < (opts.modify_window or 0))
 
     def _request(self, idx: int, e: Entry, replaced, where,
-                 partial: tuple[int, bytes] | None = None) -> None:
+                 partial: BasisAt | None = None) -> None:
         """Ask for file `e` with the copy `where` (pfd, name, stat, encdata) as its basis,
         or, when an earlier run left one, its --partial-dir file; `replaced`: the stat of
         the file it replaces, if any."""
         state = self.state
         if partial is not None:
-            req, layout = state.partials.request(idx, partial), cipher.PLAIN
+            layout = cipher.PLAIN
+            req = self.copies.delta_request(idx, partial.dirfd, partial.name, layout)
         else:
             req, layout = self.copies.request(idx, e, *where)
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
-        pending.partial_at = partial
         pending.chunk = req.chunk
         pending.basis_size = req.basis_size
         if replaced is not None:
             pending.replaced_mode = replaced.st_mode
-        elif partial is None and pending.has_basis:  # a --link-dest/--copy-dest DIR copy
-            pending.basis_from = (os.dup(where[0]), where[1])
+        if partial is not None:
+            pending.basis_at = partial
+        elif replaced is None and pending.has_basis:  # a --link-dest/--copy-dest DIR copy
+            pending.basis_at = BasisAt(os.dup(where[0]), where[1], partial=False)
         state.pending[idx] = pending
         state.requested += 1
         self.send(protocol.REQ, req.encode())

@@ -111,8 +111,7 @@ class Pending:
 
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update", "basis_size", "replaced_mode",
-                 "basis_from", "partial_at")
+                 "data_end", "differ", "update", "basis_size", "replaced_mode", "basis_at")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -133,10 +132,22 @@ class Pending:
         self.update: Update | None = None  # set when the file is updated in place
         self.basis_size = 0  # what the request told the sender it may copy from
         self.replaced_mode: int | None = None  # the file it replaces: its mode stays
-        self.basis_from: tuple[int, bytes] | None = None
-        """A basis in a --link-dest/--copy-dest/--compare-dest DIR: (its directory's fd,
-        owned by this Pending, and name); else the basis is the file being replaced."""
-        self.partial_at: tuple[int, bytes] | None = None  # its --partial-dir file: the basis
+        self.basis_at: BasisAt | None = None  # None: the basis is the file it replaces
+
+
+class BasisAt:
+    """Where a requested file's basis is when it is not the file it replaces (rsync's
+    fnamecmp and fnamecmp_type): a --partial-dir file (`partial`: its directory fd is
+    PartialDirs', and the file goes once the new one is in), or a copy in a
+    --link-dest/--copy-dest/--compare-dest DIR (its directory fd a dup the writer
+    closes). Either way nothing of the destination's own is updated in place."""
+
+    __slots__ = ("dirfd", "name", "partial")
+
+    def __init__(self, dirfd: int, name: bytes, partial: bool):
+        self.dirfd = dirfd
+        self.name = name
+        self.partial = partial
 
 
 class Decisions:

@@ -68,7 +68,7 @@ class Writer:
         state = self.state
         e = state.entries[p.idx]
         pfd, name = state.locate(self.tree, e)
-        if p.basis_from is not None:  # nothing of ours to update in place
+        if p.basis_at is not None:  # nothing of ours to update in place
             self._create_temp(p, pfd, name)
         elif self.opts.inplace and e.enc is None and p.has_basis:
             if state.backups is not None:
@@ -84,7 +84,7 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            bfd, bname = p.partial_at or p.basis_from or (pfd, name)
+            bfd, bname = (p.basis_at.dirfd, p.basis_at.name) if p.basis_at else (pfd, name)
             p.basis_fd, direct = cipher.open_data(bname, p.basis_layout, dir_fd=bfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
@@ -343,8 +343,8 @@ class Writer:
                     raise
                 self._move_beside(p, pfd, name)
                 self._rename_in(p, pfd, name)
-            if p.partial_at is not None:
-                state.partials.drop(p.partial_at)
+            if p.basis_at is not None and p.basis_at.partial:  # its data is in place now
+                state.partials.drop(p.basis_at)
         os.close(p.fd)
         p.fd = None
 
@@ -391,9 +391,9 @@ class Writer:
         if p.basis_fd is not None:
             os.close(p.basis_fd)
             p.basis_fd = None
-        if p.basis_from is not None:
-            os.close(p.basis_from[0])
-            p.basis_from = None
+        if p.basis_at is not None and not p.basis_at.partial:  # a DIR's: our dup
+            os.close(p.basis_at.dirfd)
+            p.basis_at = None
 
     def _discard(self, p: Pending, keep_partial: bool = False) -> None:
         self._close_basis(p)
@@ -452,7 +452,8 @@ class Writer:
         p = self._pending(idx)
         state = self.state
         e = state.entries[idx]
-        pfd, name = p.partial_at or p.basis_from or state.locate(self.tree, e)
+        pfd, name = (p.basis_at.dirfd, p.basis_at.name) if p.basis_at else state.locate(
+            self.tree, e)
         block = self.opts.block_size
         try:
             fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)
