@@ -73,12 +73,9 @@ class Generator:
         self.root_created = root_created
         self.children: dict[bytes, set[bytes]] = {}
         self.listing = DestListing(opts, state.reporter)
-        self.existing = self.listing.existing
-        self.litter = self.listing.litter  # names like our temp files, per directory
-        self.incoming = self.listing.incoming  # the names the list brings there
-        self.delete_rules = filters.delete_filter(opts, tree, self.existing)
+        self.delete_rules = filters.delete_filter(opts, tree, self.listing.existing)
         self.deleter = Deleter(opts, state.reporter, state.stats, self.delete_rules,
-                               self.existing, self.children, state.backups)
+                               self.listing.existing, self.children, state.backups)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
@@ -117,6 +114,7 @@ class Generator:
         local_uid = {u: self.ids.uid(u) for u in set(batch.uids)} if owner else {}
         local_gid = {g: self.ids.gid(g) for g in set(batch.gids)} if group else {}
         children = self.children if opts.delete else None
+        incoming = self.listing.incoming
         keep = state.keep_entries  # else finished entries are dropped (RxState.done_with)
         status, ok = state.status, Status.OK
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
@@ -147,8 +145,8 @@ class Generator:
                             total += size
                             if children is not None:
                                 children.setdefault(head, set()).add(name)
-                            if self.incoming and head in self.incoming:
-                                self.incoming[head].add(name)
+                            if incoming and head in incoming:
+                                incoming[head].add(name)
                             status[idx] = ok
                             state.succeeded(idx, st)
                             if keep:
@@ -179,8 +177,8 @@ class Generator:
         out.dirs = [(entries[idx], new) for idx, new in self.dirs if status[idx] == Status.OK]
         out.links = [(entries[idx], entries[entries[idx].link],
                       status[entries[idx].link] == Status.OK) for idx in self.hardlinks]
-        out.existing, out.children = self.existing, self.children
-        out.litter, out.incoming = self.litter, self.incoming
+        out.existing, out.children = self.listing.existing, self.children
+        out.litter, out.incoming = self.listing.litter, self.listing.incoming
         out.rules = self.delete_rules
         out.deleter = self.deleter
         return out
@@ -204,12 +202,13 @@ class Generator:
             state.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
                             "file")
             return
-        if (opts.delete or self.incoming) and e.path != b"." and state.single_name is None:
+        incoming = self.listing.incoming
+        if (opts.delete or incoming) and e.path != b"." and state.single_name is None:
             head, _, name = e.path.rpartition(b"/")
             if opts.delete:
                 self.children.setdefault(head, set()).add(name)
-            if head in self.incoming:
-                self.incoming[head].add(name)
+            if head in incoming:
+                incoming[head].add(name)
         if e.enc is not None and not self.enc.accepted(idx, e):
             return
         if tree is None:
