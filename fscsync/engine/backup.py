@@ -115,10 +115,6 @@ class Backups:
         if self._backup(pfd, name, path, move=True):
             os.unlink(name, dir_fd=pfd)
 
-    def removal(self) -> RemoveHooks:
-        """remove_tree's plain hooks, but each file goes into the backup."""
-        return _IntoBackup(self)
-
     # ---- rsync's make_backup --------------------------------------------------------
 
     def _backup(self, pfd: int, name: bytes, path: bytes, move: bool) -> bool:
@@ -351,9 +347,16 @@ def _make_path(base: int, path: bytes) -> int:
     return fd
 
 
-class _IntoBackup(RemoveHooks):
-    def __init__(self, backups: Backups):
+class Removal(RemoveHooks):
+    """remove_tree's plain hooks, but with -b each non-directory goes into the backup
+    instead (rsync's delete_item): the one place that chooses between the two, for
+    deletions, making way and the final pass alike."""
+
+    def __init__(self, backups: Backups | None):
         self.backups = backups
 
     def unlink(self, dirfd: int, name: bytes, rel: bytes) -> None:
-        self.backups.remove(dirfd, name, rel)
+        if self.backups is not None:
+            self.backups.remove(dirfd, name, rel)
+        else:
+            os.unlink(name, dir_fd=dirfd)

@@ -28,16 +28,10 @@ import stat
 
 from fscsync import errors
 from fscsync.engine import itemize
+from fscsync.engine.backup import Removal
 from fscsync.engine.stats import tally
 from fscsync.errors import OSFailed, escape
-from fscsync.fs.destfs import (
-    RemoveHooks,
-    deletion_order,
-    is_temp_name,
-    listdir,
-    lstat_at,
-    remove_tree,
-)
+from fscsync.fs.destfs import deletion_order, is_temp_name, listdir, lstat_at, remove_tree
 from fscsync.fs.inplace import is_journal_name
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -80,7 +74,7 @@ class ListNames:
                 children.setdefault(head, set()).add(name)
 
 
-class Deleter(RemoveHooks):
+class Deleter(Removal):
     """The run's deletions: when they happen (the timing above) and each one, through
     remove_tree. One per receiving run, shared by the generator and the final pass, so
     --max-delete counts every deletion of the run.
@@ -93,8 +87,8 @@ class Deleter(RemoveHooks):
                  rules: DeleteFilter | None, existing: dict[bytes, list[bytes]],
                  children: dict[bytes, set[bytes]], backups: Backups | None = None):
         """`backups`: with -b, each deleted file goes into the backup instead."""
+        super().__init__(backups)
         self.opts = opts
-        self.backups = backups
         self.reporter = reporter
         self.stats = stats
         self.rules = rules
@@ -211,12 +205,6 @@ class Deleter(RemoveHooks):
             self._room = None
 
     # ---- remove_tree's hooks ----------------------------------------------------------
-
-    def unlink(self, dirfd: int, name: bytes, rel: bytes) -> None:
-        if self.backups is not None:
-            self.backups.remove(dirfd, name, rel)
-        else:
-            os.unlink(name, dir_fd=dirfd)
 
     def enter(self, ctx, rel: bytes, fd: int):
         state, _ = ctx

@@ -13,12 +13,12 @@ import os
 import stat
 
 from fscsync.engine import itemize
+from fscsync.engine.backup import Removal
 from fscsync.engine.rxstate import Decisions, locate
 from fscsync.engine.stats import tally
 from fscsync.errors import DirEncdataUnsettable, OSFailed, escape
 from fscsync.fs import meta
 from fscsync.fs.destfs import (
-    RemoveHooks,
     in_use,
     link_in,
     lstat_at,
@@ -109,16 +109,12 @@ class Finalizer:
                 self._item_link(e, leader, new=st is None)
                 if not self.opts.dry_run:
                     if st is not None and stat.S_ISDIR(st.st_mode):
-                        remove_tree(pfd, name, self._removal(), rel=e.path)
+                        remove_tree(pfd, name, Removal(self.backups), rel=e.path)
                     if self.backups is not None and st is not None:
                         self.backups.keep(pfd, name, e.path)
                     link_in(lfd, lname, pfd, name)
             except OSError as exc:
                 self._os_fail(e, "hard-link of", exc)
-
-    def _removal(self) -> RemoveHooks:
-        """remove_tree's hooks for making way: each file into the backup, with -b."""
-        return self.backups.removal() if self.backups is not None else RemoveHooks()
 
     def _item_link(self, e, leader, new: bool) -> None:
         itemize.tell(self.reporter, self.opts,

@@ -312,10 +312,7 @@ class Generator:
                     return False
                 return self._remove_tree(idx, pfd, name, e)
             return True
-        if self.state.backups is not None:
-            self.state.backups.remove(pfd, name, self.state.dest_path(e))
-        else:
-            os.unlink(name, dir_fd=pfd)
+        self.deleter.unlink(pfd, name, self.state.dest_path(e))  # or into the backup, -b
         return True
 
     def _remove_tree(self, idx: int, pfd: int, name: bytes, e: Entry) -> bool:
