@@ -27,7 +27,7 @@ from fscsync.engine.flist import unsafe_link
 from fscsync.errors import BackupDirNotDirectory, escape
 from fscsync.fs import cipher, meta
 from fscsync.fs.destfs import DestTree, RemoveHooks, lstat_at, remove_tree, temp_dir_path
-from fscsync.fs.fileio import copy_range
+from fscsync.fs.fileio import copy_file
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -296,8 +296,7 @@ class Backups:
             dst = os.open(bname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600, dir_fd=bfd)
             try:
-                copy_range(src, dst, 0, st.st_size)
-                os.ftruncate(dst, st.st_size)
+                copy_file(src, dst, st.st_size)
                 self._attrs(src, dst, st)
             finally:
                 os.close(dst)

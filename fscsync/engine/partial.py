@@ -19,7 +19,7 @@ import os
 import stat
 
 from fscsync.engine.rxstate import BasisAt
-from fscsync.fs.destfs import lstat_at, remove_tree
+from fscsync.fs.destfs import lstat_at, remove_tree, rename_over
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -173,11 +173,7 @@ class PartialDirs:
                     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
                 if backups is not None:
                     backups.keep(pfd, name, path)
-                try:
-                    os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=pfd)
-                except IsADirectoryError:
-                    os.rmdir(name, dir_fd=pfd)
-                    os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=pfd)
+                rename_over(dfd, name, pfd, name)
                 done.append((idx, lstat_at(pfd, name)))
                 if not self.absolute:
                     self._remove_if_empty(dfd)
