@@ -153,14 +153,16 @@ class Deleter(Removal):
     def _allowed(self) -> bool:
         """rsync's check before each directory: no deletions after the sender's I/O
         errors (said once) unless --ignore-errors. An unreadable file is known only
-        after the transfer, when --delete-after looks."""
+        after the transfer, when --delete-after looks. rsync says it as an always-shown
+        message (FINFO: on stdout, and in the log, unless -q), not as an error; the
+        run still ends with 23."""
         if self.opts.ignore_errors or not (
                 self.list_error or (self.send_error and self.when == AFTER)):
             return True
         if not self._warned:
             self._warned = True
-            self.reporter.error("IO error encountered -- skipping file deletion",
-                                errors.PARTIAL)
+            self.reporter.note_code(errors.PARTIAL)
+            self.reporter.info("IO error encountered -- skipping file deletion", 0)
         return False
 
     # ---- one directory, one entry ----------------------------------------------------
