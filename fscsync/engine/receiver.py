@@ -37,7 +37,14 @@ from fscsync.errors import (
     TempDirUnusable,
     escape,
 )
-from fscsync.fs.destfs import Confined, DestTree, check_paths, sync_parents, temp_dir_path
+from fscsync.fs.destfs import (
+    Confined,
+    DestTree,
+    check_paths,
+    lstat_at,
+    sync_parents,
+    temp_dir_path,
+)
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
@@ -295,6 +302,8 @@ class Receiver:
                 if gen_acked and not done_sent and state.completed == state.requested:
                     if state.partials is not None and state.partials.delayed:
                         self._commit_delayed()
+                    if state.successes is not None and gen.hardlinks:
+                        self._link_now(gen, tree)
                     self._send_successes()
                     chan.send(protocol.DONE)
                     done_sent = True
@@ -396,6 +405,28 @@ class Receiver:
 
         for idx, st in state.partials.commit(state.backups, failed):
             state.succeeded(idx, st)
+
+    def _link_now(self, gen: Generator, tree: DestTree) -> None:
+        """--remove-source-files with -H: every file is in, so the hard links are made
+        now, before DONE, and each name that is then the leader's inode is in place for
+        the sender to remove too, as rsync's finish_hard_link reports every linked name;
+        the final pass has none left to make."""
+        state = self.state
+        links = gen.decisions().links
+        Finalizer(self.opts, self.ids, self.reporter, self.stats, state.single_name,
+                  self.started_ns, state.backups).hard_links(tree, links)
+        for idx, (e, leader, leader_ok) in zip(gen.hardlinks, links, strict=True):
+            if not leader_ok:
+                continue
+            try:
+                st = lstat_at(*state.locate(tree, e))
+                lst = lstat_at(*state.locate(tree, leader))
+            except OSError:
+                continue
+            if st is not None and lst is not None and (st.st_dev, st.st_ino) == (
+                    lst.st_dev, lst.st_ino):
+                state.succeeded(idx, st)
+        gen.hardlinks.clear()
 
     def _send_successes(self) -> None:
         """--remove-source-files: tell the sender which entries are in place."""
