@@ -246,9 +246,13 @@ def test_conflicting_timings_are_refused(tmp_path: Path) -> None:
 # ---- the sender's I/O errors -----------------------------------------------------------
 
 
+NOTE = "IO error encountered -- skipping file deletion"
+
+
 def skipped_note(proc: Proc) -> bool:
-    """rsync prints the note on stdout, fscsync on stderr (with its other errors)."""
-    return b"IO error encountered -- skipping file deletion" in proc.stdout + proc.stderr
+    """The note is an always-shown message on stdout (rsync's FINFO), not an error."""
+    assert NOTE.encode() not in proc.stderr
+    return NOTE in proc.stdout.decode("ascii", "replace").splitlines()
 
 
 @pytest.mark.parametrize("when", WHENS)
@@ -305,6 +309,31 @@ def test_unreadable_directory(tmp_path: Path, nocap: list[str],  # noqa: F811 (t
     assert_same_trees(t)
     assert skipped_note(runs.rsync) != ignore
     assert split(lines(runs.fscsync)) == split(lines(runs.rsync))
+
+
+@pytest.mark.parametrize("args", [[], ["-v"], ["-i"], ["-q"]], ids=["plain", "v", "i", "q"])
+def test_skipped_note_where_rsync_says_it(tmp_path: Path, nocap: list[str],  # noqa: F811
+                                          args: list[str]) -> None:
+    """The note of skipped deletions goes where rsync's goes: one line on stdout with or
+    without -v or -i, in the log file too, and neither with -q (the log keeps the
+    error and the items)."""
+    t = Twin(tmp_path)
+    make_source(t.src)
+    os.chmod(t.src / "b", 0)
+    try:
+        t.each(make_stale)
+        runs = run_both_nocap(t, nocap, "-rt", "--delete", "--delete-after", *args,
+                              "--log-file", "@D/log", f"{t.src}/", "@D/dst", code=23)
+    finally:
+        os.chmod(t.src / "b", 0o755)
+    said = "-q" not in args
+    for proc, area in ((runs.rsync, t.r), (runs.fscsync, t.f)):
+        out = proc.stdout.decode("ascii", "replace").splitlines()
+        assert out.count(NOTE) == said and skipped_note(proc) == said, out
+        logged = [ln.split("] ", 1)[1] for ln in (area / "log").read_text().splitlines()]
+        assert logged.count(NOTE) == said, logged
+        assert any("Permission denied" in ln for ln in logged), logged
+    assert (t.f / "dst/gone").exists() and (t.r / "dst/gone").exists()
 
 
 # ---- the receiver's checks ---------------------------------------------------------------

@@ -238,3 +238,29 @@ def test_an_unexpected_exception_ends_as_an_internal_error(tmp_path: Path, debug
         "fscsync: internal error: OSError: [Errno 24] Too many open files (a bug in "
         "fscsync: please report it with the command line, see BUGS in fscsync(1))"], text
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("exc, code, message", [
+    (IoTimeout(side="receiver", seconds=5), 30, "[receiver] io timeout after 5 seconds -- "
+                                                "exiting"),
+    (errors.Interrupted("SIGTERM"), 20, "received SIGTERM"),
+    (KeyboardInterrupt(), 20, "received SIGINT"),
+    (KeyError("x"), 15, "internal error in stream 2: KeyError: 'x' (a bug in fscsync: "),
+])
+def test_a_fatal_exception_becomes_one_frame_and_its_code(exc: BaseException, code: int,
+                                                          message: str) -> None:
+    """A server's or a stream's end (session.fatal): its line in one FATAL frame for the
+    client, its code as the exit status."""
+    from fscsync.run.session import fatal
+    from fscsync.wire import protocol
+
+    r, w = os.pipe()
+    try:
+        assert fatal(protocol.Channel(r, w), exc, " in stream 2") == code
+        ftype, payload = protocol.Channel(r, w).recv()
+    finally:
+        os.close(r)
+        os.close(w)
+    msg = protocol.load_json(payload)
+    assert ftype == protocol.FATAL and msg["code"] == code
+    assert msg["msg"].startswith(message)

@@ -265,6 +265,29 @@ def test_xattrs_differ_means_a_copy(tmp_path: Path) -> None:
     assert_same_tree(src, tmp_path / "day2")
 
 
+def test_copy_dest_keeps_a_hole_at_the_end(tmp_path: Path) -> None:
+    """--copy-dest's local copy of a file that ends in a hole has the whole size (the
+    hole copied as a hole, as fscsync copies ranges), as rsync's copy has."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.write(b"head")
+        f.truncate(1 << 20)
+    times(src)
+    results = {}
+    for side, tool in (("f", run_fscsync), ("r", run_rsync)):
+        (tmp_path / side).mkdir()
+        tool("-a", f"{src}/", tmp_path / side / "day1", check=True)
+        os.utime(tmp_path / side / "day1", ns=(T0, T0))
+        tool("-a", "--copy-dest=../day1", f"{src}/", tmp_path / side / "day2", check=True)
+        got = tmp_path / side / "day2/sparse"
+        results[side] = got.read_bytes() == (src / "sparse").read_bytes()
+        assert ino(got) != ino(tmp_path / side / "day1/sparse")
+    assert results == {"f": True, "r": True}
+    assert os.lstat(tmp_path / "f/day2/sparse").st_blocks <= os.lstat(
+        src / "sparse").st_blocks
+
+
 def test_dry_run_shows_links_and_makes_nothing(tmp_path: Path) -> None:
     src = tmp_path / "src"
     plain_tree(src)

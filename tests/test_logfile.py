@@ -53,7 +53,7 @@ ITEMS = [
 
 
 def test_header_items_and_summary_default_format(tmp_path):
-    log, path = make(tmp_path)
+    log, path = make(tmp_path, itemized=True)
     for line in ITEMS:
         log.event("item", line)
     log.summary(1234567, 89, 10_000_000)
@@ -154,15 +154,69 @@ def test_width_and_digit_grouping(tmp_path):
     assert bodies(path) == ["[recv  ][ 1234567][1,234,567][a           ]"]
 
 
-def test_without_i_only_transfers_are_logged_and_deletions_read_deleting(tmp_path):
-    """rsync: lacking %i, only transferred files are logged; lacking %i and %o a
-    deletion is logged as "deleting NAME"."""
+def test_without_itemizing_attribute_changes_are_not_logged(tmp_path):
+    """rsync 3.5 (maybe_log_item): a run without -i logs transfers, deletions, what it
+    made, linked or copied and directories that changed, whatever the format; a file
+    whose attributes alone changed only with -i."""
+    for itemized in (False, True):
+        log, path = make(tmp_path, None, header=None, itemized=itemized)
+        for line in ITEMS:
+            log.event("item", line)
+        log.close()
+        assert bodies(path) == [item for item in ITEMS
+                                if itemized or item != ".f..t...... dir/touched"]
+        path.unlink()
+
+
+def test_without_i_deletions_read_deleting(tmp_path):
+    """A format without %i logs the same entries as the default (not only the
+    transfers); lacking %i and %o a deletion is logged as "deleting NAME"."""
     log, path = make(tmp_path, "%n%L", header=None)
     for line in ITEMS:
         log.event("item", line)
     log.close()
-    assert bodies(path) == ["dir/new file", "dir/changed", "deleting old/gone",
+    assert bodies(path) == ["./", "dir/new file", "dir/changed", "dir/link -> ../target",
+                            "dir/second => dir/new file", "deleting old/gone",
                             "deleting old/"]
+
+
+@pytest.mark.parametrize("args", [[], ["-i"], ["-v"], ["--log-file-format=%n%L"],
+                                  ["-i", "--log-file-format=%n%L"]],
+                         ids=["plain", "i", "v", "no-i-format", "i-no-i-format"])
+def test_logged_entries_like_rsync(tmp_path, args):
+    """Side by side with rsync 3.5: the same entries in the log, with and without -i,
+    -v and a format without %i (the order aside: fscsync links after the transfer)."""
+    from support import run_fscsync, run_rsync
+    from support.trees import set_times, write
+
+    t0 = 1_700_000_000 * 10**9
+    logged = {}
+    for side, tool in (("f", run_fscsync), ("r", run_rsync)):
+        src, dst = tmp_path / side / "src", tmp_path / side / "dst"
+        (src / "d").mkdir(parents=True)
+        for rel in ("same", "perm", "d/b", "h1"):
+            write(src / rel, rel.encode(), 0o644)
+        for rel in ("same", "perm", "d/b", "h1", "d", "."):
+            set_times(os.fsencode(src / rel), t0)
+        run_rsync("-aH", f"{src}/", f"{dst}/", check=True)
+        write(dst / "d" / "extra", b"x")
+        (src / "perm").chmod(0o600)
+        (src / "newdir").mkdir()
+        write(src / "newdir" / "f", b"new")
+        os.symlink("d", src / "newlink")
+        os.link(src / "h1", src / "h2")
+        for rel, when in (("newdir/f", t0), ("newdir", t0), ("d", t0 + 5 * 10**9),
+                          (".", t0)):
+            set_times(os.fsencode(src / rel), when)
+        set_times(os.fsencode(dst / "d"), t0)
+        tool("-aH", "--delete", *args, "--log-file", tmp_path / side / "log", f"{src}/",
+             f"{dst}/", check=True)
+        lines = [ln.split("] ", 1)[1] for ln in (tmp_path / side / "log").read_text(
+            ).splitlines()]
+        logged[side] = sorted(ln for ln in lines if not ln.startswith(
+            ("building file list", "sent ", "total size")))
+    assert logged["f"] == logged["r"]
+    assert ("perm" in " ".join(logged["f"])) == ("-i" in args)
 
 
 def test_without_i_but_with_o_deletions_use_the_format(tmp_path):

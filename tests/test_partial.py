@@ -229,6 +229,37 @@ def test_remove_source_files_locally_like_rsync(tmp_path: Path) -> None:
     assert left["f"] == left["r"] == ["bad", "sub"]
 
 
+def _linked_tree(src: Path) -> None:
+    """A hard-link group of three names in two directories, and a lone file."""
+    (src / "d").mkdir(parents=True)
+    write(src / "a", b"linked\n")
+    os.link(src / "a", src / "b")
+    os.link(src / "a", src / "d" / "c")
+    write(src / "solo", b"solo\n")
+    _timed(src, 0)
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["new", "up-to-date"])
+def test_remove_source_files_removes_every_hard_link_name(tmp_path: Path, again: bool
+                                                          ) -> None:
+    """-H: every name of a hard-link group that is in place at the destination (sent,
+    linked there, or already linked) leaves the source, as in rsync, not only the one
+    that carried the data."""
+    left = {}
+    for name, run in (("f", run_fscsync), ("r", run_rsync)):
+        src, dst = tmp_path / f"{name}-src", tmp_path / f"{name}-dst"
+        _linked_tree(src)
+        if again:
+            assert run("-aH", f"{src}/", f"{dst}/").returncode == 0
+        out = run("-aH", "--remove-source-files", f"{src}/", f"{dst}/")
+        assert out.returncode == 0, out.stderr
+        assert {os.lstat(dst / rel).st_ino for rel in ("a", "b", "d/c")} == {
+            os.lstat(dst / "a").st_ino}
+        assert (dst / "d" / "c").read_bytes() == b"linked\n"
+        left[name] = _left(src)
+    assert left["f"] == left["r"] == ["d"]
+
+
 def test_remove_source_files_keeps_the_destination_inode(tmp_path: Path) -> None:
     """Source and destination the same directory: nothing is removed (rsync's local
     same-file check)."""

@@ -16,6 +16,7 @@ from fscsync.engine import delta
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Entry, pack_batch, unpack_batch
 from fscsync.engine.generator import Generator
+from fscsync.engine.hardlinks import Linker
 from fscsync.engine.report import Reporter
 from fscsync.engine.rxstate import Decisions, RxState, Status
 from fscsync.engine.stats import Stats
@@ -196,15 +197,14 @@ def test_writer_failed_verification_twice_keeps_the_old_copy(tmp_path: Path) -> 
     stage.close()
 
 
-def test_finaliser_refuses_a_link_to_a_leader_not_in_place(tmp_path: Path) -> None:
+def test_a_link_to_a_leader_not_in_place_is_refused(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     reporter = Collect()
-    decisions = Decisions()
-    decisions.links = [(Entry(b"l", FILE, link=0), Entry(b"f", FILE), False)]
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
     tree = DestTree(fd)
-    Finalizer(Options(hard_links=True), IdMapper(True), reporter, Stats()).run(tree, decisions)
+    linker = Linker(Options(hard_links=True), reporter, Stats(), None, None)
+    assert linker.link(tree, Entry(b"l", FILE, link=0), Entry(b"f", FILE), False) is None
     tree.close()
     os.close(fd)
     assert os.listdir(dest) == []

@@ -132,13 +132,17 @@ def timestamp(now: float) -> str:
 
 class ItemFormat:
     """Itemize lines through a format's escapes: --log-file-format's, and
-    --out-format's on stdout. `every`: which entries a format without %i shows
-    (the log: transferred files and deletions; --out-format: every entry -v names,
-    directories and new entries too, as rsync prints them)."""
+    --out-format's on stdout. `every`: --out-format's choice of entries (a format
+    without %i shows every entry -v names, directories and new entries too, as rsync
+    prints them); else the log's (rsync's maybe_log_item, whatever the format):
+    transfers, deletions, entries made, linked or copied here and directories that
+    changed, and other changed entries only when `itemized` (-i, or an --out-format
+    with %i)."""
 
     def __init__(self, fmt: str, option: str = "--log-file-format", *,
                  root: str | None = None, clock: Callable[[], float] = time.time,
-                 every: bool = False, op: str | None = None, prefix: str | None = None):
+                 every: bool = False, op: str | None = None, prefix: str | None = None,
+                 itemized: bool = False):
         """op: what %o says of a transfer (rsync's stdout speaks for the sender when
         the client sends); prefix: %f is prefix + name (the sender's path) when given."""
         try:
@@ -152,10 +156,10 @@ class ItemFormat:
         self.root = root
         self.clock = clock
         self.every = every
+        self.itemized = itemized
         self.op = op
         self.prefix = prefix
-        # rsync: without %i only transferred files are logged; without %i and %o a
-        # deletion is logged as "deleting NAME".
+        # rsync: without %i and %o a deletion is logged as "deleting NAME".
         self.all_items = _has(self.pieces, "i")
         self.delete_pieces = (self.pieces if self.all_items or _has(self.pieces, "o")
                               else compile_format("deleting %n"))
@@ -167,11 +171,16 @@ class ItemFormat:
             return line
         if it.deleted:
             pieces = self.delete_pieces
-        elif self.all_items or it.transferred or (self.every and _named(it)):
+        elif self._shown(it):
             pieces = self.pieces
         else:
             return None
         return self.render(pieces, it, length, transferred)
+
+    def _shown(self, it: Item) -> bool:
+        if self.every:
+            return self.all_items or it.transferred or _named(it)
+        return it.itemize[0] in "<>ch" or it.itemize[1] == "d" or self.itemized
 
     def render(self, pieces: list[tuple[str, str, int, bool]], it: Item, length: int,
                transferred: int) -> str:
@@ -225,9 +234,11 @@ class LogFile:
 
     def __init__(self, path: str, fmt: str | None = None, *, root: str | None = None,
                  header: str | None = "building file list",
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, itemized: bool = False):
+        """`itemized`: the run itemizes (-i), so entries whose attributes alone changed
+        are logged too (ItemFormat)."""
         self.format = ItemFormat(DEFAULT_FORMAT if fmt is None else fmt, root=root,
-                                 clock=clock)
+                                 clock=clock, itemized=itemized)
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()

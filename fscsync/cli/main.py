@@ -144,12 +144,6 @@ def _main(args: list[str]) -> int:
 
         _parallel(opts, p)
         mpi_rank = world_rank()
-    log = None
-    if ns.log_file and not mpi_rank:  # (rank 0 writes the log of an MPI run)
-        from fscsync.cli.logfile import LogFile
-
-        log = LogFile(ns.log_file, ns.log_file_format)
-        opts.log_items = True
     out_format = None
     if ns.out_format is not None:  # -i is --out-format='%i %n%L', in rsync's words
         from fscsync.cli.logfile import ItemFormat
@@ -161,6 +155,12 @@ def _main(args: list[str]) -> int:
             opts.itemize = max(opts.itemize, 1)
         else:
             opts.log_items = True
+    log = None
+    if ns.log_file and not mpi_rank:  # (rank 0 writes the log of an MPI run)
+        from fscsync.cli.logfile import LogFile
+
+        log = LogFile(ns.log_file, ns.log_file_format, itemized=opts.itemize > 0)
+        opts.log_items = True
     reporter = ConsoleReporter(verbose=opts.verbose, quiet=ns.quiet, progress=progress_mode,
                                log=log, itemize=bool(opts.itemize),
                                human=ns.human_readable, out_format=out_format,

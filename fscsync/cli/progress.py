@@ -48,8 +48,8 @@ class ConsoleReporter(Reporter):
                                 names=not (verbose or itemize), eight_bit=eight_bit)
 
     def emit(self, kind: str, message: str, length: int | None = None) -> None:
-        if self.log is not None:
-            self.log.event(kind, message, length=length)
+        if self.log is not None and not (self.quiet and kind == "info0"):  # rsync: -q
+            self.log.event(kind, message, length=length)  # drops FINFO, from the log too
         if kind == "error":
             self._write(self.err, f"{self.prefix}: {message}")
         elif kind == "warning":

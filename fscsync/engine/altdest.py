@@ -23,7 +23,7 @@ from fscsync.engine.rxstate import Status
 from fscsync.errors import escape, os_reason
 from fscsync.fs import cipher, meta
 from fscsync.fs.destfs import DestTree, link_in, lstat_at, open_temp
-from fscsync.fs.fileio import copy_range
+from fscsync.fs.fileio import copy_file
 from fscsync.fs.meta import Target
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -291,7 +291,7 @@ class AltDests:
             try:
                 dst = open_temp(pfd, tmp)
                 try:
-                    copy_range(src, dst, 0, os.fstat(src).st_size)
+                    copy_file(src, dst)
                 finally:
                     os.close(dst)
             finally:

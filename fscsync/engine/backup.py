@@ -27,7 +27,7 @@ from fscsync.engine.flist import unsafe_link
 from fscsync.errors import BackupDirNotDirectory, escape
 from fscsync.fs import cipher, meta
 from fscsync.fs.destfs import DestTree, RemoveHooks, lstat_at, remove_tree, temp_dir_path
-from fscsync.fs.fileio import copy_range
+from fscsync.fs.fileio import copy_file
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -114,10 +114,6 @@ class Backups:
             return
         if self._backup(pfd, name, path, move=True):
             os.unlink(name, dir_fd=pfd)
-
-    def removal(self) -> RemoveHooks:
-        """remove_tree's plain hooks, but each file goes into the backup."""
-        return _IntoBackup(self)
 
     # ---- rsync's make_backup --------------------------------------------------------
 
@@ -300,8 +296,7 @@ class Backups:
             dst = os.open(bname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600, dir_fd=bfd)
             try:
-                copy_range(src, dst, 0, st.st_size)
-                os.ftruncate(dst, st.st_size)
+                copy_file(src, dst, st.st_size)
                 self._attrs(src, dst, st)
             finally:
                 os.close(dst)
@@ -351,9 +346,16 @@ def _make_path(base: int, path: bytes) -> int:
     return fd
 
 
-class _IntoBackup(RemoveHooks):
-    def __init__(self, backups: Backups):
+class Removal(RemoveHooks):
+    """remove_tree's plain hooks, but with -b each non-directory goes into the backup
+    instead (rsync's delete_item): the one place that chooses between the two, for
+    deletions, making way and the final pass alike."""
+
+    def __init__(self, backups: Backups | None):
         self.backups = backups
 
     def unlink(self, dirfd: int, name: bytes, rel: bytes) -> None:
-        self.backups.remove(dirfd, name, rel)
+        if self.backups is not None:
+            self.backups.remove(dirfd, name, rel)
+        else:
+            os.unlink(name, dir_fd=dirfd)

@@ -102,15 +102,23 @@ class DestCopies:
         if not use_basis:
             return delta.Request(idx, delta.WHOLE), cipher.PLAIN
         layout = self.layout(pfd, name, st, e, dest_enc)
+        return self.delta_request(idx, pfd, name, layout), layout
+
+    def delta_request(self, idx: int, dirfd: int, name: bytes, layout: int) -> delta.Request:
+        """A delta request against the file at (dirfd, name) read as `layout` (the
+        destination's copy, a DIR's, a --partial-dir file); the whole file with -W or
+        when it cannot be read."""
+        if self.opts.whole_file:
+            return delta.Request(idx, delta.WHOLE)
         try:
-            fd, direct = cipher.open_data(name, layout, dir_fd=pfd)
+            fd, direct = cipher.open_data(name, layout, dir_fd=dirfd)
         except OSError:
-            return delta.Request(idx, delta.WHOLE), layout
+            return delta.Request(idx, delta.WHOLE)
         reader = BlockReader(fd, direct)
         try:
-            return delta.make_request(idx, reader, os.fstat(fd).st_size, opts.block_size), layout
+            return delta.make_request(idx, reader, os.fstat(fd).st_size, self.opts.block_size)
         except OSError:
-            return delta.Request(idx, delta.WHOLE), layout
+            return delta.Request(idx, delta.WHOLE)
         finally:
             reader.close()
             os.close(fd)

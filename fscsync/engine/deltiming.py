@@ -28,16 +28,10 @@ import stat
 
 from fscsync import errors
 from fscsync.engine import itemize
+from fscsync.engine.backup import Removal
 from fscsync.engine.stats import tally
 from fscsync.errors import OSFailed, escape
-from fscsync.fs.destfs import (
-    RemoveHooks,
-    deletion_order,
-    is_temp_name,
-    listdir,
-    lstat_at,
-    remove_tree,
-)
+from fscsync.fs.destfs import deletion_order, is_temp_name, listdir, lstat_at, remove_tree
 from fscsync.fs.inplace import is_journal_name
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -74,7 +68,7 @@ class ListNames:
                 children.setdefault(head, set()).add(name)
 
 
-class Deleter(RemoveHooks):
+class Deleter(Removal):
     """The run's deletions: when they happen (the timing above) and each one, through
     remove_tree. One per receiving run, shared by the generator and the final pass, so
     --max-delete counts every deletion of the run.
@@ -87,8 +81,8 @@ class Deleter(RemoveHooks):
                  rules: DeleteFilter | None, existing: dict[bytes, list[bytes]],
                  children: dict[bytes, set[bytes]], backups: Backups | None = None):
         """`backups`: with -b, each deleted file goes into the backup instead."""
+        super().__init__(backups)
         self.opts = opts
-        self.backups = backups
         self.reporter = reporter
         self.stats = stats
         self.rules = rules
@@ -153,14 +147,16 @@ class Deleter(RemoveHooks):
     def _allowed(self) -> bool:
         """rsync's check before each directory: no deletions after the sender's I/O
         errors (said once) unless --ignore-errors. An unreadable file is known only
-        after the transfer, when --delete-after looks."""
+        after the transfer, when --delete-after looks. rsync says it as an always-shown
+        message (FINFO: on stdout, and in the log, unless -q), not as an error; the
+        run still ends with 23."""
         if self.opts.ignore_errors or not (
                 self.list_error or (self.send_error and self.when == AFTER)):
             return True
         if not self._warned:
             self._warned = True
-            self.reporter.error("IO error encountered -- skipping file deletion",
-                                errors.PARTIAL)
+            self.reporter.note_code(errors.PARTIAL)
+            self.reporter.info("IO error encountered -- skipping file deletion", 0)
         return False
 
     # ---- one directory, one entry ----------------------------------------------------
@@ -205,12 +201,6 @@ class Deleter(RemoveHooks):
             self._room = None
 
     # ---- remove_tree's hooks ----------------------------------------------------------
-
-    def unlink(self, dirfd: int, name: bytes, rel: bytes) -> None:
-        if self.backups is not None:
-            self.backups.remove(dirfd, name, rel)
-        else:
-            os.unlink(name, dir_fd=dirfd)
 
     def enter(self, ctx, rel: bytes, fd: int):
         state, _ = ctx

@@ -1,6 +1,6 @@
-"""The finalisation pass, after all data is in: hard links whose leader was in flight
-when they were decided (engine/hardlinks.py), deletions (those their timing leaves
-until now, engine/deltiming.py), then directory attributes
+"""The finalisation pass, after all data is in (and every hard link made: generator.py,
+hardlinks.py): deletions (those their timing leaves until now, engine/deltiming.py),
+then directory attributes
 (post-order, so encdata goes on a directory after its entries exist).
 
 It is separate from the copy pass so that a partitioned run can copy many
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-from fscsync.engine.hardlinks import Linker
 from fscsync.engine.rxstate import Decisions, locate
 from fscsync.errors import DirEncdataUnsettable, OSFailed
 from fscsync.fs import meta
@@ -59,7 +58,6 @@ class Finalizer:
             # but a walk with errors still earns its warning.
             self.deletions(tree, decisions)
             return
-        self.hard_links(tree, decisions.links)
         self.deletions(tree, decisions)
         self.litter(tree, decisions.litter, decisions.incoming)
         self.directories(tree, decisions.dirs)
@@ -71,14 +69,6 @@ class Finalizer:
 
     def _os_fail(self, e, what: str, exc: OSError) -> None:
         self.reporter.failed(OSFailed(what, e.path, exc))
-
-    # ---- hard links ---------------------------------------------------------------
-
-    def hard_links(self, tree: DestTree, links: list) -> None:
-        """The names whose leader was still in flight when they were decided."""
-        linker = Linker(self.opts, self.reporter, self.stats, self.single_name, self.backups)
-        for e, leader, leader_ok in links:
-            linker.link(tree, e, leader, leader_ok)
 
     # ---- deletions ------------------------------------------------------------------
 

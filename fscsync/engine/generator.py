@@ -21,7 +21,7 @@ from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
 from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
 from fscsync.engine.hardlinks import Linker
-from fscsync.engine.rxstate import Decisions, Pending, RxState, Status
+from fscsync.engine.rxstate import BasisAt, Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, meta
@@ -74,17 +74,15 @@ class Generator:
         self.root_created = root_created
         self.children: dict[bytes, set[bytes]] = {}
         self.listing = DestListing(opts, state.reporter)
-        self.existing = self.listing.existing
-        self.litter = self.listing.litter  # names like our temp files, per directory
-        self.incoming = self.listing.incoming  # the names the list brings there
-        self.delete_rules = filters.delete_filter(opts, tree, self.existing)
+        self.delete_rules = filters.delete_filter(opts, tree, self.listing.existing)
         self.deleter = Deleter(opts, state.reporter, state.stats, self.delete_rules,
-                               self.existing, self.children, state.backups)
+                               self.listing.existing, self.children, state.backups)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.waiting: dict[int, list[int]] = {}
         """-H: leader -> the later names decided while its data was in flight, linked
-        once it is in (looked at before each batch), or else by the final pass."""
+        once it is in (link_waiting; a dry run into a destination that does not exist
+        yet lists none)."""
         self.linker = Linker(opts, state.reporter, state.stats, state.single_name,
                              state.backups)
         self.copies = DestCopies(opts)
@@ -112,7 +110,7 @@ class Generator:
         state = self.state
         all_entries = state.entries
         if self.waiting and tree is not None:
-            self._link_waiting()
+            self.link_waiting()
         if not self._quick:
             for idx, e in enumerate(batch.entries(), base):
                 all_entries[idx] = e
@@ -124,6 +122,7 @@ class Generator:
         local_uid = {u: self.ids.uid(u) for u in set(batch.uids)} if owner else {}
         local_gid = {g: self.ids.gid(g) for g in set(batch.gids)} if group else {}
         children = self.children if opts.delete else None
+        incoming = self.listing.incoming
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
         done = total = 0
         for idx, path, mode, size, mtime_ns, uid, gid, flags in zip(
@@ -152,8 +151,8 @@ class Generator:
                             total += size
                             if children is not None:
                                 children.setdefault(head, set()).add(name)
-                            if self.incoming and head in self.incoming:
-                                self.incoming[head].add(name)
+                            if incoming and head in incoming:
+                                incoming[head].add(name)
                             state.succeeded(idx, st)  # and no Entry, no status kept
                             continue
             e = all_entries[idx] = batch.entry(idx - base)
@@ -180,10 +179,8 @@ class Generator:
         out = Decisions()
         ok = Status.OK
         out.dirs = [(entries[idx], new) for idx, new in self.dirs if status.get(idx) == ok]
-        out.links = [(entries[idx], entries[leader], status.get(leader) == ok)
-                     for leader, names in self.waiting.items() for idx in names]
-        out.existing, out.children = self.existing, self.children
-        out.litter, out.incoming = self.litter, self.incoming
+        out.existing, out.children = self.listing.existing, self.children
+        out.litter, out.incoming = self.listing.litter, self.listing.incoming
         out.rules = self.delete_rules
         out.deleter = self.deleter
         return out
@@ -207,12 +204,13 @@ class Generator:
             state.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
                             "file")
             return
-        if (opts.delete or self.incoming) and e.path != b"." and state.single_name is None:
+        incoming = self.listing.incoming
+        if (opts.delete or incoming) and e.path != b"." and state.single_name is None:
             head, _, name = e.path.rpartition(b"/")
             if opts.delete:
                 self.children.setdefault(head, set()).add(name)
-            if head in self.incoming:
-                self.incoming[head].add(name)
+            if head in incoming:
+                incoming[head].add(name)
         if e.enc is not None and not self.enc.accepted(idx, e):
             return
         if tree is None:
@@ -316,10 +314,7 @@ class Generator:
                     return False
                 return self._remove_tree(idx, pfd, name, e)
             return True
-        if self.state.backups is not None:
-            self.state.backups.remove(pfd, name, self.state.dest_path(e))
-        else:
-            os.unlink(name, dir_fd=pfd)
+        self.deleter.unlink(pfd, name, self.state.dest_path(e))  # or into the backup, -b
         return True
 
     def _remove_tree(self, idx: int, pfd: int, name: bytes, e: Entry) -> bool:
@@ -441,15 +436,17 @@ class Generator:
     def _link(self, idx: int, e: Entry) -> None:
         state = self.state
         leader = e.link
-        self.linker.link(self.tree, e, state.entries[leader],
-                         state.status.get(leader) == Status.OK)
+        state.succeeded(idx, self.linker.link(self.tree, e, state.entries[leader],
+                                              state.status.get(leader) == Status.OK))
         state.status[idx] = Status.OK
         if e.link_last:
             del state.entries[leader]
             state.status.pop(leader, None)
 
-    def _link_waiting(self) -> None:
-        """The names whose leader's data has come in since: linked now."""
+    def link_waiting(self) -> None:
+        """The names whose leader's data has come in since: linked now (before each
+        batch, and once every file is in, before DONE, so that --remove-source-files
+        hears of each)."""
         state = self.state
         for leader in [k for k in self.waiting if k not in state.pending]:
             for idx in self.waiting.pop(leader):
@@ -521,23 +518,25 @@ class Generator:
                 and e.mtime_ns // 10**9 - st.st_mtime_ns // 10**9 < (opts.modify_window or 0))
 
     def _request(self, idx: int, e: Entry, replaced, where,
-                 partial: tuple[int, bytes] | None = None) -> None:
+                 partial: BasisAt | None = None) -> None:
         """Ask for file `e` with the copy `where` (pfd, name, stat, encdata) as its basis,
         or, when an earlier run left one, its --partial-dir file; `replaced`: the stat of
         the file it replaces, if any."""
         state = self.state
         if partial is not None:
-            req, layout = state.partials.request(idx, partial), cipher.PLAIN
+            layout = cipher.PLAIN
+            req = self.copies.delta_request(idx, partial.dirfd, partial.name, layout)
         else:
             req, layout = self.copies.request(idx, e, *where)
         pending = Pending(idx, layout, req.kind != delta.WHOLE)
-        pending.partial_at = partial
         pending.chunk = req.chunk
         pending.basis_size = req.basis_size
         if replaced is not None:
             pending.replaced_mode = replaced.st_mode
-        elif partial is None and pending.has_basis:  # a --link-dest/--copy-dest DIR copy
-            pending.basis_from = (os.dup(where[0]), where[1])
+        if partial is not None:
+            pending.basis_at = partial
+        elif replaced is None and pending.has_basis:  # a --link-dest/--copy-dest DIR copy
+            pending.basis_at = BasisAt(os.dup(where[0]), where[1], partial=False)
         state.pending[idx] = pending
         state.requested += 1
         self.send(protocol.REQ, req.encode())

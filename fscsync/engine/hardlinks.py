@@ -9,13 +9,15 @@ one --parallel stream, whose leader another stream may bring.
 
 from __future__ import annotations
 
+import os
 import stat
 
 from fscsync.engine import itemize
+from fscsync.engine.backup import Removal
 from fscsync.engine.rxstate import locate
 from fscsync.engine.stats import tally
 from fscsync.errors import OSFailed, escape
-from fscsync.fs.destfs import RemoveHooks, link_in, lstat_at, remove_tree
+from fscsync.fs.destfs import link_in, lstat_at, remove_tree
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -39,12 +41,15 @@ class Linker:
         self.single_name = single_name
         self.backups = backups
 
-    def link(self, tree: DestTree, e: Entry, leader: Entry, leader_ok: bool) -> None:
-        """Make `e` a link to `leader`'s copy, unless it already is one."""
+    def link(self, tree: DestTree, e: Entry, leader: Entry,
+             leader_ok: bool) -> os.stat_result | None:
+        """Make `e` a link to `leader`'s copy, unless it already is one. The inode it
+        then names (for --remove-source-files, as rsync's finish_hard_link reports every
+        linked name), or None if it names none (failed, or a dry run)."""
         if not leader_ok:
             self.reporter.error(f'cannot hard-link "{escape(e.path)}": '
                                 f'"{escape(leader.path)}" was not transferred')
-            return
+            return None
         dry_run = self.opts.dry_run
         try:
             pfd, name = locate(tree, e, self.single_name)
@@ -53,26 +58,27 @@ class Linker:
                 raise
             tally(self.stats.created, itemize.kind_name(e.mode))
             self._item(e, leader, new=True)  # into a directory the run would make
-            return
+            return None
         try:
             lfd, lname = locate(tree, leader, self.single_name)
             lst = lstat_at(lfd, lname) if not dry_run else None
             st = lstat_at(pfd, name)
             if lst is not None and st is not None and (st.st_dev, st.st_ino) == (
                     lst.st_dev, lst.st_ino):
-                return
+                return st
             if st is None:
                 tally(self.stats.created, itemize.kind_name(e.mode))
             self._item(e, leader, new=st is None)
             if not dry_run:
                 if st is not None and stat.S_ISDIR(st.st_mode):
-                    hooks = self.backups.removal() if self.backups is not None else RemoveHooks()
-                    remove_tree(pfd, name, hooks, rel=e.path)
+                    remove_tree(pfd, name, Removal(self.backups), rel=e.path)
                 if self.backups is not None and st is not None:
                     self.backups.keep(pfd, name, e.path)
                 link_in(lfd, lname, pfd, name)
+            return lst
         except OSError as exc:
             self.reporter.failed(OSFailed("hard-link of", e.path, exc))
+            return None
 
     def _item(self, e: Entry, leader: Entry, new: bool) -> None:
         itemize.tell(self.reporter, self.opts,

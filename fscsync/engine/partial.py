@@ -18,9 +18,8 @@ import errno
 import os
 import stat
 
-from fscsync.engine import delta
-from fscsync.fs.destfs import lstat_at, remove_tree
-from fscsync.fs.fileio import BlockReader
+from fscsync.engine.rxstate import BasisAt
+from fscsync.fs.destfs import lstat_at, remove_tree, rename_over
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -103,8 +102,10 @@ class PartialDirs:
 
     # ---- a partial file as the next run's basis -------------------------------------
 
-    def find(self, pfd: int, name: bytes) -> tuple[int, bytes] | None:
-        """(directory fd, name) of a partial file waiting for `name` of `pfd`."""
+    def find(self, pfd: int, name: bytes) -> BasisAt | None:
+        """Where a partial file waiting for `name` of `pfd` is: the basis of its
+        request (plain data as written, ciphertext for an encrypted entry: a partial
+        file never has encdata)."""
         try:
             dfd = self._dir_fd(pfd, make=False)
         except OSError:
@@ -112,37 +113,18 @@ class PartialDirs:
         if dfd is None:
             return None
         st = lstat_at(dfd, name)
-        return (dfd, name) if st is not None and stat.S_ISREG(st.st_mode) else None
+        return BasisAt(dfd, name, partial=True) if st is not None and stat.S_ISREG(
+            st.st_mode) else None
 
-    def request(self, idx: int, where: tuple[int, bytes]) -> delta.Request:
-        """The delta request against a partial file (plain data as written, ciphertext
-        for an encrypted entry: a partial file never has encdata)."""
-        if self.opts.whole_file:
-            return delta.Request(idx, delta.WHOLE)
-        dfd, name = where
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        except OSError:
-            return delta.Request(idx, delta.WHOLE)
-        reader = BlockReader(fd, False)
-        try:
-            return delta.make_request(idx, reader, os.fstat(fd).st_size, self.opts.block_size)
-        except OSError:
-            return delta.Request(idx, delta.WHOLE)
-        finally:
-            reader.close()
-            os.close(fd)
-
-    def drop(self, where: tuple[int, bytes]) -> None:
+    def drop(self, at: BasisAt) -> None:
         """The file is in place: its partial file goes, and a relative partial
         directory left empty with it."""
-        dfd, name = where
         try:
-            os.unlink(name, dir_fd=dfd)
+            os.unlink(at.name, dir_fd=at.dirfd)
         except FileNotFoundError:
             pass
         if not self.absolute:
-            self._remove_if_empty(dfd)
+            self._remove_if_empty(at.dirfd)
 
     def _remove_if_empty(self, dfd: int) -> None:
         for key, fd in list(self._fds.items()):
@@ -191,11 +173,7 @@ class PartialDirs:
                     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
                 if backups is not None:
                     backups.keep(pfd, name, path)
-                try:
-                    os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=pfd)
-                except IsADirectoryError:
-                    os.rmdir(name, dir_fd=pfd)
-                    os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=pfd)
+                rename_over(dfd, name, pfd, name)
                 done.append((idx, lstat_at(pfd, name)))
                 if not self.absolute:
                     self._remove_if_empty(dfd)

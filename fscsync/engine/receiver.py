@@ -37,7 +37,13 @@ from fscsync.errors import (
     TempDirUnusable,
     escape,
 )
-from fscsync.fs.destfs import Confined, DestTree, check_paths, sync_parents, temp_dir_path
+from fscsync.fs.destfs import (
+    Confined,
+    DestTree,
+    check_paths,
+    sync_parents,
+    temp_dir_path,
+)
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
@@ -308,6 +314,8 @@ class Receiver:
                 if gen_acked and not done_sent and state.completed == state.requested:
                     if state.partials is not None and state.partials.delayed:
                         self._commit_delayed()
+                    if gen.waiting and tree is not None:
+                        gen.link_waiting()  # every file is in: none waits for the final pass
                     self._send_successes()
                     chan.send(protocol.DONE)
                     done_sent = True
@@ -376,12 +384,9 @@ class Receiver:
             else:  # one stream of --parallel: the rest is done once, for every stream
                 from fscsync.engine import spool
 
-                decisions = gen.decisions()
-                if tree is not None:
-                    final.hard_links(tree, decisions.links)
                 token, _, name = self.opts.spool.partition(b"/")
-                spool.write(token, name, decisions, (self.ids.user_names, self.ids.group_names),
-                            self.io_error)
+                spool.write(token, name, gen.decisions(),
+                            (self.ids.user_names, self.ids.group_names), self.io_error)
         finally:
             if tree is not None:
                 tree.close()

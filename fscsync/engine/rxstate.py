@@ -62,7 +62,7 @@ class RxState:
         directory until the final pass sets its attributes (one Entry a directory, as
         rsync keeps its directory list); with -H a hard-link leader (whose link is its own
         index) and
-        each later name of its group until the final pass links it. A file settled from
+        each later name of its group until it is linked. A file settled from
         the batch's columns never gets an Entry at all."""
         self.status: dict[int, Status] = {}
         """The status of each decided entry that is in `entries`, or being decided."""
@@ -117,8 +117,7 @@ class Pending:
 
     __slots__ = ("idx", "basis_layout", "has_basis", "chunk", "retried", "fd", "tmpdir",
                  "tmpname", "basis_fd", "basis_reader", "hasher", "hash_pos", "sequential",
-                 "data_end", "differ", "update", "basis_size", "replaced_mode",
-                 "basis_from", "partial_at")
+                 "data_end", "differ", "update", "basis_size", "replaced_mode", "basis_at")
 
     def __init__(self, idx: int, basis_layout: int, has_basis: bool):
         self.idx = idx
@@ -139,10 +138,22 @@ class Pending:
         self.update: Update | None = None  # set when the file is updated in place
         self.basis_size = 0  # what the request told the sender it may copy from
         self.replaced_mode: int | None = None  # the file it replaces: its mode stays
-        self.basis_from: tuple[int, bytes] | None = None
-        """A basis in a --link-dest/--copy-dest/--compare-dest DIR: (its directory's fd,
-        owned by this Pending, and name); else the basis is the file being replaced."""
-        self.partial_at: tuple[int, bytes] | None = None  # its --partial-dir file: the basis
+        self.basis_at: BasisAt | None = None  # None: the basis is the file it replaces
+
+
+class BasisAt:
+    """Where a requested file's basis is when it is not the file it replaces (rsync's
+    fnamecmp and fnamecmp_type): a --partial-dir file (`partial`: its directory fd is
+    PartialDirs', and the file goes once the new one is in), or a copy in a
+    --link-dest/--copy-dest/--compare-dest DIR (its directory fd a dup the writer
+    closes). Either way nothing of the destination's own is updated in place."""
+
+    __slots__ = ("dirfd", "name", "partial")
+
+    def __init__(self, dirfd: int, name: bytes, partial: bool):
+        self.dirfd = dirfd
+        self.name = name
+        self.partial = partial
 
 
 class Decisions:
@@ -150,20 +161,19 @@ class Decisions:
     one run's list), so the decisions of several partitions merge into one.
 
     dirs: directories whose attributes the final pass sets, parents before children,
-    each with whether this run made it. links: (entry, its leader, whether the leader
-    is in place). existing: the names listed in each destination directory --delete
+    each with whether this run made it (hard links are made before: generator.py and
+    hardlinks.py). existing: the names listed in each destination directory --delete
     looks at; children: the names the file list brings to each. litter: names like
     a killed run's temp files, per directory; incoming: the names the list brings
     to those directories (a real file that only looks like litter stays). rules: the
     filter rules deletions obey, with the destination merge files read so far;
     deleter: the run's deletions, of which delay and after are still to do."""
 
-    __slots__ = ("dirs", "links", "existing", "children", "litter", "incoming", "rules",
+    __slots__ = ("dirs", "existing", "children", "litter", "incoming", "rules",
                  "deleter")
 
     def __init__(self) -> None:
         self.dirs: list[tuple[Entry, bool]] = []
-        self.links: list[tuple[Entry, Entry, bool]] = []
         self.existing: dict[bytes, list[bytes]] = {}
         self.children: dict[bytes, set[bytes]] = {}
         self.litter: dict[bytes, list[bytes]] = {}
@@ -177,7 +187,6 @@ class Decisions:
         back in tree order, which the final pass walks backwards (children first)."""
         self.dirs += other.dirs
         self.dirs.sort(key=lambda d: () if d[0].path == b"." else tuple(d[0].path.split(b"/")))
-        self.links += other.links
         self.rules = self.rules or other.rules
         self.deleter = self.deleter or other.deleter
         for mine, theirs in ((self.existing, other.existing), (self.litter, other.litter)):

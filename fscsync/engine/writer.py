@@ -16,8 +16,8 @@ from fscsync.engine import delta
 from fscsync.engine.rxstate import Pending, RxState, Status
 from fscsync.errors import EncdataUnsettable, escape
 from fscsync.fs import cipher, inplace, meta
-from fscsync.fs.destfs import DestTree, open_temp, proc_path, temp_name
-from fscsync.fs.fileio import READ_SIZE, BlockReader, copy_range, digest_fd
+from fscsync.fs.destfs import DestTree, open_temp, place, proc_path, rename_over, temp_name
+from fscsync.fs.fileio import READ_SIZE, BlockReader, copy_file, copy_range, digest_fd
 from fscsync.wire import protocol
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -68,7 +68,7 @@ class Writer:
         state = self.state
         e = state.entries[p.idx]
         pfd, name = state.locate(self.tree, e)
-        if p.basis_from is not None:  # nothing of ours to update in place
+        if p.basis_at is not None:  # nothing of ours to update in place
             self._create_temp(p, pfd, name)
         elif self.opts.inplace and e.enc is None and p.has_basis:
             if state.backups is not None:
@@ -84,7 +84,7 @@ class Writer:
         p.hash_pos = 0
         p.sequential = p.update is None
         if p.has_basis and p.tmpname:
-            bfd, bname = p.partial_at or p.basis_from or (pfd, name)
+            bfd, bname = (p.basis_at.dirfd, p.basis_at.name) if p.basis_at else (pfd, name)
             p.basis_fd, direct = cipher.open_data(bname, p.basis_layout, dir_fd=bfd)
             p.basis_reader = BlockReader(p.basis_fd, direct)
 
@@ -337,52 +337,39 @@ class Writer:
             if state.backups is not None:
                 state.backups.keep(pfd, name, state.dest_path(e))
             try:
-                self._rename_in(p, pfd, name)
+                rename_over(p.tmpdir, p.tmpname, pfd, name)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
                 self._move_beside(p, pfd, name)
-                self._rename_in(p, pfd, name)
-            if p.partial_at is not None:
-                state.partials.drop(p.partial_at)
+            if p.basis_at is not None and p.basis_at.partial:  # its data is in place now
+                state.partials.drop(p.basis_at)
         os.close(p.fd)
         p.fd = None
 
-    @staticmethod
-    def _rename_in(p: Pending, pfd: int, name: bytes) -> None:
-        """The temp file over the target (an empty directory in the way goes first)."""
-        try:
-            os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
-        except IsADirectoryError:
-            os.rmdir(name, dir_fd=pfd)
-            os.rename(p.tmpname, name, src_dir_fd=p.tmpdir, dst_dir_fd=pfd)
-
     def _move_beside(self, p: Pending, pfd: int, name: bytes) -> None:
         """-T DIR on another filesystem, which rename cannot cross: the finished file is
-        copied into a temp file beside the target, as rsync does, and gets its
-        attributes there; the one in DIR goes."""
+        copied into a temp file beside the target, gets its attributes there and is
+        renamed in (destfs.place), as rsync does; the one in DIR goes."""
         e = self.state.entries[p.idx]
         src = os.open(p.tmpname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=p.tmpdir)
-        beside = temp_name(name)
-        try:
-            fd = open_temp(pfd, beside)
+
+        def copy(tmp: bytes) -> None:
+            fd = open_temp(pfd, tmp)
             try:
-                size = os.fstat(src).st_size
-                copy_range(src, fd, 0, size)
-                os.ftruncate(fd, size)
-                meta.apply_attrs(self.opts, self.ids, e, meta.Target(pfd, beside, fd=fd),
+                copy_file(src, fd)
+                meta.apply_attrs(self.opts, self.ids, e, meta.Target(pfd, tmp, fd=fd),
                                  os.fstat(fd), new=True)
                 if self.opts.fsync:
                     os.fsync(fd)
-            except BaseException:
-                os.unlink(beside, dir_fd=pfd)
-                raise
             finally:
                 os.close(fd)
+
+        try:
+            place(pfd, name, copy)
         finally:
             os.close(src)
         os.unlink(p.tmpname, dir_fd=p.tmpdir)
-        p.tmpdir, p.tmpname = pfd, beside
 
     def _close_basis(self, p: Pending) -> None:
         if p.basis_reader is not None:
@@ -391,9 +378,9 @@ class Writer:
         if p.basis_fd is not None:
             os.close(p.basis_fd)
             p.basis_fd = None
-        if p.basis_from is not None:
-            os.close(p.basis_from[0])
-            p.basis_from = None
+        if p.basis_at is not None and not p.basis_at.partial:  # a DIR's: our dup
+            os.close(p.basis_at.dirfd)
+            p.basis_at = None
 
     def _discard(self, p: Pending, keep_partial: bool = False) -> None:
         self._close_basis(p)
@@ -452,7 +439,8 @@ class Writer:
         p = self._pending(idx)
         state = self.state
         e = state.entries[idx]
-        pfd, name = p.partial_at or p.basis_from or state.locate(self.tree, e)
+        pfd, name = (p.basis_at.dirfd, p.basis_at.name) if p.basis_at else state.locate(
+            self.tree, e)
         block = self.opts.block_size
         try:
             fd, direct = cipher.open_data(name, p.basis_layout, dir_fd=pfd)

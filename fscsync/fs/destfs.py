@@ -167,13 +167,23 @@ def place(dirfd: int, name: bytes, make) -> None:
     tmp = temp_name(name)
     try:
         make(tmp)
-        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        rename_over(dirfd, tmp, dirfd, name)
     except BaseException:
         try:
             os.unlink(tmp, dir_fd=dirfd)
         except OSError:
             pass
         raise
+
+
+def rename_over(src_dir: int, src: bytes, dirfd: int, name: bytes) -> None:
+    """Rename src (in src_dir) over `name` in dirfd; an empty directory in the way goes
+    first (rename puts no other kind over one, and a non-empty one stays)."""
+    try:
+        os.rename(src, name, src_dir_fd=src_dir, dst_dir_fd=dirfd)
+    except IsADirectoryError:
+        os.rmdir(name, dir_fd=dirfd)
+        os.rename(src, name, src_dir_fd=src_dir, dst_dir_fd=dirfd)
 
 
 def link_in(src_dir: int, src_name: bytes, dirfd: int, name: bytes, free: bool = False) -> None:

@@ -64,6 +64,17 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
         _copy_data(src_fd, dst_fd, start, stop - start)
 
 
+def copy_file(src_fd: int, dst_fd: int, size: int | None = None) -> int:
+    """A whole file's data (`size` bytes, else all it holds now) into a fresh file:
+    copy_range, then the size set, which a hole at the end would otherwise leave
+    short. Returns the size."""
+    if size is None:
+        size = os.fstat(src_fd).st_size
+    copy_range(src_fd, dst_fd, 0, size)
+    os.ftruncate(dst_fd, size)
+    return size
+
+
 def _copy_data(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
     done = 0
     while done < length:

@@ -34,7 +34,6 @@ from fscsync.engine.report import Reporter
 from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import (
     FscsyncError,
-    InternalError,
     PeerClosed,
     ProtocolError,
     StartupFailed,
@@ -48,9 +47,9 @@ from fscsync.run.session import (
     FrameReporter,
     Outcome,
     control_handler,
+    fatal,
     run_client,
     run_server,
-    send_fatal,
 )
 from fscsync.run.transport import Peer, fork_server
 from fscsync.wire import protocol
@@ -316,13 +315,8 @@ class _Run:
             return outcome.exit_code
         except _NotStarted:
             return errors.OK
-        except FscsyncError as exc:
-            return send_fatal(chan, str(exc), exc.code)
-        except KeyboardInterrupt:
-            return send_fatal(chan, "received SIGINT", errors.SIGNAL)
-        except Exception as exc:
-            bug = InternalError(exc, f" in stream {i + 1}")
-            return send_fatal(chan, str(bug), bug.code)
+        except (Exception, KeyboardInterrupt) as exc:
+            return fatal(chan, exc, f" in stream {i + 1}")
 
     def connect_final(self) -> Peer:
         """The final pass's peer, started and greeted now, set up once the streams are

@@ -312,17 +312,8 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
         return reporter.exit_code
     except PeerClosed:
         return errors.STREAM
-    except FscsyncError as exc:
-        return send_fatal(chan, str(exc), exc.code)
-    except KeyboardInterrupt as exc:  # the client may still be listening: say why
-        return send_fatal(chan, str(exc) or "received SIGINT", errors.SIGNAL)
-    except Exception as exc:
-        if os.environ.get("FSCSYNC_DEBUG"):
-            import traceback
-
-            traceback.print_exc()
-        bug = InternalError(exc, " on the server")
-        return send_fatal(chan, str(bug), bug.code)
+    except (Exception, KeyboardInterrupt) as exc:
+        return fatal(chan, exc, " on the server")
     finally:
         chan.stop_keepalive()
 
@@ -352,6 +343,24 @@ def _listed_names(payload: bytes) -> list[bytes]:
     except (KeyError, TypeError, ValueError, AttributeError):
         raise StartupFailed("malformed files-from list from the other side") from None
     return files_from_names(b"\0".join(names), True)
+
+
+def fatal(chan: Channel, exc: BaseException, where: str) -> int:
+    """How an exception ends a run whose lines go to a client as frames (a server, a
+    stream of --parallel): its message in a FATAL frame, its code as the exit code.
+    A signal says which (the client may still be listening); anything unexpected is
+    an InternalError, `where` naming the side (FSCSYNC_DEBUG=1 prints the traceback
+    too). Called from the except clause."""
+    if isinstance(exc, FscsyncError):
+        return send_fatal(chan, str(exc), exc.code)
+    if isinstance(exc, KeyboardInterrupt):
+        return send_fatal(chan, str(exc) or "received SIGINT", errors.SIGNAL)
+    if os.environ.get("FSCSYNC_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+    bug = InternalError(exc, where)
+    return send_fatal(chan, str(bug), bug.code)
 
 
 def send_fatal(chan: Channel, message: str, code: int) -> int:
