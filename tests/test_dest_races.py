@@ -139,8 +139,8 @@ def test_an_existing_directory_is_narrowed_before_files_land(
     """Finding 9: an existing destination directory with bits the source's lacks loses
     them when the generator first reaches it (never gaining any then), so a 0700
     tree's files never sit in a 0777 directory; the exact mode comes at the end. The
-    check is made while the receiver is held at its first fchmod: the attributes of
-    the directory's first new file, before that file is renamed into place."""
+    check is made while the receiver is held at its first rename: the directory's
+    first new file, its attributes set, about to be renamed into place."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "d").mkdir(parents=True)
     _put(src / "d/f", b"private\n", 0o644)
@@ -148,7 +148,7 @@ def test_an_existing_directory_is_narrowed_before_files_land(
     (dst / "d").mkdir(parents=True)
     os.chmod(dst / "d", dest)
     seen = []
-    proc = held_run(["-a", f"{src}/", f"{dst}/"], "fchmod", tmp_path / "strace.log",
+    proc = held_run(["-a", f"{src}/", f"{dst}/"], "renameat,renameat2", tmp_path / "strace.log",
                     lambda: seen.append(stat.S_IMODE((dst / "d").stat().st_mode)))
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert seen == [during], f"mode while files landed: {oct(seen[0])}"
