@@ -203,3 +203,24 @@ def test_temp_dir_on_another_filesystem_is_copied_beside_the_target(
         assert sorted(os.listdir(dst)) == ["new", "sub"], tool
         assert os.listdir(dst / "sub") == ["changed"], tool
     assert results == {"fscsync": (0, ""), "rsync": (0, "")}
+
+
+@pytest.mark.parametrize("where", ["beside", "temp-dir"])
+def test_a_temp_file_is_open_to_others_only_behind_its_directory(
+        tmp_path: Path, where: str) -> None:
+    """A temp file is created with the mode it will end with (no fchmod later) only
+    beside its target, where the destination directory guards it; in a -T DIR, which
+    anyone may read, it stays 0600 until its attributes are set. Checked while the
+    receiver is held at the write of its data."""
+    src, dst, tdir = tmp_path / "src", tmp_path / "dst", tmp_path / "tdir"
+    src.mkdir()
+    tdir.mkdir()
+    _put(src / "f", b"readable by all once in place\n", 0o644)
+    args = ["-a", *(["-T", str(tdir)] if where == "temp-dir" else []), f"{src}/", f"{dst}/"]
+    look = dst if where == "beside" else tdir
+    seen = []
+    proc = held_run(args, "pwrite64", tmp_path / "strace.log", lambda: seen.extend(
+        stat.S_IMODE(os.lstat(look / n).st_mode) for n in os.listdir(look)))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert seen == [0o644 if where == "beside" else 0o600]
+    assert stat.S_IMODE((dst / "f").stat().st_mode) == 0o644

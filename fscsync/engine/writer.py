@@ -91,11 +91,16 @@ class Writer:
     def _create_temp(self, p: Pending, pfd: int, name: bytes) -> None:
         """The temp file, created with the permissions it will get where that is safe:
         _install then finds its mode right and makes no fchmod (one syscall fewer per
-        file, 6 % of the receiver's time on a tree of small files)."""
+        file, 6 % of the receiver's time on a tree of small files). Safe only beside
+        its target, behind the directory it goes to: a -T DIR or a --partial-dir
+        (where --delay-updates and --partial keep it) may be open to anyone, so a
+        temp file there stays 0600 until its rename."""
         p.tmpdir = self._temp_dir_fd if self._temp_dir_fd is not None else pfd
         p.tmpname = temp_name(name)
-        final = meta.wanted_mode(self.opts, self.state.entries[p.idx].mode, 0, True,
-                                 p.replaced_mode)
+        final = None
+        if self._temp_dir_fd is None and self.opts.partial_dir is None:
+            final = meta.wanted_mode(self.opts, self.state.entries[p.idx].mode, 0, True,
+                                     p.replaced_mode)
         p.fd = open_temp(p.tmpdir, p.tmpname, temp_mode(final))
 
     def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
