@@ -94,13 +94,14 @@ class Writer:
         file, 6 % of the receiver's time on a tree of small files). Safe only beside
         its target, behind the directory it goes to: a -T DIR or a --partial-dir
         (where --delay-updates and --partial keep it) may be open to anyone, so a
-        temp file there stays 0600 until its rename."""
+        temp file there stays 0600 until its attributes are set. An encrypted file
+        keeps the interface's order (its mode after its owner, before its encdata)."""
         p.tmpdir = self._temp_dir_fd if self._temp_dir_fd is not None else pfd
         p.tmpname = temp_name(name)
+        e = self.state.entries[p.idx]
         final = None
-        if self._temp_dir_fd is None and self.opts.partial_dir is None:
-            final = meta.wanted_mode(self.opts, self.state.entries[p.idx].mode, 0, True,
-                                     p.replaced_mode)
+        if self._temp_dir_fd is None and self.opts.partial_dir is None and e.enc is None:
+            final = meta.wanted_mode(self.opts, e.mode, 0, True, p.replaced_mode)
         p.fd = open_temp(p.tmpdir, p.tmpname, temp_mode(final))
 
     def _start_update(self, p: Pending, e, pfd: int, name: bytes) -> bool:
