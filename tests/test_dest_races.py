@@ -139,8 +139,8 @@ def test_an_existing_directory_is_narrowed_before_files_land(
     """Finding 9: an existing destination directory with bits the source's lacks loses
     them when the generator first reaches it (never gaining any then), so a 0700
     tree's files never sit in a 0777 directory; the exact mode comes at the end. The
-    check is made while the receiver is held at its first fchmod: the attributes of
-    the directory's first new file, before that file is renamed into place."""
+    check is made while the receiver is held at its first rename: the directory's
+    first new file, its attributes set, about to be renamed into place."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "d").mkdir(parents=True)
     _put(src / "d/f", b"private\n", 0o644)
@@ -148,7 +148,7 @@ def test_an_existing_directory_is_narrowed_before_files_land(
     (dst / "d").mkdir(parents=True)
     os.chmod(dst / "d", dest)
     seen = []
-    proc = held_run(["-a", f"{src}/", f"{dst}/"], "fchmod", tmp_path / "strace.log",
+    proc = held_run(["-a", f"{src}/", f"{dst}/"], "renameat,renameat2", tmp_path / "strace.log",
                     lambda: seen.append(stat.S_IMODE((dst / "d").stat().st_mode)))
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert seen == [during], f"mode while files landed: {oct(seen[0])}"
@@ -203,3 +203,24 @@ def test_temp_dir_on_another_filesystem_is_copied_beside_the_target(
         assert sorted(os.listdir(dst)) == ["new", "sub"], tool
         assert os.listdir(dst / "sub") == ["changed"], tool
     assert results == {"fscsync": (0, ""), "rsync": (0, "")}
+
+
+@pytest.mark.parametrize("where", ["beside", "temp-dir"])
+def test_a_temp_file_is_open_to_others_only_behind_its_directory(
+        tmp_path: Path, where: str) -> None:
+    """A temp file is created with the mode it will end with (no fchmod later) only
+    beside its target, where the destination directory guards it; in a -T DIR, which
+    anyone may read, it stays 0600 until its attributes are set. Checked while the
+    receiver is held at the write of its data."""
+    src, dst, tdir = tmp_path / "src", tmp_path / "dst", tmp_path / "tdir"
+    src.mkdir()
+    tdir.mkdir()
+    _put(src / "f", b"readable by all once in place\n", 0o644)
+    args = ["-a", *(["-T", str(tdir)] if where == "temp-dir" else []), f"{src}/", f"{dst}/"]
+    look = dst if where == "beside" else tdir
+    seen = []
+    proc = held_run(args, "pwrite64", tmp_path / "strace.log", lambda: seen.extend(
+        stat.S_IMODE(os.lstat(look / n).st_mode) for n in os.listdir(look)))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert seen == [0o644 if where == "beside" else 0o600]
+    assert stat.S_IMODE((dst / "f").stat().st_mode) == 0o644

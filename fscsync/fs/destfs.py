@@ -69,14 +69,25 @@ def is_temp_name(name: bytes) -> bool:
     return TEMP_RE.fullmatch(name) is not None
 
 
-def open_temp(dirfd: int, tmpname: bytes) -> int:
+def open_temp(dirfd: int, tmpname: bytes, mode: int = 0o600) -> int:
     """Create a temp file for writing and hold an exclusive flock on it for as long as
     the fd stays open: another run into the same directory (two overlapping cron
-    jobs) then sees it is in use and leaves it, where it would remove a killed run's."""
+    jobs) then sees it is in use and leaves it, where it would remove a killed run's.
+    `mode` (less the umask) is what it is created with; see temp_mode."""
     fd = os.open(tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600, dir_fd=dirfd)
+                 mode, dir_fd=dirfd)
     lock(fd)
     return fd
+
+
+def temp_mode(final: int | None) -> int:
+    """The mode a temp file is created with when it will end with `final`: that one
+    where no chmod is then needed, but never writable by group or others, never
+    set-id or sticky (before its chown and verification), always readable and
+    writable by its owner (it is re-read to verify it)."""
+    if final is None:
+        return 0o600
+    return final & 0o755 | 0o600
 
 
 def lock(fd: int) -> None:

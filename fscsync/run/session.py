@@ -250,9 +250,9 @@ def _client_exchange(chan: Channel, opts: Options, p: Plan, reporter: Reporter,
 
 
 def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> int:
-    from fscsync.engine.receiver import Receiver
-    from fscsync.engine.sender import Sender
-
+    """The server's side of a run. It imports only the end its role needs (a forked
+    local server has both already): a remote sender spares the receiver's modules
+    (generator, writer, finalize, backup: 5 ms), a remote receiver the sender's."""
     chan = Channel(rfd, wfd)
     reporter = FrameReporter(chan)
     try:
@@ -303,10 +303,14 @@ def run_server(rfd: int = 0, wfd: int = 1, restrict_to: bytes | None = None) -> 
             stats = finalize(opts, reporter, paths[0], paths[1], confined)
             protocol.send_json(chan, protocol.STATS, final_message(stats, reporter.exit_code))
         elif role == "receiver":
+            from fscsync.engine.receiver import Receiver
+
             rx = Receiver(chan, opts, reporter, paths[0], item_dir, confined=confined)
             stats = rx.run()
             protocol.send_json(chan, protocol.STATS, final_message(stats, reporter.exit_code))
         else:
+            from fscsync.engine.sender import Sender
+
             Sender(chan, opts, reporter, paths, confined=confined).run()
         chan.flush()
         return reporter.exit_code

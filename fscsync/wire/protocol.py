@@ -13,6 +13,7 @@ import os
 import queue
 import select
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -104,15 +105,28 @@ def decode_release(payload: bytes) -> int:
         raise ProtocolError(f"malformed release frame of {len(payload)} bytes")
     return _RELEASE.unpack(payload)[0]
 
-CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib", "keepalive"]
-try:
+
+def _zstd_installed() -> bool:
+    """Whether zstandard can be imported, found without importing it: with the typing
+    and platform modules it pulls in, that costs every run 4-5 ms, and only -z runs
+    that agree on zstd use it (`_zstandard` imports it then). zstd is optional: zlib
+    is always there."""
+    if "zstandard" in sys.modules:
+        return sys.modules["zstandard"] is not None  # None: imports of it are blocked
+    from importlib.machinery import PathFinder
+
+    return PathFinder.find_spec("zstandard") is not None
+
+
+def _zstandard():
     import zstandard
 
+    return zstandard
+
+
+CAPABILITIES = ["xxh3-128", "aligned-delta", "encdata", "zlib", "keepalive"]
+if _zstd_installed():
     CAPABILITIES.append("zstd")
-    _CODEC_ERRORS: tuple = (zlib.error, zstandard.ZstdError)
-except ImportError:  # zstd is optional: zlib is always there
-    zstandard = None
-    _CODEC_ERRORS = (zlib.error,)
 COMPRESSIONS = [c for c in ("zlib", "zstd") if c in CAPABILITIES]
 """The stream compressions this side can speak."""
 
@@ -122,6 +136,7 @@ class _Codec:
 
     def __init__(self, kind: str):
         if kind == "zstd":
+            zstandard = _zstandard()
             self._c = zstandard.ZstdCompressor(level=3).compressobj()
             self._flush = lambda: self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         else:
@@ -168,7 +183,10 @@ class _Decodec:
     def __init__(self, kind: str, rfd: int, rest: bytes, chan: Channel):
         self.source = _Source(rfd, rest, chan)
         self._zstd = None
+        self._errors: tuple = (zlib.error,)
         if kind == "zstd":
+            zstandard = _zstandard()
+            self._errors = (zlib.error, zstandard.ZstdError)
             self._zstd = zstandard.ZstdDecompressor().stream_reader(
                 self.source, read_size=_READ_CHUNK, read_across_frames=True)
         else:
@@ -186,7 +204,7 @@ class _Decodec:
             if not self._tail and not self._more:
                 self._tail = self.source.read(_READ_CHUNK)
             out = self._d.decompress(self._tail, _INFLATE_STEP)
-        except _CODEC_ERRORS as exc:
+        except self._errors as exc:
             raise ProtocolError(f"corrupt compressed stream: {exc}") from None
         self._tail = self._d.unconsumed_tail
         self._more = len(out) == _INFLATE_STEP
