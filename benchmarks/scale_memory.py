@@ -30,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,9 @@ class LoopXfs:
         self.mounted = True
         return self.mnt
 
+    def allocated(self) -> int:
+        return os.stat(self.image).st_blocks * 512 if os.path.exists(self.image) else 0
+
     def close(self) -> None:
         """Unmount (lazily if a straggler still holds it) and delete the image."""
         if self.mounted:
@@ -242,6 +246,8 @@ class SizeReport:
     files: int
     build_s: float = 0.0
     mkfs_s: float = 0.0
+    image_bytes: int = 0
+    """What the image's sparse file took on disk at the end: the source and two copies."""
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -316,27 +322,40 @@ WHOLE_RUN = f"{CLIENT_START}, fscsync.run.session, fscsync.engine.sender, fscsyn
 
 
 def interpreter_rows(reps: int = 5) -> list[list[str]]:
-    """Peak RSS of one interpreter at start-up (issue 25): /usr/bin/time's %M, exact for
-    a single process; medians of `reps` runs."""
+    """Peak RSS of one interpreter at start-up (issue 25), medians of `reps` runs:
+    /usr/bin/time's %M for one process (exact), and for a whole run of one file the
+    sampled sum over its processes, beside rsync's."""
     tools = make_tools()
-    fs = tools["fscsync"]
+    fs, rs = tools["fscsync"], tools["rsync"]
     py = sys.executable
-    cases = [
-        ("bare interpreter", [py, "-c", "pass"]),
-        ("the entry point", [py, "-c", "import fscsync.cli.main"]),
-        ("client start-up (cli.main, argv, progress, endpoint)",
-         [py, "-c", f"import {CLIENT_START}"]),
-        ("every module of a local run", [py, "-c", f"import {WHOLE_RUN}"]),
-        ("server start-up: `fscsync --server` until EOF", [*fs.argv, "--server"]),
-    ]
-    rows = []
-    for label, argv in cases:
-        peaks = []
-        for _ in range(reps):
-            run = run_measured(argv, fs.env, counted=("",))
-            peaks.append(run.maxrss_kib)
-        rows.append([label, f"`{shlex.join(argv[-3:] if argv[0] == py else argv[-1:])}`",
-                     f"{statistics.median(peaks) / KiB:.1f} MiB"])
+    with tempfile.TemporaryDirectory(prefix="scale-interp-") as tmp:
+        os.mkdir(os.path.join(tmp, "src"))
+        trees.write_random_file(os.path.join(tmp, "src", "one"), MiB, "scale-interp")
+        one = ["--bwlimit=1024", f"{tmp}/src/", f"{tmp}/dst"]  # a second: no sampling gap
+        cases = [
+            ("bare interpreter", [py, "-c", "pass"], fs, False),
+            ("the entry point", [py, "-c", "import fscsync.cli.main"], fs, False),
+            ("client start-up (cli.main, argv, progress, endpoint)",
+             [py, "-c", f"import {CLIENT_START}"], fs, False),
+            ("every module of a local run", [py, "-c", f"import {WHOLE_RUN}"], fs, False),
+            ("server start-up: `fscsync --server` until EOF", [*fs.argv, "--server"], fs,
+             False),
+            ("a local run of one 1 MiB file: both processes, summed",
+             [*fs.argv, "-a", *one], fs, True),
+            ("rsync's local run of the same: its 3 processes, summed",
+             [*rs.argv, "-a", *one], rs, True),
+        ]
+        rows = []
+        for label, argv, tool, whole in cases:
+            peaks = []
+            for _ in range(reps):
+                trees.remove(os.path.join(tmp, "dst"))
+                run = run_measured(argv, tool.env, counted=tool.comms)
+                peaks.append(run.peak_rss_kib if whole else run.maxrss_kib)
+            name = "python3" if argv[0] == py else tool.name
+            shown = [name, *argv[1:]] if not whole else [name, "-a", *one[:1], "SRC/", "DST"]
+            rows.append([label, f"`{shlex.join(shown)}`",
+                         f"{statistics.median(peaks) / KiB:.1f} MiB"])
     return rows
 
 
@@ -398,7 +417,8 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
         f"- machine: {info['nproc']} CPUs (`nproc`), {info['memory']} RAM, kernel "
         f"{info['kernel']}, {info['os']}; load average {info['load']} at the start, "
         f"{_loadavg()} at the end",
-        f"- {info['rsync']}; {info['fscsync']} (git {info['commit']}), Python {info['python']}",
+        f"- {info['rsync']}; {info['fscsync']} (git {info['commit']}; fscsync/ last "
+        f"changed in {engine_commit()}), Python {info['python']}",
         "- trees: N files of 0-199 B, 1,000 a directory, 100 directories a top-level "
         "directory, on a fresh loop-mounted XFS (1 KiB blocks) per N; one run per tool "
         "and run; each tool has its own destination",
@@ -415,7 +435,8 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
     for rep in reports:
         lines.append(f"- {rep.files:,} files: tree built in {rep.build_s:.0f} s "
                      f"({rep.build_s * 1e6 / rep.files:.0f} s per million files), "
-                     f"mkfs and mount {rep.mkfs_s:.1f} s"
+                     f"mkfs and mount {rep.mkfs_s:.1f} s, the XFS image took "
+                     f"{human(rep.image_bytes)} of disk at the end"
                      + "".join(f"; {n}" for n in rep.notes))
     lines += ["", md_table(RESULT_HEADER, result_rows(results), {1, 8}), ""]
     growth = growth_rows(results)
@@ -426,14 +447,22 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
         "## One interpreter's cost (issue 25)",
         "",
         "Peak RSS of one process at start-up, `/usr/bin/time`'s `%M` (exact for one "
-        "process), median of 5 runs. A local fscsync run is two interpreters (the server "
-        "is a forked copy of the client, so some of its pages are shared; RSS counts them "
-        "twice, as it does for rsync's forks).",
+        "process), and for the two runs of one file the sum over their processes, sampled "
+        "every 20 ms as above; medians of 5 runs. A local fscsync run is two interpreters "
+        "(the server is a forked copy of the client, so some of its pages are shared; RSS "
+        "counts them twice, as it does for rsync's forks).",
         "",
         md_table(["what", "command", "peak RSS"], interp, {0, 1}),
         "",
     ]
     return "\n".join(lines)
+
+
+def engine_commit() -> str:
+    """The commit that last changed fscsync/: the engine measured, whatever the branch."""
+    out = subprocess.run(["git", "log", "-1", "--format=%h %cs", "--", "fscsync"],
+                         cwd=HERE.parent, capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "?"
 
 
 def _loadavg() -> str:
@@ -500,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             report.mkfs_s = time.monotonic() - t0
             run_size(spec, root, not args.no_check, report)
         finally:
+            report.image_bytes = fs.allocated()
             t0 = time.monotonic()
             fs.close()
             print(f"  unmounted and removed in {time.monotonic() - t0:.0f} s", flush=True)
