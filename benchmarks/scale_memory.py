@@ -6,17 +6,19 @@ count shows as a growing column and flat memory as a flat one.
     .venv/bin/python benchmarks/scale_memory.py --quick       # 100,000 and 300,000 files
     .venv/bin/python benchmarks/scale_memory.py --files 100000,1000000
 
-Each size gets a fresh XFS (1 KiB blocks, inodes allocated as needed), made on a sparse
-file under --workdir and loop-mounted: the root filesystem's 16.7 M inodes cannot hold
-10 M files and their copies, and the tree's deletion costs an unmount instead of an
-ext4 walk that slows every other file creation on the machine for minutes. It is
-unmounted and deleted at the end, after a failure or Ctrl-C too. Needs root.
+Trees live on fresh XFS filesystems (1 KiB blocks, inodes allocated as needed) made on
+sparse files under --workdir and loop-mounted: one for the source, and one for each
+tool's destination, made before its runs and deleted after them. The root
+filesystem's 16.7 M inodes cannot hold 10 M files and a copy, and deleting an image
+takes a second where deleting millions of files on ext4 would slow every file
+creation on the machine for minutes. Everything is unmounted and deleted at the end,
+after a failure or Ctrl-C too. Needs root.
 
-Per size, one measured run of each tool (memory does not move with load; times do):
+Per size and tool, one measured run each (memory does not move with load; times do):
 initial copy into an empty destination, no-change, `--delete` after 1% of the source's
 files were deleted, and `-H` after 1% of the remaining files got a second name in
-another directory (the destination gains those links). Each tool works on its own
-destination; the tests' tree comparer checks both after the runs that change them.
+another directory (the destination gains those links). The source is put back before
+the next tool; the tests' tree comparer checks every copy after the runs that change it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +45,7 @@ from config import GiB, KiB, MiB, human  # noqa: E402
 from measure import Limits, run_measured  # noqa: E402
 from render import machine_info, md_table  # noqa: E402
 from scenarios import treecmp  # noqa: E402
-from tools import compile_sources, make_tools  # noqa: E402
+from tools import Tool, compile_sources, make_tools  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_WORKDIR = "/var/tmp/fscsync-scale"
@@ -116,8 +119,8 @@ class TreeSpec:
 
 
 def space_needed(spec: TreeSpec) -> int:
-    """The bytes the image's sparse file really takes: the source and two copies."""
-    return 3 * spec.disk_bytes() + 256 * MiB
+    """The disk that the sparse images really take at once: the source and one copy."""
+    return 2 * spec.disk_bytes() + 256 * MiB
 
 
 def check_space(sizes: list[int], workdir: str) -> None:
@@ -132,7 +135,7 @@ def check_space(sizes: list[int], workdir: str) -> None:
     if need > free:
         raise SystemExit(
             f"bench-scale: NOT ENOUGH DISK SPACE in {parent}: {max(sizes):,} files (the "
-            f"source and a copy for each tool) need about {human(need)} but only "
+            f"source and a copy) need about {human(need)} but only "
             f"{human(free)} is free. Free some space, pick another --workdir, or ask "
             f"for fewer --files.")
 
@@ -141,13 +144,16 @@ def check_space(sizes: list[int], workdir: str) -> None:
 
 
 class LoopXfs:
-    """A fresh XFS on a sparse file, loop-mounted for one size; `close` removes it all."""
+    """A fresh XFS on a sparse file, loop-mounted; `close` unmounts and deletes it, which
+    is also how a tree of millions of files goes away in a second."""
 
-    def __init__(self, workdir: str, spec: TreeSpec):
-        self.image = os.path.join(workdir, f"xfs-{spec.files}.img")
-        self.mnt = os.path.join(workdir, f"mnt-{spec.files}")
-        self.size = max(4 * GiB, 2 * space_needed(spec))
+    def __init__(self, workdir: str, name: str, spec: TreeSpec):
+        self.image = os.path.join(workdir, f"{name}.img")
+        self.mnt = os.path.join(workdir, name)
+        self.size = max(4 * GiB, 2 * spec.disk_bytes())
         self.mounted = False
+        self.allocated = 0
+        """What the image took on disk when it was closed."""
 
     def open(self) -> str:
         os.makedirs(self.mnt, exist_ok=True)
@@ -157,9 +163,6 @@ class LoopXfs:
         subprocess.run(["mount", "-o", "loop", self.image, self.mnt], check=True)
         self.mounted = True
         return self.mnt
-
-    def allocated(self) -> int:
-        return os.stat(self.image).st_blocks * 512 if os.path.exists(self.image) else 0
 
     def close(self) -> None:
         """Unmount (lazily if a straggler still holds it) and delete the image."""
@@ -172,6 +175,7 @@ class LoopXfs:
                 subprocess.run(["umount", "-l", self.mnt], check=False)
             self.mounted = False
         if os.path.exists(self.image):
+            self.allocated = os.stat(self.image).st_blocks * 512
             os.unlink(self.image)
         if os.path.isdir(self.mnt):
             os.rmdir(self.mnt)
@@ -180,26 +184,33 @@ class LoopXfs:
 # --------------------------------------------------------------------------- the tree
 
 
-def build_tree(root: str, spec: TreeSpec) -> None:
-    """Deterministic content: slices of one seeded pool, so building costs syscalls only."""
-    pool = trees.random_bytes(1 << 16, "scale-memory")
+POOL = trees.random_bytes(1 << 16, "scale-memory")
+"""File contents are slices of one seeded pool, so building costs syscalls only."""
+
+
+def _make_files(dfd: int, spec: TreeSpec, indices: Iterable[int]) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for i in indices:
+        fd = os.open(f"f{i:08d}", flags, 0o644, dir_fd=dfd)
+        try:
+            size = spec.size(i)
+            if size:
+                off = (i * 40_503) % (len(POOL) - spec.max_size)
+                os.write(fd, POOL[off:off + size])
+        finally:
+            os.close(fd)
+
+
+def build_tree(root: str, spec: TreeSpec) -> None:
     for leaf in range(spec.leaves):
         path = os.path.join(root, spec.leaf_dir(leaf))
         os.makedirs(path)
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for i in spec.files_of(leaf):
-                fd = os.open(f"f{i:08d}", flags, 0o644, dir_fd=dfd)
-                try:
-                    size = spec.size(i)
-                    if size:
-                        off = (i * 40_503) % (len(pool) - spec.max_size)
-                        os.write(fd, pool[off:off + size])
-                finally:
-                    os.close(fd)
+            _make_files(dfd, spec, spec.files_of(leaf))
         finally:
             os.close(dfd)
+    set_dir_times(root, spec, 0)
 
 
 def set_dir_times(root: str, spec: TreeSpec, hours: int) -> None:
@@ -227,6 +238,22 @@ def link_some(root: str, spec: TreeSpec) -> int:
     return len(spec.linked())
 
 
+def restore(root: str, spec: TreeSpec) -> None:
+    """Undo link_some and delete_some (the deleted files come back with their content,
+    not their mtimes), so that the next tool starts from the same source."""
+    for i in spec.linked():
+        os.unlink(os.path.join(root, spec.link_path(i)))
+    for leaf in range(spec.leaves):
+        mine = spec.files_of(leaf)
+        gone = range(-(-mine.start // 100) * 100, mine.stop, 100)  # spec.deleted()'s
+        dfd = os.open(os.path.join(root, spec.leaf_dir(leaf)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _make_files(dfd, spec, gone)
+        finally:
+            os.close(dfd)
+    set_dir_times(root, spec, 0)
+
+
 # --------------------------------------------------------------------------- runs
 
 
@@ -245,71 +272,84 @@ class Result:
 class SizeReport:
     files: int
     build_s: float = 0.0
-    mkfs_s: float = 0.0
     image_bytes: int = 0
-    """What the image's sparse file took on disk at the end: the source and two copies."""
+    """The disk that the source's and one copy's images took at most."""
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
-def compare(src_snap: dict, dst: str, content: bool) -> str | None:
-    problems = treecmp.diff(src_snap, treecmp.snapshot(dst, xattrs=False, content=content))
+def compare(src: str, dst: str, content: bool) -> str | None:
+    problems = treecmp.diff(treecmp.snapshot(src, xattrs=False, content=content),
+                            treecmp.snapshot(dst, xattrs=False, content=content))
     if not problems:
         return None
     return f"{len(problems):,} differences from the source (first: {problems[0]})"
 
 
-def run_size(spec: TreeSpec, root: str, check: bool, report: SizeReport) -> None:
-    """The four runs of both tools at one size, in place on `root` (the mounted XFS)."""
+def run_size(spec: TreeSpec, workdir: str, check: bool, report: SizeReport) -> None:
+    """Build the source on its own XFS, then per tool the four runs into a destination
+    on a fresh XFS of its own, which goes when the tool is done; the source is put
+    back between the tools."""
     tools = make_tools()
-    src = os.path.join(root, "src")
-    dst = {t: os.path.join(root, f"dst-{t}") for t in TOOLS}
-    t0 = time.monotonic()
-    build_tree(src, spec)
-    set_dir_times(src, spec, 0)
-    os.sync()
-    report.build_s = time.monotonic() - t0
-    print(f"  built {spec.files:,} files in {spec.leaves:,} directories in "
-          f"{report.build_s:.0f} s ({report.build_s * 1e6 / spec.files:.0f} s per "
-          "million files, sync included)", flush=True)
+    results = {name: Result(spec.files, name) for name, _ in RUNS}
+    report.results = list(results.values())
     if check and spec.files > CHECK_MAX:
         report.notes.append(f"trees not compared: over {CHECK_MAX:,} files")
         check = False
-    for k, (name, extra) in enumerate(RUNS):
-        if name == "--delete":
-            delete_some(src, spec)
-        elif name == "-H":
-            link_some(src, spec)
-        if extra:
-            set_dir_times(src, spec, k)
-        result = Result(spec.files, name)
-        report.results.append(result)
-        order = TOOLS if k % 2 == 0 else TOOLS[::-1]
-        for tool_name in order:
-            tool = tools[tool_name]
-            argv = [*tool.argv, "-a", "--stats", *extra, f"{src}/", dst[tool_name]]
-            os.sync()
-            run = run_measured(argv, tool.env, counted=tool.comms, limits=LIMITS)
-            os.sync()
-            result.rss_kib[tool_name] = run.peak_rss_kib
-            result.seconds[tool_name] = run.seconds
-            print(f"  {spec.files:,} {name} {tool_name}: {run.seconds:.1f} s, peak RSS "
-                  f"{run.peak_rss_kib / KiB:.1f} MiB ({run.peak_procs} processes)", flush=True)
-            failure = run.failure()
-            if failure:
-                result.notes.append(f"{tool_name}: {failure}")
-            elif name == "no-change" and run.transferred != 0:
-                result.notes.append(f"{tool_name}: transferred {run.transferred} files")
-        if check and name != "no-change":
-            t1 = time.monotonic()
-            snap = treecmp.snapshot(src, xattrs=False, content=name == "initial")
-            for tool_name in TOOLS:
-                problem = compare(snap, dst[tool_name], content=name == "initial")
-                if problem:
-                    result.notes.append(f"{tool_name}: {problem}")
-            del snap
-            print(f"  compared both copies with the source in {time.monotonic() - t1:.0f} s",
-                  flush=True)
+    src_fs = LoopXfs(workdir, f"src-{spec.files}", spec)
+    try:
+        src = os.path.join(src_fs.open(), "src")
+        t0 = time.monotonic()
+        build_tree(src, spec)
+        os.sync()
+        report.build_s = time.monotonic() - t0
+        print(f"  built {spec.files:,} files in {spec.leaves:,} directories in "
+              f"{report.build_s:.0f} s ({report.build_s * 1e6 / spec.files:.0f} s per "
+              "million files, sync included)", flush=True)
+        for tool_name in TOOLS:
+            dst_fs = LoopXfs(workdir, f"dst-{spec.files}-{tool_name}", spec)
+            try:
+                dst = os.path.join(dst_fs.open(), "dst")
+                for k, (name, extra) in enumerate(RUNS):
+                    if name == "--delete":
+                        delete_some(src, spec)
+                    elif name == "-H":
+                        link_some(src, spec)
+                    if extra:
+                        set_dir_times(src, spec, k)
+                    _measure(tools[tool_name], extra, src, dst, results[name], check)
+            finally:
+                dst_fs.close()
+                report.image_bytes = max(report.image_bytes,
+                                         dst_fs.allocated + os.stat(src_fs.image).st_blocks * 512)
+            restore(src, spec)
+    finally:
+        src_fs.close()
+
+
+def _measure(tool: Tool, extra: tuple[str, ...], src: str, dst: str, result: Result,
+             check: bool) -> None:
+    """One measured run of one tool, and its checks."""
+    argv = [*tool.argv, "-a", "--stats", *extra, f"{src}/", dst]
+    os.sync()
+    run = run_measured(argv, tool.env, counted=tool.comms, limits=LIMITS)
+    os.sync()
+    result.rss_kib[tool.name] = run.peak_rss_kib
+    result.seconds[tool.name] = run.seconds
+    print(f"  {result.files:,} {result.run} {tool.name}: {run.seconds:.1f} s, peak RSS "
+          f"{run.peak_rss_kib / KiB:.1f} MiB ({run.peak_procs} processes)", flush=True)
+    failure = run.failure()
+    if failure:
+        result.notes.append(f"{tool.name}: {failure}")
+    elif result.run == "no-change" and run.transferred != 0:
+        result.notes.append(f"{tool.name}: transferred {run.transferred} files")
+    elif check and result.run != "no-change":
+        t0 = time.monotonic()
+        problem = compare(src, dst, content=result.run == "initial")
+        if problem:
+            result.notes.append(f"{tool.name}: {problem}")
+        print(f"  compared the copy with the source in {time.monotonic() - t0:.0f} s",
+              flush=True)
 
 
 # --------------------------------------------------------------------------- interpreters
@@ -420,8 +460,9 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
         f"- {info['rsync']}; {info['fscsync']} (git {info['commit']}; fscsync/ last "
         f"changed in {engine_commit()}), Python {info['python']}",
         "- trees: N files of 0-199 B, 1,000 a directory, 100 directories a top-level "
-        "directory, on a fresh loop-mounted XFS (1 KiB blocks) per N; one run per tool "
-        "and run; each tool has its own destination",
+        "directory; the source on a loop-mounted XFS (1 KiB blocks), each tool's "
+        "destination on a fresh one of its own; one run per tool and run, all of "
+        "fscsync's, then all of rsync's",
         "- runs: initial copy into an empty destination; no-change; `--delete` after 1% "
         "of the source's files were deleted; `-H` after 1% of the remaining files got a "
         "second name in another directory (both tools `-a --stats`, plus the option)",
@@ -435,8 +476,8 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
     for rep in reports:
         lines.append(f"- {rep.files:,} files: tree built in {rep.build_s:.0f} s "
                      f"({rep.build_s * 1e6 / rep.files:.0f} s per million files), "
-                     f"mkfs and mount {rep.mkfs_s:.1f} s, the XFS image took "
-                     f"{human(rep.image_bytes)} of disk at the end"
+                     f"the source's and a copy's XFS images took {human(rep.image_bytes)} "
+                     "of disk"
                      + "".join(f"; {n}" for n in rep.notes))
     lines += ["", md_table(RESULT_HEADER, result_rows(results), {1, 8}), ""]
     growth = growth_rows(results)
@@ -521,18 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = TreeSpec(n)
         report = SizeReport(n)
         reports.append(report)
-        fs = LoopXfs(args.workdir, spec)
-        print(f"{n:,} files: XFS image {fs.image} ({human(fs.size)} sparse)", flush=True)
-        try:
-            t0 = time.monotonic()
-            root = fs.open()
-            report.mkfs_s = time.monotonic() - t0
-            run_size(spec, root, not args.no_check, report)
-        finally:
-            report.image_bytes = fs.allocated()
-            t0 = time.monotonic()
-            fs.close()
-            print(f"  unmounted and removed in {time.monotonic() - t0:.0f} s", flush=True)
+        print(f"{n:,} files:", flush=True)
+        run_size(spec, args.workdir, not args.no_check, report)
         Path(args.results).write_text(render(reports, interp, info, started, command))
     print(f"\n{render(reports, interp, info, started, command)}\nwritten to {args.results}")
     return 0

@@ -51,22 +51,26 @@ def test_space_needed_grows_with_the_tree(sm):
     assert big < 80 * sm.GiB  # what this machine's root filesystem has free
 
 
-def test_tree_build_delete_and_link(sm, tmp_path):
-    spec = sm.TreeSpec(2_500, leaves_per_top=2)
+def test_tree_build_change_and_restore(sm, tmp_path):
+    spec = sm.TreeSpec(1_000, per_dir=100, leaves_per_top=4)
     root = str(tmp_path / "src")
     sm.build_tree(root, spec)
-    sm.set_dir_times(root, spec, 0)
     names = sorted(os.path.relpath(os.path.join(d, f), root)
                    for d, _, files in os.walk(root) for f in files)
     assert names == sorted(spec.file_path(i) for i in range(spec.files))
     assert os.path.getsize(os.path.join(root, spec.file_path(7))) == spec.size(7)
-    assert os.stat(os.path.join(root, "t0001")).st_mtime_ns == sm.trees.BASE_NS
-    assert sm.delete_some(root, spec) == 25
-    assert sm.link_some(root, spec) == 25
+    assert os.stat(os.path.join(root, "t0002")).st_mtime_ns == sm.trees.BASE_NS
+    before = sm.treecmp.snapshot(root, xattrs=False)
+    assert sm.delete_some(root, spec) == 10
+    assert sm.link_some(root, spec) == 10
     assert not os.path.exists(os.path.join(root, spec.file_path(100)))
     st = os.stat(os.path.join(root, spec.link_path(150)))
     assert st.st_nlink == 2
     assert os.path.samestat(st, os.stat(os.path.join(root, spec.file_path(150))))
+    sm.restore(root, spec)
+    after = sm.treecmp.snapshot(root, xattrs=False)
+    assert sm.treecmp.diff(before, after, ignore=("mtime",)) == []
+    assert [r for r in after.values() if r.type == "dir" and r.mtime != sm.trees.BASE_NS] == []
 
 
 def _result(sm, files: int, run: str, fscsync_mib: float, rsync_mib: float):
