@@ -165,12 +165,16 @@ class LoopXfs:
         return self.mnt
 
     def close(self) -> None:
-        """Unmount (lazily if a straggler still holds it) and delete the image."""
+        """Unmount and delete the image. A tool still running after an interruption (its
+        /usr/bin/time was killed, not it) holds the mount: it is killed (fuser -k), and
+        the unmount is lazy only if that fails."""
         if self.mounted:
-            for _ in range(10):
+            for attempt in range(5):
                 if subprocess.run(["umount", self.mnt], capture_output=True).returncode == 0:
                     break
-                time.sleep(1)
+                if shutil.which("fuser"):
+                    subprocess.run(["fuser", "-s", "-k", "-m", self.mnt], check=False)
+                time.sleep(1 + attempt)
             else:
                 subprocess.run(["umount", "-l", self.mnt], check=False)
             self.mounted = False
@@ -286,7 +290,8 @@ def compare(src: str, dst: str, content: bool) -> str | None:
     return f"{len(problems):,} differences from the source (first: {problems[0]})"
 
 
-def run_size(spec: TreeSpec, workdir: str, check: bool, report: SizeReport) -> None:
+def run_size(spec: TreeSpec, workdir: str, check: bool, report: SizeReport,
+             build_only: bool = False) -> None:
     """Build the source on its own XFS, then per tool the four runs into a destination
     on a fresh XFS of its own, which goes when the tool is done; the source is put
     back between the tools."""
@@ -306,7 +311,8 @@ def run_size(spec: TreeSpec, workdir: str, check: bool, report: SizeReport) -> N
         print(f"  built {spec.files:,} files in {spec.leaves:,} directories in "
               f"{report.build_s:.0f} s ({report.build_s * 1e6 / spec.files:.0f} s per "
               "million files, sync included)", flush=True)
-        for tool_name in TOOLS:
+        report.image_bytes = os.stat(src_fs.image).st_blocks * 512
+        for tool_name in () if build_only else TOOLS:
             dst_fs = LoopXfs(workdir, f"dst-{spec.files}-{tool_name}", spec)
             try:
                 dst = os.path.join(dst_fs.open(), "dst")
@@ -529,6 +535,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Markdown results file (default benchmarks/results-scale-memory.md)")
     p.add_argument("--no-check", action="store_true",
                    help="do not compare the copies with the source")
+    p.add_argument("--build-only", action="store_true",
+                   help="only build (and time) each source tree, run nothing")
     args = p.parse_args(argv)
     if args.files and args.quick:
         p.error("--files and --quick do not go together")
@@ -563,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         report = SizeReport(n)
         reports.append(report)
         print(f"{n:,} files:", flush=True)
-        run_size(spec, args.workdir, not args.no_check, report)
+        run_size(spec, args.workdir, not args.no_check, report, args.build_only)
         Path(args.results).write_text(render(reports, interp, info, started, command))
     print(f"\n{render(reports, interp, info, started, command)}\nwritten to {args.results}")
     return 0
