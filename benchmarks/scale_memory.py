@@ -297,7 +297,7 @@ def run_size(spec: TreeSpec, workdir: str, check: bool, report: SizeReport,
     back between the tools."""
     tools = make_tools()
     results = {name: Result(spec.files, name) for name, _ in RUNS}
-    report.results = list(results.values())
+    report.results = [] if build_only else list(results.values())
     if check and spec.files > CHECK_MAX:
         report.notes.append(f"trees not compared: over {CHECK_MAX:,} files")
         check = False
@@ -480,12 +480,14 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
         "",
     ]
     for rep in reports:
+        images = "the source's and a copy's XFS images" if rep.results else "its XFS image"
         lines.append(f"- {rep.files:,} files: tree built in {rep.build_s:.0f} s "
                      f"({rep.build_s * 1e6 / rep.files:.0f} s per million files), "
-                     f"the source's and a copy's XFS images took {human(rep.image_bytes)} "
-                     "of disk"
+                     f"{images} took {human(rep.image_bytes)} of disk"
                      + "".join(f"; {n}" for n in rep.notes))
-    lines += ["", md_table(RESULT_HEADER, result_rows(results), {1, 8}), ""]
+    lines.append("")
+    if results:
+        lines += [md_table(RESULT_HEADER, result_rows(results), {1, 8}), ""]
     growth = growth_rows(results)
     if growth:
         lines += ["Growth with the file count:", "",
