@@ -107,9 +107,6 @@ class TreeSpec:
         leaf = (i // self.per_dir + self.leaves // 2) % self.leaves
         return f"{self.leaf_dir(leaf)}/h{i:08d}"
 
-    def inodes(self) -> int:
-        return self.files + self.leaves + self.tops + 1
-
     def disk_bytes(self) -> int:
         """What one copy of the tree takes on the XFS: a 512-byte inode and a 1 KiB
         block a file (all but the empty ones), directory blocks, and 1/3 of slack
