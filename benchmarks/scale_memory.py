@@ -265,6 +265,9 @@ class Result:
     files: int
     run: str
     rss_kib: dict[str, int] = field(default_factory=dict)
+    pss_kib: dict[str, int] = field(default_factory=dict)
+    """Shared pages divided among their sharers: fairer to forked processes (fscsync's
+    local server, rsync's receiver and generator), sampled every 100 ms."""
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -338,6 +341,7 @@ def _measure(tool: Tool, extra: tuple[str, ...], src: str, dst: str, result: Res
     run = run_measured(argv, tool.env, counted=tool.comms, limits=LIMITS)
     os.sync()
     result.rss_kib[tool.name] = run.peak_rss_kib
+    result.pss_kib[tool.name] = run.peak_pss_kib
     result.seconds[tool.name] = run.seconds
     print(f"  {result.files:,} {result.run} {tool.name}: {run.seconds:.1f} s, peak RSS "
           f"{run.peak_rss_kib / KiB:.1f} MiB ({run.peak_procs} processes)", flush=True)
@@ -417,15 +421,18 @@ def result_rows(results: list[Result]) -> list[list[str]]:
     rows = []
     for r in results:
         fr, rr = r.rss_kib.get("fscsync"), r.rss_kib.get("rsync")
+        fp, rp = r.pss_kib.get("fscsync"), r.pss_kib.get("rsync")
         fs, rs = r.seconds.get("fscsync"), r.seconds.get("rsync")
         rows.append([f"{r.files:,}", r.run, _mib(fr), _mib(rr), _ratio(fr, rr),
+                     _mib(fp), _mib(rp), _ratio(fp, rp),
                      "-" if fs is None else f"{fs:.1f}", "-" if rs is None else f"{rs:.1f}",
                      _ratio(fs, rs), "; ".join(r.notes)])
     return rows
 
 
 RESULT_HEADER = ["files", "run", "fscsync peak RSS", "rsync peak RSS", "RSS ratio",
-                 "fscsync s", "rsync s", "time ratio", "notes"]
+                 "fscsync PSS", "rsync PSS", "PSS ratio", "fscsync s", "rsync s", "time ratio",
+                 "notes"]
 
 
 def growth_rows(results: list[Result]) -> list[list[str]]:
@@ -471,7 +478,8 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
         "second name in another directory (both tools `-a --stats`, plus the option)",
         "- peak RSS: the sum over the tool's whole process tree (fscsync's client and "
         "server; rsync's sender, receiver and generator), sampled every 20 ms from /proc "
-        "(benchmarks/measure.py)",
+        "(benchmarks/measure.py); peak PSS likewise every 100 ms (shared pages divided "
+        "among the processes sharing them: a forked server's pages count once)",
         "- **memory figures are robust under load; times are not**: the machine is shared "
         "with other work, so a time ratio says little unless it is far from 1",
         "",
@@ -484,7 +492,7 @@ def render(reports: list[SizeReport], interp: list[list[str]], info: dict[str, s
                      + "".join(f"; {n}" for n in rep.notes))
     lines.append("")
     if results:
-        lines += [md_table(RESULT_HEADER, result_rows(results), {1, 8}), ""]
+        lines += [md_table(RESULT_HEADER, result_rows(results), {1, 11}), ""]
     growth = growth_rows(results)
     if growth:
         lines += ["Growth with the file count:", "",

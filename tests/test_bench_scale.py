@@ -73,9 +73,9 @@ def test_tree_build_change_and_restore(sm, tmp_path):
 
 
 def _result(sm, files: int, run: str, fscsync_mib: float, rsync_mib: float):
-    return sm.Result(files, run, {"fscsync": int(fscsync_mib * 1024),
-                                  "rsync": int(rsync_mib * 1024)},
-                     {"fscsync": 10.0, "rsync": 5.0})
+    return sm.Result(files, run, rss_kib={"fscsync": int(fscsync_mib * 1024),
+                                          "rsync": int(rsync_mib * 1024)},
+                     seconds={"fscsync": 10.0, "rsync": 5.0})
 
 
 def test_tables(sm):
@@ -83,8 +83,8 @@ def test_tables(sm):
                _result(sm, 100_000, "-H", 58, 16)]
     results[2].notes.append("rsync: exit 23")
     rows = sm.result_rows(results)
-    assert rows[0] == ["100,000", "initial", "32.0 MiB", "16.0 MiB", "2.00", "10.0", "5.0",
-                       "2.00", ""]
+    assert rows[0] == ["100,000", "initial", "32.0 MiB", "16.0 MiB", "2.00", "-", "-", "-",
+                       "10.0", "5.0", "2.00", ""]
     assert rows[2][-1] == "rsync: exit 23"
     growth = sm.growth_rows(results)
     assert growth == [["initial", "100,000 to 1,000,000", "32.0 to 50.0 MiB (+20.0 MiB per M "
