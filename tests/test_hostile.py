@@ -866,8 +866,11 @@ def test_file_list_shorter_than_announced_deletes_nothing(sb: Sandbox) -> None:
     """FLIST_END says 5 entries (as the real sender counts them), 2 arrived: the list is
     inconsistent (a frame was lost or forged). Finishing the run with --delete would
     delete what the short list lacks, the previous copy. A protocol error instead;
-    keep.txt and sub/ stay."""
+    keep.txt and sub/ stay. (The root's names come first, as a sender announces them
+    for --delete, all of them: the frames lost are the entries'.)"""
     peer = start(sb, default_options(delete=True))
+    peer.send(protocol.DIRNAMES, *protocol.encode_dirnames(
+        protocol.DirNames(b".", [b"keep.txt", b"new", b"sub"])))
     peer.send(*flist(root(), reg(b"new", b"")))
     peer.send(protocol.FLIST_END, flist_end(5))
     _serve(peer, {1: b""})

@@ -16,7 +16,7 @@ import stat
 from fscsync.engine import chmod, delta, filters, itemize
 from fscsync.engine.altdest import SETTLED, AltDests, unchanged
 from fscsync.engine.basis import DestCopies, cleartext_size
-from fscsync.engine.deltiming import Deleter
+from fscsync.engine.deltiming import Deleter, names_announced
 from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
 from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
@@ -71,14 +71,19 @@ class Generator:
         self.send = send
         self.item_dir = item_dir
         self.root_created = root_created
+        announced = names_announced(opts)
         self.children: dict[bytes, set[bytes]] = {}
+        """The names the list brings to each directory, for --delete-before, -after and
+        the final pass of --parallel; with names announced (deltiming.names_announced)
+        the deleter has each directory's names from the sender, and this stays empty."""
+        self._keeps_names = opts.delete and not announced
         self.listing = DestListing(opts, state.reporter)
         self.existing = self.listing.existing
         self.litter = self.listing.litter  # names like our temp files, per directory
         self.incoming = self.listing.incoming  # the names the list brings there
         self.delete_rules = filters.delete_filter(opts, tree, self.existing)
         self.deleter = Deleter(opts, state.reporter, state.stats, self.delete_rules,
-                               self.existing, self.children, state.backups)
+                               self.existing, self.children, state.backups, announced)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.hardlinks: list[int] = []
@@ -106,6 +111,8 @@ class Generator:
         tree = self.tree
         state = self.state
         all_entries = state.entries
+        if self.deleter.names is not None:
+            self.deleter.names.brought(batch)
         if not self._quick:
             for idx, e in enumerate(batch.entries(), base):
                 all_entries[idx] = e
@@ -116,7 +123,7 @@ class Generator:
         # A batch holds few owners: map each once (the names they map by came first).
         local_uid = {u: self.ids.uid(u) for u in set(batch.uids)} if owner else {}
         local_gid = {g: self.ids.gid(g) for g in set(batch.gids)} if group else {}
-        children = self.children if opts.delete else None
+        children = self.children if self._keeps_names else None
         keep = state.keep_entries  # else finished entries are dropped (RxState.done_with)
         status, ok = state.status, Status.OK
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
@@ -166,6 +173,8 @@ class Generator:
 
     def finish(self) -> None:
         """The file list is complete: tell the sender no more requests will come."""
+        if self.deleter.names is not None:
+            self.deleter.names.end()
         self.sent_nomore = True
         self.send(protocol.NOMORE)
 
@@ -204,9 +213,10 @@ class Generator:
             state.fail(idx, f'refusing "{escape(e.path)}": this run does not copy that kind of '
                             "file")
             return
-        if (opts.delete or self.incoming) and e.path != b"." and state.single_name is None:
+        if (self._keeps_names or self.incoming) and e.path != b"." \
+                and state.single_name is None:
             head, _, name = e.path.rpartition(b"/")
-            if opts.delete:
+            if self._keeps_names:
                 self.children.setdefault(head, set()).add(name)
             if head in self.incoming:
                 self.incoming[head].add(name)

@@ -269,7 +269,7 @@ class Receiver:
                         self.root_path or self.dest.rstrip(b"/") or b"/")
         wtree = self.tree()
         writer = Writer(state, self.opts, self.ids, wtree, chan.send, self.open_temp_dir(wtree))
-        backlog: deque[bytes] = deque()
+        backlog: deque[bytes | protocol.DirNames] = deque()
         held = 0
         announced = None
         flist_done = gen_acked = done_sent = finished = False
@@ -282,8 +282,13 @@ class Receiver:
                 # the list is complete).
                 while backlog and (flist_done or not hold) and (
                         len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
-                    held -= len(backlog[0])
-                    batch = unpack_batch(backlog.popleft())
+                    item = backlog.popleft()
+                    if type(item) is protocol.DirNames:  # names ahead of their directory's batch
+                        held -= item.size
+                        gen.deleter.announce(item)
+                        continue
+                    held -= len(item)
+                    batch = unpack_batch(item)
                     base = len(state.entries)
                     self._add_entries(batch)
                     gen.batch(base, batch)
@@ -315,6 +320,9 @@ class Receiver:
                     held += len(payload)
                     if hold and held > MAX_HELD:
                         raise ListTooBigToHold(when=self.opts.delete_when, size=held)
+                elif ftype == protocol.DIRNAMES and not flist_done and gen.deleter.names:
+                    backlog.append(protocol.decode_dirnames(payload))
+                    held += len(payload)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
@@ -328,7 +336,7 @@ class Receiver:
                     if isinstance(announced, int):
                         self.reporter.listed(announced, self.stats.total_size)
                     flist_done = True
-                    gen.deleter.list_error = self.io_error
+                    gen.deleter.list_error = gen.deleter.list_error or self.io_error
                     if hold:
                         gen.deleter.list_complete(tree, self._names(backlog, announced))
                 elif ftype == protocol.IOERROR and flist_done and not payload:

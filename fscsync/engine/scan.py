@@ -2,7 +2,9 @@
 
 Within a directory, non-directories come first (sorted bytewise), then each
 subdirectory followed by its contents. Errors are reported per entry and mark
-the walk as incomplete, which later disables deletions on the receiver.
+the walk as incomplete, which later disables deletions on the receiver. For
+--delete-during and --delete-delay each directory's names come just before its
+entry (DirNames: what the receiver compares its copy with when it gets there).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fscsync.errors import (
 from fscsync.fs import cipher
 from fscsync.fs.fileio import BlockReader, digest_fd
 from fscsync.options import Options
+from fscsync.wire.protocol import DirNames
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -113,11 +116,17 @@ class Scanner:
         self.partition = None
         """One stream of --parallel (fscsync.run.partition.Partition): which entries of
         each directory this walk lists; None lists them all."""
+        self._announce = False
+        if opts.delete:  # imported by --delete runs only
+            from fscsync.engine.deltiming import names_announced
 
-    def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
+            self._announce = names_announced(opts)
+
+    def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun | DirNames]:
         """The entries of the sources in file-list order, a run at a time (a list of
         entries, or a PlainRun), up to RUN_MAX entries from one directory each: the
-        caller's per-entry work stays in its own loop."""
+        caller's per-entry work stays in its own loop. With names announced, each
+        directory whose contents follow is preceded by its DirNames."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
             if len(sources) > 1 or self.opts.relative or self.opts.files_from is not None \
@@ -128,18 +137,46 @@ class Scanner:
         finally:
             os.close(self._home)
 
-    def _in_order(self, runs: Iterator[list[Entry] | PlainRun]) -> Iterator[list[Entry]]:
+    def _in_order(self, runs: Iterator[list[Entry] | PlainRun | DirNames]
+                  ) -> Iterator[list[Entry] | DirNames]:
         """Several sources: their entries as one list in file-list order (held whole,
         as rsync holds it; a single source streams)."""
-        kept = in_file_list_order(runs)
+        kept = in_file_list_order(r for r in runs if type(r) is not DirNames)
         starts = self._root_starts
         self._source_of = [bisect.bisect_right(starts, i) - 1 for i, _ in kept]
         entries = [e for _, e in kept]
         if self.opts.hard_links:
             self._relink(entries, [i for i, _ in kept])
         self.count = len(entries)
+        if self._announce:
+            yield from self._named(entries)
+            return
         for i in range(0, len(entries), RUN_MAX):
             yield entries[i : i + RUN_MAX]
+
+    def _named(self, entries: list[Entry]) -> Iterator[list[Entry] | DirNames]:
+        """The merged list with each directory's names just before it: the names of
+        several sources' entries there, so taken from the list itself."""
+        from fscsync.engine.deltiming import announced_dir
+
+        names: dict[bytes, list[bytes]] = {}
+        for e in entries:
+            if e.path != b".":
+                head, _, name = e.path.rpartition(b"/")
+                names.setdefault(head, []).append(name)
+        run: list[Entry] = []
+        for e in entries:
+            if e.is_dir and announced_dir(self.opts, e.path, e.no_content):
+                if run:
+                    yield run
+                    run = []
+                yield DirNames(e.path, sorted(names.pop(b"" if e.path == b"." else e.path, ())))
+            run.append(e)
+            if len(run) >= RUN_MAX:
+                yield run
+                run = []
+        if run:
+            yield run
 
     def _relink(self, entries: list[Entry], scanned_as: list[int]) -> None:
         """Hard links named their leader by its place in the walk: in the merged list the
@@ -279,11 +316,10 @@ class Scanner:
         if root is not None:
             if self.partition is not None:
                 self.partition.directory(root)
-            yield [root]
             encrypted = root.enc is not None
         else:
             encrypted = self.files.finder.ask(base)[0] is not None
-        yield from self._walk(base, b"", encrypted, self._top)
+        yield from self._walk(base, b"", encrypted, self._top, root)
 
     def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry] | PlainRun]:
         full = src.rstrip(b"/")
@@ -326,9 +362,12 @@ class Scanner:
         return True
 
     def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool,
-              rules: filters.DirState | None) -> Iterator[list[Entry] | PlainRun]:
-        """The entries below one directory; `encrypted`: it carries encdata, so every
-        entry in it is asked for its own; `rules`: the filter state of its parent."""
+              rules: filters.DirState | None, entry: Entry | None = None
+              ) -> Iterator[list[Entry] | PlainRun | DirNames]:
+        """The entries below one directory, after its own `entry` (if it is in the list:
+        the directory is listed first, so that its names can go before it);
+        `encrypted`: it carries encdata, so every entry in it is asked for its own;
+        `rules`: the filter state of its parent."""
         base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
         flt = self.filters
         if flt is not None:
@@ -337,29 +376,23 @@ class Scanner:
             names, stats, plain = self._list(base, encrypted, prefix)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
-            return
-        part = self.partition
+            names, stats, plain = [], [], []
+        sent = self._sift(base, prefix, names, stats, rules)
+        if entry is not None:
+            if sent is not None:
+                yield DirNames(entry.path, sent)
+            yield [entry]
         subdirs = []
         files: list[Entry] = []
         bare_names: list[bytes] = []
         bare_stats: list[os.stat_result] = []
-        entry = self._entry
+        make = self._entry
         for name, st, bare in zip(names, stats, plain, strict=True):
             if type(st) is not os.stat_result:
-                if st.errno == errno.ENOENT:
-                    self.reporter.failed(Vanished(path=base + name))
-                else:
-                    self._fail(base + name, "readlink_stat", st)
+                if st is not None:
+                    self._unlisted(base + name, st)
                 continue
-            if self._follows and st.st_mode & _S_IFMT == stat.S_IFLNK:
-                st = self._follow(base + name, prefix + name, st)
-                if st is None:
-                    continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
-            if part is not None and not is_dir and not part.mine(name, st):
-                continue
-            if flt is not None and flt.excluded(rules, prefix + name, is_dir):
-                continue
             if bare:
                 if files:
                     yield from self._out(files)
@@ -378,7 +411,7 @@ class Scanner:
             if bare_names:
                 yield from self._out(self._plain_run(base, prefix, bare_names, bare_stats))
                 bare_names, bare_stats = [], []
-            e = entry(rel, path, st, encrypted)
+            e = make(rel, path, st, encrypted)
             if e is not None:
                 files.append(e)
                 if len(files) >= RUN_MAX:
@@ -395,26 +428,83 @@ class Scanner:
             if mount and self.opts.one_file_system > 1:
                 self.reporter.info(f"[sender] skipping mount-point dir {escape(rel)}", 2)
                 continue
-            e = entry(rel, path, st, encrypted)
+            e = make(rel, path, st, encrypted)
             if e is None:
                 continue
             if mount:
                 e.rdev = NO_CONTENT
             yield from self._dir(e, path, rules, mount)
 
+    def _sift(self, base: bytes, prefix: bytes, names: list[bytes], stats: list,
+              rules: filters.DirState | None) -> list[bytes] | None:
+        """Settle which of a directory's names the list may bring, before any of them is
+        sent: in `stats`, what lstat could not read is reported and becomes None, and
+        so does what a partition, a filter or a dangling -L link leaves out; a followed
+        symlink gets its referent's stat. With names announced, the names that stay
+        (less the kinds this run skips and -xx's mount points): an entry that fails
+        later is announced all the same, and its copy at the destination stays."""
+        flt, part, follows = self.filters, self.partition, self._follows
+        announce = self._announce
+        if flt is None and part is None and not follows and not announce:
+            return None
+        sent: list[bytes] = []
+        skip_mounts = self.opts.one_file_system > 1
+        for i, (name, st) in enumerate(zip(names, stats, strict=True)):
+            if type(st) is not os.stat_result:
+                self._unlisted(base + name, st)
+                stats[i] = None
+                continue
+            if follows and st.st_mode & _S_IFMT == stat.S_IFLNK:
+                st = stats[i] = self._follow(base + name, prefix + name, st)
+                if st is None:
+                    continue
+            is_dir = st.st_mode & _S_IFMT == _S_IFDIR
+            if (part is not None and not is_dir and not part.mine(name, st)) or (
+                    flt is not None and flt.excluded(rules, prefix + name, is_dir)):
+                stats[i] = None
+                continue
+            if announce and not (self._skips(st.st_mode) or (
+                    is_dir and skip_mounts and st.st_dev != self._dev)):
+                sent.append(name)
+        return sent if announce else None
+
+    def _unlisted(self, path: bytes, exc: OSError) -> None:
+        """A name the directory listed that lstat could not read."""
+        if exc.errno == errno.ENOENT:
+            self.reporter.failed(Vanished(path=path))
+        else:
+            self._fail(path, "readlink_stat", exc)
+
+    def _skips(self, mode: int) -> bool:
+        """Whether this run leaves entries of this kind out of the list."""
+        fmt = mode & _S_IFMT
+        if fmt in (_S_IFREG, _S_IFDIR):
+            return False
+        if fmt == stat.S_IFLNK:
+            return not (self.opts.links or self.opts.list_only)
+        if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            return not self.opts.devices
+        if fmt in (stat.S_IFIFO, stat.S_IFSOCK):
+            return not self.opts.specials
+        return True
+
     def _dir(self, e: Entry, path: bytes, rules: filters.DirState | None,
-             mount: bool = False) -> Iterator[list[Entry] | PlainRun]:
+             mount: bool = False) -> Iterator[list[Entry] | PlainRun | DirNames]:
         """A directory entry and (with -r) what is below it; with -m it is held until
         something other than a directory turns up below it, and left out if nothing
         does. A mount point under -x is sent without its contents."""
         if self.partition is not None:
             self.partition.directory(e)
+        walk = self.opts.recursive and not mount
         if not self.opts.prune_empty_dirs:
-            yield [e]
-        else:
-            self.count -= 1  # counted when it is listed
-            self._held.append(e)
-        if self.opts.recursive and not mount:
+            if walk:
+                yield from self._walk(path, e.path + b"/", e.enc is not None, rules, e)
+            else:
+                yield [e]
+            return
+        self.count -= 1  # counted when it is listed
+        self._held.append(e)
+        if walk:
             yield from self._walk(path, e.path + b"/", e.enc is not None, rules)
         if self._held and self._held[-1] is e:
             self._held.pop()
@@ -584,11 +674,12 @@ class Scanner:
                     self.io_error = True
                     self.reporter.failed(exc)
                     return None
-        elif fmt == stat.S_IFLNK:
-            if not opts.links and not opts.list_only:
+        elif self._skips(mode):
+            if fmt in (stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
                 self._nondir = True
-                return None
+            return None
+        elif fmt == stat.S_IFLNK:
             try:
                 e.target = os.readlink(path) if at is None else os.readlink(b"", dir_fd=at)
             except OSError as exc:
@@ -596,20 +687,9 @@ class Scanner:
                 return None
             e.size = len(e.target)
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
-            if not opts.devices:
-                self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
-                self._nondir = True
-                return None
             e.rdev = st.st_rdev
-        elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
-            if not opts.specials:
-                self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
-                self._nondir = True
-                return None
         elif fmt == stat.S_IFDIR:
             e.size = st.st_size
-        else:
-            return None
         if opts.hard_links and fmt != stat.S_IFDIR and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             leader = self._links.get(key)

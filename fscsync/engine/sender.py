@@ -153,6 +153,9 @@ class Sender:
         owners = self.opts.owner and not self.opts.numeric_ids
         groups_named = self.opts.group and not self.opts.numeric_ids
         for run in self.scanner.scan(self.sources):
+            if type(run) is protocol.DirNames:
+                self._announce(emit, run)
+                continue
             plain = type(run) is PlainRun
             if owners:
                 ids = {st.st_uid for st in run.stats} if plain else {e.uid for e in run}
@@ -175,6 +178,13 @@ class Sender:
                     batch.add(e)
                     batch = self._ship(batch, emit, FLIST_BATCH)
         self._ship(batch, emit, 1)
+
+    def _announce(self, emit, names: protocol.DirNames) -> None:
+        """A directory's names, ahead of the batch that brings the directory (the one
+        being filled), with whether the scan has met an I/O error so far."""
+        names.io_error = self.scanner.io_error
+        for payload in protocol.encode_dirnames(names):
+            emit(protocol.DIRNAMES, payload)
 
     def _ship(self, batch: BatchBuilder, emit, at_least: int) -> BatchBuilder:
         """Emit the batch once it holds `at_least` bytes; the batch to go on filling."""
