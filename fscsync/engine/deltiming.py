@@ -160,11 +160,10 @@ class Announced:
         if self._open is not None:
             raise ProtocolError(f"names announced for directory {self._open[:100]!r} end "
                                 f"without their last part")
-        pending, opts, special = self.pending, self.opts, batch.special
+        pending, opts, special, paths = self.pending, self.opts, batch.special, batch.paths
         found = set()
-        for i, (path, mode) in enumerate(zip(batch.paths, batch.modes, strict=True)):
-            if not stat.S_ISDIR(mode):
-                continue
+        for i in [i for i, mode in enumerate(batch.modes) if mode & 0o170000 == stat.S_IFDIR]:
+            path = paths[i]
             e = special.get(i)
             if not announced_dir(opts, path, e is not None and e.no_content):
                 continue

@@ -54,8 +54,8 @@ deadlock with the sender, which sends its whole list before it serves a request,
 a protocol error would refuse a big list; -z made a few bytes on the wire a full frame
 held here."""
 MAX_HELD = 2 << 30
-"""Bytes of file-list frames held for --delete-before and --delete-during, which compare
-nothing before the list is complete (about 200 million entries)."""
+"""Bytes of file-list frames held for --delete-before (and --delete-during under -m),
+which compare nothing before the list is complete (about 200 million entries)."""
 
 
 class Receiver:
