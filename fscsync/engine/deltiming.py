@@ -121,7 +121,8 @@ class Announced:
     What is kept, and for how long: a directory's names from its DIRNAMES frame until
     the generator gets to the directory (Deleter.reached); a directory it does not
     compare (new at the destination, or failed) keeps them until the next batch starts.
-    So the names of at most one batch's directories are held, never the list's."""
+    So the names of at most two batches' directories are held (the one being decided,
+    the next one's as they arrive), never the list's."""
 
     def __init__(self, opts: Options):
         self.opts = opts
@@ -307,7 +308,10 @@ class Deleter(RemoveHooks):
     def _allowed(self) -> bool:
         """rsync's check before each directory: no deletions after the sender's I/O
         errors (said once) unless --ignore-errors. An unreadable file is known only
-        after the transfer, when --delete-after looks."""
+        after the transfer, when --delete-after looks; a listing error, with names
+        announced, with the batch that brings the directory where it happened (the
+        DIRNAMES frames before it say so), so --delete-during stops from that batch on,
+        as rsync's from that directory on."""
         if self.opts.ignore_errors or not (
                 self.list_error or (self.send_error and self.when == AFTER)):
             return True

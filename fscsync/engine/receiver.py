@@ -278,8 +278,8 @@ class Receiver:
             while not finished:
                 # File-list batches wait, still compressed, while enough requests are
                 # in flight: a big initial copy would otherwise hold a request and an
-                # entry for every file at once (and, for --delete-before/-during, until
-                # the list is complete).
+                # entry for every file at once (and, for --delete-before, until the list
+                # is complete). Directories' names (DIRNAMES) wait with them, in order.
                 while backlog and (flist_done or not hold) and (
                         len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
                     item = backlog.popleft()
