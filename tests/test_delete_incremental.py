@@ -42,8 +42,9 @@ from fscsync.engine.receiver import Receiver
 from fscsync.engine.sender import Sender
 from fscsync.errors import ProtocolError
 from fscsync.options import Options
-from fscsync.wire import protocol
-from fscsync.wire.protocol import Channel, DirNames
+from fscsync.wire import dirnames, protocol
+from fscsync.wire.dirnames import DirNames
+from fscsync.wire.protocol import Channel
 
 DIRS, FILES = 20, 500
 
@@ -165,12 +166,12 @@ def test_a_directory_of_many_names_spans_frames(source: Path, tmp_path: Path,
                                                monkeypatch) -> None:
     """A directory whose names outgrow one DIRNAMES frame goes in several, the last
     without MORE; the receiver joins them and deletes only what none of them names."""
-    monkeypatch.setattr(protocol, "DIRNAMES_PART", 64)
+    monkeypatch.setattr(dirnames, "DIRNAMES_PART", 64)
     src, dst = source, tmp_path / "dst"
     _dest(src, dst)
-    parts = protocol.encode_dirnames(DirNames(b"d00", [b"f%04d" % f for f in range(FILES)]))
+    parts = dirnames.encode(DirNames(b"d00", [b"f%04d" % f for f in range(FILES)]))
     assert len(parts) > 40
-    assert [protocol.decode_dirnames(p).more for p in parts] == [True] * (len(parts) - 1) + [
+    assert [dirnames.decode(p).more for p in parts] == [True] * (len(parts) - 1) + [
         False]
     opts = Options(recursive=True, times=True, delete=True)
     deleter, _ = _run(src, dst, opts, monkeypatch)
@@ -186,10 +187,10 @@ def test_a_directory_of_many_names_spans_frames(source: Path, tmp_path: Path,
 def test_decoding_refuses_with_a_protocol_error_only(payload: bytes) -> None:
     """Any bytes: a ProtocolError, or names that encode back to the same frame."""
     try:
-        got = protocol.decode_dirnames(payload)
+        got = dirnames.decode(payload)
     except ProtocolError:
         return
-    again = protocol.encode_dirnames(DirNames(got.path, got.names, got.io_error))
+    again = dirnames.encode(DirNames(got.path, got.names, got.io_error))
     assert again == [payload] or (got.more and again[0][1:] == payload[1:])
 
 
@@ -199,15 +200,15 @@ def test_decoding_refuses_with_a_protocol_error_only(payload: bytes) -> None:
        st.booleans())
 def test_names_round_trip(names: list[bytes], io_error: bool) -> None:
     names.sort()
-    got = [protocol.decode_dirnames(p)
-           for p in protocol.encode_dirnames(DirNames(b"a/b", names, io_error))]
+    got = [dirnames.decode(p)
+           for p in dirnames.encode(DirNames(b"a/b", names, io_error))]
     assert [n for part in got for n in part.names] == names
     assert {part.io_error for part in got} == {io_error}
 
 
 def _frame(path: bytes, names: list[bytes], flags: int = 0, count: int | None = None) -> bytes:
     """A DIRNAMES payload the encoder would not make."""
-    return (protocol._DIRNAMES.pack(flags, len(path), len(names) if count is None else count)
+    return (dirnames._DIRNAMES.pack(flags, len(path), len(names) if count is None else count)
             + path + b"\0".join(names))
 
 
@@ -227,7 +228,7 @@ def _frame(path: bytes, names: list[bytes], flags: int = 0, count: int | None = 
         "slash", "dotdot", "unsorted", "repeated"])
 def test_malformed_frame(payload: bytes, words: str) -> None:
     with pytest.raises(ProtocolError, match=words.replace(".", r"\.")):
-        protocol.decode_dirnames(payload)
+        dirnames.decode(payload)
 
 
 def test_announced_names_are_checked_against_the_next_batch() -> None:

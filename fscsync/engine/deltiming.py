@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from fscsync.engine.stats import Stats
     from fscsync.fs.destfs import DestTree
     from fscsync.options import Options
-    from fscsync.wire.protocol import DirNames
+    from fscsync.wire.dirnames import DirNames
 
 BEFORE, DURING, DELAY, AFTER = "before", "during", "delay", "after"
 WHENS = (BEFORE, DURING, DELAY, AFTER)

@@ -41,7 +41,7 @@ from fscsync.fs.destfs import Confined, DestTree, check_paths, sync_parents, tem
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
-from fscsync.wire import protocol
+from fscsync.wire import dirnames, protocol
 from fscsync.wire.protocol import Channel
 
 MAX_ENTRIES = 50_000_000
@@ -269,7 +269,7 @@ class Receiver:
                         self.root_path or self.dest.rstrip(b"/") or b"/")
         wtree = self.tree()
         writer = Writer(state, self.opts, self.ids, wtree, chan.send, self.open_temp_dir(wtree))
-        backlog: deque[bytes | protocol.DirNames] = deque()
+        backlog: deque[bytes | dirnames.DirNames] = deque()
         held = 0
         announced = None
         flist_done = gen_acked = done_sent = finished = False
@@ -283,7 +283,7 @@ class Receiver:
                 while backlog and (flist_done or not hold) and (
                         len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
                     item = backlog.popleft()
-                    if type(item) is protocol.DirNames:  # names ahead of their directory's batch
+                    if type(item) is dirnames.DirNames:  # names ahead of their directory's batch
                         held -= item.size
                         gen.deleter.announce(item)
                         continue
@@ -321,7 +321,7 @@ class Receiver:
                     if hold and held > MAX_HELD:
                         raise ListTooBigToHold(when=self.opts.delete_when, size=held)
                 elif ftype == protocol.DIRNAMES and not flist_done and gen.deleter.names:
-                    backlog.append(protocol.decode_dirnames(payload))
+                    backlog.append(dirnames.decode(payload))
                     held += len(payload)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)

@@ -38,7 +38,7 @@ from fscsync.errors import (
 from fscsync.fs import cipher
 from fscsync.fs.fileio import BlockReader, digest_fd
 from fscsync.options import Options
-from fscsync.wire.protocol import DirNames
+from fscsync.wire.dirnames import DirNames
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -108,6 +108,10 @@ class Scanner:
         them (rsync prunes on its receiver, which is where a skipped symlink or special
         file still counts as something)."""
         self._nondir = False  # -m: the directory being walked had a non-directory
+        self._kinds = {_S_IFREG: True, _S_IFDIR: True, stat.S_IFLNK: opts.links or opts.list_only,
+                       stat.S_IFCHR: opts.devices, stat.S_IFBLK: opts.devices,
+                       stat.S_IFIFO: opts.specials, stat.S_IFSOCK: opts.specials}
+        """The kinds of entry a walk knows, and whether this run lists each."""
         self._follows = confined is None and (
             opts.copy_links or opts.copy_unsafe_links or opts.copy_dirlinks)
         """-L, -k, --copy-unsafe-links: some symlinks are sent as what they point to (not
@@ -137,8 +141,7 @@ class Scanner:
         finally:
             os.close(self._home)
 
-    def _in_order(self, runs: Iterator[list[Entry] | PlainRun | DirNames]
-                  ) -> Iterator[list[Entry] | DirNames]:
+    def _in_order(self, runs: Iterator) -> Iterator[list[Entry] | DirNames]:
         """Several sources: their entries as one list in file-list order (held whole,
         as rsync holds it; a single source streams)."""
         kept = in_file_list_order(r for r in runs if type(r) is not DirNames)
@@ -155,15 +158,13 @@ class Scanner:
             yield entries[i : i + RUN_MAX]
 
     def _named(self, entries: list[Entry]) -> Iterator[list[Entry] | DirNames]:
-        """The merged list with each directory's names just before it: the names of
-        several sources' entries there, so taken from the list itself."""
+        """The merged list with each directory's names, from the list itself (several
+        sources' entries), just before it."""
         from fscsync.engine.deltiming import announced_dir
 
         names: dict[bytes, list[bytes]] = {}
-        for e in entries:
-            if e.path != b".":
-                head, _, name = e.path.rpartition(b"/")
-                names.setdefault(head, []).append(name)
+        for head, _, name in (e.path.rpartition(b"/") for e in entries if e.path != b"."):
+            names.setdefault(head, []).append(name)
         run: list[Entry] = []
         for e in entries:
             if e.is_dir and announced_dir(self.opts, e.path, e.no_content):
@@ -364,10 +365,10 @@ class Scanner:
     def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool,
               rules: filters.DirState | None, entry: Entry | None = None
               ) -> Iterator[list[Entry] | PlainRun | DirNames]:
-        """The entries below one directory, after its own `entry` (if it is in the list:
-        the directory is listed first, so that its names can go before it);
-        `encrypted`: it carries encdata, so every entry in it is asked for its own;
-        `rules`: the filter state of its parent."""
+        """The entries below one directory, after its own `entry` (if listed: it comes
+        once the directory is read, so that its names can go before it); `encrypted`: it
+        carries encdata, so every entry in it is asked for its own; `rules`: the filter
+        state of its parent."""
         base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
         flt = self.filters
         if flt is not None:
@@ -437,12 +438,11 @@ class Scanner:
 
     def _sift(self, base: bytes, prefix: bytes, names: list[bytes], stats: list,
               rules: filters.DirState | None) -> list[bytes] | None:
-        """Settle which of a directory's names the list may bring, before any of them is
-        sent: in `stats`, what lstat could not read is reported and becomes None, and
-        so does what a partition, a filter or a dangling -L link leaves out; a followed
-        symlink gets its referent's stat. With names announced, the names that stay
-        (less the kinds this run skips and -xx's mount points): an entry that fails
-        later is announced all the same, and its copy at the destination stays."""
+        """Which names of a directory the list may bring, settled before any is sent: in
+        `stats`, what lstat failed on, a partition, a filter or a dangling -L link leaves
+        out becomes None; a followed symlink gets its referent's stat. With names
+        announced, those left (less skipped kinds and -xx's mount points): an entry that
+        fails later is announced all the same, and its destination copy stays."""
         flt, part, follows = self.filters, self.partition, self._follows
         announce = self._announce
         if flt is None and part is None and not follows and not announce:
@@ -463,8 +463,8 @@ class Scanner:
                     flt is not None and flt.excluded(rules, prefix + name, is_dir)):
                 stats[i] = None
                 continue
-            if announce and not (self._skips(st.st_mode) or (
-                    is_dir and skip_mounts and st.st_dev != self._dev)):
+            if announce and self._kinds.get(st.st_mode & _S_IFMT) and not (
+                    is_dir and skip_mounts and st.st_dev != self._dev):
                 sent.append(name)
         return sent if announce else None
 
@@ -474,19 +474,6 @@ class Scanner:
             self.reporter.failed(Vanished(path=path))
         else:
             self._fail(path, "readlink_stat", exc)
-
-    def _skips(self, mode: int) -> bool:
-        """Whether this run leaves entries of this kind out of the list."""
-        fmt = mode & _S_IFMT
-        if fmt in (_S_IFREG, _S_IFDIR):
-            return False
-        if fmt == stat.S_IFLNK:
-            return not (self.opts.links or self.opts.list_only)
-        if fmt in (stat.S_IFCHR, stat.S_IFBLK):
-            return not self.opts.devices
-        if fmt in (stat.S_IFIFO, stat.S_IFSOCK):
-            return not self.opts.specials
-        return True
 
     def _dir(self, e: Entry, path: bytes, rules: filters.DirState | None,
              mount: bool = False) -> Iterator[list[Entry] | PlainRun | DirNames]:
@@ -674,8 +661,8 @@ class Scanner:
                     self.io_error = True
                     self.reporter.failed(exc)
                     return None
-        elif self._skips(mode):
-            if fmt in (stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+        elif not self._kinds.get(fmt):
+            if fmt in self._kinds:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
                 self._nondir = True
             return None

@@ -32,7 +32,7 @@ from fscsync.errors import (
 from fscsync.fs.fileio import READ_SIZE, BlockReader, data_segments
 from fscsync.fs.meta import group_name, user_name
 from fscsync.options import Options
-from fscsync.wire import protocol
+from fscsync.wire import dirnames, protocol
 from fscsync.wire.protocol import Channel
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -153,7 +153,7 @@ class Sender:
         owners = self.opts.owner and not self.opts.numeric_ids
         groups_named = self.opts.group and not self.opts.numeric_ids
         for run in self.scanner.scan(self.sources):
-            if type(run) is protocol.DirNames:
+            if type(run) is dirnames.DirNames:
                 self._announce(emit, run)
                 continue
             plain = type(run) is PlainRun
@@ -179,11 +179,11 @@ class Sender:
                     batch = self._ship(batch, emit, FLIST_BATCH)
         self._ship(batch, emit, 1)
 
-    def _announce(self, emit, names: protocol.DirNames) -> None:
+    def _announce(self, emit, names: dirnames.DirNames) -> None:
         """A directory's names, ahead of the batch that brings the directory (the one
         being filled), with whether the scan has met an I/O error so far."""
         names.io_error = self.scanner.io_error
-        for payload in protocol.encode_dirnames(names):
+        for payload in dirnames.encode(names):
             emit(protocol.DIRNAMES, payload)
 
     def _ship(self, batch: BatchBuilder, emit, at_least: int) -> BatchBuilder:
