@@ -380,6 +380,7 @@ def test_prune_empty_dirs_keeps_hard_links_like_rsync(tmp_path: Path, flags: lis
     os.link(t.src / "e/f/alone", t.src / "e/other")
     settle(t.src)
     t.each(lambda area: (area / "dst/a/hollow/old").mkdir(parents=True))
+    t.each(lambda area: settle(area / "dst/a"))  # made microseconds apart: one time each
     runs = t.run(*flags, f"{t.src}/", "@D/dst")
     assert_same_items(runs, hard_links=True)
     for area in (t.r, t.f):
