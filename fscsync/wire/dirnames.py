@@ -5,6 +5,7 @@ decoding like every frame; knows nothing of the engine."""
 from __future__ import annotations
 
 import struct
+import zlib
 
 from fscsync.errors import ProtocolError
 
@@ -21,7 +22,9 @@ class DirNames:
     or several (`more`: the names go on in the next frame).
 
     On the wire: flags (IO_ERROR, MORE), the path's length (u16), the names' count
-    (u32), the path, the names joined by NUL."""
+    (u32), the path, the names joined by NUL and zlib-compressed (level 1, as file-list
+    batches: sorted names shrink to a fifth or less, uncompressed they added 70 % to the
+    bytes of a no-change --delete run)."""
 
     __slots__ = ("path", "names", "io_error", "more", "size")
     IO_ERROR = 0x1
@@ -52,7 +55,7 @@ def encode(d: DirNames) -> list[bytes]:
             end += 1
         more = DirNames.MORE if end < len(names) else 0
         out.append(_DIRNAMES.pack(flags | more, len(d.path), end - start) + d.path
-                   + b"\0".join(names[start:end]))
+                   + zlib.compress(b"\0".join(names[start:end]), 1))
         if not more:
             return out
         start = end
@@ -70,7 +73,13 @@ def decode(payload: bytes) -> DirNames:
     path = bytes(payload[head : head + plen])
     if not path or len(path) != plen or plen > _MAX_PATH or b"\0" in path:
         raise ProtocolError("directory-names frame with an empty, overlong or truncated path")
-    body = bytes(payload[head + plen :])
+    d = zlib.decompressobj()
+    try:  # at most one frame's names: DIRNAMES_PART, and a byte to tell it is more
+        body = d.decompress(payload[head + plen :], DIRNAMES_PART + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"corrupt directory-names frame: {exc}") from None
+    if d.unconsumed_tail or not d.eof or d.unused_data or len(body) > DIRNAMES_PART:
+        raise ProtocolError(f"directory-names frame for {path[:100]!r} too long or truncated")
     names = body.split(b"\0") if body else []
     if len(names) != count:
         raise ProtocolError(f"directory-names frame for {path[:100]!r} with {len(names)} "
