@@ -119,20 +119,6 @@ class Options(Record):
             return a_ns == b_ns
         return abs(a_ns // 10**9 - b_ns // 10**9) <= window
 
-    def holds_list(self) -> bool:
-        """Whether the receiver must have the whole file list before it compares:
-        --delete-before and --delete-during (engine/deltiming.py), except for one stream
-        of --parallel, which deletes nothing."""
-        return (self.delete and self.delete_when in ("before", "during") and not self.list_only
-                and self.spool is None)
-
-    def releases_list(self) -> bool:
-        """Whether the receiver tells the sender which entries it is done with, so that
-        both hold a window of the file list, not all of it (protocol.RELEASE): not when
-        it holds the whole list first, nor when --remove-source-files may name an entry
-        long after it was done (a delayed update, a hard link)."""
-        return not (self.holds_list() or self.remove_source_files)
-
     def to_wire(self) -> dict:
         out = {}
         for name in self.fields:

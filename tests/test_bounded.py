@@ -145,16 +145,37 @@ def test_hard_links_keep_their_groups_only(tmp_path: Path,
     assert again.entries <= per_dir + DIRS + 1, again.entries
 
 
-@pytest.mark.parametrize("when", ["before", "during"])
+@pytest.mark.parametrize("extra", [{"delete_when": "before"},
+                                   {"delete_when": "during", "prune_empty_dirs": True}],
+                         ids=["--delete-before", "--delete-during -m"])
 def test_a_receiver_that_holds_the_list_gets_no_window(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
-    """--delete-before/-during compare nothing before the list is whole, so the sender
-    must not wait for releases (it would wait forever)."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
+    """--delete-before (and --delete-during under -m, whose names cannot be announced)
+    compares nothing before the list is whole, so the sender must not wait for
+    releases (it would wait forever)."""
     src, dest = tmp_path / "src", tmp_path / "dest"
     _tree(src)
     (dest / "gone").mkdir(parents=True)
-    opts = Options(recursive=True, times=True, delete=True, delete_when=when)
+    opts = Options(recursive=True, times=True, delete=True, **extra)
     held = Held(monkeypatch)
     _sync(src, dest, opts)
     assert_same_tree(src, dest, ignore_dir_mtime=True)
     assert held.releases == 0 and held.sent == FILES + DIRS + 1
+
+
+@pytest.mark.parametrize("when", ["during", "delay"])
+def test_delete_during_and_delay_keep_the_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """Their names are announced (DIRNAMES), so the receiver decides as the list comes
+    and releases it: the sender keeps a window, and the extraneous entries still go."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    _tree(src)
+    (dest / "gone").mkdir(parents=True)
+    (dest / "d03").mkdir()
+    write(dest / "d03" / "stale", b"x")
+    opts = Options(recursive=True, times=True, delete=True, delete_when=when)
+    held = Held(monkeypatch)
+    _sync(src, dest, opts)
+    assert_same_tree(src, dest, ignore_dir_mtime=True)
+    assert held.releases > FILES // WINDOW
+    assert held.sent <= WINDOW + 2 * held.batch < FILES, (held.sent, held.batch)

@@ -48,7 +48,7 @@ from fscsync.engine.flist import F_LINK, F_TARGET, F_XATTRS, MAX_XATTRS, Entry, 
 from fscsync.engine.stats import Stats, final_message, read_final
 from fscsync.errors import ProtocolError
 from fscsync.fs.destfs import check_path, check_paths
-from fscsync.wire import protocol
+from fscsync.wire import dirnames, protocol
 
 STREAM = 12
 FILE_SELECT = 3
@@ -866,8 +866,11 @@ def test_file_list_shorter_than_announced_deletes_nothing(sb: Sandbox) -> None:
     """FLIST_END says 5 entries (as the real sender counts them), 2 arrived: the list is
     inconsistent (a frame was lost or forged). Finishing the run with --delete would
     delete what the short list lacks, the previous copy. A protocol error instead;
-    keep.txt and sub/ stay."""
+    keep.txt and sub/ stay. (The root's names come first, as a sender announces them
+    for --delete, all of them: the frames lost are the entries'.)"""
     peer = start(sb, default_options(delete=True))
+    peer.send(protocol.DIRNAMES, *dirnames.encode(
+        dirnames.DirNames(b".", [b"keep.txt", b"new", b"sub"])))
     peer.send(*flist(root(), reg(b"new", b"")))
     peer.send(protocol.FLIST_END, flist_end(5))
     _serve(peer, {1: b""})

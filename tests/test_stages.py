@@ -13,6 +13,7 @@ import xxhash
 from support.reporter import Collect
 
 from fscsync.engine import delta
+from fscsync.engine.deltiming import Deleter
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Entry, pack_batch, unpack_batch
 from fscsync.engine.generator import Generator
@@ -82,9 +83,10 @@ def test_two_partitions_decisions_merge_and_are_finalised_once(tmp_path: Path) -
     source time."""
     dest = tmp_path / "dest"
     _partitioned_dest(dest)
-    # Partitions are finalised once, after merging: deletions wait (--delete-delay).
+    # Partitions are streams of --parallel (spool): they delete nothing; the final pass
+    # deletes once, after merging, as --delete-delay (run/finalpass.py).
     opts = Options(recursive=True, times=True, delete=True, delete_when="delay",
-                   hard_links=True, itemize=True)
+                   hard_links=True, itemize=True, spool=b"run/stream")
     reporter = Collect()
     one, two = _Stage(dest, opts, reporter), _Stage(dest, opts, reporter)
     one.feed([Entry(b".", DIR, mtime_ns=T0 + 1), Entry(b"a", DIR, mtime_ns=T0 + 2),
@@ -106,6 +108,8 @@ def test_two_partitions_decisions_merge_and_are_finalised_once(tmp_path: Path) -
     assert set(first.existing[b"a"]) - first.children[b"a"] == {b"stale", b"z"}
     merged = first.merge(two.gen.decisions())
     stats = Stats()
+    opts.spool = None  # the final pass's own options
+    merged.deleter = Deleter(opts, reporter, stats, None, merged.existing, merged.children)
     before = len(reporter.lines)
     Finalizer(opts, one.ids, reporter, stats).run(one.tree, merged)
     one.close()

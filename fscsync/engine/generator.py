@@ -21,6 +21,7 @@ from fscsync.engine.encpolicy import EncPolicy
 from fscsync.engine.existing import DestListing
 from fscsync.engine.flist import IMPLIED, Batch, Entry, rel_dir, unsafe_link
 from fscsync.engine.hardlinks import Linker
+from fscsync.engine.listmode import names_announced
 from fscsync.engine.rxstate import BasisAt, Decisions, Pending, RxState, Status
 from fscsync.engine.stats import tally
 from fscsync.errors import EncdataUnsettable, escape
@@ -72,11 +73,17 @@ class Generator:
         self.send = send
         self.item_dir = item_dir
         self.root_created = root_created
+        announced = names_announced(opts)
         self.children: dict[bytes, set[bytes]] = {}
+        """The names the list brings to each directory, for --delete-before, -after and
+        the final pass of --parallel; with names announced (listmode.names_announced)
+        the deleter has each directory's names from the sender, and this stays empty."""
+        self._keeps_names = opts.delete and not announced
         self.listing = DestListing(opts, state.reporter)
         self.delete_rules = filters.delete_filter(opts, tree, self.listing.existing)
         self.deleter = Deleter(opts, state.reporter, state.stats, self.delete_rules,
-                               self.listing.existing, self.children, state.backups)
+                               self.listing.existing, self.children, state.backups,
+                               announced)
         self.dirs: list[tuple[int, bool]] = []
         self.fresh: set[bytes] = set()  # directories this run made: nothing to look up in them
         self.waiting: dict[int, list[int]] = {}
@@ -111,6 +118,8 @@ class Generator:
         all_entries = state.entries
         if self.waiting and tree is not None:
             self.link_waiting()
+        if self.deleter.names is not None:
+            self.deleter.names.brought(batch)
         if not self._quick:
             for idx, e in enumerate(batch.entries(), base):
                 all_entries[idx] = e
@@ -121,7 +130,7 @@ class Generator:
         # A batch holds few owners: map each once (the names they map by came first).
         local_uid = {u: self.ids.uid(u) for u in set(batch.uids)} if owner else {}
         local_gid = {g: self.ids.gid(g) for g in set(batch.gids)} if group else {}
-        children = self.children if opts.delete else None
+        children = self.children if self._keeps_names else None
         incoming = self.listing.incoming
         dirfd, lstat, fresh = tree.dirfd, os.stat, self.fresh
         done = total = 0
@@ -167,6 +176,8 @@ class Generator:
 
     def finish(self) -> None:
         """The file list is complete: tell the sender no more requests will come."""
+        if self.deleter.names is not None:
+            self.deleter.names.end()
         self.sent_nomore = True
         self.send(protocol.NOMORE)
 
@@ -205,9 +216,10 @@ class Generator:
                             "file")
             return
         incoming = self.listing.incoming
-        if (opts.delete or incoming) and e.path != b"." and state.single_name is None:
+        if (self._keeps_names or incoming) and e.path != b"." \
+                and state.single_name is None:
             head, _, name = e.path.rpartition(b"/")
-            if opts.delete:
+            if self._keeps_names:
                 self.children.setdefault(head, set()).add(name)
             if head in incoming:
                 incoming[head].add(name)

@@ -23,6 +23,7 @@ from fscsync.engine.deltiming import ListNames
 from fscsync.engine.finalize import Finalizer
 from fscsync.engine.flist import Batch, unpack_batch
 from fscsync.engine.generator import Generator
+from fscsync.engine.listmode import holds_list, releases_list
 from fscsync.engine.partial import PartialDirs
 from fscsync.engine.report import Reporter
 from fscsync.engine.rxstate import RxState
@@ -47,7 +48,7 @@ from fscsync.fs.destfs import (
 from fscsync.fs.meta import IdMapper
 from fscsync.fs.probe import DestAbilities, probe_dest
 from fscsync.options import Options
-from fscsync.wire import protocol
+from fscsync.wire import dirnames, protocol
 from fscsync.wire.protocol import Channel
 
 MAX_ENTRIES = 50_000_000
@@ -56,7 +57,7 @@ MAX_IN_FLIGHT = 256
 MAX_BACKLOG = 64 << 20
 """Bytes of file-list frames held while requests are in flight (about 6 million
 entries). The sender's window (protocol.RELEASE) keeps the backlog far below this;
-without one (Options.releases_list) past it the oldest frames are decided at once:
+without one (listmode.releases_list) past it the oldest frames are decided at once:
 stopping to read would deadlock with the sender, which then sends its whole list before
 it serves a request, and a protocol error would refuse a big list; -z made a few bytes
 on the wire a full frame held here."""
@@ -64,8 +65,8 @@ RELEASE_STEP = 4 << 10
 """Entries done with between two RELEASE frames: one frame every few batches, well
 inside the sender's window (sender.WINDOW)."""
 MAX_HELD = 2 << 30
-"""Bytes of file-list frames held for --delete-before and --delete-during, which compare
-nothing before the list is complete (about 200 million entries)."""
+"""Bytes of file-list frames held for --delete-before (and --delete-during under -m),
+which compare nothing before the list is complete (about 200 million entries)."""
 
 
 class Receiver:
@@ -287,22 +288,27 @@ class Receiver:
                         self.root_path or self.dest.rstrip(b"/") or b"/")
         wtree = self.tree()
         writer = Writer(state, self.opts, self.ids, wtree, chan.send, self.open_temp_dir(wtree))
-        backlog: deque[bytes] = deque()
+        backlog: deque[bytes | dirnames.DirNames] = deque()
         held = 0
         announced = None
         flist_done = gen_acked = done_sent = finished = False
-        hold = self.opts.holds_list() and state.single_name is None
-        release = self.opts.releases_list()
+        hold = holds_list(self.opts) and state.single_name is None
+        release = releases_list(self.opts)
         try:
             while not finished:
                 # File-list batches wait, still compressed, while enough requests are
                 # in flight: a big initial copy would otherwise hold a request and an
-                # entry for every file at once (and, for --delete-before/-during, until
-                # the list is complete).
+                # entry for every file at once (and, for --delete-before, until the list
+                # is complete). Directories' names (DIRNAMES) wait with them, in order.
                 while backlog and (flist_done or not hold) and (
                         len(state.pending) < MAX_IN_FLIGHT or held > MAX_BACKLOG):
-                    held -= len(backlog[0])
-                    batch = unpack_batch(backlog.popleft())
+                    item = backlog.popleft()
+                    if type(item) is dirnames.DirNames:  # names ahead of their directory's batch
+                        held -= item.size
+                        gen.deleter.announce(item)
+                        continue
+                    held -= len(item)
+                    batch = unpack_batch(item)
                     base = state.count
                     self._add_entries(batch)
                     gen.batch(base, batch)
@@ -338,6 +344,9 @@ class Receiver:
                     held += len(payload)
                     if hold and held > MAX_HELD:
                         raise ListTooBigToHold(when=self.opts.delete_when, size=held)
+                elif ftype == protocol.DIRNAMES and not flist_done and gen.deleter.names:
+                    backlog.append(dirnames.decode(payload))
+                    held += len(payload)
                 elif ftype == protocol.IDNAME and not flist_done:
                     self._idname(payload)
                 elif ftype == protocol.FLIST_END and not flist_done:
@@ -351,7 +360,7 @@ class Receiver:
                     if isinstance(announced, int):
                         self.reporter.listed(announced, self.stats.total_size)
                     flist_done = True
-                    gen.deleter.list_error = self.io_error
+                    gen.deleter.list_error = gen.deleter.list_error or self.io_error
                     if hold:
                         gen.deleter.list_complete(tree, self._names(backlog, announced))
                 elif ftype == protocol.IOERROR and flist_done and not payload:

@@ -2,7 +2,9 @@
 
 Within a directory, non-directories come first (sorted bytewise), then each
 subdirectory followed by its contents. Errors are reported per entry and mark
-the walk as incomplete, which later disables deletions on the receiver.
+the walk as incomplete, which later disables deletions on the receiver. For
+--delete-during and --delete-delay each directory's names come just before its
+entry (DirNames: what the receiver compares its copy with when it gets there).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from fscsync import errors
 from fscsync.engine import filters
 from fscsync.engine.flist import IMPLIED, NO_CONTENT, Entry, unsafe_link
+from fscsync.engine.listmode import announced_dir, names_announced
 from fscsync.engine.report import Reporter
 from fscsync.engine.sources import (
     files_from_names,
@@ -36,6 +39,7 @@ from fscsync.errors import (
 from fscsync.fs import cipher
 from fscsync.fs.fileio import BlockReader, digest_fd
 from fscsync.options import Options
+from fscsync.wire.dirnames import DirNames
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
 if TYPE_CHECKING:
@@ -108,6 +112,10 @@ class Scanner:
         them (rsync prunes on its receiver, which is where a skipped symlink or special
         file still counts as something)."""
         self._nondir = False  # -m: the directory being walked had a non-directory
+        self._kinds = {_S_IFREG: True, _S_IFDIR: True, stat.S_IFLNK: opts.links or opts.list_only,
+                       stat.S_IFCHR: opts.devices, stat.S_IFBLK: opts.devices,
+                       stat.S_IFIFO: opts.specials, stat.S_IFSOCK: opts.specials}
+        """The kinds of entry a walk knows, and whether this run lists each."""
         self._follows = confined is None and (
             opts.copy_links or opts.copy_unsafe_links or opts.copy_dirlinks)
         """-L, -k, --copy-unsafe-links: some symlinks are sent as what they point to (not
@@ -116,11 +124,13 @@ class Scanner:
         self.partition = None
         """One stream of --parallel (fscsync.run.partition.Partition): which entries of
         each directory this walk lists; None lists them all."""
+        self._announce = names_announced(opts)
 
-    def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun]:
+    def scan(self, sources: list[bytes]) -> Iterator[list[Entry] | PlainRun | DirNames]:
         """The entries of the sources in file-list order, a run at a time (a list of
         entries, or a PlainRun), up to RUN_MAX entries from one directory each: the
-        caller's per-entry work stays in its own loop."""
+        caller's per-entry work stays in its own loop. With names announced, each
+        directory whose contents follow is preceded by its DirNames."""
         self._home = os.open(".", os.O_PATH | os.O_CLOEXEC)  # _list returns here
         try:
             if len(sources) > 1 or self.opts.relative or self.opts.files_from is not None \
@@ -131,18 +141,41 @@ class Scanner:
         finally:
             os.close(self._home)
 
-    def _in_order(self, runs: Iterator[list[Entry] | PlainRun]) -> Iterator[list[Entry]]:
+    def _in_order(self, runs: Iterator) -> Iterator[list[Entry] | DirNames]:
         """Several sources: their entries as one list in file-list order (held whole,
         as rsync holds it; a single source streams)."""
-        kept = in_file_list_order(runs)
+        kept = in_file_list_order(r for r in runs if type(r) is not DirNames)
         starts = self._root_starts
         self._source_of = [bisect.bisect_right(starts, i) - 1 for i, _ in kept]
         entries = [e for _, e in kept]
         if self.opts.hard_links:
             self._relink(entries)
         self.count = len(entries)
+        if self._announce:
+            yield from self._named(entries)
+            return
         for i in range(0, len(entries), RUN_MAX):
             yield entries[i : i + RUN_MAX]
+
+    def _named(self, entries: list[Entry]) -> Iterator[list[Entry] | DirNames]:
+        """The merged list with each directory's names, from the list itself (several
+        sources' entries), just before it."""
+        names: dict[bytes, list[bytes]] = {}
+        for head, _, name in (e.path.rpartition(b"/") for e in entries if e.path != b"."):
+            names.setdefault(head, []).append(name)
+        run: list[Entry] = []
+        for e in entries:
+            if e.is_dir and announced_dir(self.opts, e.path, e.no_content):
+                if run:
+                    yield run
+                    run = []
+                yield DirNames(e.path, sorted(names.pop(b"" if e.path == b"." else e.path, ())))
+            run.append(e)
+            if len(run) >= RUN_MAX:
+                yield run
+                run = []
+        if run:
+            yield run
 
     def _relink(self, entries: list[Entry]) -> None:
         """Hard links named their leader by its place in the walk: in the merged list the
@@ -284,11 +317,10 @@ class Scanner:
         if root is not None:
             if self.partition is not None:
                 self.partition.directory(root)
-            yield [root]
             encrypted = root.enc is not None
         else:
             encrypted = self.files.finder.ask(base)[0] is not None
-        yield from self._walk(base, b"", encrypted, self._top)
+        yield from self._walk(base, b"", encrypted, self._top, root)
 
     def _scan_top(self, src: bytes, base: bytes, name: bytes) -> Iterator[list[Entry] | PlainRun]:
         full = src.rstrip(b"/")
@@ -331,9 +363,12 @@ class Scanner:
         return True
 
     def _walk(self, dirpath: bytes, prefix: bytes, encrypted: bool,
-              rules: filters.DirState | None) -> Iterator[list[Entry] | PlainRun]:
-        """The entries below one directory; `encrypted`: it carries encdata, so every
-        entry in it is asked for its own; `rules`: the filter state of its parent."""
+              rules: filters.DirState | None, entry: Entry | None = None
+              ) -> Iterator[list[Entry] | PlainRun | DirNames]:
+        """The entries below one directory, after its own `entry` (if listed: it comes
+        once the directory is read, so that its names can go before it); `encrypted`: it
+        carries encdata, so every entry in it is asked for its own; `rules`: the filter
+        state of its parent."""
         base = dirpath if dirpath.endswith(b"/") else dirpath + b"/"
         flt = self.filters
         if flt is not None:
@@ -342,29 +377,23 @@ class Scanner:
             names, stats, plain = self._list(base, encrypted, prefix)
         except OSError as exc:
             self._fail(dirpath, "opendir", exc)
-            return
-        part = self.partition
+            names, stats, plain = [], [], []
+        sent = self._sift(base, prefix, names, stats, rules)
+        if entry is not None:
+            if sent is not None:
+                yield DirNames(entry.path, sent)
+            yield [entry]
         subdirs = []
         files: list[Entry] = []
         bare_names: list[bytes] = []
         bare_stats: list[os.stat_result] = []
-        entry = self._entry
+        make = self._entry
         for name, st, bare in zip(names, stats, plain, strict=True):
             if type(st) is not os.stat_result:
-                if st.errno == errno.ENOENT:
-                    self.reporter.failed(Vanished(path=base + name))
-                else:
-                    self._fail(base + name, "readlink_stat", st)
+                if st is not None:
+                    self._unlisted(base + name, st)
                 continue
-            if self._follows and st.st_mode & _S_IFMT == stat.S_IFLNK:
-                st = self._follow(base + name, prefix + name, st)
-                if st is None:
-                    continue
             is_dir = st.st_mode & _S_IFMT == _S_IFDIR
-            if part is not None and not is_dir and not part.mine(name, st):
-                continue
-            if flt is not None and flt.excluded(rules, prefix + name, is_dir):
-                continue
             if bare:
                 if files:
                     yield from self._out(files)
@@ -383,7 +412,7 @@ class Scanner:
             if bare_names:
                 yield from self._out(self._plain_run(base, prefix, bare_names, bare_stats))
                 bare_names, bare_stats = [], []
-            e = entry(rel, path, st, encrypted)
+            e = make(rel, path, st, encrypted)
             if e is not None:
                 files.append(e)
                 if len(files) >= RUN_MAX:
@@ -400,26 +429,69 @@ class Scanner:
             if mount and self.opts.one_file_system > 1:
                 self.reporter.info(f"[sender] skipping mount-point dir {escape(rel)}", 2)
                 continue
-            e = entry(rel, path, st, encrypted)
+            e = make(rel, path, st, encrypted)
             if e is None:
                 continue
             if mount:
                 e.rdev = NO_CONTENT
             yield from self._dir(e, path, rules, mount)
 
+    def _sift(self, base: bytes, prefix: bytes, names: list[bytes], stats: list,
+              rules: filters.DirState | None) -> list[bytes] | None:
+        """Which names of a directory the list may bring, settled before any is sent: in
+        `stats`, what lstat failed on, a partition, a filter or a dangling -L link leaves
+        out becomes None; a followed symlink gets its referent's stat. With names
+        announced, those left (less skipped kinds and -xx's mount points): an entry that
+        fails later is announced all the same, and its destination copy stays."""
+        flt, part, follows = self.filters, self.partition, self._follows
+        announce = self._announce
+        if flt is None and part is None and not follows and not announce:
+            return None
+        sent: list[bytes] = []
+        skip_mounts = self.opts.one_file_system > 1
+        for i, (name, st) in enumerate(zip(names, stats, strict=True)):
+            if type(st) is not os.stat_result:
+                self._unlisted(base + name, st)
+                stats[i] = None
+                continue
+            if follows and st.st_mode & _S_IFMT == stat.S_IFLNK:
+                st = stats[i] = self._follow(base + name, prefix + name, st)
+                if st is None:
+                    continue
+            is_dir = st.st_mode & _S_IFMT == _S_IFDIR
+            if (part is not None and not is_dir and not part.mine(name, st)) or (
+                    flt is not None and flt.excluded(rules, prefix + name, is_dir)):
+                stats[i] = None
+                continue
+            if announce and self._kinds.get(st.st_mode & _S_IFMT) and not (
+                    is_dir and skip_mounts and st.st_dev != self._dev):
+                sent.append(name)
+        return sent if announce else None
+
+    def _unlisted(self, path: bytes, exc: OSError) -> None:
+        """A name the directory listed that lstat could not read."""
+        if exc.errno == errno.ENOENT:
+            self.reporter.failed(Vanished(path=path))
+        else:
+            self._fail(path, "readlink_stat", exc)
+
     def _dir(self, e: Entry, path: bytes, rules: filters.DirState | None,
-             mount: bool = False) -> Iterator[list[Entry] | PlainRun]:
+             mount: bool = False) -> Iterator[list[Entry] | PlainRun | DirNames]:
         """A directory entry and (with -r) what is below it; with -m it is held until
         something other than a directory turns up below it, and left out if nothing
         does. A mount point under -x is sent without its contents."""
         if self.partition is not None:
             self.partition.directory(e)
+        walk = self.opts.recursive and not mount
         if not self.opts.prune_empty_dirs:
-            yield [e]
-        else:
-            self.count -= 1  # counted when it is listed
-            self._held.append(e)
-        if self.opts.recursive and not mount:
+            if walk:
+                yield from self._walk(path, e.path + b"/", e.enc is not None, rules, e)
+            else:
+                yield [e]
+            return
+        self.count -= 1  # counted when it is listed
+        self._held.append(e)
+        if walk:
             yield from self._walk(path, e.path + b"/", e.enc is not None, rules)
         if self._held and self._held[-1] is e:
             self._held.pop()
@@ -589,11 +661,12 @@ class Scanner:
                     self.io_error = True
                     self.reporter.failed(exc)
                     return None
-        elif fmt == stat.S_IFLNK:
-            if not opts.links and not opts.list_only:
+        elif not self._kinds.get(fmt):
+            if fmt in self._kinds:
                 self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
                 self._nondir = True
-                return None
+            return None
+        elif fmt == stat.S_IFLNK:
             try:
                 e.target = os.readlink(path) if at is None else os.readlink(b"", dir_fd=at)
             except OSError as exc:
@@ -601,20 +674,9 @@ class Scanner:
                 return None
             e.size = len(e.target)
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
-            if not opts.devices:
-                self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
-                self._nondir = True
-                return None
             e.rdev = st.st_rdev
-        elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
-            if not opts.specials:
-                self.reporter.info(f'skipping non-regular file "{escape(rel)}"', 0)
-                self._nondir = True
-                return None
         elif fmt == stat.S_IFDIR:
             e.size = st.st_size
-        else:
-            return None
         if opts.hard_links and fmt != stat.S_IFDIR and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             group = self._links.get(key)

@@ -17,6 +17,7 @@ import xxhash
 
 from fscsync.engine import delta
 from fscsync.engine.flist import BatchBuilder, Entry, SentList
+from fscsync.engine.listmode import releases_list
 from fscsync.engine.report import Reporter
 from fscsync.engine.scan import PlainRun, Scanner, split_source
 from fscsync.engine.stats import Stats, final_message
@@ -32,7 +33,7 @@ from fscsync.errors import (
 from fscsync.fs.fileio import READ_SIZE, BlockReader, data_segments
 from fscsync.fs.meta import group_name, user_name
 from fscsync.options import Options
-from fscsync.wire import protocol
+from fscsync.wire import dirnames, protocol
 from fscsync.wire.protocol import Channel
 
 TYPE_CHECKING = False  # typing costs every run 5 ms to import; checkers know this name
@@ -44,7 +45,7 @@ FLIST_BATCH = 48 << 10
 WINDOW = 64 << 10
 """File-list entries the sender may have sent past the receiver's oldest unfinished
 one (protocol.RELEASE): what both sides hold of the list is bounded by it, not by the
-tree. A receiver that releases nothing (Options.releases_list) gets no window."""
+tree. A receiver that releases nothing (listmode.releases_list) gets no window."""
 SCAN_AHEAD_FRAMES = 256
 """File-list frames a scan-ahead thread may hold before the connection is up (about
 256,000 entries: far more than a connection takes to set up, and little memory)."""
@@ -73,7 +74,7 @@ class Sender:
         self._ahead = None  # the scan-ahead queue, when a thread scans (scan_ahead)
         self._listed_size = 0  # sizes of the listed files and links, for progress only
         self._read_error = False  # IOERROR sent
-        self._window = WINDOW if opts.releases_list() else 0
+        self._window = WINDOW if releases_list(opts) else 0
         self._listed = False  # FLIST_END sent
         self._done = False  # DONE came: the receiver wants nothing more
 
@@ -170,6 +171,9 @@ class Sender:
         owners = self.opts.owner and not self.opts.numeric_ids
         groups_named = self.opts.group and not self.opts.numeric_ids
         for run in self.scanner.scan(self.sources):
+            if type(run) is dirnames.DirNames:
+                self._announce(emit, run)
+                continue
             plain = type(run) is PlainRun
             if owners:
                 ids = {st.st_uid for st in run.stats} if plain else {e.uid for e in run}
@@ -192,6 +196,13 @@ class Sender:
                     batch.add(e)
                     batch = self._ship(batch, emit, FLIST_BATCH)
         self._ship(batch, emit, 1)
+
+    def _announce(self, emit, names: dirnames.DirNames) -> None:
+        """A directory's names, ahead of the batch that brings the directory (the one
+        being filled), with whether the scan has met an I/O error so far."""
+        names.io_error = self.scanner.io_error
+        for payload in dirnames.encode(names):
+            emit(protocol.DIRNAMES, payload)
 
     def _ship(self, batch: BatchBuilder, emit, at_least: int) -> BatchBuilder:
         """Emit the batch once it holds `at_least` bytes; the batch to go on filling."""

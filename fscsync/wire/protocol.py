@@ -54,7 +54,7 @@ F_SETPIPE_SZ = 1031
 # status, progress not at all. They stay unassigned, so no number has meant two things.
 # Version 4: STATS holds its counters and exit code flat, as FINISHED does (version 3
 # nested them under "stats"), both made and read by engine.stats. Version 5: SUCCESS and
-# IOERROR. Version 6: RELEASE.
+# IOERROR. Version 6: DIRNAMES and RELEASE.
 HELLO = 1
 SETUP = 2
 READY = 3
@@ -88,6 +88,13 @@ sent once, before FINISHED. --delete-after then deletes nothing (--ignore-errors
 NOOP = 26
 """Empty keepalive under --timeout, sent only to a peer whose handshake lists
 "keepalive"; recv skips it wherever it comes."""
+DIRNAMES = 27
+"""Version 6, sender to receiver, in --delete-during and --delete-delay runs only
+(engine/listmode.py's names_announced): the names a directory's entries have in the
+file list, sent before the FLIST frame that brings the directory itself, so that the
+receiver deletes what its copy of the directory holds beyond them when it gets there,
+without the rest of the list (rsync's incremental recursion). Layout and codec:
+wire/dirnames.py."""
 RELEASE = 28
 """Version 6, receiver to sender: a file-list index (u64); every entry before it is done
 with at the receiver (decided, its file in place or failed), so the sender forgets them
