@@ -146,8 +146,9 @@ class Sender:
 
     def _send_frame(self, ftype: int, payload: bytes, count: int = 0) -> None:
         """File-list batches go out at once (not when the output buffer fills), so the
-        receiver compares each while the scan goes on; between two, requests that have
-        come are answered, and past the window the scan waits for the receiver."""
+        receiver compares each while the scan goes on; past the window the scan waits
+        for the receiver, answering its requests meanwhile. (Below it no request is
+        answered before the list is complete: --progress counts against the whole list.)"""
         started = time.monotonic()
         chan = self.chan
         chan.send(ftype, payload)
@@ -156,7 +157,7 @@ class Sender:
             chan.flush()
             self.stats.flist_xfer_time += time.monotonic() - started
             sent = self.sent
-            while chan.ready() or (self._window and sent.count - sent.released > self._window):
+            while self._window and sent.count - sent.released > self._window:
                 chan.flush_before_wait()
                 self._handle(*chan.recv())
         else:

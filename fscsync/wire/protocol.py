@@ -545,27 +545,6 @@ class Channel:
                 return
         self.flush()
 
-    def ready(self) -> bool:
-        """Whether recv has a frame other than a keepalive to return without waiting (the
-        end of the stream counts: recv raises it). A sender between two file-list batches
-        answers what has come instead of letting it wait for the end of the scan; it
-        reads at most once, and never waits."""
-        for attempt in (0, 1):
-            while self._end - self._pos >= _HDR.size:
-                ftype, length = _HDR.unpack_from(self._in, self._pos)
-                if ftype != NOOP or length:
-                    return self._end - self._pos >= _HDR.size + length
-                self._pos += _HDR.size
-            if attempt or self._eof:
-                return self._eof
-            try:
-                self._fill(0)
-            except NoAnswer:
-                return False
-            except PeerClosed:
-                return True
-        return False
-
     def _need(self, n: int, timeout: float | None) -> None:
         while self._end - self._pos < n:
             self._fill(timeout)
