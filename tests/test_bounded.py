@@ -7,20 +7,17 @@ process over two pipes, with a small window, and what each holds is recorded as 
 from __future__ import annotations
 
 import os
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.reporter import Collect
+from support.pair import run_pair
 from support.treecmp import assert_same_tree
 from support.trees import pattern, write
 
 from fscsync.engine import flist, generator, receiver, sender
-from fscsync.engine.receiver import MAX_IN_FLIGHT, Receiver
-from fscsync.engine.sender import Sender
+from fscsync.engine.receiver import MAX_IN_FLIGHT
 from fscsync.options import Options
-from fscsync.wire.protocol import Channel
 
 FILES, DIRS = 2400, 12
 WINDOW, STEP = 300, 40
@@ -60,34 +57,9 @@ class Held:
         monkeypatch.setattr(generator.Generator, "batch", counting_batch)
 
 
-def _sync(src: Path, dest: Path, opts: Options) -> tuple[Collect, Collect]:
-    """One run, sender in this thread and receiver in another, as two processes would."""
-    to_rx, from_tx = os.pipe()
-    to_tx, from_rx = os.pipe()
-    tx_rep, rx_rep = Collect(), Collect()
-    rx = Receiver(Channel(to_rx, from_rx), opts, rx_rep, str(dest).encode() + b"/")
-    failure: list[BaseException] = []
-
-    def receive() -> None:
-        try:
-            rx.run()
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            os.close(from_rx)
-
-    thread = threading.Thread(target=receive)
-    thread.start()
-    try:
-        Sender(Channel(to_tx, from_tx), opts, tx_rep, [str(src).encode() + b"/"]).run()
-    finally:
-        os.close(from_tx)
-        thread.join()
-        for fd in (to_rx, to_tx):
-            os.close(fd)
-    assert not failure, failure
+def _sync(src: Path, dest: Path, opts: Options) -> None:
+    tx_rep, rx_rep = run_pair(src, dest, opts)
     assert tx_rep.exit_code == rx_rep.exit_code == 0, tx_rep.lines + rx_rep.lines
-    return tx_rep, rx_rep
 
 
 def _tree(root: Path, links: bool = False) -> None:

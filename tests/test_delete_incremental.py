@@ -12,15 +12,14 @@ and skipped entries) are compared with rsync's.
 from __future__ import annotations
 
 import os
-import threading
 import zlib
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.pair import run_pair
 from support.peer import default_options
-from support.reporter import Collect
 from support.trees import write
 from test_delete_timing import lines, split
 from test_hostile import (  # noqa: F401 (the fixtures)
@@ -39,13 +38,10 @@ from test_local_sync import Twin, settle
 from fscsync.engine import listmode, receiver
 from fscsync.engine.deltiming import Announced, Deleter
 from fscsync.engine.flist import Entry, pack_batch, unpack_batch
-from fscsync.engine.receiver import Receiver
-from fscsync.engine.sender import Sender
 from fscsync.errors import ProtocolError
 from fscsync.options import Options
 from fscsync.wire import dirnames, protocol
 from fscsync.wire.dirnames import DirNames
-from fscsync.wire.protocol import Channel
 
 DIRS, FILES = 20, 500
 
@@ -101,26 +97,7 @@ def _run(src: Path, dst: Path, opts: Options, monkeypatch) -> tuple[Deleter, lis
 
     monkeypatch.setattr(Deleter, "reached", counting)
     monkeypatch.setattr(receiver.Finalizer, "run", keep)
-    to_rx, from_tx = os.pipe()
-    to_tx, from_rx = os.pipe()
-    sender = Sender(Channel(to_tx, from_tx), opts, Collect(), [bytes(src) + b"/"])
-    errors: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            sender.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=send)
-    thread.start()
-    try:
-        Receiver(Channel(to_rx, from_rx), opts, Collect(), bytes(dst) + b"/").run()
-    finally:
-        thread.join()
-        for fd in (to_rx, from_tx, to_tx, from_rx):
-            os.close(fd)
-    assert not errors
+    run_pair(src, dst, opts)
     return got[0], seen
 
 
