@@ -150,18 +150,15 @@ class Sender:
         for the receiver, answering its requests meanwhile. (Below it no request is
         answered before the list is complete: --progress counts against the whole list.)"""
         started = time.monotonic()
-        chan = self.chan
+        chan, sent = self.chan, self.sent
         chan.send(ftype, payload)
         if ftype == protocol.FLIST:
-            self.sent.add(payload, count)
+            sent.add(payload, count)
             chan.flush()
-            self.stats.flist_xfer_time += time.monotonic() - started
-            sent = self.sent
-            while self._window and sent.count - sent.released > self._window:
-                chan.flush_before_wait()
-                self._handle(*chan.recv())
-        else:
-            self.stats.flist_xfer_time += time.monotonic() - started
+        self.stats.flist_xfer_time += time.monotonic() - started
+        while self._window and sent.count - sent.released > self._window:
+            chan.flush_before_wait()
+            self._handle(*chan.recv())
 
     def _scan(self, emit) -> None:
         """Scan the sources into file-list frames (batches and owner names, in the
